@@ -1,0 +1,416 @@
+"""The one wrapper around an open_clip model that every method uses.
+
+`load_backbone` builds the model from an open_clip name, a config dict or a YAML file and loads weights from a
+local file (OpenAI TorchScript archive, open_clip checkpoint, or our safetensors). `Backbone` adds what prompt
+learners and MP-FGVC need on top of open_clip without forking it: text encoding run only over the positions a
+batch needs, learned context vectors spliced into the token embeddings, and per-layer vision tokens with the
+class-token attention recomputed from the block's own projection weights.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+import yaml
+from open_clip.convert import convert_state_dict
+from open_clip.tokenizer import SimpleTokenizer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError, ClipadaptError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
+CONFIG_METADATA_KEY = "clipadapt_model_config"
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+# Keys OpenAI's TorchScript archives carry beside the weights.
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def list_models() -> list[str]:
+    """Names accepted by `load_backbone`: our tiny configs first, then open_clip's built-in architectures."""
+    ours = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
+    return ours + open_clip.list_models()
+
+
+def resolve_model_config(model: str | dict | Path) -> tuple[str, dict]:
+    """(name, open_clip model config) for an open_clip name, one of our config names, a YAML/JSON path, or a dict."""
+    if isinstance(model, dict):
+        return model.get("name", "custom"), _strip_name(model)
+    path = Path(model)
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        return path.stem, _strip_name(_read_config_file(path))
+    ours = MODEL_CONFIG_DIR / f"{model}.yaml"
+    if ours.is_file():
+        return str(model), _strip_name(_read_config_file(ours))
+    config = open_clip.get_model_config(str(model).replace("/", "-"))
+    if config is None:
+        if path.suffix in (".yaml", ".yml", ".json"):
+            raise ClipadaptError(f"model config file {path} does not exist")
+        raise ClipadaptError(
+            f"unknown model '{model}': give an open_clip name (e.g. ViT-B-16, RN50), one of ours "
+            f"({', '.join(sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.yaml')))}), or a YAML config path"
+        )
+    return str(model), config
+
+
+def _read_config_file(path: Path) -> dict:
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ClipadaptError(f"cannot read model config {path}: {e}") from e
+    if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
+        raise ClipadaptError(f"model config {path} must be a mapping with embed_dim, vision_cfg and text_cfg")
+    return config.get("model_cfg", config)
+
+
+def _strip_name(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    config.pop("name", None)
+    return config
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Weights from a local file, and any metadata stored with them. Never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            return load_file(str(path)), metadata
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"weights file {path} is not a readable safetensors file: {e}") from e
+    if _is_torchscript_archive(path):
+        # OpenAI's released checkpoints are TorchScript archives; TorchScript is not arbitrary pickled Python.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
+                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as e:
+            raise CheckpointError(f"weights file {path} is a broken TorchScript archive: {e}") from e
+        for key in _OPENAI_EXTRA_KEYS:
+            state_dict.pop(key, None)
+        return dict(state_dict), {"format": "openai-torchscript"}
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"weights file {path} cannot be loaded safely (weights_only=True): {str(e).splitlines()[0]}"
+        ) from e
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not checkpoint or not all(
+        isinstance(v, torch.Tensor) for v in checkpoint.values()
+    ):
+        raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
+    if next(iter(checkpoint)).startswith("module."):  # saved from DistributedDataParallel
+        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    return checkpoint, {}
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def _check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state_dict))
+        if state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)):
+        if items:
+            shown = "; ".join(items[:4]) + (f"; ... ({len(items)} in all)" if len(items) > 4 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise CheckpointError(f"weights file {path} does not fit model '{name}': " + " | ".join(problems))
+
+
+def build_model(config: dict) -> nn.Module:
+    """An open_clip CLIP / CustomTextCLIP with random weights from a config dict (never downloads)."""
+    config = copy.deepcopy(config)
+    config.pop("preprocess", None)
+    text_cfg = config.get("text_cfg", {})
+    if "hf_model_name" in text_cfg or "hf_tokenizer_name" in text_cfg:
+        raise ClipadaptError("models with Hugging Face text towers are not supported (they need downloads)")
+    if "timm_model_name" in config.get("vision_cfg", {}):
+        config["vision_cfg"]["timm_model_pretrained"] = False
+    model_class = open_clip.CustomTextCLIP if config.pop("custom_text", False) else open_clip.CLIP
+    try:
+        return model_class(**config)
+    except TypeError as e:
+        raise ClipadaptError(f"invalid model config: {e}") from e
+
+
+def load_backbone(
+    model: str | dict | Path | None = None,
+    pretrained: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> "Backbone":
+    """Build a `Backbone` from a model name / config and optional local weights file.
+
+    With `model=None`, the config stored in our own safetensors file is used.
+    """
+    state_dict, metadata = read_state_dict(pretrained) if pretrained is not None else (None, {})
+    if model is None:
+        if CONFIG_METADATA_KEY not in metadata:
+            raise ClipadaptError(
+                "no model given: pass --model (an open_clip name or config) or a clipadapt safetensors file "
+                "that stores its config"
+            )
+        name, config = resolve_model_config(json.loads(metadata[CONFIG_METADATA_KEY]))
+    else:
+        name, config = resolve_model_config(model)
+    if metadata.get("format") == "openai-torchscript" and not config.get("quick_gelu", False):
+        config["quick_gelu"] = True  # every OpenAI release was trained with QuickGELU; open_clip does the same
+    clip = build_model(config)
+    if state_dict is not None:
+        state_dict = convert_state_dict(clip, state_dict)
+        _check_state_dict(clip, state_dict, Path(pretrained), name)
+        clip.load_state_dict(state_dict)
+    return Backbone(clip, config, name=name).to(device).eval()
+
+
+@dataclass
+class ImageTokens:
+    """Tokens entering a vision block, and that block's attention from the class token to every token."""
+
+    tokens: torch.Tensor  # [B, N, width], index 0 is the class token
+    cls_attention: torch.Tensor  # [B, N]: mean over heads of the class-token row of the attention map
+    cls_attention_per_head: torch.Tensor  # [B, heads, N]
+
+
+class Backbone(nn.Module):
+    """An open_clip model plus the encoders clipadapt's methods share."""
+
+    def __init__(self, model: nn.Module, config: dict, name: str = "custom"):
+        super().__init__()
+        self.model = model
+        self.config = copy.deepcopy(config)
+        self.name = name
+        self.text = model.text if hasattr(model, "text") else model  # CustomTextCLIP keeps its tower in .text
+        self.context_length = int(self.text.positional_embedding.shape[0])
+        self.tokenizer = SimpleTokenizer(context_length=self.context_length)
+        self._suffix_cache: dict[tuple[tuple[str, ...], int, str], tuple[torch.Tensor, ...]] = {}
+        self._fingerprint: str | None = None
+
+    # ---- sizes and preprocessing -------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["embed_dim"])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.text.token_embedding.weight.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def image_transform(self, train: bool = False) -> Any:
+        """CLIP preprocessing (resize, centre crop, normalize) for this model; random resized crop when training."""
+        pre = self.config.get("preprocess", {})
+        return open_clip.image_transform(
+            self.image_size, is_train=train, mean=pre.get("mean"), std=pre.get("std"),
+            interpolation=pre.get("interpolation"), resize_mode=pre.get("resize_mode"),
+        )
+
+    # ---- text ------------------------------------------------------------------------------------------
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """BPE token ids [N, context_length], [SOS] ... [EOS] padded with 0 (truncated to fit, EOS kept)."""
+        return self.tokenizer([texts] if isinstance(texts, str) else list(texts))
+
+    def embed_words(self, text: str) -> torch.Tensor:
+        """Token embeddings of `text` without SOS/EOS: [n_tokens, width] (e.g. to initialise CoOp's context)."""
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long, device=self.device)
+        return self.text.token_embedding(ids).detach()
+
+    def _runs_causal(self) -> bool:
+        # Truncating the sequence is exact only when position i never attends to positions after it.
+        return (
+            getattr(self.text, "attn_mask", None) is not None
+            and getattr(self.text, "cls_emb", None) is None
+            and not getattr(self.text, "use_pad_mask", False)
+        )
+
+    def _pool_type(self) -> str:
+        return getattr(self.text, "text_pool_type", None) or getattr(self.text, "pool_type", "argmax")
+
+    def _run_text_transformer(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, L, W] (L <= context length) -> projected features pooled at `eot_index`."""
+        length = x.shape[1]
+        cast_dtype = self.text.transformer.get_cast_dtype()
+        x = x.to(cast_dtype) + self.text.positional_embedding[:length].to(cast_dtype)
+        x = self.text.transformer(x, attn_mask=self.text.attn_mask[:length, :length])
+        x = self.text.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        projection = self.text.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+    def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text features [N, embed_dim], running only over the positions the longest text needs."""
+        token_ids = token_ids.to(self.device)
+        if not (self._runs_causal() and self._pool_type() == "argmax"):
+            return self.model.encode_text(token_ids, normalize=normalize)
+        eot_index = token_ids.argmax(dim=-1)  # EOT has the largest id, as open_clip's argmax pooling assumes
+        length = int(eot_index.max()) + 1
+        x = self.text.token_embedding(token_ids[:, :length])
+        features = self._run_text_transformer(x, eot_index)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _prompt_layout(
+        self, classnames: Sequence[str], n_ctx: int, class_token_position: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, context mask, context index and EOT index of `[SOS] ctx name . [EOS]` prompts.
+
+        Cached per class list: prompt learners call this every step with the same names.
+        """
+        key = (tuple(classnames), n_ctx, class_token_position)
+        if key not in self._suffix_cache:
+            if class_token_position not in CLASS_TOKEN_POSITIONS:
+                raise ClipadaptError(
+                    f"class_token_position must be one of {CLASS_TOKEN_POSITIONS}, got '{class_token_position}'"
+                )
+            sot, eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+            budget = self.context_length - 2 - n_ctx  # room for name tokens and '.' between context and EOT
+            if budget < 1:
+                raise ClipadaptError(f"{n_ctx} context vectors do not fit the context length {self.context_length}")
+            rows = []
+            for name in classnames:
+                name_tokens = self.tokenizer.encode(f"{name}.")[:budget]
+                name_ids, period = name_tokens[:-1], name_tokens[-1:]  # CoOp keeps '.' after the context
+                ctx_slots = [-1] * n_ctx
+                if class_token_position == "end":
+                    body = ctx_slots + name_ids + period
+                elif class_token_position == "front":
+                    body = name_ids + ctx_slots + period
+                else:
+                    half = n_ctx // 2
+                    body = ctx_slots[:half] + name_ids + ctx_slots[half:] + period
+                rows.append([sot] + body + [eot])
+            length = max(len(r) for r in rows)
+            ids = torch.zeros(len(rows), length, dtype=torch.long)
+            for i, row in enumerate(rows):
+                ids[i, : len(row)] = torch.tensor(row)
+            ctx_mask = ids == -1
+            ctx_index = (ctx_mask.cumsum(dim=1) - 1).clamp(min=0)  # which context vector sits at each slot
+            eot_index = torch.tensor([len(r) - 1 for r in rows])
+            self._suffix_cache[key] = (ids.clamp(min=0), ctx_mask, ctx_index, eot_index)
+        return tuple(t.to(self.device) for t in self._suffix_cache[key])  # type: ignore[return-value]
+
+    def encode_prompted_text(
+        self,
+        ctx: torch.Tensor,
+        classnames: Sequence[str],
+        class_token_position: str = "end",
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Text features of prompts `[SOS] ctx_1..ctx_n <class name> . [EOS]`, pooled at EOS.
+
+        `ctx` is `[n_ctx, width]` (shared), `[n_cls, n_ctx, width]` (class-specific), or has extra leading
+        batch dims `[*batch, n_cls or 1, n_ctx, width]` (per-image or per-sample contexts, as CoCoOp and SHIP
+        use). The output is `[n_cls, embed_dim]` or `[*batch, n_cls, embed_dim]`. The transformer runs once over
+        all prompts, truncated to the longest prompt.
+        """
+        if not self._runs_causal() or self._pool_type() != "argmax":
+            raise ClipadaptError(f"model '{self.name}' has no causal CLIP text tower; prompt learning needs one")
+        if ctx.ndim < 2 or ctx.shape[-1] != self.text_width:
+            raise ClipadaptError(f"ctx must end in [n_ctx, {self.text_width}], got shape {tuple(ctx.shape)}")
+        n_cls, n_ctx = len(classnames), ctx.shape[-2]
+        ids, ctx_mask, ctx_index, eot_index = self._prompt_layout(classnames, n_ctx, class_token_position)
+        if ctx.ndim == 2:
+            ctx = ctx.unsqueeze(0)
+        if ctx.shape[-3] not in (1, n_cls):
+            raise ClipadaptError(f"ctx has {ctx.shape[-3]} class-specific contexts for {n_cls} class names")
+        batch_shape = ctx.shape[:-3]
+        ctx = ctx.expand(*batch_shape, n_cls, n_ctx, ctx.shape[-1])
+        length = ids.shape[1]
+        # Place context vector ctx_index[c, t] at every context slot t of prompt c; token embeddings elsewhere.
+        gather_index = ctx_index[:, :, None].expand(n_cls, length, ctx.shape[-1])
+        ctx_at_slots = torch.gather(ctx, -2, gather_index.expand(*batch_shape, *gather_index.shape))
+        token_embeds = self.text.token_embedding(ids).to(ctx.dtype)
+        x = torch.where(ctx_mask[..., None], ctx_at_slots, token_embeds)
+        features = self._run_text_transformer(
+            x.reshape(-1, length, x.shape[-1]), eot_index.repeat(batch_shape.numel())
+        ).reshape(*batch_shape, n_cls, -1)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    # ---- images ----------------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image features [B, embed_dim]."""
+        return self.model.encode_image(images.to(self.device), normalize=normalize)
+
+    def encode_image_tokens(self, images: torch.Tensor, layer: int) -> ImageTokens:
+        """The token sequence entering vision block `layer` (negative counts from the end) and its class-token
+        attention, recomputed from the block's own q/k projection (open_clip does not return attention)."""
+        visual = self.model.visual
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise ClipadaptError(f"model '{self.name}' has no ViT image tower; token attention needs one")
+        blocks = visual.transformer.resblocks
+        if not -len(blocks) <= layer < len(blocks):
+            raise ClipadaptError(f"layer {layer} out of range for a vision tower with {len(blocks)} blocks")
+        layer %= len(blocks)
+        x = visual._embeds(images.to(self.device))
+        for block in blocks[:layer]:
+            x = block(x)
+        block = blocks[layer]
+        if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+            raise ClipadaptError(f"model '{self.name}' uses custom attention blocks; token attention needs standard ones")
+        attn = block.attn
+        heads, width = attn.num_heads, x.shape[-1]
+        y = block.ln_1(x)
+        q_weight, k_weight, _ = attn.in_proj_weight.chunk(3)
+        q_bias, k_bias, _ = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+        q = F.linear(y[:, :1], q_weight, q_bias).view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
+        k = F.linear(y, k_weight, k_bias).view(x.shape[0], -1, heads, width // heads).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)) / (width // heads) ** 0.5  # [B, heads, 1, N]
+        per_head = scores.softmax(dim=-1).squeeze(2)
+        return ImageTokens(tokens=x, cls_attention=per_head.mean(dim=1), cls_attention_per_head=per_head)
+
+    # ---- identity and saving -------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A digest of the config and weights, for keying caches of frozen features."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+            for key, tensor in sorted(self.model.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Weights as safetensors with the model config in the metadata, so `load_backbone(None, path)` works."""
+        state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous().cpu()
+                 for k, v in self.model.state_dict().items()}
+        config = dict(self.config, name=self.name)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(config)})
+        tmp.replace(path)

@@ -1,0 +1,138 @@
+"""The `clipadapt` command. Each subcommand is a thin layer over the library; user errors print one line."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import yaml
+
+from .backbone import list_models, load_backbone
+from .config import load_config_file, parse_overrides
+from .data import load_dataset
+from .errors import ClipadaptError
+from .features import default_cache_dir, extract_features
+from .methods import METHODS, build_method
+from .protocols import PROTOCOLS, RunContext, run_protocol, write_metrics
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="open_clip name (ViT-B-16, RN50, ...), one of ours (tiny-vit, ...) or a YAML config")
+    parser.add_argument("--pretrained", help="local weights file: OpenAI .pt, open_clip checkpoint or clipadapt .safetensors")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cache", type=Path, default=None, help="feature/split cache (default $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipadapt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train (if the method learns) and evaluate a method under a protocol")
+    run.add_argument("method", help=f"one of: {', '.join(sorted(METHODS))}")
+    run.add_argument("--dataset", required=True, help="imagefolder:PATH, coop:NAME:ROOT, csv:PATH, ...")
+    run.add_argument("--protocol", default="full", choices=PROTOCOLS)
+    run.add_argument("--shots", type=int, default=None, help="k images per class for fewshot/base2new (base2new default 16)")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--targets", default="", help="crossdataset: comma-separated target data set specs")
+    run.add_argument("--unseen", default=None, help="gzsl: unseen class names (comma list or file); default the new half")
+    run.add_argument("--config", type=Path, help="YAML file of method config values; key=value words override it")
+    run.add_argument("--out", type=Path, help="run folder (default runs/<method>-<protocol>-<dataset>-seed<S>)")
+    _add_model_args(run)
+
+    extract = sub.add_parser("extract", help="compute and cache frozen image features of a data set")
+    extract.add_argument("--dataset", required=True)
+    extract.add_argument("--splits", default="train,val,test", help="comma-separated splits to extract")
+    _add_model_args(extract)
+
+    sub.add_parser("models", help="list model names")
+    return parser
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    values = load_config_file(args.config) if args.config else {}
+    values.update(parse_overrides(args.overrides))
+    splits = load_dataset(args.dataset)
+    backbone = load_backbone(args.model, args.pretrained, device=args.device)
+    method = build_method(args.method, backbone, values, source=str(args.config or "overrides"))
+    ctx = RunContext(backbone, cache_dir=args.cache, batch_size=args.batch_size, num_workers=args.workers,
+                     progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    targets = [t for t in args.targets.split(",") if t]
+    start = time.time()
+    numbers = run_protocol(args.protocol, method, ctx, splits, shots=args.shots, seed=args.seed,
+                           targets=targets, unseen=args.unseen)
+    config = dataclasses.asdict(method.config)
+    metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": args.shots,
+               "seed": args.seed, "seconds": round(time.time() - start, 3), "model": backbone.name,
+               "pretrained": args.pretrained, "config": config, **numbers}
+    out = args.out or Path("runs") / _slug(f"{args.method}-{args.protocol}-{args.dataset}-seed{args.seed}")
+    path = write_metrics(out, metrics)
+    (Path(out) / "config.yaml").write_text(yaml.safe_dump({**{k: metrics[k] for k in (
+        "method", "dataset", "protocol", "shots", "seed", "model", "pretrained")}, "config": config}, sort_keys=False))
+    print(_summary(metrics))
+    print(f"wrote {path}")
+    return 0
+
+
+def _summary(metrics: dict) -> str:
+    keys = ("accuracy", "base_accuracy", "new_accuracy", "seen_accuracy", "unseen_accuracy", "harmonic_mean",
+            "average_target_accuracy")
+    shown = "  ".join(f"{k}={metrics[k]:.2f}" for k in keys if k in metrics)
+    return f"{metrics['method']} {metrics['protocol']} on {metrics['dataset']}: {shown}"
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    splits = load_dataset(args.dataset)
+    backbone = load_backbone(args.model, args.pretrained, device=args.device)
+    for split in [s for s in args.splits.split(",") if s]:
+        samples = splits.split(split)
+        if not samples:
+            print(f"{split}: no samples, skipped")
+            continue
+        features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size,
+                                    num_workers=args.workers, progress=not args.no_progress,
+                                    desc=f"{splits.name}/{split}")
+        print(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
+              f"cached under {args.cache or default_cache_dir()}")
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    print("\n".join(list_models()))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "extract": cmd_extract, "models": cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Method config overrides are bare key=value words, accepted anywhere on the `run` command line.
+    args.overrides = [word for word in extra if "=" in word and not word.startswith("-")]
+    unknown = [word for word in extra if word not in args.overrides]
+    if unknown or (args.overrides and args.command != "run"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+    try:
+        return COMMANDS[args.command](args)
+    except ClipadaptError as e:
+        print(f"clipadapt: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as e:
+        print(f"clipadapt: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("clipadapt: interrupted", file=sys.stderr)
+        return 130

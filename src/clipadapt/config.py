@@ -1,0 +1,58 @@
+"""Method configs are dataclasses: defaults in code (mirroring the official repositories), overridable from YAML
+files and `key=value` arguments on the command line."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+from .errors import ClipadaptError
+
+ConfigT = TypeVar("ConfigT")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["lr=0.002", "templates=a photo of a {}."]` -> values typed by YAML (`0.002` is a float, `true` a bool)."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ClipadaptError(f"override '{pair}' is not of the form key=value")
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = raw  # not YAML: keep the text as it was typed
+    return values
+
+
+def build_config(config_class: type[ConfigT], values: dict[str, Any] | None = None, source: str = "overrides") -> ConfigT:
+    """An instance of `config_class` with `values` applied; unknown keys and wrong types raise a clear error."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values or {}) - set(fields))
+    if unknown:
+        raise ClipadaptError(
+            f"unknown {config_class.__qualname__} key(s) in {source}: {', '.join(unknown)}; known: {', '.join(fields)}"
+        )
+    config = config_class()
+    for key, value in (values or {}).items():
+        default = getattr(config, key)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            value = str(value)  # e.g. a template typed without quotes that YAML read as something else
+        if default is not None and not isinstance(value, type(default)):
+            raise ClipadaptError(f"{key} in {source} must be {type(default).__name__}, got {value!r}")
+        setattr(config, key, value)
+    return config
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ClipadaptError(f"cannot read config file {path}: {e}") from e
+    if not isinstance(values, dict):
+        raise ClipadaptError(f"config file {path} must hold a mapping of key: value")
+    return values

@@ -1,0 +1,28 @@
+"""Data sets, image loading and CoOp-style splits."""
+
+from .datasets import (
+    DATASETS,
+    DatasetSplits,
+    ImageDataset,
+    Sample,
+    find_unreadable_images,
+    load_dataset,
+    load_image,
+    register_dataset,
+)
+from .splits import base_new_split, fewshot, select_classes, split_fingerprint
+
+__all__ = [
+    "DATASETS",
+    "DatasetSplits",
+    "ImageDataset",
+    "Sample",
+    "base_new_split",
+    "fewshot",
+    "find_unreadable_images",
+    "load_dataset",
+    "load_image",
+    "register_dataset",
+    "select_classes",
+    "split_fingerprint",
+]

@@ -1,0 +1,142 @@
+"""Derived splits as in CoOp: k-shot subsets, base/new class halves, and fingerprints for caching."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from clipadapt.data.datasets import DatasetSplits, Sample, read_split_file, save_split_file
+from clipadapt.errors import DataError
+
+# CoOp samples the validation set with min(shots, 4) images per class.
+MAX_VAL_SHOTS = 4
+
+
+def _by_label(samples: Sequence[Sample]) -> dict[int, list[Sample]]:
+    groups: dict[int, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.label].append(sample)
+    # Sorted so the subset depends only on the files and the seed, not on the order they were listed in.
+    return {label: sorted(items, key=lambda s: str(s.path)) for label, items in groups.items()}
+
+
+def _sample_train(splits: DatasetSplits, shots: int, rng: random.Random, allow_repeat: bool) -> list[Sample]:
+    groups = _by_label(splits.train)
+    chosen = []
+    for label, classname in enumerate(splits.classnames):
+        items = groups.get(label, [])
+        if not items:
+            raise DataError(f"class {classname!r} (label {label}) of data set {splits.name} has no train images")
+        if len(items) >= shots:
+            chosen += rng.sample(items, shots)
+        elif allow_repeat:
+            chosen += rng.choices(items, k=shots)
+        else:
+            raise DataError(
+                f"{shots}-shot sampling needs {shots} train images of class {classname!r} in data set "
+                f"{splits.name}, but it has only {len(items)}; use fewer shots or allow repeated images"
+            )
+    return chosen
+
+
+def _sample_val(splits: DatasetSplits, shots: int, rng: random.Random) -> list[Sample]:
+    groups = _by_label(splits.val)
+    chosen = []
+    for label in range(len(splits.classnames)):
+        items = groups.get(label, [])
+        # As CoOp (Dassl's repeat=False): a class with fewer validation images keeps all of them.
+        chosen += rng.sample(items, min(shots, len(items)))
+    return chosen
+
+
+def _read_cached(path: Path, splits: DatasetSplits, allow_repeat: bool) -> tuple[list[Sample], list[Sample]] | None:
+    """The cached subset, or None when it is missing or no longer fits the data set."""
+    if not path.is_file():
+        return None
+    try:
+        cached, classnames = read_split_file(path, splits.root, keys=("train", "val"))
+    except DataError:
+        return None
+    if classnames != splits.classnames:
+        return None
+    # Map entries back to the data set's own samples (which carry captions the split file does not).
+    known_train = {(s.path, s.label): s for s in splits.train}
+    known_val = {(s.path, s.label): s for s in splits.val}
+    try:
+        train = [known_train[(s.path, s.label)] for s in cached["train"]]
+        val = [known_val[(s.path, s.label)] for s in cached["val"]]
+    except KeyError:
+        return None
+    if not allow_repeat and len(set(train)) != len(train):
+        return None
+    return train, val
+
+
+def fewshot(
+    splits: DatasetSplits, shots: int, seed: int, cache_dir: Path | None = None, allow_repeat: bool = False
+) -> DatasetSplits:
+    """CoOp's k-shot subset: `shots` train and min(shots, 4) val images per class; test unchanged.
+
+    With `cache_dir`, the subset is stored in cache_dir/<name>/shot_<k>-seed_<s>.json and reused.
+    """
+    if shots < 1:
+        raise DataError(f"few-shot sampling needs at least 1 shot per class, got {shots}")
+    if not splits.classnames:
+        raise DataError(f"data set {splits.name} has no class labels; few-shot sampling needs them")
+
+    cache_file = Path(cache_dir) / splits.name / f"shot_{shots}-seed_{seed}.json" if cache_dir is not None else None
+    cached = _read_cached(cache_file, splits, allow_repeat) if cache_file is not None else None
+    if cached is not None:
+        train, val = cached
+    else:
+        rng = random.Random(seed)
+        train = _sample_train(splits, shots, rng, allow_repeat)
+        val = _sample_val(splits, min(shots, MAX_VAL_SHOTS), rng)
+        if cache_file is not None:
+            save_split_file(cache_file, {"train": train, "val": val}, splits.root, splits.classnames)
+    return replace(splits, train=train, val=val)
+
+
+def select_classes(splits: DatasetSplits, selected: Sequence[int], suffix: str) -> DatasetSplits:
+    """The data set restricted to the `selected` labels, relabelled 0.. in that order, name + `suffix`."""
+    new_label = {old: new for new, old in enumerate(selected)}
+
+    def keep(samples: list[Sample]) -> list[Sample]:
+        return [replace(s, label=new_label[s.label]) for s in samples if s.label in new_label]
+
+    return replace(
+        splits,
+        name=splits.name + suffix,
+        classnames=[splits.classnames[label] for label in selected],
+        train=keep(splits.train),
+        val=keep(splits.val),
+        test=keep(splits.test),
+    )
+
+
+def base_new_split(splits: DatasetSplits) -> tuple[DatasetSplits, DatasetSplits]:
+    """CoOp's subsample_classes: the first ceil(n/2) classes are "base", the rest "new", each relabelled from 0."""
+    labels = list(range(len(splits.classnames)))
+    if len(labels) < 2:
+        raise DataError(f"data set {splits.name} has {len(labels)} class(es); a base/new split needs at least 2")
+    m = math.ceil(len(labels) / 2)
+    return select_classes(splits, labels[:m], "-base"), select_classes(splits, labels[m:], "-new")
+
+
+def split_fingerprint(samples: Sequence[Sample]) -> str:
+    """sha256 (first 16 hex digits) over each sample's path, label, file size and mtime, in order."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        try:
+            stat = os.stat(sample.path)
+        except OSError as exc:
+            raise DataError(f"cannot fingerprint image {sample.path}: {exc.strerror or exc}") from exc
+        digest.update(json.dumps([str(sample.path), sample.label, stat.st_size, stat.st_mtime_ns]).encode() + b"\n")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,114 @@
+"""Frozen image features, computed once and cached on disk.
+
+A cache entry is a folder named by a digest of (model weights, the samples' files, the transform). Features are
+written in float16 shards of `shard_size` images, each shard written to a temp file and renamed, so an
+interrupted extraction recomputes only the missing shards and never trusts a half-written one. `meta.json` is
+written last and describes the complete entry. Shards are memory-mapped when read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import ImageDataset, Sample, split_fingerprint
+
+DEFAULT_SHARD_SIZE = 2048
+
+
+def default_cache_dir() -> Path:
+    """`$CLIPADAPT_CACHE`, else `~/.cache/clipadapt`."""
+    return Path(os.environ.get("CLIPADAPT_CACHE", Path.home() / ".cache" / "clipadapt"))
+
+
+@dataclass
+class FeatureSet:
+    """Image features [N, D] (float32, not normalized) with their labels [N]."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def cache_key(backbone, samples: Sequence[Sample], transform) -> str:
+    digest = hashlib.sha256()
+    for part in (backbone.fingerprint(), split_fingerprint(samples), repr(transform)):
+        digest.update(part.encode())
+    return digest.hexdigest()[:20]
+
+
+def _write_atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _shard_path(folder: Path, index: int) -> Path:
+    return folder / f"shard_{index:05d}.npy"
+
+
+def _shard_is_complete(path: Path, expected_rows: int) -> bool:
+    try:
+        return np.load(path, mmap_mode="r").shape[0] == expected_rows
+    except (OSError, ValueError):  # a damaged shard is recomputed, not trusted
+        return False
+
+
+@torch.no_grad()
+def extract_features(
+    backbone,
+    samples: Sequence[Sample],
+    cache_dir: str | Path | None = None,
+    transform=None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+    desc: str = "extract",
+) -> FeatureSet:
+    """Features of `samples` through `backbone`'s image encoder, from the cache when present."""
+    transform = transform if transform is not None else backbone.image_transform(train=False)
+    folder = Path(cache_dir or default_cache_dir()) / "features" / cache_key(backbone, samples, transform)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    n_shards = (len(samples) + shard_size - 1) // shard_size
+    meta_path = folder / "meta.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [
+        i for i in range(n_shards)
+        if not _shard_is_complete(_shard_path(folder, i), min(shard_size, len(samples) - i * shard_size))
+    ]
+    if todo:
+        meta_path.unlink(missing_ok=True)  # the entry is incomplete until every shard is back
+        bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in todo),
+                   desc=desc, unit="img", disable=not progress)
+        for index in todo:
+            shard = samples[index * shard_size:(index + 1) * shard_size]
+            loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers)
+            chunks = []
+            for images, _, _ in loader:
+                chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))
+                bar.update(len(images))
+            _write_atomic_npy(_shard_path(folder, index), np.concatenate(chunks))
+        bar.close()
+    if not meta_path.is_file():
+        meta = {"num_samples": len(samples), "shard_size": shard_size, "dim": backbone.embed_dim,
+                "model": backbone.name, "transform": repr(transform)}
+        tmp = meta_path.with_name("meta.json.tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(meta_path)
+    shards = [np.load(_shard_path(folder, i), mmap_mode="r") for i in range(n_shards)]
+    features = torch.from_numpy(np.concatenate(shards).astype(np.float32)) if shards else torch.zeros(0, backbone.embed_dim)
+    return FeatureSet(features=features, labels=labels)

@@ -1,0 +1,34 @@
+"""Zero-shot CLIP: class weights from text templates (one, or the 80-template ensemble), no training."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..text import resolve_templates, zeroshot_weights
+from . import register_method
+
+
+@register_method("zeroshot")
+class ZeroShot:
+    @dataclass
+    class Config:
+        templates: str = "ensemble"  # "ensemble" (80 ImageNet templates), "coop" (per-data-set) or "... {} ..."
+        classes_per_batch: int = 32  # class names encoded per text-encoder call
+
+    def __init__(self, backbone, config: "ZeroShot.Config"):
+        self.backbone = backbone
+        self.config = config
+
+    @torch.no_grad()
+    def classifier(self, classnames: Sequence[str], template_key: str | None = None) -> torch.Tensor:
+        templates = resolve_templates(self.config.templates, template_key)
+        return zeroshot_weights(self.backbone, classnames, templates, self.config.classes_per_batch)
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None) -> torch.Tensor:
+        weights = self.classifier(classnames, template_key)
+        scale = self.backbone.model.logit_scale.exp()
+        return scale * F.normalize(features.to(weights), dim=-1) @ weights.T

@@ -1,0 +1,190 @@
+"""Evaluation protocols and their metrics. All accuracies are in percent.
+
+A protocol decides which samples a method trains on and which class names it is scored against:
+- `full`: train on the whole train split, test on all classes.
+- `fewshot`: CoOp's k-shot subset of train (val gets min(k, 4) per class), test on all classes.
+- `base2new`: CoOp's split of the sorted classes in halves; train on k-shot base (16 by default), report base
+  accuracy among base classes, new accuracy among new classes, and their harmonic mean.
+- `gzsl`: train on the seen classes' full train split; test images of all classes are classified over the joint
+  label space; per-class mean accuracy on seen and on unseen classes, and their harmonic mean H.
+- `crossdataset`: train on a source data set, test on the source and on each target with its own class names.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_classes
+from .errors import ClipadaptError
+from .features import FeatureSet, default_cache_dir, extract_features
+
+PROTOCOLS = ("full", "fewshot", "base2new", "gzsl", "crossdataset")
+DEFAULT_BASE2NEW_SHOTS = 16
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    if len(labels) == 0:
+        raise ClipadaptError("accuracy of an empty test set is undefined")
+    return 100.0 * (predictions == labels).float().mean().item()
+
+
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] | None = None) -> float:
+    """Mean over classes of each class's accuracy (percent), over `classes` (default: the labels present)."""
+    classes = sorted(set(labels.tolist())) if classes is None else list(classes)
+    per_class = [accuracy(predictions[labels == c], labels[labels == c]) for c in classes if (labels == c).any()]
+    if not per_class:
+        raise ClipadaptError("per-class accuracy needs at least one test sample of the given classes")
+    return sum(per_class) / len(per_class)
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """Harmonic mean of two accuracies in percent (0 when either is 0), as base/new HM and GZSL H."""
+    return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
+
+
+# ---- running a method under a protocol ---------------------------------------------------------------------
+@dataclass
+class RunContext:
+    """What a protocol needs besides the method: how to get features, and run-level options."""
+
+    backbone: object
+    cache_dir: Path | None = None
+    batch_size: int = 64
+    num_workers: int = 0
+    progress: bool = True
+
+    def features(self, splits: DatasetSplits, split: str) -> FeatureSet:
+        samples = splits.split(split)
+        if not samples:
+            raise ClipadaptError(f"data set '{splits.name}' has no {split} samples")
+        return extract_features(
+            self.backbone, samples, cache_dir=self.cache_dir, batch_size=self.batch_size,
+            num_workers=self.num_workers, progress=self.progress, desc=f"{splits.name}/{split}",
+        )
+
+
+def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = None, seed: int = 1) -> None:
+    """Train `method` on `splits` (on its k-shot subset when `shots` is given). Zero-shot methods have no `fit`,
+    so nothing is sampled or extracted for them."""
+    if not hasattr(method, "fit"):
+        return
+    if shots:
+        splits = fewshot(splits, shots, seed, cache_dir=_split_cache(ctx))
+    val = ctx.features(splits, "val") if splits.val else None
+    method.fit(ctx.features(splits, "train"), splits.classnames, val=val, template_key=splits.template_key)
+
+
+def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    test = ctx.features(splits, "test")
+    logits = method.logits(test.features, list(classnames or splits.classnames), template_key=splits.template_key)
+    return logits.argmax(dim=-1).cpu(), test.labels
+
+
+def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:
+    predictions, labels = _predict(method, ctx, splits)
+    return {"accuracy": accuracy(predictions, labels),
+            "per_class_accuracy": per_class_accuracy(predictions, labels),
+            "num_classes": len(splits.classnames)}
+
+
+def run_full(method, ctx: RunContext, splits: DatasetSplits, **_) -> dict:
+    _fit(method, ctx, splits)
+    return _test_accuracy(method, ctx, splits)
+
+
+def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
+    if not shots:
+        raise ClipadaptError("protocol fewshot needs --shots K")
+    _fit(method, ctx, splits, shots, seed)
+    return _test_accuracy(method, ctx, splits)
+
+
+def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
+    base, new = base_new_split(splits)
+    _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed)
+    base_acc = _test_accuracy(method, ctx, base)["accuracy"]
+    new_acc = _test_accuracy(method, ctx, new)["accuracy"]
+    return {"base_accuracy": base_acc, "new_accuracy": new_acc, "harmonic_mean": harmonic_mean(base_acc, new_acc),
+            "num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
+            "num_new_classes": len(new.classnames)}
+
+
+def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> list[int]:
+    """Labels of the unseen classes: the listed names (a comma list, or a file with one name a line), or by
+    default the new half of CoOp's base/new split."""
+    if not unseen:
+        return list(range(math.ceil(len(splits.classnames) / 2), len(splits.classnames)))
+    if isinstance(unseen, str):
+        path = Path(unseen)
+        names = path.read_text().splitlines() if path.is_file() else unseen.split(",")
+    else:
+        names = list(unseen)
+    names = [n.strip().replace("_", " ") for n in names if n.strip()]
+    missing = [n for n in names if n not in splits.classnames]
+    if missing:
+        raise ClipadaptError(f"unseen class(es) not in data set '{splits.name}': {', '.join(missing[:5])}")
+    return sorted(splits.classnames.index(n) for n in names)
+
+
+def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, unseen: str | None = None, **_) -> dict:
+    unseen_labels = gzsl_classes(splits, unseen)
+    seen_labels = [c for c in range(len(splits.classnames)) if c not in set(unseen_labels)]
+    if not seen_labels or not unseen_labels:
+        raise ClipadaptError("gzsl needs at least one seen and one unseen class")
+    # Train on seen classes only (relabelled 0..S-1); test over the joint space of every class name.
+    seen = select_classes(splits, seen_labels, "-seen")
+    _fit(method, ctx, seen)
+    predictions, labels = _predict(method, ctx, splits)
+    seen_acc = per_class_accuracy(predictions, labels, seen_labels)
+    unseen_acc = per_class_accuracy(predictions, labels, unseen_labels)
+    return {"seen_accuracy": seen_acc, "unseen_accuracy": unseen_acc, "harmonic_mean": harmonic_mean(seen_acc, unseen_acc),
+            "num_classes": len(splits.classnames), "num_seen_classes": len(seen_labels),
+            "num_unseen_classes": len(unseen_labels)}
+
+
+def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int,
+                     targets: Sequence[str] = (), **_) -> dict:
+    if not targets:
+        raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
+    _fit(method, ctx, splits, shots, seed)
+    result = _test_accuracy(method, ctx, splits)
+    result["targets"] = {spec: _test_accuracy(method, ctx, load_dataset(spec)) for spec in targets}
+    result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(targets)
+    return result
+
+
+PROTOCOL_RUNNERS: dict[str, Callable[..., dict]] = {
+    "full": run_full, "fewshot": run_fewshot, "base2new": run_base2new, "gzsl": run_gzsl,
+    "crossdataset": run_crossdataset,
+}
+
+
+def _split_cache(ctx: RunContext) -> Path:
+    return Path(ctx.cache_dir or default_cache_dir()) / "splits"
+
+
+def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, **options) -> dict:
+    """The protocol's numbers for `method` on `splits` (options: shots, seed, targets, unseen)."""
+    if protocol not in PROTOCOL_RUNNERS:
+        raise ClipadaptError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
+    options.setdefault("seed", 1)
+    options.setdefault("shots", None)
+    return PROTOCOL_RUNNERS[protocol](method, ctx, splits, **options)
+
+
+def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
+    """`out_dir/metrics.json`, written to a temp file and renamed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    tmp = path.with_name("metrics.json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,212 @@
+import pickle
+
+import open_clip
+import pytest
+import torch
+from torch import nn
+
+from clipadapt import CheckpointError, ClipadaptError, load_backbone
+from clipadapt.backbone import resolve_model_config
+
+NAMES = ["cat", "red star", "striped blue square with a hat", "x"]
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    return load_backbone("micro-vit")
+
+
+def test_truncated_text_matches_full_length(micro):
+    ids = micro.tokenize(["a photo of a cat.", "hi", "a much longer sentence about a striped blue square"])
+    with torch.no_grad():
+        full = micro.model.encode_text(ids)
+        truncated = micro.encode_text(ids)
+    torch.testing.assert_close(truncated, full, atol=1e-5, rtol=0)
+
+
+def test_prompted_text_equals_tokenized_prompt(micro):
+    ctx = micro.embed_words("a photo of a")
+    assert ctx.shape == (4, micro.text_width)
+    with torch.no_grad():
+        prompted = micro.encode_prompted_text(ctx, NAMES)
+        reference = micro.model.encode_text(micro.tokenize([f"a photo of a {n}." for n in NAMES]))
+    assert prompted.shape == (len(NAMES), micro.embed_dim)
+    torch.testing.assert_close(prompted, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "position,template", [("front", "{} a photo of a."), ("middle", "a photo {} of a.")]
+)
+def test_class_token_positions(micro, position, template):
+    ctx = micro.embed_words("a photo of a")
+    with torch.no_grad():
+        prompted = micro.encode_prompted_text(ctx, NAMES, class_token_position=position)
+        reference = micro.model.encode_text(micro.tokenize([template.format(n) for n in NAMES]))
+    torch.testing.assert_close(prompted, reference, atol=1e-5, rtol=0)
+
+
+def test_class_specific_and_batched_contexts_match_per_item_calls(micro):
+    torch.manual_seed(1)
+    class_ctx = torch.randn(len(NAMES), 3, micro.text_width)
+    batched_ctx = torch.randn(2, len(NAMES), 3, micro.text_width)
+    with torch.no_grad():
+        class_specific = micro.encode_prompted_text(class_ctx, NAMES)
+        batched = micro.encode_prompted_text(batched_ctx, NAMES)
+        for c, name in enumerate(NAMES):
+            one = micro.encode_prompted_text(class_ctx[c], [name])[0]
+            torch.testing.assert_close(class_specific[c], one, atol=1e-5, rtol=0)
+            for b in range(2):
+                torch.testing.assert_close(
+                    batched[b, c], micro.encode_prompted_text(batched_ctx[b, c], [name])[0], atol=1e-5, rtol=0
+                )
+    assert batched.shape == (2, len(NAMES), micro.embed_dim)
+
+
+def test_prompted_text_gradients_reach_context(micro):
+    ctx = torch.zeros(2, micro.text_width, requires_grad=True)
+    micro.encode_prompted_text(ctx, NAMES, normalize=True).sum().backward()
+    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
+
+
+def test_prompted_text_rejects_bad_context(micro):
+    with pytest.raises(ClipadaptError, match="ctx must end in"):
+        micro.encode_prompted_text(torch.zeros(4, micro.text_width + 1), NAMES)
+    with pytest.raises(ClipadaptError, match="class-specific"):
+        micro.encode_prompted_text(torch.zeros(3, 4, micro.text_width), NAMES)
+    with pytest.raises(ClipadaptError, match="context length"):
+        micro.encode_prompted_text(torch.zeros(20, micro.text_width), NAMES)
+
+
+def test_image_tokens_and_attention_match_reference(micro):
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, micro.image_size, micro.image_size)
+    visual = micro.model.visual
+    with torch.no_grad():
+        out = micro.encode_image_tokens(images, layer=-1)
+        # Tokens entering the last block are the output of the block before it.
+        inter = visual.forward_intermediates(images, indices=[0], output_extra_tokens=True)
+        entering = torch.cat([inter["image_intermediates_prefix"][0], inter["image_intermediates"][0].flatten(2).transpose(1, 2)], dim=1)
+        torch.testing.assert_close(out.tokens, entering, atol=1e-5, rtol=0)
+        block = visual.transformer.resblocks[-1]
+        y = block.ln_1(entering)
+        _, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=False)
+    torch.testing.assert_close(out.cls_attention_per_head, weights[:, :, 0, :], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.cls_attention, weights[:, :, 0, :].mean(1), atol=1e-6, rtol=0)
+    n_tokens = (micro.image_size // 8) ** 2 + 1
+    assert out.cls_attention.shape == (3, n_tokens)
+    torch.testing.assert_close(out.cls_attention.sum(-1), torch.ones(3))
+    with pytest.raises(ClipadaptError, match="out of range"):
+        micro.encode_image_tokens(images, layer=5)
+
+
+def test_image_tokens_need_a_vit():
+    rn = load_backbone("tiny-rn")
+    with pytest.raises(ClipadaptError, match="no ViT"):
+        rn.encode_image_tokens(torch.randn(1, 3, 64, 64), layer=0)
+
+
+def _outputs(backbone):
+    torch.manual_seed(3)
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    with torch.no_grad():
+        return backbone.encode_image(images), backbone.encode_text(backbone.tokenize(["a red star."]))
+
+
+def test_safetensors_round_trip_keeps_config(micro, tmp_path):
+    path = tmp_path / "model.safetensors"
+    micro.save(path)
+    loaded = load_backbone(None, path)
+    assert loaded.name == "micro-vit" and loaded.fingerprint() == micro.fingerprint()
+    for a, b in zip(_outputs(micro), _outputs(loaded)):
+        torch.testing.assert_close(a, b)
+
+
+def test_open_clip_checkpoint_with_module_prefix(micro, tmp_path):
+    path = tmp_path / "epoch_3.pt"
+    state = {f"module.{k}": v for k, v in micro.model.state_dict().items()}
+    torch.save({"epoch": 3, "name": "run", "state_dict": state}, path)
+    loaded = load_backbone("micro-vit", path)
+    for a, b in zip(_outputs(micro), _outputs(loaded)):
+        torch.testing.assert_close(a, b)
+
+
+def _torchscript_archive(state_dict: dict, path) -> None:
+    """An OpenAI-style checkpoint: a TorchScript archive whose state dict has OpenAI's key layout."""
+
+    class Root(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Root()
+    for key, value in state_dict.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, nn.Module())
+            module = getattr(module, part)
+        module.register_buffer(leaf, value.clone())
+    for key, value in {"input_resolution": 32, "context_length": 16, "vocab_size": 49408}.items():
+        root.register_buffer(key, torch.tensor(value))
+    torch.jit.save(torch.jit.script(root), str(path))
+
+
+def test_openai_torchscript_checkpoint_uses_quick_gelu(tmp_path):
+    _, config = resolve_model_config("micro-vit")
+    torch.manual_seed(4)
+    reference = open_clip.CLIP(**dict(config, quick_gelu=True)).eval()
+    path = tmp_path / "ViT-micro.pt"
+    _torchscript_archive(reference.state_dict(), path)
+    loaded = load_backbone("micro-vit", path)
+    assert loaded.config["quick_gelu"] is True
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images), reference.encode_image(images))
+
+
+def test_mismatched_checkpoint_names_file_and_keys(micro, tmp_path):
+    path = tmp_path / "micro.safetensors"
+    micro.save(path)
+    with pytest.raises(CheckpointError, match=r"micro\.safetensors.*tiny-vit.*shape mismatch"):
+        load_backbone("tiny-vit", path)
+    with pytest.raises(CheckpointError, match=r"missing\.pt does not exist"):
+        load_backbone("micro-vit", tmp_path / "missing.pt")
+
+
+def test_corrupt_and_hostile_checkpoints_are_refused(tmp_path):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointError, match="corrupt.safetensors"):
+        load_backbone("micro-vit", corrupt)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    hostile = tmp_path / "hostile.pt"
+    with open(hostile, "wb") as f:
+        pickle.dump({"state_dict": Payload()}, f)
+    with pytest.raises(CheckpointError, match=r"hostile\.pt cannot be loaded safely"):
+        load_backbone("micro-vit", hostile)
+
+
+def test_model_from_yaml_dict_and_bad_names(tmp_path):
+    _, config = resolve_model_config("micro-vit")
+    from_dict = load_backbone(config)
+    assert from_dict.embed_dim == 32
+    yaml_path = tmp_path / "mine.yaml"
+    yaml_path.write_text("embed_dim: 16\nvision_cfg: {image_size: 16, patch_size: 8, width: 16, layers: 1, head_width: 8}\n"
+                         "text_cfg: {context_length: 8, vocab_size: 49408, width: 16, heads: 2, layers: 1}\n")
+    assert load_backbone(yaml_path).embed_dim == 16
+    with pytest.raises(ClipadaptError, match="unknown model 'not-a-model'"):
+        load_backbone("not-a-model")
+    with pytest.raises(ClipadaptError, match="no model given"):
+        load_backbone(None)
+
+
+def test_tiny_vit_size():
+    tiny = load_backbone("tiny-vit")
+    n_params = sum(p.numel() for p in tiny.parameters())
+    assert 3e5 < n_params < 8e6
+    assert tiny.image_size == 64

@@ -1,0 +1,186 @@
+"""Zero-shot CLIP, the feature cache, the protocols' metrics and the `clipadapt run` command."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clipadapt import ClipadaptError, load_backbone
+from clipadapt.cli import main
+from clipadapt.data import load_dataset
+from clipadapt.features import extract_features
+from clipadapt.protocols import accuracy, harmonic_mean, per_class_accuracy
+from clipadapt.text import IMAGENET_TEMPLATES, resolve_templates, zeroshot_weights
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+TEMPLATE = "a photo of a {}."
+
+
+def test_templates():
+    assert len(resolve_templates("ensemble")) == 80
+    assert resolve_templates("coop", "OxfordPets") == ["a photo of a {}, a type of pet."]
+    assert resolve_templates("coop", None) == ["a photo of a {}."]
+    assert resolve_templates("{} texture.") == ["{} texture."]
+    with pytest.raises(ClipadaptError, match="templates must be"):
+        resolve_templates("no placeholder")
+
+
+def test_ensemble_weights_match_reference():
+    torch.manual_seed(0)
+    backbone = load_backbone("micro-vit")
+    names = ["red star", "dog", "striped blue square"]
+    templates = list(IMAGENET_TEMPLATES[:7])
+    weights = zeroshot_weights(backbone, names, templates, classes_per_batch=2)
+    with torch.no_grad():
+        reference = torch.stack([
+            F.normalize(F.normalize(backbone.model.encode_text(backbone.tokenize([t(n) for t in templates])), dim=-1)
+                        .mean(0), dim=0)
+            for n in names
+        ])
+    assert weights.shape == (3, backbone.embed_dim)
+    torch.testing.assert_close(weights, reference, atol=1e-6, rtol=0)
+
+
+def test_metrics():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    predictions = torch.tensor([0, 0, 0, 0, 0, 1])
+    assert accuracy(predictions, labels) == pytest.approx(100 * 5 / 6)
+    assert per_class_accuracy(predictions, labels) == pytest.approx(75.0)
+    assert per_class_accuracy(predictions, labels, classes=[1]) == pytest.approx(50.0)
+    assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert harmonic_mean(0.0, 90.0) == 0.0
+    with pytest.raises(ClipadaptError):
+        accuracy(torch.tensor([]), torch.tensor([]))
+
+
+def _colour_images(root, per_split={"train": 4, "test": 6}, colours=COLOURS, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, count in per_split.items():
+        for name, rgb in colours.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_world(tmp_path_factory):
+    """A colour data set and a micro CLIP whose image projection is solved so that each colour's images point at
+    the text embedding of "a photo of a <colour>.": zero-shot's answer is known to be right."""
+    root = _colour_images(tmp_path_factory.mktemp("colours"))
+    torch.manual_seed(0)
+    backbone = load_backbone("micro-vit")
+    names = list(COLOURS)
+    targets = zeroshot_weights(backbone, names, [TEMPLATE])
+    visual = backbone.model.visual
+    splits = load_dataset(f"imagefolder:{root}")
+    transform = backbone.image_transform()
+    hidden, wanted = [], []
+    with torch.no_grad():
+        for sample in splits.train:
+            image = transform(Image.open(sample.path).convert("RGB"))[None]
+            tokens = visual.transformer(visual._embeds(image))
+            hidden.append(visual.ln_post(tokens[:, 0]))
+            wanted.append(targets[names.index(splits.classnames[sample.label])])
+        solution = torch.linalg.lstsq(torch.cat(hidden), torch.stack(wanted)).solution
+        visual.proj.copy_(solution)
+    weights = tmp_path_factory.mktemp("weights") / "colour.safetensors"
+    backbone.save(weights)
+    return root, weights
+
+
+def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
+    root, weights = colour_world
+    backbone = load_backbone(None, weights)
+    samples = load_dataset(f"imagefolder:{root}").test
+    calls = []
+    original = backbone.encode_image
+    backbone.encode_image = lambda images: calls.append(len(images)) or original(images)
+    first = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=10, progress=False)
+    assert sum(calls) == len(samples) == 24
+    with torch.no_grad():
+        direct = torch.cat([original(torch.stack([backbone.image_transform()(Image.open(s.path).convert("RGB"))]))
+                            for s in samples])
+    torch.testing.assert_close(first.features, direct, atol=2e-2, rtol=1e-2)  # stored as float16
+    calls.clear()
+    again = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=10, progress=False)
+    assert calls == [] and torch.equal(again.features, first.features)
+    # An interrupted extraction: one shard lost, one half-written. Only those two are recomputed.
+    entry = next((tmp_path / "features").iterdir())
+    (entry / "shard_00001.npy").unlink()
+    (entry / "shard_00002.npy").write_bytes(b"\x93NUMPY partial")
+    resumed = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=10, progress=False)
+    assert sum(calls) == 14
+    assert torch.equal(resumed.features, first.features)
+    assert torch.equal(resumed.labels, torch.tensor([s.label for s in samples]))
+
+
+def _run(tmp_path, *argv):
+    out = tmp_path / "run"
+    code = main(["run", *argv, "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"])
+    return code, (json.loads((out / "metrics.json").read_text()) if code == 0 else None)
+
+
+def test_run_zeroshot_full_known_answer(colour_world, tmp_path):
+    root, weights = colour_world
+    code, metrics = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
+                         f"templates={TEMPLATE}")
+    assert code == 0
+    assert metrics["accuracy"] == 100.0 and metrics["per_class_accuracy"] == 100.0
+    assert metrics["num_classes"] == 4 and metrics["method"] == "zeroshot" and metrics["protocol"] == "full"
+    assert metrics["config"]["templates"] == TEMPLATE and metrics["seconds"] >= 0
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_zeroshot_uses_class_names(colour_world, tmp_path):
+    """Same images, class folders renamed in a cycle: the text now points at the wrong colour."""
+    root, weights = colour_world
+    renamed = tmp_path / "renamed"
+    names = list(COLOURS)
+    for split in ("train", "test"):
+        for i, name in enumerate(names):
+            (renamed / split).mkdir(parents=True, exist_ok=True)
+            target = renamed / split / names[(i + 1) % len(names)]
+            target.symlink_to(root / split / name, target_is_directory=True)
+    code, metrics = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{renamed}", "--pretrained", str(weights),
+                         f"templates={TEMPLATE}")
+    assert code == 0 and metrics["accuracy"] == 0.0
+
+
+def test_run_base2new_gzsl_crossdataset(colour_world, tmp_path):
+    root, weights = colour_world
+    common = ["--dataset", f"imagefolder:{root}", "--pretrained", str(weights), f"templates={TEMPLATE}"]
+    code, b2n = _run(tmp_path, "zeroshot", "--protocol", "base2new", *common)
+    assert code == 0
+    assert (b2n["num_base_classes"], b2n["num_new_classes"], b2n["num_classes"]) == (2, 2, 4)
+    assert b2n["base_accuracy"] == b2n["new_accuracy"] == b2n["harmonic_mean"] == 100.0
+
+    code, gzsl = _run(tmp_path, "zeroshot", "--protocol", "gzsl", "--unseen", "blue", *common)
+    assert code == 0
+    assert (gzsl["num_seen_classes"], gzsl["num_unseen_classes"]) == (3, 1)
+    assert gzsl["seen_accuracy"] == gzsl["unseen_accuracy"] == gzsl["harmonic_mean"] == 100.0
+
+    target = _colour_images(tmp_path / "target", {"test": 3}, {"red": COLOURS["red"], "blue": COLOURS["blue"]}, seed=5)
+    code, cross = _run(tmp_path, "zeroshot", "--protocol", "crossdataset", "--targets", f"imagefolder:{target}", *common)
+    assert code == 0
+    assert cross["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0
+    assert cross["targets"][f"imagefolder:{target}"]["num_classes"] == 2
+
+
+def test_run_errors_are_one_line(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{tmp_path / 'nowhere'}", "--pretrained", str(weights))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("clipadapt: error:") and "nowhere" in err and "\n" not in err
+    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "lr=0.1")
+    assert code == 2 and "unknown ZeroShot.Config key(s) in overrides: lr" in capsys.readouterr().err
+    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
+                   "--protocol", "fewshot")
+    assert code == 2 and "--shots" in capsys.readouterr().err
+    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(tmp_path / "no.pt"),
+                   "--model", "micro-vit")
+    assert code == 2 and "no.pt does not exist" in capsys.readouterr().err
