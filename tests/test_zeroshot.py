@@ -1,7 +1,6 @@
 """Zero-shot CLIP, the feature cache, the protocols' metrics and the `clipadapt run` command."""
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,8 +13,7 @@ from clipadapt.features import extract_features
 from clipadapt.protocols import accuracy, harmonic_mean, per_class_accuracy
 from clipadapt.text import IMAGENET_TEMPLATES, resolve_templates, zeroshot_weights
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
-TEMPLATE = "a photo of a {}."
+from conftest import COLOURS, TEMPLATE, colour_images
 
 
 def test_templates():
@@ -53,44 +51,6 @@ def test_metrics():
     assert harmonic_mean(0.0, 90.0) == 0.0
     with pytest.raises(ClipadaptError):
         accuracy(torch.tensor([]), torch.tensor([]))
-
-
-def _colour_images(root, per_split={"train": 4, "test": 6}, colours=COLOURS, seed=0):
-    rng = np.random.default_rng(seed)
-    for split, count in per_split.items():
-        for name, rgb in colours.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def colour_world(tmp_path_factory):
-    """A colour data set and a micro CLIP whose image projection is solved so that each colour's images point at
-    the text embedding of "a photo of a <colour>.": zero-shot's answer is known to be right."""
-    root = _colour_images(tmp_path_factory.mktemp("colours"))
-    torch.manual_seed(0)
-    backbone = load_backbone("micro-vit")
-    names = list(COLOURS)
-    targets = zeroshot_weights(backbone, names, [TEMPLATE])
-    visual = backbone.model.visual
-    splits = load_dataset(f"imagefolder:{root}")
-    transform = backbone.image_transform()
-    hidden, wanted = [], []
-    with torch.no_grad():
-        for sample in splits.train:
-            image = transform(Image.open(sample.path).convert("RGB"))[None]
-            tokens = visual.transformer(visual._embeds(image))
-            hidden.append(visual.ln_post(tokens[:, 0]))
-            wanted.append(targets[names.index(splits.classnames[sample.label])])
-        solution = torch.linalg.lstsq(torch.cat(hidden), torch.stack(wanted)).solution
-        visual.proj.copy_(solution)
-    weights = tmp_path_factory.mktemp("weights") / "colour.safetensors"
-    backbone.save(weights)
-    return root, weights
 
 
 def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
@@ -164,7 +124,7 @@ def test_run_base2new_gzsl_crossdataset(colour_world, tmp_path):
     assert (gzsl["num_seen_classes"], gzsl["num_unseen_classes"]) == (3, 1)
     assert gzsl["seen_accuracy"] == gzsl["unseen_accuracy"] == gzsl["harmonic_mean"] == 100.0
 
-    target = _colour_images(tmp_path / "target", {"test": 3}, {"red": COLOURS["red"], "blue": COLOURS["blue"]}, seed=5)
+    target = colour_images(tmp_path / "target", {"test": 3}, {"red": COLOURS["red"], "blue": COLOURS["blue"]}, seed=5)
     code, cross = _run(tmp_path, "zeroshot", "--protocol", "crossdataset", "--targets", f"imagefolder:{target}", *common)
     assert code == 0
     assert cross["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0

@@ -14,7 +14,7 @@ import yaml
 
 from .backbone import list_models, load_backbone
 from .config import load_config_file, parse_overrides
-from .data import load_dataset
+from .data import DatasetSplits, drop_unreadable_images, load_dataset
 from .errors import ClipadaptError
 from .features import default_cache_dir, extract_features
 from .methods import METHODS, build_method
@@ -29,6 +29,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="check every image first; leave out unreadable ones and report them instead of failing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +62,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:]
 
 
+def _load_dataset(args: argparse.Namespace) -> tuple[DatasetSplits, list[str]]:
+    """The data set of `--dataset`; with `--skip-bad-images`, without unreadable images, reported on stderr."""
+    splits = load_dataset(args.dataset)
+    if not args.skip_bad_images:
+        return splits, []
+    splits, bad = drop_unreadable_images(splits, progress=not args.no_progress)
+    for sample, reason in bad:
+        print(f"skipped unreadable image {sample.path}: {reason}", file=sys.stderr)
+    return splits, [str(sample.path) for sample, _ in bad]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
-    splits = load_dataset(args.dataset)
+    splits, skipped = _load_dataset(args)
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     method = build_method(args.method, backbone, values, source=str(args.config or "overrides"))
     ctx = RunContext(backbone, cache_dir=args.cache, batch_size=args.batch_size, num_workers=args.workers,
@@ -77,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": args.shots,
                "seed": args.seed, "seconds": round(time.time() - start, 3), "model": backbone.name,
                "pretrained": args.pretrained, "config": config, **numbers}
+    if args.skip_bad_images:
+        metrics["skipped_images"] = skipped
     out = args.out or Path("runs") / _slug(f"{args.method}-{args.protocol}-{args.dataset}-seed{args.seed}")
     path = write_metrics(out, metrics)
     (Path(out) / "config.yaml").write_text(yaml.safe_dump({**{k: metrics[k] for k in (
@@ -94,7 +109,7 @@ def _summary(metrics: dict) -> str:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    splits = load_dataset(args.dataset)
+    splits, _ = _load_dataset(args)
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     for split in [s for s in args.splits.split(",") if s]:
         samples = splits.split(split)
@@ -114,6 +129,14 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(message: str) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's traceback; its last line is the cause."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message
+    return re.sub(r"^[\w.]*Error: ", "", lines[-1].strip())
+
+
 COMMANDS = {"run": cmd_run, "extract": cmd_extract, "models": cmd_models}
 
 
@@ -128,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ClipadaptError as e:
-        print(f"clipadapt: error: {e}", file=sys.stderr)
+        print(f"clipadapt: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as e:
         print(f"clipadapt: error: {type(e).__name__}: {e}", file=sys.stderr)

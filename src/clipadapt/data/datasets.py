@@ -8,7 +8,7 @@ import os
 import random
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Sequence
 
@@ -108,6 +108,15 @@ def find_unreadable_images(samples: Sequence[Sample], progress: bool = False) ->
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         reasons = list(tqdm(pool.map(check, samples), total=len(samples), desc="checking images", disable=not progress))
     return [(sample, reason) for sample, reason in zip(samples, reasons) if reason is not None]
+
+
+def drop_unreadable_images(splits: "DatasetSplits", progress: bool = False) -> tuple["DatasetSplits", list[tuple[Sample, str]]]:
+    """The data set without the samples whose image cannot be decoded, and (sample, reason) for each dropped one:
+    for users who ask to skip bad files and get a report instead of an error."""
+    bad = find_unreadable_images(splits.train + splits.val + splits.test, progress=progress)
+    bad_paths = {sample.path for sample, _ in bad}
+    kept = {name: [s for s in splits.split(name) if s.path not in bad_paths] for name in SPLIT_NAMES}
+    return replace(splits, **kept), bad
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -1,0 +1,52 @@
+"""Shared fixtures: a small colour data set and a micro CLIP whose zero-shot answer on it is known."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipadapt import load_backbone
+from clipadapt.data import load_dataset
+from clipadapt.text import zeroshot_weights
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+TEMPLATE = "a photo of a {}."
+
+
+def colour_images(root, per_split={"train": 4, "test": 6}, colours=COLOURS, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, count in per_split.items():
+        for name, rgb in colours.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_world(tmp_path_factory):
+    """A colour data set and a micro CLIP whose image projection is solved so that each colour's images point at
+    the text embedding of "a photo of a <colour>.": zero-shot's answer is known to be right."""
+    root = colour_images(tmp_path_factory.mktemp("colours"))
+    torch.manual_seed(0)
+    backbone = load_backbone("micro-vit")
+    names = list(COLOURS)
+    targets = zeroshot_weights(backbone, names, [TEMPLATE])
+    visual = backbone.model.visual
+    splits = load_dataset(f"imagefolder:{root}")
+    transform = backbone.image_transform()
+    hidden, wanted = [], []
+    with torch.no_grad():
+        for sample in splits.train:
+            image = transform(Image.open(sample.path).convert("RGB"))[None]
+            tokens = visual.transformer(visual._embeds(image))
+            hidden.append(visual.ln_post(tokens[:, 0]))
+            wanted.append(targets[names.index(splits.classnames[sample.label])])
+        solution = torch.linalg.lstsq(torch.cat(hidden), torch.stack(wanted)).solution
+        visual.proj.copy_(solution)
+    weights = tmp_path_factory.mktemp("weights") / "colour.safetensors"
+    backbone.save(weights)
+    return root, weights
+
+

@@ -1,0 +1,60 @@
+"""The `clipadapt` command: extract, skipping bad images, one-line errors, `python -m clipadapt`."""
+import json
+import shutil
+import subprocess
+import sys
+
+from clipadapt.cli import main
+from conftest import TEMPLATE
+
+
+def _copy_with_bad_image(root, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    (copy / "test" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return copy
+
+
+def test_extract_caches_each_split(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    argv = ["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache", str(tmp_path),
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train: 16 features of dimension 32" in out and "test: 24 features" in out and "val: no samples" in out
+    assert len(list((tmp_path / "features").iterdir())) == 2
+    assert all((entry / "meta.json").is_file() for entry in (tmp_path / "features").iterdir())
+
+
+def test_bad_image_fails_with_one_line_naming_it_even_from_a_worker(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    data = _copy_with_bad_image(root, tmp_path)
+    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{data}", "--pretrained", str(weights),
+                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("clipadapt: error: cannot read image") and "broken.png" in err and "\n" not in err
+
+
+def test_skip_bad_images_reports_and_runs(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    data = _copy_with_bad_image(root, tmp_path)
+    out = tmp_path / "run"
+    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{data}", "--pretrained", str(weights),
+                 "--cache", str(tmp_path / "cache"), "--out", str(out), "--skip-bad-images", "--no-progress",
+                 f"templates={TEMPLATE}"])
+    assert code == 0
+    assert "skipped unreadable image" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [p.endswith("broken.png") for p in metrics["skipped_images"]] == [True]
+    assert metrics["accuracy"] == 100.0
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "clipadapt", "models"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    names = result.stdout.split()
+    assert "tiny-vit" in names and "ViT-B-16" in names
+    bad = subprocess.run([sys.executable, "-m", "clipadapt", "run", "zeroshot", "--dataset", "nope:x", "--model",
+                          "micro-vit"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("clipadapt: error:") and "nope" in bad.stderr
