@@ -44,6 +44,9 @@ class DatasetSplits:
     root: Path
     # CoOp's dataset class name when known: clipadapt.text picks CoOp's per-dataset prompt template by it.
     template_key: str | None = None
+    # Per class (index = label), its attribute values ({"colour": "red", "shape": "star"}) when the data set
+    # knows them (the generated world does): protocols then report per-attribute accuracy.
+    class_attributes: list[dict[str, str]] | None = None
 
     def split(self, name: str) -> list[Sample]:
         """The samples of split `name` ("train", "val" or "test")."""

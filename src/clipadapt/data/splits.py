@@ -115,6 +115,7 @@ def select_classes(splits: DatasetSplits, selected: Sequence[int], suffix: str) 
         splits,
         name=splits.name + suffix,
         classnames=[splits.classnames[label] for label in selected],
+        class_attributes=[splits.class_attributes[label] for label in selected] if splits.class_attributes else None,
         train=keep(splits.train),
         val=keep(splits.val),
         test=keep(splits.test),
