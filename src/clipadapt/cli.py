@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -10,14 +11,17 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from .backbone import list_models, load_backbone
-from .config import load_config_file, parse_overrides
+from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
+from .engine import distributed_world
 from .errors import ClipadaptError
 from .features import default_cache_dir, extract_features
 from .methods import METHODS, build_method
+from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
 from .protocols import PROTOCOLS, RunContext, run_protocol, write_metrics
 
 
@@ -26,8 +30,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help="local weights file: OpenAI .pt, open_clip checkpoint or clipadapt .safetensors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cache", type=Path, default=None, help="feature/split cache (default $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per encoder call (feature extraction: 64) or per training step")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes for image decoding (0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="check every image first; leave out unreadable ones and report them instead of failing")
@@ -54,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--splits", default="train,val,test", help="comma-separated splits to extract")
     _add_model_args(extract)
 
+    pretrain = sub.add_parser("pretrain", help="pretrain both towers with UniCL (or the CLIP / CE loss)")
+    pretrain.add_argument("--data", required=True, help="comma-separated data set specs: image-label and image-text")
+    pretrain.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, model.safetensors, metrics.json")
+    pretrain.add_argument("--loss", choices=LOSSES, default="unicl")
+    pretrain.add_argument("--config", type=Path, help="YAML file of pretraining config values")
+    pretrain.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of model.safetensors")
+    _add_model_args(pretrain)
+
     sub.add_parser("models", help="list model names")
     return parser
 
@@ -79,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     splits, skipped = _load_dataset(args)
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     method = build_method(args.method, backbone, values, source=str(args.config or "overrides"))
-    ctx = RunContext(backbone, cache_dir=args.cache, batch_size=args.batch_size, num_workers=args.workers,
+    ctx = RunContext(backbone, cache_dir=args.cache, batch_size=args.batch_size or 64, num_workers=args.workers or 0,
                      progress=not args.no_progress)
     torch.manual_seed(args.seed)
     targets = [t for t in args.targets.split(",") if t]
@@ -116,11 +129,46 @@ def cmd_extract(args: argparse.Namespace) -> int:
         if not samples:
             print(f"{split}: no samples, skipped")
             continue
-        features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size,
-                                    num_workers=args.workers, progress=not args.no_progress,
+        features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size or 64,
+                                    num_workers=args.workers or 0, progress=not args.no_progress,
                                     desc=f"{splits.name}/{split}")
         print(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
               f"cached under {args.cache or default_cache_dir()}")
+    return 0
+
+
+def _init_distributed(device: str) -> str:
+    """Under torchrun, join the process group (NCCL on GPUs, gloo on CPUs) and pick this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    use_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return f"cuda:{local_rank}"
+    return device
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    values = load_config_file(args.config) if args.config else {}
+    values.update(parse_overrides(args.overrides))
+    values["loss"] = args.loss
+    for key in ("batch_size", "workers"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    config = build_config(PretrainConfig, values, source=str(args.config or "overrides"))
+    device = _init_distributed(args.device)
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(args.model, args.pretrained, device=device)
+    data = PretrainData.from_specs([s for s in args.data.split(",") if s])
+    summary = UniCLPretrainer(backbone, config, data).fit(args.out, progress=not args.no_progress)
+    if distributed_world()[0] == 0:
+        weights = Path(args.out) / "model.safetensors"
+        backbone.save(weights, dtype=torch.float16 if args.save_dtype == "fp16" else None)
+        write_metrics(args.out, {"data": args.data, "model": backbone.name, "pretrained": args.pretrained, **summary})
+        print(f"pretrained {backbone.name} with {config.loss} for {summary['steps']} steps "
+              f"(final epoch loss {summary['epoch_losses'][-1]:.4f}); wrote {weights}")
     return 0
 
 
@@ -137,7 +185,7 @@ def _one_line(message: str) -> str:
     return re.sub(r"^[\w.]*Error: ", "", lines[-1].strip())
 
 
-COMMANDS = {"run": cmd_run, "extract": cmd_extract, "models": cmd_models}
+COMMANDS = {"run": cmd_run, "extract": cmd_extract, "pretrain": cmd_pretrain, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Method config overrides are bare key=value words, accepted anywhere on the `run` command line.
     args.overrides = [word for word in extra if "=" in word and not word.startswith("-")]
     unknown = [word for word in extra if word not in args.overrides]
-    if unknown or (args.overrides and args.command != "run"):
+    if unknown or (args.overrides and args.command not in ("run", "pretrain")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     try:
         return COMMANDS[args.command](args)

@@ -31,3 +31,4 @@ def build_method(name: str, backbone, values: dict[str, Any] | None = None, sour
 
 
 from . import zeroshot  # noqa: E402,F401  (registers itself)
+from . import linear_probe  # noqa: E402,F401  (registers itself)

@@ -1,0 +1,584 @@
+"""The image world: procedurally generated data sets, the embedded default data.
+
+Every image shows one object (a shape with a colour, a fill pattern and a size, jittered in position, radius and
+rotation) on a textured background, plus pixel noise. Class names compose words ("red star", "striped star",
+"star on sand"), so a text encoder that learned the words can name compositions it never saw:
+
+- `pretrain` (image-label) and `captions` (image-text) show only the 48 "seen" colour-shape compositions.
+- `objects` is the base-to-new target: labels 0-15 are seen compositions (base), 16-31 the 16 held-out ones
+  (new), so CoOp's base/new split (`base_new_split`) separates seen from unseen compositions. Every colour and
+  every shape is in exactly two classes of each half, so no single attribute names a class.
+- `patterns` ("striped star") and `scenes` ("star on sand") are cross-data-set targets with other name forms.
+- `fine` is one superclass ("badge") whose subcategories differ only in a small spot (its colour and position);
+  `marks.json` holds each image's spot box.
+
+The world is written in the formats the loaders of `datasets.py` read (CoOp split JSON, image-text CSV), to a
+temp folder renamed into place at the end, and is byte-identical for the same seed and sizes.
+Specs: `world:NAME` (the default world, generated into the cache on first use) and `world:NAME:DIR`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from clipadapt.data.datasets import (
+    SPLIT_NAMES,
+    DatasetSplits,
+    Sample,
+    load_csv,
+    read_split_file,
+    register_dataset,
+    save_split_file,
+)
+from clipadapt.errors import DataError
+
+# Bump when the images or the layout change: the default world's cache folder is named by it.
+VERSION = 1
+
+# Saturated colours, far from each other and from the muted or dark backgrounds.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 135, 25),
+    "yellow": (245, 225, 40),
+    "green": (45, 195, 65),
+    "blue": (40, 90, 235),
+    "purple": (145, 60, 205),
+    "pink": (250, 135, 200),
+    "white": (245, 245, 245),
+}
+# Silhouettes chosen to stay distinct at 32-64 pixels under +-20 degrees of rotation (no square/diamond pairs).
+SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "moon", "arrow")
+PATTERNS = ("solid", "striped", "dotted", "checkered")
+SIZES = ("small", "large")
+# Each background's phrases for captions, the first also used in `scenes` class names ("star on grass").
+BACKGROUNDS: dict[str, tuple[str, ...]] = {
+    "grass": ("on grass", "in the grass"),
+    "sand": ("on sand", "on the sand"),
+    "water": ("on water", "over water"),
+    "brick": ("on brick", "against a brick wall"),
+    "night": ("at night", "in the night sky"),
+    "stone": ("on stone", "on a stone floor"),
+}
+
+WORLD_DATASETS = ("pretrain", "captions", "objects", "patterns", "scenes", "fine")
+TARGET_DATASETS = ("objects", "patterns", "scenes", "fine")
+
+# Colour i is held out of pretraining with shapes i and i+3, and `objects` takes colour i with shapes i+1 and i+5
+# as its base classes (indices mod 8): each colour and each shape is in exactly two classes of either half.
+HELD_OUT_OFFSETS = (0, 3)
+BASE_OFFSETS = (1, 5)
+
+FINE_SUPERCLASS = "badge"
+# The badge's own colours exclude the spot colours, so the spot is always visible on it.
+BADGE_COLOURS = ("red", "green", "blue", "purple")
+MARK_COLOURS: dict[str, tuple[int, int, int]] = {"black": (20, 20, 20), "white": (250, 250, 250), "yellow": (250, 230, 30)}
+# Direction of the spot from the badge centre (degrees, image y axis down), before the badge's rotation.
+MARK_POSITIONS: dict[str, float] = {"top": -90.0, "left": 180.0, "right": 0.0}
+
+# Images per class (`captions`: per seen composition); override with generate_world(..., NAME=count).
+DEFAULT_SIZES: dict[str, int] = {
+    "pretrain_train": 150,
+    "pretrain_val": 10,
+    "pretrain_test": 10,
+    "captions": 150,
+    "train": 40,  # the four target data sets
+    "val": 10,
+    "test": 30,
+}
+
+_SUPERSAMPLE = 4  # polygons are drawn at 4x and box-filtered down: antialiased edges
+_RADIUS = {"small": 0.2, "large": 0.32}  # object radius as a fraction of the image side
+_MAX_ROTATION = 20.0
+_MARK_RADIUS = 0.05
+_MARK_DISTANCE = 0.55  # spot centre from the badge centre, in badge radii (inside the hexagon's inner circle)
+_OUTLINE = (25, 25, 25)
+_PATTERN_SHADE = 0.35  # pattern marks are the object's colour darkened: the hue stays visible
+_NOISE_STD = 5.0
+
+_CAPTION_TEMPLATES = (
+    "a {size} {pattern} {colour} {shape} {where}",
+    "photo of a {pattern} {colour} {shape}, {size}, {where}",
+    "there is a {colour} {shape} with {pattern} fill {where}",
+    "a {colour} {shape} {where}",
+    "{colour} {shape}, {pattern}",
+    "a {size} {colour} {shape}",
+    "the {shape} is {colour} and {pattern}",
+    "a {pattern} {shape} in {colour}, {where}",
+    "{where}, a {size} {colour} {shape}",
+    "an image of a {colour} {pattern} {shape}",
+    "a {colour} {shape}, {size} and {pattern}, {where}",
+    "close-up of a {size} {colour} {shape} {where}",
+)
+
+
+# ---------------------------------------------------------------- classes
+
+
+def _name(colour: str, shape: str) -> str:
+    return f"{colour} {shape}"
+
+
+def _compositions(offsets: Iterable[int]) -> list[tuple[str, str]]:
+    return [(c, SHAPES[(i + k) % len(SHAPES)]) for i, c in enumerate(COLOURS) for k in offsets]
+
+
+HELD_OUT = _compositions(HELD_OUT_OFFSETS)
+SEEN = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT]
+
+
+def _class_list(name: str) -> list[dict[str, str]]:
+    """The defining attribute values of each class of data set `name` (index = label)."""
+    if name in ("pretrain", "captions"):
+        return [{"colour": c, "shape": s} for c, s in SEEN]
+    if name == "objects":
+        return [{"colour": c, "shape": s} for c, s in _compositions(BASE_OFFSETS) + HELD_OUT]
+    if name == "patterns":
+        return [{"pattern": p, "shape": s} for p in PATTERNS for s in SHAPES]
+    if name == "scenes":
+        return [{"shape": s, "background": b} for s in SHAPES for b in BACKGROUNDS]
+    return [{"mark_colour": c, "mark_position": p} for c in MARK_COLOURS for p in MARK_POSITIONS]
+
+
+def _class_name(attributes: dict[str, str]) -> str:
+    if "mark_colour" in attributes:
+        return f"{FINE_SUPERCLASS} with {attributes['mark_colour']} spot at {attributes['mark_position']}"
+    if "background" in attributes:
+        return f"{attributes['shape']} {BACKGROUNDS[attributes['background']][0]}"
+    return f"{attributes.get('colour') or attributes['pattern']} {attributes['shape']}"
+
+
+def _split_file_name(name: str) -> str:
+    return f"split_zhou_World{name.capitalize()}.json"
+
+
+def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
+    """All attribute values of one image: the class's own, the others drawn uniformly (in a fixed key order)."""
+    if dataset == "fine":
+        # Everything but the spot has the same distribution in every subcategory.
+        free = {"colour": BADGE_COLOURS, "shape": (FINE_SUPERCLASS,), "pattern": ("solid",), "size": ("large",),
+                "background": tuple(BACKGROUNDS)}
+    else:
+        free = {"colour": tuple(COLOURS), "shape": SHAPES, "pattern": PATTERNS, "size": SIZES,
+                "background": tuple(BACKGROUNDS)}
+    drawn = {key: fixed[key] if key in fixed else values[rng.integers(len(values))] for key, values in free.items()}
+    return {**drawn, **{key: value for key, value in fixed.items() if key not in drawn}}
+
+
+def _caption(attributes: dict[str, str], rng: np.random.Generator) -> str:
+    template = _CAPTION_TEMPLATES[rng.integers(len(_CAPTION_TEMPLATES))]
+    phrases = BACKGROUNDS[attributes["background"]]
+    text = template.format(where=phrases[rng.integers(len(phrases))], **attributes)
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _regular(n: int, radius: float, start: float) -> list[tuple[float, float]]:
+    return [(radius * math.cos(start + 2 * math.pi * k / n), radius * math.sin(start + 2 * math.pi * k / n))
+            for k in range(n)]
+
+
+def _star() -> list[tuple[float, float]]:
+    outer, inner = _regular(5, 1.0, -math.pi / 2), _regular(5, 0.45, -math.pi / 2 + math.pi / 5)
+    return [p for pair in zip(outer, inner) for p in pair]
+
+
+def _heart() -> list[tuple[float, float]]:
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) - 2.5  # centred vertically
+    return list(zip(x / 16, y / 16))
+
+
+_W = 0.33  # half-width of the cross's arms
+# Unit outlines (radius about 1, y down, pointing up); circle and moon are drawn as discs.
+_POLYGONS: dict[str, list[tuple[float, float]]] = {
+    "square": [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)],
+    "triangle": _regular(3, 1.1, -math.pi / 2),
+    "star": _star(),
+    "cross": [(-_W, -1), (_W, -1), (_W, -_W), (1, -_W), (1, _W), (_W, _W), (_W, 1), (-_W, 1), (-_W, _W), (-1, _W),
+              (-1, -_W), (-_W, -_W)],
+    "heart": _heart(),
+    "arrow": [(0, -1), (0.75, -0.1), (0.3, -0.1), (0.3, 1), (-0.3, 1), (-0.3, -0.1), (-0.75, -0.1)],
+    FINE_SUPERCLASS: _regular(6, 1.0, 0.0),  # a hexagon with flat top and bottom
+}
+
+
+@lru_cache(maxsize=4)
+def _pixel_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x), each [n, n]."""
+    ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
+    return ys, xs
+
+
+def _disc(n: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    ys, xs = _pixel_grid(n)
+    # Coverage falls off over one pixel at the rim: an antialiased disc without supersampling.
+    return np.clip(radius + 0.5 - np.hypot(xs - cx, ys - cy), 0.0, 1.0)
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    return points @ np.array([[c, s], [-s, c]], dtype=np.float64)
+
+
+def _shape_alpha(shape: str, cx: float, cy: float, radius: float, angle: float, n: int) -> np.ndarray:
+    """Coverage [n, n] in [0, 1] of the shape centred at (cx, cy)."""
+    if shape == "circle":
+        return _disc(n, cx, cy, radius)
+    if shape == "moon":
+        dx, dy = _rotate(np.array([[0.45, -0.3]]), angle)[0] * radius
+        return _disc(n, cx, cy, radius) * (1.0 - _disc(n, cx + dx, cy + dy, 0.8 * radius))
+    points = (_rotate(np.array(_POLYGONS[shape]), angle) * radius + (cx, cy)) * _SUPERSAMPLE
+    canvas = Image.new("L", (n * _SUPERSAMPLE, n * _SUPERSAMPLE), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=255)
+    return np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32) / 255.0
+
+
+def _pattern_amount(pattern: str, cx: float, cy: float, radius: float, angle: float, n: int) -> np.ndarray:
+    """Where the pattern darkens the fill, [n, n] in [0, 1]; in the object's own frame so it turns with it."""
+    if pattern == "solid":
+        return np.zeros((n, n), dtype=np.float32)
+    ys, xs = _pixel_grid(n)
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    u = ((xs - cx) * c + (ys - cy) * s) / radius
+    v = (-(xs - cx) * s + (ys - cy) * c) / radius
+    period = 0.45  # in object radii, so a small object carries the same pattern as a large one
+    if pattern == "striped":
+        # A steep sine rather than a square wave: stripe edges stay soft instead of aliasing.
+        return np.clip(0.5 + 2.0 * np.sin(2 * np.pi * v / period), 0.0, 1.0)
+    if pattern == "checkered":
+        return np.clip(0.5 + 2.0 * np.sin(np.pi * u / (period / 2)) * np.sin(np.pi * v / (period / 2)), 0.0, 1.0)
+    du, dv = u / period - np.round(u / period), v / period - np.round(v / period)
+    dot = 0.28 * period * radius  # dot radius in pixels
+    return np.clip(dot + 0.5 - np.hypot(du, dv) * period * radius, 0.0, 1.0)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, cells_y: int, cells_x: int) -> np.ndarray:
+    """Values in [-1, 1] varying smoothly over n/cells pixels (bilinear upsampling of a random grid)."""
+    grid = rng.uniform(-1.0, 1.0, (cells_y + 1, cells_x + 1)).astype(np.float32)
+    return np.asarray(Image.fromarray(grid, "F").resize((n, n), Image.BILINEAR))
+
+
+def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A [n, n, 3] float texture; sizes are fractions of the image so 32- and 64-pixel worlds look alike."""
+    ys, xs = _pixel_grid(n)
+    y, x = ys / n, xs / n
+    if name == "grass":
+        blades = _smooth_noise(rng, n, 2, n // 2)  # thin vertical streaks
+        return np.array([55, 105, 40], np.float32) + blades[..., None] * np.array([20, 35, 15], np.float32)
+    if name == "sand":
+        ripples = np.sin(2 * np.pi * (x + y) * 4 + rng.uniform(0, 2 * np.pi))
+        grain = rng.normal(0.0, 1.0, (n, n)).astype(np.float32)
+        return np.array([205, 180, 130], np.float32) + (8 * ripples + 10 * grain)[..., None]
+    if name == "water":
+        waves = np.sin(2 * np.pi * (5 * y + 0.15 * np.sin(2 * np.pi * 2 * x + rng.uniform(0, 2 * np.pi)))
+                       + rng.uniform(0, 2 * np.pi))
+        return np.array([30, 75, 125], np.float32) + waves[..., None] * np.array([12, 20, 25], np.float32)
+    if name == "brick":
+        rows, width = 6, 1 / 3
+        yy = y + rng.uniform(0, 1)
+        row = np.floor(yy * rows).astype(np.int64)
+        xx = x + rng.uniform(0, 1) + (row % 2) * width / 2  # alternate rows are offset by half a brick
+        col = np.floor(xx / width).astype(np.int64)
+        tint = rng.uniform(0.8, 1.15, (rows * 2 + 2, 8)).astype(np.float32)[row % (rows * 2 + 2), col % 8]
+        mortar = ((yy * rows) % 1 < 0.13) | ((xx / width) % 1 < 0.06)
+        brick = np.array([140, 60, 45], np.float32) * tint[..., None]
+        return np.where(mortar[..., None], np.array([170, 165, 155], np.float32), brick)
+    if name == "night":
+        sky = np.array([10, 12, 32], np.float32) + y[..., None] * np.array([12, 8, 25], np.float32)
+        count = n * n // 250
+        stars_y, stars_x = rng.integers(0, n, count), rng.integers(0, n, count)
+        sky[stars_y, stars_x] = rng.uniform(120, 230, (count, 1)).astype(np.float32)
+        return sky
+    blotches = 30 * _smooth_noise(rng, n, 4, 4) + 12 * _smooth_noise(rng, n, 10, 10)  # stone
+    return np.array([125, 122, 118], np.float32) + (blotches + rng.normal(0.0, 6.0, (n, n)))[..., None]
+
+
+def _box(alpha: np.ndarray, threshold: float) -> list[int]:
+    """[x0, y0, x1, y1] (x1, y1 exclusive, as PIL's crop) of the pixels with alpha > threshold."""
+    rows, cols = np.nonzero((alpha > threshold).any(axis=1))[0], np.nonzero((alpha > threshold).any(axis=0))[0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def _dilate(alpha: np.ndarray) -> np.ndarray:
+    padded = np.pad(alpha, 1)
+    n_y, n_x = alpha.shape
+    return np.max([padded[dy : dy + n_y, dx : dx + n_x] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """The image [n, n, 3] uint8 and its boxes ("box": the object; "mark_box": the spot, for badges).
+
+    The spot uses no random draws, so the same seed with another spot gives the same image outside the spot.
+    """
+    rng = np.random.default_rng(seed)
+    image = _background(attributes["background"], n, rng)
+    radius = n * _RADIUS[attributes["size"]] * rng.uniform(0.9, 1.1)
+    angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)
+    margin = 1.05 * radius + 1.0
+    cx, cy = rng.uniform(margin, n - margin, 2)
+    alpha = _shape_alpha(attributes["shape"], cx, cy, radius, angle, n)
+    colour = np.array(COLOURS[attributes["colour"]], np.float32)
+    shade = _pattern_amount(attributes["pattern"], cx, cy, radius, angle, n)[..., None]
+    fill = colour * (1.0 - shade * (1.0 - _PATTERN_SHADE))
+    # A one-pixel dark outline keeps the silhouette readable on any background.
+    outer = _dilate(alpha)[..., None]
+    a = alpha[..., None]
+    image = image * (1.0 - outer) + np.array(_OUTLINE, np.float32) * (outer - a) + fill * a
+    boxes = {"box": _box(alpha, 0.5)}
+    if "mark_colour" in attributes:
+        direction = math.radians(MARK_POSITIONS[attributes["mark_position"]] + angle)
+        mx, my = cx + _MARK_DISTANCE * radius * math.cos(direction), cy + _MARK_DISTANCE * radius * math.sin(direction)
+        mark = _disc(n, mx, my, _MARK_RADIUS * n)
+        image = image * (1.0 - mark[..., None]) + np.array(MARK_COLOURS[attributes["mark_colour"]], np.float32) * mark[..., None]
+        boxes["mark_box"] = _box(mark, 0.0)
+    image = image + rng.normal(0.0, _NOISE_STD, image.shape)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), boxes
+
+
+# ---------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class _ImageSpec:
+    path: str  # relative to the world folder
+    seed: tuple[int, ...]
+    attributes: dict[str, str]
+    split: str
+    label: int
+    caption: str | None = None
+
+
+def _folder_name(text: str) -> str:
+    return text.replace(" ", "_")
+
+
+def _counts(name: str, sizes: dict[str, int]) -> dict[str, int]:
+    if name == "pretrain":
+        return {split: sizes[f"pretrain_{split}"] for split in SPLIT_NAMES}
+    if name == "captions":
+        return {"train": sizes["captions"]}
+    return {split: sizes[split] for split in SPLIT_NAMES}
+
+
+def _plan(seed: int, sizes: dict[str, int]) -> list[_ImageSpec]:
+    """Every image of the world with its attribute values; each image's random draws come from its own seed,
+    so the result does not depend on how the work is spread over processes."""
+    specs = []
+    for index, name in enumerate(WORLD_DATASETS):
+        counts = _counts(name, sizes)
+        for label, fixed in enumerate(_class_list(name)):
+            folder = _folder_name(_class_name(fixed))
+            splits = [split for split, count in counts.items() for _ in range(count)]
+            for i, split in enumerate(splits):
+                rng = np.random.default_rng([seed, index, label, i, 0])
+                attributes = _draw_attributes(name, fixed, rng)
+                specs.append(_ImageSpec(
+                    path=f"{name}/images/{folder}/{i}.png",
+                    seed=(seed, index, label, i, 1),
+                    attributes=attributes,
+                    split=split,
+                    label=label,
+                    caption=_caption(attributes, rng) if name == "captions" else None,
+                ))
+    return specs
+
+
+def _render_file(task: tuple[str, int, _ImageSpec]) -> dict[str, list[int]]:
+    root, image_size, spec = task
+    pixels, boxes = _render(spec.attributes, spec.seed, image_size)
+    Image.fromarray(pixels).save(Path(root) / spec.path, format="PNG")
+    return boxes
+
+
+def _render_all(root: Path, image_size: int, specs: list[_ImageSpec], workers: int, progress: bool) -> Iterator[dict[str, list[int]]]:
+    tasks = [(str(root), image_size, spec) for spec in specs]
+    bar = dict(total=len(tasks), desc="generating image world", unit="img", disable=not progress)
+    if workers <= 1:
+        yield from tqdm(map(_render_file, tasks), **bar)
+        return
+    # fork: the workers need only numpy and PIL, and a spawned one would re-import torch (seconds).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        yield from tqdm(pool.imap(_render_file, tasks, chunksize=64), **bar)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def _world_config(seed: int, image_size: int, sizes: dict[str, int]) -> dict[str, Any]:
+    return {"version": VERSION, "seed": seed, "image_size": image_size, "sizes": sizes}
+
+
+def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], workers: int, progress: bool) -> None:
+    specs = _plan(seed, sizes)
+    for folder in sorted({str(Path(spec.path).parent) for spec in specs}):
+        (root / folder).mkdir(parents=True)
+    boxes = list(_render_all(root, image_size, specs, workers, progress))
+
+    datasets: dict[str, Any] = {}
+    for name in WORLD_DATASETS:
+        folder = root / name
+        mine = [(spec, box) for spec, box in zip(specs, boxes) if spec.path.startswith(f"{name}/")]
+        # Paths relative to the data set folder, which holds the split file: what `coop:NAME:DIR` expects.
+        _write_json(folder / "image_attributes.json",
+                    {spec.path[len(name) + 1 :]: {**spec.attributes, **box} for spec, box in mine})
+        classes = _class_list(name)
+        classnames = [_class_name(attributes) for attributes in classes]
+        if name == "captions":
+            with (folder / "captions.csv").open("w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(["image", "caption"])
+                writer.writerows([spec.path[len(name) + 1 :], spec.caption] for spec, _ in mine)
+            datasets[name] = {"file": f"{name}/captions.csv", "compositions": classnames, "images": len(mine)}
+            continue
+        splits = {split: [Sample(root / spec.path, spec.label) for spec, _ in mine if spec.split == split]
+                  for split in SPLIT_NAMES}
+        save_split_file(folder / _split_file_name(name), splits, folder, classnames)
+        _write_json(folder / "attributes.json", dict(zip(classnames, classes)))
+        datasets[name] = {"split_file": f"{name}/{_split_file_name(name)}", "classes": classnames, "images": len(mine)}
+        if name == "fine":
+            _write_json(folder / "marks.json", {spec.path[len(name) + 1 :]: box["mark_box"] for spec, box in mine})
+            datasets[name]["superclass"] = FINE_SUPERCLASS
+    new_classes = [_name(c, s) for c, s in HELD_OUT]
+    (root / "objects" / "unseen_classes.txt").write_text("".join(f"{c}\n" for c in new_classes), encoding="utf-8")
+    datasets["objects"].update(base_classes=[_name(c, s) for c, s in _compositions(BASE_OFFSETS)],
+                               new_classes=new_classes)
+
+    _write_json(root / "world.json", {
+        **_world_config(seed, image_size, sizes),
+        "vocabulary": {
+            "colour": COLOURS, "shape": SHAPES, "pattern": PATTERNS, "size": SIZES, "background": BACKGROUNDS,
+            "mark_colour": MARK_COLOURS, "mark_position": list(MARK_POSITIONS),
+        },
+        "seen_compositions": [_name(c, s) for c, s in SEEN],
+        "held_out_compositions": new_classes,
+        "datasets": datasets,
+    })
+
+
+def _is_world(path: Path, config: dict[str, Any]) -> bool:
+    """Whether `path` holds a complete world generated with `config` (world.json is written last)."""
+    try:
+        written = json.loads((path / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return {key: written.get(key) for key in config} == config
+
+
+def generate_world(
+    out: Path,
+    seed: int = 0,
+    image_size: int = 64,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+    **sizes: int,
+) -> Path:
+    """Write the image world into `out` (which must not exist, or be empty) and return it.
+
+    `sizes` override DEFAULT_SIZES (images per class and split). The world is built in a temp folder beside
+    `out` and renamed into place, so an interrupted run leaves no partial world; if `out` already holds the same
+    world (same version, seed, size and sizes), e.g. from a concurrent run, it is kept and returned.
+    `workers` processes draw the images (default: the CPU count, one process for small worlds).
+    """
+    unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
+    if unknown:
+        raise DataError(f"unknown world size(s) {', '.join(unknown)}; expected some of {', '.join(DEFAULT_SIZES)}")
+    sizes = {**DEFAULT_SIZES, **sizes}
+    bad = [f"{key}={value}" for key, value in sizes.items() if not isinstance(value, int) or value < 1]
+    if bad:
+        raise DataError(f"world sizes must be positive integers, got {', '.join(bad)}")
+    if image_size < 16:
+        raise DataError(f"world images must be at least 16 pixels wide, got {image_size}")
+
+    out = Path(out).expanduser().absolute()
+    config = _world_config(seed, image_size, sizes)
+    if _is_world(out, config):
+        return out
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise DataError(f"cannot generate the image world into {out}: it exists and is not an empty folder")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        total = sum(len(_class_list(name)) * sum(_counts(name, sizes).values()) for name in WORLD_DATASETS)
+        # Below a few hundred images starting worker processes costs more than it saves.
+        workers = 1 if total < 500 else (workers or os.cpu_count() or 1)
+        _write_world(tmp, seed, image_size, sizes, workers, progress)
+        try:
+            os.rename(tmp, out)  # atomic; replaces an empty folder but never a non-empty one
+        except OSError as exc:
+            if not _is_world(out, config):
+                raise DataError(f"cannot move the generated image world into {out}: {exc}") from exc
+            shutil.rmtree(tmp)  # another process finished the same world first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def default_world(progress: bool = True) -> Path:
+    """The default world (seed 0, default sizes) in the cache folder, generated there on first use."""
+    # Imported here: clipadapt.features imports clipadapt.data, which imports this module.
+    from clipadapt.features import default_cache_dir
+
+    return generate_world(default_cache_dir() / "world" / f"v{VERSION}-seed0", seed=0, progress=progress)
+
+
+def _world_dir(directory: str) -> Path:
+    world = Path(directory).expanduser().absolute() if directory else default_world()
+    if not (world / "world.json").is_file():
+        raise DataError(f"{world} is not a generated image world (no world.json); generate one with generate_world")
+    return world
+
+
+@register_dataset("world")
+def load_world(arg: str) -> DatasetSplits:
+    """NAME or NAME:DIR: data set NAME of the default world, or of the world generated into DIR."""
+    name, _, directory = arg.partition(":")
+    if name not in WORLD_DATASETS:
+        raise DataError(f"unknown world data set {name!r} in 'world:{arg}'; expected one of {', '.join(WORLD_DATASETS)}")
+    folder = _world_dir(directory) / name
+    if name == "captions":
+        return replace(load_csv(str(folder / "captions.csv")), name="WorldCaptions")
+
+    splits, classnames = read_split_file(folder / _split_file_name(name), folder)
+    try:
+        attributes = json.loads((folder / "attributes.json").read_text(encoding="utf-8"))
+        class_attributes = [attributes[classname] for classname in classnames]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read the class attributes of {folder}: {exc!r}") from exc
+    return DatasetSplits(f"World{name.capitalize()}", classnames, root=folder, class_attributes=class_attributes, **splits)
+
+
+def read_marks(world_dir: Path) -> dict[Path, tuple[int, int, int, int]]:
+    """The spot box (x0, y0, x1, y1; x1, y1 exclusive, in pixels) of every `fine` image, by absolute path
+    (the same path as the loaded Sample.path)."""
+    folder = Path(world_dir).expanduser().absolute() / "fine"
+    try:
+        marks = json.loads((folder / "marks.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the spot boxes of {folder}: {exc}") from exc
+    return {folder / rel: tuple(box) for rel, box in marks.items()}

@@ -1,0 +1,181 @@
+"""The one training loop: warm-up + cosine learning rate, gradient clipping, bf16 autocast on GPU, a progress
+bar, a guard against non-finite losses, gradient averaging across processes, and atomic checkpoints from which
+a rerun of the same command resumes exactly (weights, optimizer, step, RNG states; the caller's batches are a
+function of (epoch, offset) so the data order resumes too)."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    load_checkpoint, optimizer_from_checkpoint, optimizer_to_checkpoint, rng_from_checkpoint, rng_to_checkpoint,
+    save_checkpoint,
+)
+from .errors import CheckpointError, ClipadaptError
+
+CHECKPOINT_NAME = "checkpoint_last.safetensors"
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up to `base_lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """open_clip's split: no weight decay on gains, biases, norms and the logit scale."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exempt else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when not running under torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Runs `step_fn(batch, step) -> loss` over `total_steps` optimizer steps of `module`'s trainable weights."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        lr_at: Callable[[int], float],
+        out_dir: str | Path | None = None,
+        run_fingerprint: str = "",
+        checkpoint_every: int = 200,
+        grad_clip: float | None = None,
+        skip_nonfinite: bool = False,
+        after_step: Callable[[], None] | None = None,
+        progress: bool = True,
+        desc: str = "train",
+    ):
+        if total_steps < 1 or steps_per_epoch < 1:
+            raise ClipadaptError(f"nothing to train: {total_steps} steps, {steps_per_epoch} per epoch")
+        self.module, self.optimizer = module, optimizer
+        self.total_steps, self.steps_per_epoch, self.lr_at = total_steps, steps_per_epoch, lr_at
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_fingerprint = run_fingerprint
+        self.checkpoint_every, self.grad_clip, self.skip_nonfinite = checkpoint_every, grad_clip, skip_nonfinite
+        self.after_step, self.progress, self.desc = after_step, progress, desc
+        self.rank, self.world_size = distributed_world()
+        self.step = 0
+        self.losses: list[float] = []  # mean loss of each completed epoch
+        self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+        self.seconds = 0.0
+        self.resumed_from: int | None = None
+        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            self._resume()
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.checkpoint_path is None or self.rank != 0:
+            return
+        optim_tensors, optim_state = optimizer_to_checkpoint(self.optimizer)
+        rng_tensors, rng_state = rng_to_checkpoint()
+        tensors = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors)
+        state = {"step": self.step, "run": self.run_fingerprint, "optimizer": optim_state, "rng": rng_state,
+                 "epoch_losses": self.losses, "epoch_loss_sum": self._epoch_loss_sum,
+                 "epoch_loss_count": self._epoch_loss_count, "seconds": self.seconds}
+        save_checkpoint(self.checkpoint_path, tensors, state)
+
+    def _resume(self) -> None:
+        tensors, state = load_checkpoint(self.checkpoint_path)
+        if state["run"] != self.run_fingerprint:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} belongs to a run with a different configuration; "
+                "use another output folder (or delete the checkpoint to start over)"
+            )
+        self.module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")})
+        optimizer_from_checkpoint(self.optimizer, tensors, state["optimizer"])
+        rng_from_checkpoint(tensors, state["rng"])
+        self.step = self.resumed_from = state["step"]
+        self.losses = state["epoch_losses"]
+        self._epoch_loss_sum, self._epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
+        self.seconds = state["seconds"]
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def _sync_gradients(self) -> None:
+        if self.world_size == 1:
+            return
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= self.world_size
+
+    def fit(self, epoch_batches: Callable[[int, int], Iterable[Any]], step_fn: Callable[[Any, int], torch.Tensor]) -> "Trainer":
+        """`epoch_batches(epoch, offset)` yields the batches of `epoch` from batch `offset` on."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        device_type = params[0].device.type
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, unit="step",
+                   disable=not self.progress or self.rank != 0)
+        start = time.time() - self.seconds
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            for batch in epoch_batches(epoch, offset):
+                lr = self.lr_at(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+                    loss = step_fn(batch, self.step)
+                if not torch.isfinite(loss):
+                    if not self.skip_nonfinite:
+                        raise ClipadaptError(
+                            f"loss is {loss.item()} at step {self.step}; stopped, the last good checkpoint is kept"
+                            + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
+                        )
+                    self.step += 1
+                    continue
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self._sync_gradients()
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                self.optimizer.step()
+                if self.after_step is not None:
+                    self.after_step()
+                self.step += 1
+                self._epoch_loss_sum += loss.item()
+                self._epoch_loss_count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                if self.step % self.steps_per_epoch == 0:
+                    self.losses.append(self._epoch_loss_sum / max(1, self._epoch_loss_count))
+                    self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+                self.seconds = time.time() - start
+                if self.step % self.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0 \
+                        or self.step == self.total_steps:
+                    self._save()
+                if self.step >= self.total_steps:
+                    break
+            else:
+                if self.step % self.steps_per_epoch:  # the batches ran out before the epoch's step count
+                    raise ClipadaptError(f"epoch {epoch} yielded fewer than {self.steps_per_epoch} batches")
+        bar.close()
+        return self

@@ -1,0 +1,179 @@
+"""UniCL pretraining (Yang et al., CVPR 2022): contrastive learning in image-text-label space.
+
+Image-label samples become text through one of the 80 ImageNet templates drawn at random per sample and step;
+image-text samples keep their caption and a label no other sample has. Every pair that shares a label is a
+positive (`clipadapt.losses.unicl_loss`), batches mix the two kinds in a fixed ratio (`BalancedBatchSampler`),
+and the temperature is learned (initialised at 1/0.07, clamped at 100). `loss=clip` treats every pair as
+its own class (CLIP's loss on the same data) and `loss=ce` trains the image encoder with a linear classifier on
+the image-label data only, the paper's two baselines.
+
+The official repository (microsoft/UniCL) releases evaluation code only; this is the loop it leaves out.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import DatasetSplits, ImageDataset, Sample, load_dataset
+from ..data.samplers import BalancedBatchSampler
+from ..engine import Trainer, cosine_lr, distributed_world, param_groups
+from ..errors import ClipadaptError
+from ..losses import clip_loss, gather_batch, unicl_loss
+from ..text import IMAGENET_TEMPLATES
+
+LOSSES = ("unicl", "clip", "ce")
+
+
+@dataclass
+class PretrainConfig:
+    loss: str = "unicl"  # unicl | clip | ce
+    epochs: int = 8
+    batch_size: int = 128  # per process
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup: float = 0.05  # fraction of all steps
+    label_fraction: float = 0.5  # share of image-label samples in every batch
+    grad_clip: float = 0.0  # 0: off
+    max_logit_scale: float = 100.0
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 200
+
+
+@dataclass
+class PretrainData:
+    """Image-label samples (labels into `classnames`) followed by image-text samples (captions)."""
+
+    classnames: list[str]
+    labelled: list[Sample]
+    captioned: list[Sample]
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str]) -> "PretrainData":
+        """Merge data sets; classes with the same name in several data sets share one label."""
+        classnames: list[str] = []
+        labelled, captioned = [], []
+        for spec in specs:
+            splits: DatasetSplits = load_dataset(spec)
+            index = {}
+            for name in splits.classnames:
+                if name not in classnames:
+                    classnames.append(name)
+                index[name] = classnames.index(name)
+            for sample in splits.train:
+                if sample.label >= 0:
+                    labelled.append(Sample(sample.path, index[splits.classnames[sample.label]], sample.caption))
+                elif sample.caption:
+                    captioned.append(sample)
+                else:
+                    raise ClipadaptError(f"{sample.path} in '{spec}' has neither a label nor a caption")
+        if not labelled and not captioned:
+            raise ClipadaptError(f"no training samples in {', '.join(specs)}")
+        return cls(classnames, labelled, captioned)
+
+
+class UniCLPretrainer:
+    """Trains a `Backbone`'s two towers with the UniCL, CLIP or CE loss."""
+
+    def __init__(self, backbone, config: PretrainConfig, data: PretrainData):
+        if config.loss not in LOSSES:
+            raise ClipadaptError(f"loss must be one of {', '.join(LOSSES)}, got '{config.loss}'")
+        if config.loss == "ce" and not data.labelled:
+            raise ClipadaptError("loss=ce needs image-label data")
+        self.backbone, self.config, self.data = backbone, config, data
+        self.rank, self.world_size = distributed_world()
+        label_fraction = 1.0 if config.loss == "ce" else config.label_fraction
+        n_text = 0 if config.loss == "ce" else len(data.captioned)
+        self.sampler = BalancedBatchSampler(len(data.labelled), n_text, config.batch_size, label_fraction,
+                                            seed=config.seed, rank=self.rank, world_size=self.world_size)
+        self.dataset = ImageDataset(data.labelled + data.captioned[:n_text], backbone.image_transform(train=False))
+        device = backbone.device
+        # Every label text is tokenized once: [n_classes, 80 templates, context] and [n_captions, context].
+        self.label_tokens = torch.stack([backbone.tokenize([t(name) for t in IMAGENET_TEMPLATES])
+                                         for name in data.classnames]).to(device) if data.classnames else None
+        self.caption_tokens = backbone.tokenize([s.caption for s in data.captioned[:n_text]]).to(device) \
+            if n_text else None
+        self.head = nn.Linear(backbone.embed_dim, len(data.classnames)).to(device) if config.loss == "ce" else None
+        self.module = nn.ModuleDict({"clip": backbone.model, **({"head": self.head} if self.head else {})})
+
+    def _texts(self, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and UniCL labels for a batch: a random template per image-label sample (seeded by step, so a
+        resumed run draws the same ones), the caption for image-text samples with a label of its own."""
+        n_label, n_classes = len(self.data.labelled), len(self.data.classnames)
+        is_label = indices < n_label
+        labels = torch.empty_like(indices)
+        tokens = torch.empty(len(indices), self.backbone.context_length, dtype=torch.long,
+                             device=self.backbone.device)
+        if is_label.any():
+            classes = torch.tensor([self.data.labelled[i].label for i in indices[is_label].tolist()])
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step * 8191 + self.rank)
+            templates = torch.randint(len(IMAGENET_TEMPLATES), (len(classes),), generator=generator)
+            tokens[is_label.to(tokens.device)] = self.label_tokens[classes, templates]
+            labels[is_label] = classes
+        if (~is_label).any():
+            caption_index = indices[~is_label] - n_label
+            tokens[(~is_label).to(tokens.device)] = self.caption_tokens[caption_index.to(tokens.device)]
+            labels[~is_label] = n_classes + caption_index
+        return tokens, labels
+
+    def _loss(self, batch, step: int) -> torch.Tensor:
+        images, _, indices = batch
+        model = self.backbone.model
+        image_features = self.backbone.encode_image(images)
+        if self.config.loss == "ce":
+            classes = torch.tensor([self.data.labelled[i].label for i in indices.tolist()], device=image_features.device)
+            return F.cross_entropy(self.head(image_features), classes)
+        tokens, labels = self._texts(indices, step)
+        text_features = self.backbone.encode_text(tokens)
+        image_features, text_features, labels = gather_batch(
+            F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), labels.to(image_features.device))
+        scale = model.logit_scale.exp()
+        if self.config.loss == "clip":
+            return clip_loss(image_features, text_features, scale)
+        return unicl_loss(image_features, text_features, labels, scale)
+
+    def _clamp_logit_scale(self) -> None:
+        with torch.no_grad():
+            self.backbone.model.logit_scale.clamp_(0, math.log(self.config.max_logit_scale))
+
+    def _batches(self, epoch: int, offset: int):
+        return DataLoader(self.dataset, batch_sampler=list(self.sampler.batches(epoch, offset)),
+                          num_workers=self.config.workers, persistent_workers=False)
+
+    def fit(self, out_dir=None, progress: bool = True) -> dict:
+        cfg = self.config
+        self.backbone.model.train()
+        optimizer = torch.optim.AdamW(param_groups(self.module, cfg.weight_decay), lr=cfg.lr,
+                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        total = cfg.epochs * len(self.sampler)
+        warmup = max(1, round(cfg.warmup * total))
+        fingerprint = hashlib.sha256(json.dumps(
+            [asdict(cfg), self.backbone.config, self.data.classnames, len(self.data.labelled),
+             len(self.data.captioned), self.world_size], sort_keys=True).encode()).hexdigest()[:16]
+        trainer = Trainer(
+            self.module, optimizer, total_steps=total, steps_per_epoch=len(self.sampler),
+            lr_at=lambda step: cosine_lr(step, total, warmup, cfg.lr), out_dir=out_dir,
+            run_fingerprint=fingerprint, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip or None,
+            after_step=self._clamp_logit_scale, progress=progress, desc=f"pretrain ({cfg.loss})",
+        )
+        trainer.fit(self._batches, self._loss)
+        self.backbone.model.eval()
+        images = trainer.total_steps * cfg.batch_size * self.world_size
+        return {"loss": cfg.loss, "steps": trainer.step, "steps_per_epoch": len(self.sampler),
+                "epoch_losses": trainer.losses, "seconds": round(trainer.seconds, 2),
+                "images_per_second": round(images / max(trainer.seconds, 1e-9), 1),
+                "resumed_from_step": trainer.resumed_from, "num_classes": len(self.data.classnames),
+                "num_label_samples": len(self.data.labelled), "num_text_samples": len(self.data.captioned),
+                "logit_scale": round(self.backbone.model.logit_scale.exp().item(), 3),
+                "world_size": self.world_size, "config": asdict(cfg)}
