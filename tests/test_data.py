@@ -117,7 +117,7 @@ def test_imagefolder_errors_name_the_folder(tmp_path):
 
 def test_unknown_prefix_lists_known_prefixes_and_registry_is_open(tmp_path):
     with pytest.raises(DataError, match="coop:.*csv:.*imagefolder:"):
-        load_dataset(f"world:{tmp_path}")
+        load_dataset(f"nosuch:{tmp_path}")
 
     @register_dataset("toy")
     def load_toy(arg: str) -> DatasetSplits:

@@ -144,3 +144,13 @@ def test_run_errors_are_one_line(colour_world, tmp_path, capsys):
     code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(tmp_path / "no.pt"),
                    "--model", "micro-vit")
     assert code == 2 and "no.pt does not exist" in capsys.readouterr().err
+
+
+def test_attribute_accuracy():
+    from clipadapt.protocols import attribute_accuracy
+
+    attributes = [{"colour": "red", "shape": "star"}, {"colour": "red", "shape": "square"},
+                  {"colour": "blue", "shape": "star"}]
+    labels = torch.tensor([0, 0, 1, 2])
+    predictions = torch.tensor([0, 1, 2, 0])  # right; right colour only; wrong both; right shape only
+    assert attribute_accuracy(predictions, labels, attributes) == {"colour": 50.0, "shape": 50.0}

@@ -29,6 +29,8 @@ from torch import nn
 from .errors import CheckpointError, ClipadaptError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
+# The tiny CLIP pretrained with UniCL on the generated world: the default of every command (README: "shipped model").
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "tiny-vit-world-unicl.safetensors"
 CONFIG_METADATA_KEY = "clipadapt_model_config"
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 # Keys OpenAI's TorchScript archives carry beside the weights.
@@ -168,8 +170,10 @@ def load_backbone(
 ) -> "Backbone":
     """Build a `Backbone` from a model name / config and optional local weights file.
 
-    With `model=None`, the config stored in our own safetensors file is used.
+    With `model=None`, the config stored in our own safetensors file is used; with neither, the shipped tiny CLIP.
     """
+    if model is None and pretrained is None and DEFAULT_WEIGHTS.is_file():
+        pretrained = DEFAULT_WEIGHTS
     state_dict, metadata = read_state_dict(pretrained) if pretrained is not None else (None, {})
     if model is None:
         if CONFIG_METADATA_KEY not in metadata:

@@ -17,6 +17,8 @@ import yaml
 from .backbone import list_models, load_backbone
 from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
+from .data.world import WORLD_DATASETS, generate_world
+from .demo import run_demo
 from .engine import distributed_world
 from .errors import ClipadaptError
 from .features import default_cache_dir, extract_features
@@ -66,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", type=Path, help="YAML file of pretraining config values")
     pretrain.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of model.safetensors")
     _add_model_args(pretrain)
+
+    world = sub.add_parser("world", help="generate the procedural image world into a folder")
+    world.add_argument("--out", type=Path, required=True)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--image-size", type=int, default=64)
+    world.add_argument("--no-progress", action="store_true")
+
+    demo = sub.add_parser("demo", help="every method and protocol on the world with the shipped model, as a table")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--cache", type=Path, default=None)
+    demo.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("models", help="list model names")
     return parser
@@ -172,6 +185,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_world(args: argparse.Namespace) -> int:
+    out = generate_world(args.out, seed=args.seed, image_size=args.image_size, progress=not args.no_progress)
+    print(f"wrote the image world (seed {args.seed}) to {out}: "
+          + ", ".join(f"world:{name}:{out}" for name in WORLD_DATASETS))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print(run_demo(args.out, cache_dir=args.cache, progress=not args.no_progress))
+    print(f"wrote {args.out / 'results.md'}")
+    return 0
+
+
 def cmd_models(_: argparse.Namespace) -> int:
     print("\n".join(list_models()))
     return 0
@@ -185,7 +211,8 @@ def _one_line(message: str) -> str:
     return re.sub(r"^[\w.]*Error: ", "", lines[-1].strip())
 
 
-COMMANDS = {"run": cmd_run, "extract": cmd_extract, "pretrain": cmd_pretrain, "models": cmd_models}
+COMMANDS = {"run": cmd_run, "extract": cmd_extract, "pretrain": cmd_pretrain, "world": cmd_world, "demo": cmd_demo,
+            "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

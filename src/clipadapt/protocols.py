@@ -44,6 +44,15 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, classes:
     return sum(per_class) / len(per_class)
 
 
+def attribute_accuracy(predictions: torch.Tensor, labels: torch.Tensor, class_attributes: Sequence[dict[str, str]]) -> dict[str, float]:
+    """Per attribute (colour, shape, ...), the percentage of predictions whose class has the true class's value:
+    on composed class names this separates "got the colour right" from "got the composition right"."""
+    names = sorted({key for attributes in class_attributes for key in attributes})
+    return {name: 100.0 * sum(class_attributes[p].get(name) == class_attributes[t].get(name)
+                              for p, t in zip(predictions.tolist(), labels.tolist())) / len(labels)
+            for name in names}
+
+
 def harmonic_mean(a: float, b: float) -> float:
     """Harmonic mean of two accuracies in percent (0 when either is 0), as base/new HM and GZSL H."""
     return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
@@ -89,9 +98,12 @@ def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequenc
 
 def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:
     predictions, labels = _predict(method, ctx, splits)
-    return {"accuracy": accuracy(predictions, labels),
-            "per_class_accuracy": per_class_accuracy(predictions, labels),
-            "num_classes": len(splits.classnames)}
+    result = {"accuracy": accuracy(predictions, labels),
+              "per_class_accuracy": per_class_accuracy(predictions, labels),
+              "num_classes": len(splits.classnames)}
+    if splits.class_attributes:
+        result["attribute_accuracy"] = attribute_accuracy(predictions, labels, splits.class_attributes)
+    return result
 
 
 def run_full(method, ctx: RunContext, splits: DatasetSplits, **_) -> dict:
@@ -109,11 +121,15 @@ def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int | Non
 def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
     _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed)
-    base_acc = _test_accuracy(method, ctx, base)["accuracy"]
-    new_acc = _test_accuracy(method, ctx, new)["accuracy"]
-    return {"base_accuracy": base_acc, "new_accuracy": new_acc, "harmonic_mean": harmonic_mean(base_acc, new_acc),
-            "num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
-            "num_new_classes": len(new.classnames)}
+    base_result, new_result = _test_accuracy(method, ctx, base), _test_accuracy(method, ctx, new)
+    base_acc, new_acc = base_result["accuracy"], new_result["accuracy"]
+    result = {"base_accuracy": base_acc, "new_accuracy": new_acc, "harmonic_mean": harmonic_mean(base_acc, new_acc),
+              "num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
+              "num_new_classes": len(new.classnames)}
+    if splits.class_attributes:
+        result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"],
+                                        "new": new_result["attribute_accuracy"]}
+    return result
 
 
 def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> list[int]:
@@ -144,9 +160,16 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, unseen: str | None 
     predictions, labels = _predict(method, ctx, splits)
     seen_acc = per_class_accuracy(predictions, labels, seen_labels)
     unseen_acc = per_class_accuracy(predictions, labels, unseen_labels)
-    return {"seen_accuracy": seen_acc, "unseen_accuracy": unseen_acc, "harmonic_mean": harmonic_mean(seen_acc, unseen_acc),
-            "num_classes": len(splits.classnames), "num_seen_classes": len(seen_labels),
-            "num_unseen_classes": len(unseen_labels)}
+    result = {"seen_accuracy": seen_acc, "unseen_accuracy": unseen_acc,
+              "harmonic_mean": harmonic_mean(seen_acc, unseen_acc), "num_classes": len(splits.classnames),
+              "num_seen_classes": len(seen_labels), "num_unseen_classes": len(unseen_labels)}
+    if splits.class_attributes:
+        is_unseen = torch.isin(labels, torch.tensor(unseen_labels))
+        result["attribute_accuracy"] = {
+            part: attribute_accuracy(predictions[mask], labels[mask], splits.class_attributes)
+            for part, mask in (("seen", ~is_unseen), ("unseen", is_unseen))
+        }
+    return result
 
 
 def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int,

@@ -47,7 +47,7 @@ from clipadapt.data.datasets import (
 )
 from clipadapt.errors import DataError
 
-# Bump when the images or the layout change: the default world's cache folder is named by it.
+# Bump when the images, the layout or DEFAULT_SIZES change: the default world's cache folder is named by it.
 VERSION = 1
 
 # Saturated colours, far from each other and from the muted or dark backgrounds.
@@ -86,7 +86,11 @@ BASE_OFFSETS = (1, 5)
 FINE_SUPERCLASS = "badge"
 # The badge's own colours exclude the spot colours, so the spot is always visible on it.
 BADGE_COLOURS = ("red", "green", "blue", "purple")
-MARK_COLOURS: dict[str, tuple[int, int, int]] = {"black": (20, 20, 20), "white": (250, 250, 250), "yellow": (250, 230, 30)}
+MARK_COLOURS: dict[str, tuple[int, int, int]] = {
+    "black": (20, 20, 20),
+    "white": (250, 250, 250),
+    "yellow": (250, 230, 30),
+}
 # Direction of the spot from the badge centre (degrees, image y axis down), before the badge's rotation.
 MARK_POSITIONS: dict[str, float] = {"top": -90.0, "left": 180.0, "right": 0.0}
 
@@ -151,7 +155,7 @@ def _class_list(name: str) -> list[dict[str, str]]:
         return [{"pattern": p, "shape": s} for p in PATTERNS for s in SHAPES]
     if name == "scenes":
         return [{"shape": s, "background": b} for s in SHAPES for b in BACKGROUNDS]
-    return [{"mark_colour": c, "mark_position": p} for c in MARK_COLOURS for p in MARK_POSITIONS]
+    return [{"mark_colour": c, "mark_position": p} for c in MARK_COLOURS for p in MARK_POSITIONS]  # fine
 
 
 def _class_name(attributes: dict[str, str]) -> str:
@@ -285,7 +289,7 @@ def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.array([55, 105, 40], np.float32) + blades[..., None] * np.array([20, 35, 15], np.float32)
     if name == "sand":
         ripples = np.sin(2 * np.pi * (x + y) * 4 + rng.uniform(0, 2 * np.pi))
-        grain = rng.normal(0.0, 1.0, (n, n)).astype(np.float32)
+        grain = rng.standard_normal((n, n), dtype=np.float32)
         return np.array([205, 180, 130], np.float32) + (8 * ripples + 10 * grain)[..., None]
     if name == "water":
         waves = np.sin(2 * np.pi * (5 * y + 0.15 * np.sin(2 * np.pi * 2 * x + rng.uniform(0, 2 * np.pi)))
@@ -307,8 +311,9 @@ def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
         stars_y, stars_x = rng.integers(0, n, count), rng.integers(0, n, count)
         sky[stars_y, stars_x] = rng.uniform(120, 230, (count, 1)).astype(np.float32)
         return sky
-    blotches = 30 * _smooth_noise(rng, n, 4, 4) + 12 * _smooth_noise(rng, n, 10, 10)  # stone
-    return np.array([125, 122, 118], np.float32) + (blotches + rng.normal(0.0, 6.0, (n, n)))[..., None]
+    stone = 30 * _smooth_noise(rng, n, 4, 4) + 12 * _smooth_noise(rng, n, 10, 10)  # blotches
+    stone += 6 * rng.standard_normal((n, n), dtype=np.float32)
+    return np.array([125, 122, 118], np.float32) + stone[..., None]
 
 
 def _box(alpha: np.ndarray, threshold: float) -> list[int]:
@@ -330,10 +335,10 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
     """
     rng = np.random.default_rng(seed)
     image = _background(attributes["background"], n, rng)
-    radius = n * _RADIUS[attributes["size"]] * rng.uniform(0.9, 1.1)
-    angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)
+    radius = n * _RADIUS[attributes["size"]] * float(rng.uniform(0.9, 1.1))
+    angle = float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
     margin = 1.05 * radius + 1.0
-    cx, cy = rng.uniform(margin, n - margin, 2)
+    cx, cy = (float(v) for v in rng.uniform(margin, n - margin, 2))
     alpha = _shape_alpha(attributes["shape"], cx, cy, radius, angle, n)
     colour = np.array(COLOURS[attributes["colour"]], np.float32)
     shade = _pattern_amount(attributes["pattern"], cx, cy, radius, angle, n)[..., None]
@@ -346,11 +351,11 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
     if "mark_colour" in attributes:
         direction = math.radians(MARK_POSITIONS[attributes["mark_position"]] + angle)
         mx, my = cx + _MARK_DISTANCE * radius * math.cos(direction), cy + _MARK_DISTANCE * radius * math.sin(direction)
-        mark = _disc(n, mx, my, _MARK_RADIUS * n)
-        image = image * (1.0 - mark[..., None]) + np.array(MARK_COLOURS[attributes["mark_colour"]], np.float32) * mark[..., None]
-        boxes["mark_box"] = _box(mark, 0.0)
-    image = image + rng.normal(0.0, _NOISE_STD, image.shape)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8), boxes
+        mark = _disc(n, mx, my, _MARK_RADIUS * n)[..., None]
+        image = image * (1.0 - mark) + np.array(MARK_COLOURS[attributes["mark_colour"]], np.float32) * mark
+        boxes["mark_box"] = _box(mark[..., 0], 0.0)
+    image = image + _NOISE_STD * rng.standard_normal(image.shape, dtype=np.float32)
+    return (np.clip(image, 0, 255) + 0.5).astype(np.uint8), boxes
 
 
 # ---------------------------------------------------------------- generation
@@ -404,11 +409,14 @@ def _plan(seed: int, sizes: dict[str, int]) -> list[_ImageSpec]:
 def _render_file(task: tuple[str, int, _ImageSpec]) -> dict[str, list[int]]:
     root, image_size, spec = task
     pixels, boxes = _render(spec.attributes, spec.seed, image_size)
-    Image.fromarray(pixels).save(Path(root) / spec.path, format="PNG")
+    # Level 1: noisy pixels barely compress anyway, and encoding time adds up over the world.
+    Image.fromarray(pixels).save(Path(root) / spec.path, format="PNG", compress_level=1)
     return boxes
 
 
-def _render_all(root: Path, image_size: int, specs: list[_ImageSpec], workers: int, progress: bool) -> Iterator[dict[str, list[int]]]:
+def _render_all(
+    root: Path, image_size: int, specs: list[_ImageSpec], workers: int, progress: bool
+) -> Iterator[dict[str, list[int]]]:
     tasks = [(str(root), image_size, spec) for spec in specs]
     bar = dict(total=len(tasks), desc="generating image world", unit="img", disable=not progress)
     if workers <= 1:
@@ -515,7 +523,9 @@ def generate_world(
     if _is_world(out, config):
         return out
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise DataError(f"cannot generate the image world into {out}: it exists and is not an empty folder")
+        other_world = (out / "world.json").exists()
+        what = "holds a world generated with other settings" if other_world else "is not an empty folder"
+        raise DataError(f"cannot generate the image world into {out}: it {what}; remove it or choose another folder")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -559,7 +569,9 @@ def load_world(arg: str) -> DatasetSplits:
     """NAME or NAME:DIR: data set NAME of the default world, or of the world generated into DIR."""
     name, _, directory = arg.partition(":")
     if name not in WORLD_DATASETS:
-        raise DataError(f"unknown world data set {name!r} in 'world:{arg}'; expected one of {', '.join(WORLD_DATASETS)}")
+        raise DataError(
+            f"unknown world data set {name!r} in 'world:{arg}'; expected one of {', '.join(WORLD_DATASETS)}"
+        )
     folder = _world_dir(directory) / name
     if name == "captions":
         return replace(load_csv(str(folder / "captions.csv")), name="WorldCaptions")
@@ -570,7 +582,9 @@ def load_world(arg: str) -> DatasetSplits:
         class_attributes = [attributes[classname] for classname in classnames]
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"cannot read the class attributes of {folder}: {exc!r}") from exc
-    return DatasetSplits(f"World{name.capitalize()}", classnames, root=folder, class_attributes=class_attributes, **splits)
+    return DatasetSplits(
+        f"World{name.capitalize()}", classnames, root=folder, class_attributes=class_attributes, **splits
+    )
 
 
 def read_marks(world_dir: Path) -> dict[Path, tuple[int, int, int, int]]:

@@ -22,7 +22,8 @@ from . import register_method
 COARSE_C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # lpclip's search_list, in its order (ties go to the first)
 
 
-def logistic_objective(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
+def logistic_objective(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                       c: float) -> torch.Tensor:
     """scikit-learn's L2-penalized multinomial logistic loss as its L-BFGS solver sees it: mean cross-entropy plus
     ||weight||^2 / (2 C N). That is sklearn's `C * sum(CE) + ||weight||^2 / 2` divided by C N (same minimizer, and
     the scale its gradient tolerance applies to); the bias is not penalized."""
@@ -41,16 +42,20 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
         c = c / 2
     weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
-    # scipy's settings as sklearn passes them: history 10 (maxcor; it also keeps memory at 20 copies of the weights
-    # where torch's default keeps 200) and ftol 64 eps. scipy caps iterations, not evaluations: torch's evaluation cap
-    # is raised from 1.25 to 2 per iteration so that max_iter is what ends a long fit.
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=tol,
-                                  tolerance_change=64 * torch.finfo(torch.float64).eps, history_size=10,
-                                  line_search_fn="strong_wolfe")
+    # Minimized at sklearn's own scale, C * sum(CE) + ||weight||^2 / 2 (C N times the mean form), whose curvature is at
+    # least 1: torch's L-BFGS drops curvature pairs with s.y <= 1e-10, an absolute threshold that at the mean scale
+    # stalls it near the optimum when C is small. The gradient tolerance is scaled alike, so the stopping rule is
+    # sklearn's. The other settings are scipy's as sklearn passes them: history 10 (maxcor; it also keeps memory at
+    # 20 copies of the weights where torch's default keeps 200) and ftol 64 eps. scipy caps iterations, not
+    # evaluations: torch's evaluation cap is raised from 1.25 to 2 per iteration so that max_iter ends a long fit.
+    scale = c * len(y)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, max_eval=2 * max_iter,
+                                  tolerance_grad=tol * scale, tolerance_change=64 * torch.finfo(torch.float64).eps,
+                                  history_size=10, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = logistic_objective(weight, bias, x, y, c)
+        loss = scale * logistic_objective(weight, bias, x, y, c)
         loss.backward()
         return loss
 
@@ -132,7 +137,8 @@ class LinearProbe:
         self.weight, self.bias = solve(self.best_c)
 
     @torch.no_grad()
-    def logits(self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None) -> torch.Tensor:
+    def logits(self, features: torch.Tensor, classnames: Sequence[str],
+               template_key: str | None = None) -> torch.Tensor:
         if self.weight is None:
             raise ClipadaptError("linear_probe must be fit before it can score images")
         if list(classnames) != self.classnames:

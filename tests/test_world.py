@@ -1,0 +1,224 @@
+"""The generated image world: determinism, layouts read back by the real loaders, the compositional design of the
+class sets, and pixels that show the attributes. Small worlds of 32-pixel images in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipadapt.data import base_new_split, load_dataset
+from clipadapt.data import world
+from clipadapt.errors import DataError
+
+SMALL = dict(pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2)
+TINY = {key: 1 for key in world.DEFAULT_SIZES}
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    return world.generate_world(tmp_path_factory.mktemp("world") / "w", image_size=SIZE, progress=False, **SMALL)
+
+
+def image_attributes(world_dir: Path, name: str) -> dict[Path, dict]:
+    data = json.loads((world_dir / name / "image_attributes.json").read_text())
+    return {(world_dir / name / rel).absolute(): attributes for rel, attributes in data.items()}
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_and_another_seed_other_images(tmp_path):
+    first = files(world.generate_world(tmp_path / "a", image_size=SIZE, progress=False, **TINY))
+    # One process here, a pool there (555 images): the images must not depend on who drew them.
+    again = files(world.generate_world(tmp_path / "b", image_size=SIZE, progress=False, workers=1, **TINY))
+    other = files(world.generate_world(tmp_path / "c", seed=1, image_size=SIZE, progress=False, **TINY))
+    assert first == again
+    assert first.keys() == other.keys()
+    pngs = [rel for rel in first if rel.endswith(".png")]
+    assert sum(first[rel] != other[rel] for rel in pngs) > 0.9 * len(pngs)
+    assert not list(tmp_path.glob(".*"))  # no temp folders left behind
+
+
+def test_world_json_and_counts(world_dir):
+    meta = json.loads((world_dir / "world.json").read_text())
+    assert (meta["version"], meta["seed"], meta["image_size"]) == (world.VERSION, 0, SIZE)
+    assert meta["sizes"] == {**world.DEFAULT_SIZES, **SMALL}
+    assert meta["datasets"]["fine"]["superclass"] == world.FINE_SUPERCLASS
+    assert set(meta["datasets"]) == set(world.WORLD_DATASETS)
+    for name in world.TARGET_DATASETS + ("pretrain",):
+        splits = load_dataset(f"world:{name}:{world_dir}")
+        per_split = {"train": SMALL["train"], "val": SMALL["val"], "test": SMALL["test"]}
+        if name == "pretrain":
+            per_split = {split: SMALL[f"pretrain_{split}"] for split in per_split}
+        for split, count in per_split.items():
+            labels = Counter(s.label for s in splits.split(split))
+            assert labels == {label: count for label in range(len(splits.classnames))}
+        assert meta["datasets"][name]["classes"] == splits.classnames
+        with Image.open(splits.train[0].path) as image:
+            assert (image.mode, image.size) == ("RGB", (SIZE, SIZE))
+
+
+def test_world_spec_and_generic_coop_spec_read_the_same_split(world_dir):
+    mine = load_dataset(f"world:objects:{world_dir}")
+    coop = load_dataset(f"coop:WorldObjects:{world_dir / 'objects'}")
+    assert mine.classnames == coop.classnames and len(mine.classnames) == 32
+    for split in ("train", "val", "test"):
+        assert mine.split(split) == coop.split(split)
+    assert (mine.name, mine.root, mine.template_key) == ("WorldObjects", world_dir / "objects", None)
+    attributes = json.loads((world_dir / "objects" / "attributes.json").read_text())
+    assert mine.class_attributes == [attributes[name] for name in mine.classnames]
+    assert all(name == f"{a['colour']} {a['shape']}" for name, a in zip(mine.classnames, mine.class_attributes))
+
+
+def test_class_sets_of_the_targets_are_disjoint_and_pretraining_covers_only_base(world_dir):
+    classes = {name: set(load_dataset(f"world:{name}:{world_dir}").classnames)
+               for name in world.TARGET_DATASETS + ("pretrain",)}
+    for a, b in combinations(world.TARGET_DATASETS, 2):
+        assert not classes[a] & classes[b], (a, b)
+    base, new = base_new_split(load_dataset(f"world:objects:{world_dir}"))
+    assert classes["pretrain"] & classes["objects"] == set(base.classnames)
+    assert not classes["pretrain"] & (classes["patterns"] | classes["scenes"] | classes["fine"])
+
+
+def test_base_is_seen_and_new_is_held_out_of_every_pretraining_image(world_dir):
+    base, new = base_new_split(load_dataset(f"world:objects:{world_dir}"))
+    held_out = {(a["colour"], a["shape"]) for a in new.class_attributes}
+    assert len(held_out) == 16
+    assert (world_dir / "objects" / "unseen_classes.txt").read_text().split("\n")[:-1] == new.classnames
+    pretraining = [a for name in ("pretrain", "captions") for a in image_attributes(world_dir, name).values()]
+    shown = {(a["colour"], a["shape"]) for a in pretraining}
+    assert not shown & held_out
+    assert {(a["colour"], a["shape"]) for a in base.class_attributes} <= shown
+    # Every word of a new class was seen, in other compositions.
+    assert {c for c, _ in held_out} <= {c for c, _ in shown} and {s for _, s in held_out} <= {s for _, s in shown}
+
+
+@pytest.mark.parametrize("half", [0, 1], ids=["base", "new"])
+def test_no_single_attribute_names_a_class(world_dir, half):
+    classes = base_new_split(load_dataset(f"world:objects:{world_dir}"))[half].class_attributes
+    for key in ("colour", "shape"):
+        counts = Counter(a[key] for a in classes)
+        assert min(counts.values()) >= 2, (key, counts)
+    assert len({(a["colour"], a["shape"]) for a in classes}) == len(classes)
+
+
+def test_captions_load_as_image_text_pairs_naming_the_image(world_dir):
+    pairs = load_dataset(f"csv:{world_dir / 'captions' / 'captions.csv'}")
+    assert pairs.classnames == [] and len(pairs.train) == 48 * SMALL["captions"]
+    assert load_dataset(f"world:captions:{world_dir}").train == pairs.train
+    attributes = image_attributes(world_dir, "captions")
+    for sample in pairs.train:
+        a = attributes[sample.path]
+        words = sample.caption.replace(",", " ").split()
+        assert sample.label == -1
+        assert a["colour"] in words and a["shape"] in words, sample.caption
+        assert [w for w in words if w in world.COLOURS] == [a["colour"]], sample.caption
+        assert (a["colour"], a["shape"]) in world.SEEN
+
+
+def test_object_pixels_show_the_object_colour(world_dir):
+    palette = np.array(list(world.COLOURS.values()), dtype=np.float32)
+    right = total = 0
+    for path, a in image_attributes(world_dir, "objects").items():
+        x0, y0, x1, y1 = a["box"]
+        pixels = np.asarray(Image.open(path), dtype=np.float32)[y0:y1, x0:x1].reshape(-1, 3)
+        distances = np.linalg.norm(pixels[:, None] - palette[None], axis=2)
+        # Votes of the pixels close to some palette colour: background and pattern shades vote for none.
+        close = distances.min(axis=1) < 60
+        votes = np.bincount(distances[close].argmin(axis=1), minlength=len(palette))
+        right += list(world.COLOURS)[votes.argmax()] == a["colour"]
+        total += 1
+    assert right >= 0.95 * total
+
+
+def test_fine_subcategories_differ_only_in_the_spot(world_dir):
+    fine = load_dataset(f"world:fine:{world_dir}")
+    assert len(fine.classnames) == 9
+    assert all(set(a) == {"mark_colour", "mark_position"} for a in fine.class_attributes)
+    marks = world.read_marks(world_dir)
+    samples = fine.train + fine.val + fine.test
+    assert set(marks) == {s.path for s in samples}
+    mark_rgb = np.array(list(world.MARK_COLOURS.values()), dtype=np.float32)
+    attributes = image_attributes(world_dir, "fine")
+    for sample in samples:
+        x0, y0, x1, y1 = marks[sample.path]
+        assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE and (x1 - x0) * (y1 - y0) <= 36
+        # The rest of the image is drawn from the same distribution in every subcategory.
+        a = attributes[sample.path]
+        assert a["shape"] == world.FINE_SUPERCLASS and a["colour"] in world.BADGE_COLOURS
+        assert (a["pattern"], a["size"]) == ("solid", "large")
+        centre = np.asarray(Image.open(sample.path), dtype=np.float32)[(y0 + y1) // 2, (x0 + x1) // 2]
+        nearest = list(world.MARK_COLOURS)[np.linalg.norm(mark_rgb - centre, axis=1).argmin()]
+        assert nearest == fine.class_attributes[sample.label]["mark_colour"]
+
+
+def test_the_same_badge_with_another_spot_differs_only_inside_the_spots():
+    badge = {"colour": "blue", "shape": world.FINE_SUPERCLASS, "pattern": "solid", "size": "large",
+             "background": "sand"}
+    a, boxes_a = world._render({**badge, "mark_colour": "black", "mark_position": "top"}, (3, 1), 64)
+    b, boxes_b = world._render({**badge, "mark_colour": "yellow", "mark_position": "left"}, (3, 1), 64)
+    spots = np.zeros((64, 64), dtype=bool)
+    for x0, y0, x1, y1 in (boxes_a["mark_box"], boxes_b["mark_box"]):
+        spots[y0:y1, x0:x1] = True
+    differs = (a != b).any(axis=2)
+    assert differs.any() and not (differs & ~spots).any()
+
+
+def test_world_spec_generates_the_default_world_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(world, "DEFAULT_SIZES", TINY)  # the real default takes ~30 s
+    objects = load_dataset("world:objects")
+    expected = tmp_path / "world" / f"v{world.VERSION}-seed0"
+    assert objects.root == expected / "objects"
+    stamp = (expected / "world.json").stat().st_mtime_ns
+    assert load_dataset("world:fine").root == expected / "fine"
+    assert (expected / "world.json").stat().st_mtime_ns == stamp
+
+
+def test_world_spec_errors(tmp_path, world_dir):
+    with pytest.raises(DataError, match="pretrain, captions, objects, patterns, scenes, fine"):
+        load_dataset(f"world:birds:{world_dir}")
+    with pytest.raises(DataError, match="no world.json"):
+        load_dataset(f"world:objects:{tmp_path}")
+    with pytest.raises(DataError, match="unknown world size"):
+        world.generate_world(tmp_path / "w", shots=3)
+    with pytest.raises(DataError, match="positive integers"):
+        world.generate_world(tmp_path / "w", train=0)
+
+
+def test_generation_never_leaves_a_partial_world(tmp_path, monkeypatch):
+    out = tmp_path / "w"
+    tiny = dict(image_size=SIZE, progress=False, workers=1, **TINY)  # one process: the patch below applies
+    calls = []
+
+    def fail_late(*args):
+        calls.append(1)
+        if len(calls) > 100:
+            raise RuntimeError("interrupted")
+        return real(*args)
+
+    real = world._render
+    monkeypatch.setattr(world, "_render", fail_late)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        world.generate_world(out, **tiny)
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(world, "_render", real)
+    world.generate_world(out, **tiny)
+    stamp = (out / "world.json").stat().st_mtime_ns
+    assert world.generate_world(out, **tiny) == out  # the same world: kept
+    assert (out / "world.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DataError, match="other settings"):
+        world.generate_world(out, seed=1, **tiny)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file").write_text("x")
+    with pytest.raises(DataError, match="not an empty folder"):
+        world.generate_world(tmp_path / "junk", **tiny)
