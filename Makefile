@@ -3,13 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test venv bench clean
+.PHONY: test demo venv bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -17,6 +16,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The embedded demo: the generated image world and the shipped tiny CLIP (no downloads, a few minutes on 2 cores).
+demo: $(STAMP)
+	$(VENV)/bin/clipadapt demo
 
 bench: $(STAMP)
 	$(PY) bench/text_truncation.py

@@ -201,8 +201,10 @@ def test_model_from_yaml_dict_and_bad_names(tmp_path):
     assert load_backbone(yaml_path).embed_dim == 16
     with pytest.raises(ClipadaptError, match="unknown model 'not-a-model'"):
         load_backbone("not-a-model")
+    plain = tmp_path / "plain.pt"
+    torch.save(from_dict.model.state_dict(), plain)
     with pytest.raises(ClipadaptError, match="no model given"):
-        load_backbone(None)
+        load_backbone(None, plain)  # a foreign file does not say which architecture it is for
 
 
 def test_tiny_vit_size():
@@ -210,3 +212,10 @@ def test_tiny_vit_size():
     n_params = sum(p.numel() for p in tiny.parameters())
     assert 3e5 < n_params < 8e6
     assert tiny.image_size == 64
+
+
+def test_default_is_the_shipped_world_model():
+    from clipadapt.backbone import DEFAULT_WEIGHTS
+
+    shipped = load_backbone()
+    assert shipped.name == "tiny-vit" and DEFAULT_WEIGHTS.stat().st_size < 15e6

@@ -58,3 +58,16 @@ def test_python_dash_m_entry_point():
     bad = subprocess.run([sys.executable, "-m", "clipadapt", "run", "zeroshot", "--dataset", "nope:x", "--model",
                           "micro-vit"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("clipadapt: error:") and "nope" in bad.stderr
+
+
+def test_world_command_writes_every_data_set(tmp_path, capsys):
+    sizes = ["pretrain_train=2", "pretrain_val=1", "pretrain_test=1", "captions=2", "train=2", "val=1", "test=1"]
+    assert main(["world", "--out", str(tmp_path / "w"), "--seed", "3", "--image-size", "32", "--no-progress", *sizes]) == 0
+    out = capsys.readouterr().out
+    assert f"world:objects:{tmp_path / 'w'}" in out
+    from clipadapt.data import load_dataset
+
+    objects = load_dataset(f"world:objects:{tmp_path / 'w'}")
+    assert len(objects.classnames) == 32 and len(objects.train) == 64
+    assert main(["world", "--out", str(tmp_path / "w2"), "--no-progress", "bogus=3"]) == 2
+    assert "unknown world size(s) bogus" in capsys.readouterr().err

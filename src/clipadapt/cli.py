@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of model.safetensors")
     _add_model_args(pretrain)
 
-    world = sub.add_parser("world", help="generate the procedural image world into a folder")
+    world = sub.add_parser("world", help="generate the procedural image world into a folder (sizes as key=value)")
     world.add_argument("--out", type=Path, required=True)
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--image-size", type=int, default=64)
@@ -186,7 +186,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    out = generate_world(args.out, seed=args.seed, image_size=args.image_size, progress=not args.no_progress)
+    sizes = parse_overrides(args.overrides)  # images per class and split, e.g. train=16 captions=50
+    out = generate_world(args.out, seed=args.seed, image_size=args.image_size, progress=not args.no_progress, **sizes)
     print(f"wrote the image world (seed {args.seed}) to {out}: "
           + ", ".join(f"world:{name}:{out}" for name in WORLD_DATASETS))
     return 0
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Method config overrides are bare key=value words, accepted anywhere on the `run` command line.
     args.overrides = [word for word in extra if "=" in word and not word.startswith("-")]
     unknown = [word for word in extra if word not in args.overrides]
-    if unknown or (args.overrides and args.command not in ("run", "pretrain")):
+    if unknown or (args.overrides and args.command not in ("run", "pretrain", "world")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     try:
         return COMMANDS[args.command](args)

@@ -34,17 +34,21 @@ def _percent(value: float | None) -> str:
 
 
 def format_table(results: list[dict]) -> str:
-    """Markdown: base/new/HM with the new classes' per-attribute accuracy, then cross-data-set accuracy."""
-    lines = ["| method | protocol | base | new | HM | new: colour | new: shape | targets |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
+    """Markdown: base-to-new rows (with the new classes' per-attribute accuracy), then cross-data-set rows."""
+    lines = ["| method | base | new | HM | new: colour | new: shape |", "|---|---|---|---|---|---|"]
+    for r in (r for r in results if r["protocol"] == "base2new"):
         new_attributes = r.get("attribute_accuracy", {}).get("new", {})
-        targets = ", ".join(f"{spec.split(':')[1]} {_percent(t['accuracy'])}" for spec, t in r.get("targets", {}).items())
-        lines.append(
-            f"| {r['method']} | {r['protocol']} | {_percent(r.get('base_accuracy', r.get('accuracy')))} | "
-            f"{_percent(r.get('new_accuracy'))} | {_percent(r.get('harmonic_mean'))} | "
-            f"{_percent(new_attributes.get('colour'))} | {_percent(new_attributes.get('shape'))} | {targets or '-'} |"
-        )
+        lines.append(f"| {r['method']} | {_percent(r['base_accuracy'])} | {_percent(r['new_accuracy'])} | "
+                     f"{_percent(r['harmonic_mean'])} | {_percent(new_attributes.get('colour'))} | "
+                     f"{_percent(new_attributes.get('shape'))} |")
+    cross = [r for r in results if r["protocol"] == "crossdataset"]
+    if cross:
+        specs = list(cross[0]["targets"])
+        lines += ["", "| method | source: " + cross[0]["dataset"] + " | " + " | ".join(specs) + " |",
+                  "|---|---|" + "---|" * len(specs)]
+        for r in cross:
+            lines.append(f"| {r['method']} | {_percent(r['accuracy'])} | "
+                         + " | ".join(_percent(r["targets"][spec]["accuracy"]) for spec in specs) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,51 @@
+"""The UniCL paper's comparison (CE vs CLIP vs UniCL) on the world's held-out data, for pretraining runs made with
+`clipadapt pretrain --loss {ce,clip,unicl}`. Prints a markdown table.
+
+    python scripts/compare_losses.py unicl=runs/pretrain-unicl clip=runs/pretrain-clip ce=runs/pretrain-ce
+
+Held-out means never seen as a label in pretraining: the 16 new compositions of world:objects (never drawn in
+pretraining at all) and the world:patterns / world:scenes data sets. Zero-shot uses the 80-template ensemble;
+the linear probe is lpclip's, 16 shots, seed 1. CE trains no text tower, so it has no zero-shot numbers.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from clipadapt import load_backbone
+from clipadapt.data import base_new_split, load_dataset
+from clipadapt.methods import build_method
+from clipadapt.protocols import RunContext, run_protocol
+
+
+def evaluate(weights: Path, zero_shot: bool) -> dict[str, float]:
+    backbone = load_backbone(None, weights)
+    ctx = RunContext(backbone, progress=False)
+    _, new = base_new_split(load_dataset("world:objects"))
+    targets = {"objects-new": new, "patterns": load_dataset("world:patterns"), "scenes": load_dataset("world:scenes")}
+    row = {}
+    for name, splits in targets.items():
+        if zero_shot:
+            result = run_protocol("full", build_method("zeroshot", backbone), ctx, splits)
+            row[f"zero-shot {name}"] = result["accuracy"]
+            if name == "objects-new":
+                row["zero-shot objects-new shape"] = result["attribute_accuracy"]["shape"]
+        result = run_protocol("fewshot", build_method("linear_probe", backbone), ctx, splits, shots=16, seed=1)
+        row[f"linear probe {name}"] = result["accuracy"]
+    return row
+
+
+def main(pairs: list[str]) -> None:
+    rows = {}
+    for pair in pairs:
+        loss, _, run_dir = pair.partition("=")
+        rows[loss] = evaluate(Path(run_dir) / "model.safetensors", zero_shot=loss != "ce")
+    columns = sorted({c for row in rows.values() for c in row}, key=lambda c: (not c.startswith("zero"), c))
+    print("| loss | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for loss, row in rows.items():
+        print(f"| {loss} | " + " | ".join(f"{row[c]:.1f}" if c in row else "-" for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
