@@ -154,3 +154,26 @@ def test_attribute_accuracy():
     labels = torch.tensor([0, 0, 1, 2])
     predictions = torch.tensor([0, 1, 2, 0])  # right; right colour only; wrong both; right shape only
     assert attribute_accuracy(predictions, labels, attributes) == {"colour": 50.0, "shape": 50.0}
+
+
+def test_aggregate_seeds_means_std_and_per_seed():
+    from clipadapt.protocols import aggregate_seeds
+
+    results = [{"accuracy": 60.0, "num_classes": 4, "attribute_accuracy": {"colour": 90.0}},
+               {"accuracy": 70.0, "num_classes": 4, "attribute_accuracy": {"colour": 100.0}}]
+    merged = aggregate_seeds(results, [1, 2])
+    assert merged["accuracy"] == 65.0 and merged["accuracy_std"] == 5.0
+    assert merged["attribute_accuracy"] == {"colour": 95.0} and merged["num_classes"] == 4
+    assert merged["per_seed"]["2"]["accuracy"] == 70.0
+
+
+def test_run_with_several_seeds(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    code, metrics = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
+                         "--protocol", "fewshot", "--shots", "2", "--seeds", "1,2,3", f"templates={TEMPLATE}")
+    assert code == 0
+    assert metrics["seed"] == [1, 2, 3] and sorted(metrics["per_seed"]) == ["1", "2", "3"]
+    assert metrics["accuracy"] == 100.0 and metrics["accuracy_std"] == 0.0
+    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
+                   "--seeds", "1,x")
+    assert code == 2 and "--seeds must be" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from .errors import ClipadaptError
 from .features import default_cache_dir, extract_features
 from .methods import METHODS, build_method
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
-from .protocols import PROTOCOLS, RunContext, run_protocol, write_metrics
+from .protocols import PROTOCOLS, RunContext, aggregate_seeds, run_protocol, write_metrics
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--protocol", default="full", choices=PROTOCOLS)
     run.add_argument("--shots", type=int, default=None, help="k images per class for fewshot/base2new (base2new default 16)")
     run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 1,2,3): run each, report mean and std")
     run.add_argument("--targets", default="", help="crossdataset: comma-separated target data set specs")
     run.add_argument("--unseen", default=None, help="gzsl: unseen class names (comma list or file); default the new half")
     run.add_argument("--config", type=Path, help="YAML file of method config values; key=value words override it")
@@ -99,26 +100,42 @@ def _load_dataset(args: argparse.Namespace) -> tuple[DatasetSplits, list[str]]:
     return splits, [str(sample.path) for sample, _ in bad]
 
 
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ClipadaptError(f"--seeds must be comma-separated integers, got '{text}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ClipadaptError(f"--seeds must list distinct integers, got '{text}'")
+    return seeds
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
     splits, skipped = _load_dataset(args)
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
-    method = build_method(args.method, backbone, values, source=str(args.config or "overrides"))
+    source = str(args.config or "overrides")
     ctx = RunContext(backbone, cache_dir=args.cache, batch_size=args.batch_size or 64, num_workers=args.workers or 0,
                      progress=not args.no_progress)
-    torch.manual_seed(args.seed)
     targets = [t for t in args.targets.split(",") if t]
+    seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
     start = time.time()
-    numbers = run_protocol(args.protocol, method, ctx, splits, shots=args.shots, seed=args.seed,
-                           targets=targets, unseen=args.unseen)
+    results = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        method = build_method(args.method, backbone, values, source=source)
+        results.append(run_protocol(args.protocol, method, ctx, splits, shots=args.shots, seed=seed,
+                                    targets=targets, unseen=args.unseen))
+    numbers = results[0] if len(seeds) == 1 else aggregate_seeds(results, seeds)
     config = dataclasses.asdict(method.config)
     metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": args.shots,
-               "seed": args.seed, "seconds": round(time.time() - start, 3), "model": backbone.name,
-               "pretrained": args.pretrained, "config": config, **numbers}
+               "seed": seeds[0] if len(seeds) == 1 else seeds, "seconds": round(time.time() - start, 3),
+               "model": backbone.name, "pretrained": args.pretrained, "config": config, **numbers}
     if args.skip_bad_images:
         metrics["skipped_images"] = skipped
-    out = args.out or Path("runs") / _slug(f"{args.method}-{args.protocol}-{args.dataset}-seed{args.seed}")
+    seed_label = "-".join(map(str, seeds))
+    out = args.out or Path("runs") / _slug(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}")
     path = write_metrics(out, metrics)
     (Path(out) / "config.yaml").write_text(yaml.safe_dump({**{k: metrics[k] for k in (
         "method", "dataset", "protocol", "shots", "seed", "model", "pretrained")}, "config": config}, sort_keys=False))

@@ -31,10 +31,12 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class FeatureSet:
-    """Image features [N, D] (float32, not normalized) with their labels [N]."""
+    """Image features [N, D] (float32, not normalized) with their labels [N], and the samples they came from
+    (for methods that re-encode augmented images instead of using the cache)."""
 
     features: torch.Tensor
     labels: torch.Tensor
+    samples: list[Sample] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -111,4 +113,4 @@ def extract_features(
         tmp.replace(meta_path)
     shards = [np.load(_shard_path(folder, i), mmap_mode="r") for i in range(n_shards)]
     features = torch.from_numpy(np.concatenate(shards).astype(np.float32)) if shards else torch.zeros(0, backbone.embed_dim)
-    return FeatureSet(features=features, labels=labels)
+    return FeatureSet(features=features, labels=labels, samples=list(samples))

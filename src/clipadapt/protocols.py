@@ -202,6 +202,30 @@ def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, 
     return PROTOCOL_RUNNERS[protocol](method, ctx, splits, **options)
 
 
+def _mean_of(values: list):
+    """Mean of numbers, or of dicts of numbers key by key (attribute accuracies, per-target results)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: _mean_of([v[key] for v in values]) for key in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return sum(values) / len(values)
+    return first
+
+
+def aggregate_seeds(results: list[dict], seeds: Sequence[int]) -> dict:
+    """Several seeds' numbers as one result: means under the usual keys, population standard deviations of the
+    top-level accuracies as `<key>_std` (as CoOp's parse_test_res.py reports), each seed's numbers under
+    `per_seed`. Counts (`num_*`) are the same for every seed and kept as they are."""
+    merged = {key: (values[0] if key.startswith("num_") else _mean_of(values))
+              for key, values in ((k, [r[k] for r in results]) for k in results[0])}
+    for key, value in results[0].items():
+        if isinstance(value, float) and not key.startswith("num_"):
+            mean = merged[key]
+            merged[f"{key}_std"] = math.sqrt(sum((r[key] - mean) ** 2 for r in results) / len(results))
+    merged["per_seed"] = {str(seed): result for seed, result in zip(seeds, results)}
+    return merged
+
+
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
     """`out_dir/metrics.json`, written to a temp file and renamed."""
     out_dir = Path(out_dir)
