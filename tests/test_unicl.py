@@ -195,3 +195,21 @@ def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch):
         torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0)
     # Another configuration in the same folder is refused instead of silently mixing runs.
     assert _pretrain(pretrain_data, tmp_path / "resumed", "clip") == 2
+
+
+@pytest.mark.slow
+def test_torchrun_pretraining_with_two_processes(pretrain_data, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    clipadapt = Path(sys.executable).parent / "clipadapt"
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(clipadapt), "pretrain",
+         "--data", pretrain_data, "--model", "micro-vit", "--out", str(tmp_path), "--batch-size", "8",
+         "--no-progress", "epochs=2"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2 * 96 // 16

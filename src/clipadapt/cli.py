@@ -19,7 +19,6 @@ from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
-from .engine import distributed_world
 from .errors import ClipadaptError
 from .features import default_cache_dir, extract_features
 from .methods import METHODS, build_method
@@ -192,8 +191,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     torch.manual_seed(config.seed)
     backbone = load_backbone(args.model, args.pretrained, device=device)
     data = PretrainData.from_specs([s for s in args.data.split(",") if s])
-    summary = UniCLPretrainer(backbone, config, data).fit(args.out, progress=not args.no_progress)
-    if distributed_world()[0] == 0:
+    try:
+        summary = UniCLPretrainer(backbone, config, data).fit(args.out, progress=not args.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
         weights = Path(args.out) / "model.safetensors"
         backbone.save(weights, dtype=torch.float16 if args.save_dtype == "fp16" else None)
         write_metrics(args.out, {"data": args.data, "model": backbone.name, "pretrained": args.pretrained, **summary})

@@ -11,6 +11,8 @@ With every label distinct this is exactly CLIP's symmetric InfoNCE loss.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -49,10 +51,12 @@ def gather_batch(
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return image_features, text_features, labels
     world_size = dist.get_world_size()
-    all_images, all_texts = gather_features(
-        image_features, text_features, local_loss=False, gather_with_grad=True,
-        rank=dist.get_rank(), world_size=world_size,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the all_gather open_clip calls
+        all_images, all_texts = gather_features(
+            image_features, text_features, local_loss=False, gather_with_grad=True,
+            rank=dist.get_rank(), world_size=world_size,
+        )
     gathered_labels = [torch.empty_like(labels) for _ in range(world_size)]
     dist.all_gather(gathered_labels, labels)
     return all_images, all_texts, torch.cat(gathered_labels)
