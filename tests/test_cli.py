@@ -71,3 +71,19 @@ def test_world_command_writes_every_data_set(tmp_path, capsys):
     assert len(objects.classnames) == 32 and len(objects.train) == 64
     assert main(["world", "--out", str(tmp_path / "w2"), "--no-progress", "bogus=3"]) == 2
     assert "unknown world size(s) bogus" in capsys.readouterr().err
+
+
+def test_run_coop_writes_training_summary_and_checkpoints(colour_world, tmp_path):
+    root, weights = colour_world
+    out = tmp_path / "run"
+    argv = ["run", "coop", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol", "fewshot",
+            "--shots", "2", "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
+            "init=a photo of a", "epochs=3", "batch_size=4"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 3 * 2 and metrics["config"]["seed"] == 1
+    checkpoints = list(out.glob("train-*-seed1/checkpoint_last.safetensors"))
+    assert len(checkpoints) == 1
+    assert main(argv) == 0  # the same command again resumes from the finished checkpoint: nothing to redo
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["training"]["resumed_from_step"] == 6 and again["accuracy"] == metrics["accuracy"]

@@ -115,15 +115,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     splits, skipped = _load_dataset(args)
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     source = str(args.config or "overrides")
-    ctx = RunContext(backbone, cache_dir=args.cache, batch_size=args.batch_size or 64, num_workers=args.workers or 0,
-                     progress=not args.no_progress)
-    targets = [t for t in args.targets.split(",") if t]
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
+    seed_label = "-".join(map(str, seeds))
+    out = args.out or Path("runs") / _slug(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}")
+    ctx = RunContext(backbone, cache_dir=args.cache, out_dir=out, batch_size=args.batch_size or 64,
+                     num_workers=args.workers or 0, progress=not args.no_progress)
+    targets = [t for t in args.targets.split(",") if t]
     start = time.time()
     results = []
     for seed in seeds:
         torch.manual_seed(seed)
-        method = build_method(args.method, backbone, values, source=source)
+        method = build_method(args.method, backbone, values, source=source, seed=seed)
         results.append(run_protocol(args.protocol, method, ctx, splits, shots=args.shots, seed=seed,
                                     targets=targets, unseen=args.unseen))
     numbers = results[0] if len(seeds) == 1 else aggregate_seeds(results, seeds)
@@ -133,8 +135,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                "model": backbone.name, "pretrained": args.pretrained, "config": config, **numbers}
     if args.skip_bad_images:
         metrics["skipped_images"] = skipped
-    seed_label = "-".join(map(str, seeds))
-    out = args.out or Path("runs") / _slug(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}")
     path = write_metrics(out, metrics)
     (Path(out) / "config.yaml").write_text(yaml.safe_dump({**{k: metrics[k] for k in (
         "method", "dataset", "protocol", "shots", "seed", "model", "pretrained")}, "config": config}, sort_keys=False))

@@ -20,11 +20,16 @@ class DemoRow:
     method: str
     protocol: str
     dataset: str
-    options: tuple[tuple[str, object], ...] = ()
+    options: tuple[tuple[str, object], ...] = ()  # protocol options
+    config: tuple[tuple[str, object], ...] = ()  # method config values
 
 
+# The shipped model's text context is 16 tokens: CoOp's default 16 context vectors leave no room for a class name,
+# so CoOp starts from "a photo of a" (4 vectors), as CoCoOp does by default.
 ROWS = (
     DemoRow("zeroshot", "base2new", TARGET),
+    DemoRow("coop", "base2new", TARGET, config=(("init", "a photo of a"),)),
+    DemoRow("cocoop", "base2new", TARGET),
     DemoRow("zeroshot", "crossdataset", TARGET, (("targets", CROSS_TARGETS),)),
 )
 
@@ -59,10 +64,11 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
     ctx = RunContext(backbone, cache_dir=cache_dir, progress=progress)
     results = []
     for row in ROWS:
-        method = build_method(row.method, backbone)
+        method = build_method(row.method, backbone, dict(row.config), seed=1)
+        ctx.out_dir = out_dir / f"{row.method}-{row.protocol}"
         metrics = run_protocol(row.protocol, method, ctx, load_dataset(row.dataset), **dict(row.options))
         metrics = {"method": row.method, "dataset": row.dataset, "protocol": row.protocol, **metrics}
-        write_metrics(out_dir / f"{row.method}-{row.protocol}", metrics)
+        write_metrics(ctx.out_dir, metrics)
         results.append(metrics)
     table = format_table(results)
     (out_dir / "results.md").write_text(table + "\n")

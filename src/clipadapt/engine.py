@@ -4,20 +4,25 @@ a rerun of the same command resumes exactly (weights, optimizer, step, RNG state
 function of (epoch, offset) so the data order resumes too)."""
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
+import open_clip
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .checkpoint import (
     load_checkpoint, optimizer_from_checkpoint, optimizer_to_checkpoint, rng_from_checkpoint, rng_to_checkpoint,
     save_checkpoint,
 )
+from .data import load_image
 from .errors import CheckpointError, ClipadaptError
 
 CHECKPOINT_NAME = "checkpoint_last.safetensors"
@@ -179,3 +184,146 @@ class Trainer:
                     raise ClipadaptError(f"epoch {epoch} yielded fewer than {self.steps_per_epoch} batches")
         bar.close()
         return self
+
+
+# ---- prompt learning (CoOp, CoCoOp): the official recipe both share ------------------------------------------
+# KaiyangZhou/CoOp trains with Dassl: SGD (momentum 0.9, weight decay 5e-4 on every learned weight), one epoch
+# at a constant 1e-5, then cosine over the epochs, the lr set once per epoch; a random order every epoch, batches
+# of `batch_size` with the last partial batch dropped when there is at least one full batch; train images
+# augmented with random resized crop (scale 0.08-1) and horizontal flip.
+
+
+class PromptTrainingConfig(Protocol):
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: int
+    warmup_lr: float
+    augment: bool
+    seed: int
+    checkpoint_every: int
+
+
+def dassl_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
+    """The lr of `epoch` under Dassl's ConstantWarmupScheduler over CosineAnnealingLR(T_max=epochs), with
+    WARMUP_RECOUNT=True: `warmup_lr` for the warm-up epochs, then the cosine restarts at its first value, so
+    epoch e (>= warmup) gets lr * (1 + cos(pi * (e - warmup) / epochs)) / 2 and the last lr is not 0."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return 0.5 * lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+
+
+def dassl_train_transform(backbone) -> Callable:
+    """CoOp's train augmentation (Dassl `random_resized_crop`, `random_flip`, `normalize` with its default
+    RRCROP_SCALE), at the backbone's size and normalization. open_clip's own train transform crops 0.9-1 and
+    does not flip."""
+    pre = backbone.config.get("preprocess", {})
+    mean = pre.get("mean") or open_clip.OPENAI_DATASET_MEAN
+    std = pre.get("std") or open_clip.OPENAI_DATASET_STD
+    bilinear = pre.get("interpolation") == "bilinear"
+    mode = transforms.InterpolationMode.BILINEAR if bilinear else transforms.InterpolationMode.BICUBIC
+    return transforms.Compose([
+        transforms.RandomResizedCrop(backbone.image_size, scale=(0.08, 1.0), interpolation=mode),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+def train_prompt_learner(
+    learner: nn.Module,
+    batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    backbone,
+    train,
+    config: PromptTrainingConfig,
+    *,
+    epochs: int,
+    validate: Callable[[], float] | None = None,
+    out_dir: str | Path | None = None,
+    run_fingerprint: str = "",
+    progress: bool = True,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train `learner` (the only weights that change) with the official recipe: each step scores a batch of
+    `train` (a FeatureSet) with `batch_loss(image_features, labels)`. Image features are the cached ones, or with
+    `config.augment` re-encoded from `train.samples` through `dassl_train_transform` (image encoder frozen).
+    Batches and augmentations are functions of (seed, epoch, step), so a run resumed from `out_dir` ends exactly
+    where an uninterrupted one does.
+
+    With `validate` (accuracy of the learner's current state on held-out data), it is called after every epoch
+    and the learner ends at the best epoch (the first of equals); otherwise at the last epoch, as the official
+    code evaluates. Returns a summary: steps, epoch losses, per-epoch validation accuracies, best epoch."""
+    n = len(train)
+    if n == 0:
+        raise ClipadaptError("no training samples")
+    if config.batch_size < 1:
+        raise ClipadaptError(f"batch_size must be at least 1, got {config.batch_size}")
+    if config.augment and not train.samples:
+        raise ClipadaptError("augment=true re-encodes the training images, but these features carry no samples")
+    steps_per_epoch = max(1, n // config.batch_size)  # Dassl drops the last partial batch if a full one exists
+    device = backbone.device
+    # The best state on validation is kept as buffers beside the learner, so that checkpoints carry it.
+    holder = nn.Module()
+    holder.learner = learner
+    holder.best = copy.deepcopy(learner).requires_grad_(False)
+    holder.register_buffer("val_accuracy", torch.full((epochs,), float("nan"), device=device))
+    optimizer = torch.optim.SGD(learner.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    transform = dassl_train_transform(backbone) if config.augment else None
+    if out_dir is not None:
+        digest = hashlib.sha256(run_fingerprint.encode())
+        digest.update(backbone.fingerprint().encode())
+        digest.update(train.labels.cpu().numpy().tobytes())
+        digest.update(train.features.float().cpu().numpy().tobytes())
+        run_fingerprint = digest.hexdigest()[:16]
+
+    def batches(epoch: int, offset: int) -> Iterable[torch.Tensor]:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+        for b in range(offset, steps_per_epoch):
+            yield order[b * config.batch_size:(b + 1) * config.batch_size]
+
+    def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
+        if transform is None:
+            features = train.features[indices].to(device)
+        else:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(config.seed * 1_000_003 + step)  # torchvision draws crops from the global RNG
+                images = torch.stack([transform(load_image(train.samples[i].path)) for i in indices.tolist()])
+                features = backbone.encode_image(images.to(device)).float()
+        return batch_loss(features, train.labels[indices].to(device))
+
+    def after_step() -> None:
+        if validate is None or (trainer.step + 1) % steps_per_epoch:
+            return
+        epoch = trainer.step // steps_per_epoch
+        accuracy = validate()
+        previous = holder.val_accuracy[:epoch]
+        if epoch == 0 or accuracy > previous.max().item():
+            holder.best.load_state_dict(learner.state_dict())
+        holder.val_accuracy[epoch] = accuracy
+
+    trainer = Trainer(
+        holder, optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+        lr_at=lambda step: dassl_lr(step // steps_per_epoch, epochs, config.lr, config.warmup_epochs,
+                                    config.warmup_lr),
+        out_dir=out_dir, run_fingerprint=run_fingerprint, checkpoint_every=config.checkpoint_every,
+        after_step=after_step, progress=progress, desc=desc,
+    )
+    # CLIP stays frozen: without this, every step would also compute gradients for all its weights.
+    trainable = [p for p in backbone.model.parameters() if p.requires_grad]
+    backbone.model.requires_grad_(False)
+    try:
+        trainer.fit(batches, step_fn)
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
+    summary = {"steps": trainer.step, "steps_per_epoch": steps_per_epoch, "epochs": epochs,
+               "epoch_losses": trainer.losses, "seconds": trainer.seconds,
+               "resumed_from_step": trainer.resumed_from}
+    if validate is not None:
+        accuracies = holder.val_accuracy.tolist()
+        best = max(range(epochs), key=lambda e: (accuracies[e], -e))
+        learner.load_state_dict(holder.best.state_dict())
+        summary.update(val_accuracies=accuracies, best_epoch=best + 1, val_accuracy=accuracies[best])
+    return summary

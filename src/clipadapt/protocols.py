@@ -65,6 +65,7 @@ class RunContext:
 
     backbone: object
     cache_dir: Path | None = None
+    out_dir: Path | None = None  # the run folder: methods write checkpoints under it and resume from them
     batch_size: int = 64
     num_workers: int = 0
     progress: bool = True
@@ -79,15 +80,21 @@ class RunContext:
         )
 
 
-def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = None, seed: int = 1) -> None:
-    """Train `method` on `splits` (on its k-shot subset when `shots` is given). Zero-shot methods have no `fit`,
-    so nothing is sampled or extracted for them."""
+def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = None, seed: int = 1) -> dict | None:
+    """Train `method` on `splits` (on its k-shot subset when `shots` is given) and return its training summary.
+    Zero-shot methods have no `fit`, so nothing is sampled or extracted for them."""
     if not hasattr(method, "fit"):
-        return
+        return None
     if shots:
         splits = fewshot(splits, shots, seed, cache_dir=_split_cache(ctx))
     val = ctx.features(splits, "val") if splits.val else None
-    method.fit(ctx.features(splits, "train"), splits.classnames, val=val, template_key=splits.template_key)
+    out_dir = Path(ctx.out_dir) / f"train-{splits.name}-seed{seed}" if ctx.out_dir else None
+    return method.fit(ctx.features(splits, "train"), splits.classnames, val=val, template_key=splits.template_key,
+                      out_dir=out_dir, progress=ctx.progress)
+
+
+def _with_training(result: dict, summary: dict | None) -> dict:
+    return {**result, "training": summary} if summary is not None else result
 
 
 def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,21 +113,21 @@ def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:
     return result
 
 
-def run_full(method, ctx: RunContext, splits: DatasetSplits, **_) -> dict:
-    _fit(method, ctx, splits)
-    return _test_accuracy(method, ctx, splits)
+def run_full(method, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> dict:
+    summary = _fit(method, ctx, splits, seed=seed)
+    return _with_training(_test_accuracy(method, ctx, splits), summary)
 
 
 def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
     if not shots:
         raise ClipadaptError("protocol fewshot needs --shots K")
-    _fit(method, ctx, splits, shots, seed)
-    return _test_accuracy(method, ctx, splits)
+    summary = _fit(method, ctx, splits, shots, seed)
+    return _with_training(_test_accuracy(method, ctx, splits), summary)
 
 
 def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
-    _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed)
+    summary = _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed)
     base_result, new_result = _test_accuracy(method, ctx, base), _test_accuracy(method, ctx, new)
     base_acc, new_acc = base_result["accuracy"], new_result["accuracy"]
     result = {"base_accuracy": base_acc, "new_accuracy": new_acc, "harmonic_mean": harmonic_mean(base_acc, new_acc),
@@ -129,7 +136,7 @@ def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | No
     if splits.class_attributes:
         result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"],
                                         "new": new_result["attribute_accuracy"]}
-    return result
+    return _with_training(result, summary)
 
 
 def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> list[int]:
@@ -149,14 +156,14 @@ def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> l
     return sorted(splits.classnames.index(n) for n in names)
 
 
-def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, unseen: str | None = None, **_) -> dict:
+def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: str | None = None, **_) -> dict:
     unseen_labels = gzsl_classes(splits, unseen)
     seen_labels = [c for c in range(len(splits.classnames)) if c not in set(unseen_labels)]
     if not seen_labels or not unseen_labels:
         raise ClipadaptError("gzsl needs at least one seen and one unseen class")
     # Train on seen classes only (relabelled 0..S-1); test over the joint space of every class name.
     seen = select_classes(splits, seen_labels, "-seen")
-    _fit(method, ctx, seen)
+    summary = _fit(method, ctx, seen, seed=seed)
     predictions, labels = _predict(method, ctx, splits)
     seen_acc = per_class_accuracy(predictions, labels, seen_labels)
     unseen_acc = per_class_accuracy(predictions, labels, unseen_labels)
@@ -169,15 +176,15 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, unseen: str | None 
             part: attribute_accuracy(predictions[mask], labels[mask], splits.class_attributes)
             for part, mask in (("seen", ~is_unseen), ("unseen", is_unseen))
         }
-    return result
+    return _with_training(result, summary)
 
 
 def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int,
                      targets: Sequence[str] = (), **_) -> dict:
     if not targets:
         raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
-    _fit(method, ctx, splits, shots, seed)
-    result = _test_accuracy(method, ctx, splits)
+    summary = _fit(method, ctx, splits, shots, seed)
+    result = _with_training(_test_accuracy(method, ctx, splits), summary)
     result["targets"] = {spec: _test_accuracy(method, ctx, load_dataset(spec)) for spec in targets}
     result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(targets)
     return result

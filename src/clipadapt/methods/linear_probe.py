@@ -8,12 +8,16 @@ and the fit runs on the backbone's device.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..errors import ClipadaptError
 from ..features import FeatureSet
@@ -110,7 +114,8 @@ class LinearProbe:
         return F.normalize(x, dim=-1) if self.config.normalize else x
 
     def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None) -> None:
+            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+        """Search C on `val`, fit, and (with `out_dir`) save the probe as `linear_probe.safetensors` there."""
         self.classnames = list(classnames)
         x, y = self._inputs(train.features), train.labels.to(self.device)
 
@@ -131,10 +136,25 @@ class LinearProbe:
                     self.val_accuracies[c] = 100.0 * (predictions == y_val).float().mean().item()
                 return self.val_accuracies[c]
 
-            self.best_c = lpclip_search(val_accuracy, self.config.search_steps)
+            # At most 7 coarse fits plus 2 per refinement step: the bar counts fits.
+            bar = tqdm(total=len(COARSE_C_GRID) + 2 * self.config.search_steps, desc="linear probe: search C",
+                       unit="fit", disable=not progress)
+
+            def counted(c: float) -> float:
+                bar.update(c not in self.val_accuracies)
+                return val_accuracy(c)
+
+            self.best_c = lpclip_search(counted, self.config.search_steps)
+            bar.close()
             self.val_accuracy = self.val_accuracies[self.best_c]
         # Refit rather than keep every C's weights during the search; the fit is deterministic, so it is the same one.
         self.weight, self.bias = solve(self.best_c)
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            save_file({"weight": self.weight.float().cpu(), "bias": self.bias.float().cpu()},
+                      str(Path(out_dir) / "linear_probe.safetensors"),
+                      metadata={"classnames": json.dumps(self.classnames), "c": str(self.best_c)})
+        return {"best_c": self.best_c, "val_accuracy": self.val_accuracy}
 
     @torch.no_grad()
     def logits(self, features: torch.Tensor, classnames: Sequence[str],

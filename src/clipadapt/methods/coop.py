@@ -1,0 +1,172 @@
+"""CoOp (Zhou et al., IJCV 2022): learn the context words of the prompt "[ctx_1 .. ctx_M] <class name>.", CLIP frozen.
+
+Mirrors KaiyangZhou/CoOp (`trainers/coop.py`, `configs/trainers/CoOp/*.yaml`, `COOP.md`): 16 context vectors drawn
+from N(0, 0.02), or initialised from the token embeddings of a phrase ("a photo of a"); one context shared by all
+classes, or one per class (`csc`); the class name at the end, middle or front; SGD lr 0.002 (momentum 0.9, weight
+decay 5e-4), batch 32, one warm-up epoch at 1e-5 then cosine; 50 epochs for 1 shot, 100 for 2-4, 200 for 8-16;
+the model of the last epoch is the one evaluated. Logits are logit_scale.exp() * cos(image, prompted class text).
+
+Where the official code re-encodes every augmented image at every step, the default here scores the cached frozen
+image features, so a step costs one text-encoder pass over the class prompts (`augment=true` does what the official
+code does). The shared context transfers to any class names (base-to-new, cross-data-set); class-specific ones do not.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..backbone import CLASS_TOKEN_POSITIONS
+from ..engine import train_prompt_learner
+from ..errors import CheckpointError, ClipadaptError
+from ..features import FeatureSet
+from . import register_method
+
+SELECTIONS = ("last", "val")
+
+
+def epochs_for_shots(shots: int) -> int:
+    """The official schedule by shots per class (COOP.md: rn50_ep50 for 1 shot, rn50_ep100 for 2 and 4, the
+    200-epoch rn50 config for 8 and 16). More shots than 16 keep 200 epochs."""
+    return 50 if shots <= 1 else 100 if shots <= 4 else 200
+
+
+@register_method("coop")
+class CoOp:
+    """After `fit`, `ctx` is the learned context ([n_ctx, width], or [n_cls, n_ctx, width] with `csc`) and
+    `history` the training summary (epoch losses, and validation accuracies with `select=val`)."""
+
+    @dataclass
+    class Config:
+        n_ctx: int = 16  # context vectors (ignored with `init`: the phrase's token count is used)
+        init: str = ""  # "": random N(0, 0.02); else a phrase whose token embeddings start the context
+        csc: bool = False  # one context per class (cannot score other class names)
+        class_token_position: str = "end"  # end | middle | front
+        epochs: int = 0  # 0: by shots per class, as the official scripts (epochs_for_shots)
+        batch_size: int = 32
+        lr: float = 0.002
+        momentum: float = 0.9
+        weight_decay: float = 5e-4
+        warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr before the cosine
+        warmup_lr: float = 1e-5
+        augment: bool = False  # re-encode random-crop/flip views of the train images every step (official)
+        select: str = "last"  # last | val: keep the epoch with the best validation accuracy
+        seed: int = 1
+        checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
+
+    def __init__(self, backbone, config: "CoOp.Config"):
+        if config.class_token_position not in CLASS_TOKEN_POSITIONS:
+            raise ClipadaptError(f"class_token_position must be one of {', '.join(CLASS_TOKEN_POSITIONS)}, "
+                                 f"got '{config.class_token_position}'")
+        if config.select not in SELECTIONS:
+            raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
+        n_ctx = len(backbone.tokenizer.encode(config.init)) if config.init else config.n_ctx
+        room = backbone.context_length - 4  # SOS, at least one name token, '.', EOS
+        if not 1 <= n_ctx <= room:
+            raise ClipadaptError(f"{n_ctx} context vectors do not fit the {backbone.context_length}-token prompts "
+                                 f"of model '{backbone.name}' with a class name: use 1 to {room} (n_ctx, or init's "
+                                 "tokens)")
+        self.backbone = backbone
+        self.config = config
+        self.classnames: list[str] | None = None  # the training classes (what class-specific contexts belong to)
+        self.history: dict = {}
+        # A shared context exists before training, so that an initialised prompt can be scored as it is.
+        self.prompt = nn.ParameterDict({"ctx": self._initial_context(None)}) if not config.csc else None
+
+    @property
+    def ctx(self) -> torch.Tensor:
+        if self.prompt is None:
+            raise ClipadaptError("coop with csc=true has a context per training class: fit it first")
+        return self.prompt["ctx"]
+
+    def _initial_context(self, n_cls: int | None) -> nn.Parameter:
+        """[n_ctx, width], or [n_cls, n_ctx, width] for class-specific contexts (each starting from the phrase,
+        where the official code silently falls back to one shared context when given a phrase)."""
+        if self.config.init:
+            ctx = self.backbone.embed_words(self.config.init).float()
+            if n_cls is not None:
+                ctx = ctx.repeat(n_cls, 1, 1)
+        else:
+            shape = (self.config.n_ctx, self.backbone.text_width)
+            ctx = torch.randn((n_cls, *shape) if n_cls is not None else shape,
+                              generator=torch.Generator().manual_seed(self.config.seed)) * 0.02
+        return nn.Parameter(ctx.clone().to(self.backbone.device))
+
+    def _text_features(self, classnames: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode_prompted_text(self.ctx, classnames, self.config.class_token_position,
+                                                  normalize=True)
+
+    def _logits(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(features.to(text), dim=-1)
+        return self.backbone.model.logit_scale.exp() * image @ text.T
+
+    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
+            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+        """Learn the context on `train` (the learned prompt replaces any template, so `template_key` is unused).
+        With `out_dir`, checkpoints go there and a rerun with the same arguments resumes."""
+        select_on_val = self.config.select == "val"
+        if select_on_val and (val is None or len(val) == 0):
+            raise ClipadaptError("select=val needs a validation set")
+        self.classnames = list(classnames)
+        self.prompt = nn.ParameterDict({"ctx": self._initial_context(len(classnames) if self.config.csc else None)})
+        epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()))
+
+        def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            # Every class prompt once per step, scored against the batch's image features.
+            return F.cross_entropy(self._logits(features, self._text_features(self.classnames)), labels)
+
+        def val_accuracy() -> float:
+            predictions = self.logits(val.features, self.classnames).argmax(dim=-1).cpu()
+            return 100.0 * (predictions == val.labels).float().mean().item()
+
+        fingerprint = json.dumps([asdict(self.config), self.classnames, "coop"], sort_keys=True)
+        self.history = train_prompt_learner(
+            self.prompt, batch_loss, self.backbone, train, self.config, epochs=epochs,
+            validate=val_accuracy if select_on_val else None, out_dir=out_dir, run_fingerprint=fingerprint,
+            progress=progress, desc="coop",
+        )
+        return self.history
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor, classnames: Sequence[str],
+               template_key: str | None = None) -> torch.Tensor:
+        if self.config.csc and self.prompt is not None and list(classnames) != self.classnames:
+            raise ClipadaptError(
+                "coop with csc=true learned one context per training class; it cannot score other class names "
+                "(e.g. base2new's new classes): use the shared context (csc=false)"
+            )
+        return self._logits(features, self._text_features(classnames))
+
+    def save(self, path: str | Path) -> None:
+        """The learned context as safetensors, with the config and training class names in the metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {"method": "coop", "config": json.dumps(asdict(self.config)),
+                    "classnames": json.dumps(self.classnames)}
+        save_file({"ctx": self.ctx.detach().contiguous().cpu()}, str(path), metadata=metadata)
+
+    def load(self, path: str | Path) -> None:
+        """Context and training class names from `save`; the config's shape settings must match the file's."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                ctx = f.get_tensor("ctx")
+        except Exception as e:  # safetensors raises its own error types for missing or corrupt files
+            raise CheckpointError(f"cannot read a coop context from {path}: {e}") from e
+        if metadata.get("method") != "coop":
+            raise CheckpointError(f"{path} is not a coop context file")
+        saved = json.loads(metadata["config"])
+        if ctx.shape[-1] != self.backbone.text_width or (ctx.ndim == 3) != self.config.csc \
+                or saved["class_token_position"] != self.config.class_token_position:
+            raise CheckpointError(f"the context in {path} (shape {tuple(ctx.shape)}, csc={saved['csc']}, "
+                                  f"class_token_position={saved['class_token_position']}) does not fit this model "
+                                  "and config")
+        self.classnames = json.loads(metadata["classnames"])
+        self.prompt = nn.ParameterDict({"ctx": nn.Parameter(ctx.to(self.backbone.device))})
