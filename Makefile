@@ -23,6 +23,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/text_truncation.py
+	$(PY) bench/coop_cached.py
+	$(PY) bench/cocoop_batched.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
