@@ -13,12 +13,12 @@ where per-call latency dominates: few classes, or a GPU (not measured here).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
 from clipadapt import load_backbone
+from timing import timed
 from clipadapt.methods import build_method
 
 CLASS_WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
@@ -34,14 +34,6 @@ def per_image_logits(cocoop, features: torch.Tensor, classnames: list[str]) -> t
         text = backbone.encode_prompted_text(ctx, classnames, normalize=True)
         rows.append(backbone.model.logit_scale.exp() * text @ feature)
     return torch.stack(rows)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def main() -> None:

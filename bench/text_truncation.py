@@ -8,11 +8,11 @@ same process; the ratio (full time / truncated time) is what to read, not the se
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from clipadapt import load_backbone
+from timing import timed
 
 CLASS_WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
 
@@ -28,14 +28,6 @@ def full_length_prompted_text(backbone, ctx: torch.Tensor, classnames: list[str]
     x = text.transformer(x, attn_mask=text.attn_mask)
     x = text.ln_final(x)
     return x[torch.arange(len(classnames)), ids.argmax(-1)] @ text.text_projection
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def main() -> None:

@@ -248,6 +248,16 @@ class Backbone(nn.Module):
         """BPE token ids [N, context_length], [SOS] ... [EOS] padded with 0 (truncated to fit, EOS kept)."""
         return self.tokenizer([texts] if isinstance(texts, str) else list(texts))
 
+    def context_vectors(self, n_ctx: int, init: str = "") -> int:
+        """How many learned context vectors a prompt learner gets (the token count of `init` when a phrase is
+        given), checked to leave room for a class name between them and '.', [EOS]."""
+        n_ctx = len(self.tokenizer.encode(init)) if init else n_ctx
+        room = self.context_length - 4  # SOS, at least one name token, '.', EOS
+        if not 1 <= n_ctx <= room:
+            raise ClipadaptError(f"{n_ctx} context vectors do not fit the {self.context_length}-token prompts of "
+                                 f"model '{self.name}' with a class name: use 1 to {room} (n_ctx, or init's tokens)")
+        return n_ctx
+
     def embed_words(self, text: str) -> torch.Tensor:
         """Token embeddings of `text` without SOS/EOS: [n_tokens, width] (e.g. to initialise CoOp's context)."""
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long, device=self.device)

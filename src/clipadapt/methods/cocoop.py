@@ -80,12 +80,7 @@ class CoCoOp:
             raise ClipadaptError(f"select must be last or val, got '{config.select}'")
         if config.eval_batch < 1:
             raise ClipadaptError(f"eval_batch must be at least 1, got {config.eval_batch}")
-        n_ctx = len(backbone.tokenizer.encode(config.init)) if config.init else config.n_ctx
-        room = backbone.context_length - 4  # SOS, at least one name token, '.', EOS
-        if not 1 <= n_ctx <= room:
-            raise ClipadaptError(f"{n_ctx} context vectors do not fit the {backbone.context_length}-token prompts "
-                                 f"of model '{backbone.name}' with a class name: use 1 to {room} (n_ctx, or init's "
-                                 "tokens)")
+        backbone.context_vectors(config.n_ctx, config.init)  # fails early when the prompt is too long
         self.backbone = backbone
         self.config = config if config.lr else replace(config, lr=OFFICIAL_LR * config.batch_size)
         self.history: dict = {}

@@ -67,12 +67,7 @@ class CoOp:
                                  f"got '{config.class_token_position}'")
         if config.select not in SELECTIONS:
             raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
-        n_ctx = len(backbone.tokenizer.encode(config.init)) if config.init else config.n_ctx
-        room = backbone.context_length - 4  # SOS, at least one name token, '.', EOS
-        if not 1 <= n_ctx <= room:
-            raise ClipadaptError(f"{n_ctx} context vectors do not fit the {backbone.context_length}-token prompts "
-                                 f"of model '{backbone.name}' with a class name: use 1 to {room} (n_ctx, or init's "
-                                 "tokens)")
+        backbone.context_vectors(config.n_ctx, config.init)  # fails early when the prompt is too long
         self.backbone = backbone
         self.config = config
         self.classnames: list[str] | None = None  # the training classes (what class-specific contexts belong to)
