@@ -70,8 +70,10 @@ def optimizer_from_checkpoint(optimizer: torch.optim.Optimizer, tensors: dict[st
 
 def rng_to_checkpoint() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     numpy_state = np.random.get_state()
+    version, internal, gauss = random.getstate()
     return ({"rng.torch": torch.get_rng_state()},
-            {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]], "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]})
+            {"python": [version, list(internal), gauss],
+             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]})
 
 
 def rng_from_checkpoint(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from .backbone import list_models, load_backbone
+from .backbone import DEFAULT_WEIGHTS, list_models, load_backbone
 from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = dataclasses.asdict(method.config)
     metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": args.shots,
                "seed": seeds[0] if len(seeds) == 1 else seeds, "seconds": round(time.time() - start, 3),
-               "model": backbone.name, "pretrained": args.pretrained, "config": config, **numbers}
+               "model": backbone.name, "pretrained": _weights_label(args), "config": config, **numbers}
     if args.skip_bad_images:
         metrics["skipped_images"] = skipped
     path = write_metrics(out, metrics)
@@ -141,6 +141,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(_summary(metrics))
     print(f"wrote {path}")
     return 0
+
+
+def _weights_label(args: argparse.Namespace) -> str | None:
+    """The weights a run used, as written to metrics.json: the file given, or the shipped model's by default."""
+    if args.pretrained:
+        return str(args.pretrained)
+    return DEFAULT_WEIGHTS.name if args.model is None else None
 
 
 def _summary(metrics: dict) -> str:
