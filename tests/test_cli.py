@@ -87,3 +87,15 @@ def test_run_coop_writes_training_summary_and_checkpoints(colour_world, tmp_path
     assert main(argv) == 0  # the same command again resumes from the finished checkpoint: nothing to redo
     again = json.loads((out / "metrics.json").read_text())
     assert again["training"]["resumed_from_step"] == 6 and again["accuracy"] == metrics["accuracy"]
+
+
+def test_linear_probe_base2new_reports_base_only(colour_world, tmp_path):
+    root, weights = colour_world
+    out = tmp_path / "run"
+    assert main(["run", "linear_probe", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
+                 "--protocol", "base2new", "--shots", "4", "--cache", str(tmp_path / "cache"), "--out", str(out),
+                 "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["new_accuracy"] is None and metrics["harmonic_mean"] is None
+    assert metrics["base_accuracy"] == 100.0 and metrics["num_base_classes"] == 2
+    assert len(list(out.glob("train-*-base-seed1/linear_probe.safetensors"))) == 1

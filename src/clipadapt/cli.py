@@ -153,7 +153,7 @@ def _weights_label(args: argparse.Namespace) -> str | None:
 def _summary(metrics: dict) -> str:
     keys = ("accuracy", "base_accuracy", "new_accuracy", "seen_accuracy", "unseen_accuracy", "harmonic_mean",
             "average_target_accuracy")
-    shown = "  ".join(f"{k}={metrics[k]:.2f}" for k in keys if k in metrics)
+    shown = "  ".join(f"{k}={metrics[k]:.2f}" for k in keys if metrics.get(k) is not None)
     return f"{metrics['method']} {metrics['protocol']} on {metrics['dataset']}: {shown}"
 
 

@@ -28,6 +28,7 @@ class DemoRow:
 # so CoOp starts from "a photo of a" (4 vectors), as CoCoOp does by default.
 ROWS = (
     DemoRow("zeroshot", "base2new", TARGET),
+    DemoRow("linear_probe", "base2new", TARGET),
     DemoRow("coop", "base2new", TARGET, config=(("init", "a photo of a"),)),
     DemoRow("cocoop", "base2new", TARGET),
     DemoRow("zeroshot", "crossdataset", TARGET, (("targets", CROSS_TARGETS),)),
@@ -43,8 +44,8 @@ def format_table(results: list[dict]) -> str:
     lines = ["| method | base | new | HM | new: colour | new: shape |", "|---|---|---|---|---|---|"]
     for r in (r for r in results if r["protocol"] == "base2new"):
         new_attributes = r.get("attribute_accuracy", {}).get("new", {})
-        lines.append(f"| {r['method']} | {_percent(r['base_accuracy'])} | {_percent(r['new_accuracy'])} | "
-                     f"{_percent(r['harmonic_mean'])} | {_percent(new_attributes.get('colour'))} | "
+        lines.append(f"| {r['method']} | {_percent(r['base_accuracy'])} | {_percent(r.get('new_accuracy'))} | "
+                     f"{_percent(r.get('harmonic_mean'))} | {_percent(new_attributes.get('colour'))} | "
                      f"{_percent(new_attributes.get('shape'))} |")
     cross = [r for r in results if r["protocol"] == "crossdataset"]
     if cross:

@@ -128,11 +128,19 @@ def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int | Non
 def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
     summary = _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed)
-    base_result, new_result = _test_accuracy(method, ctx, base), _test_accuracy(method, ctx, new)
-    base_acc, new_acc = base_result["accuracy"], new_result["accuracy"]
-    result = {"base_accuracy": base_acc, "new_accuracy": new_acc, "harmonic_mean": harmonic_mean(base_acc, new_acc),
-              "num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
+    base_result = _test_accuracy(method, ctx, base)
+    base_acc = base_result["accuracy"]
+    counts = {"num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
               "num_new_classes": len(new.classnames)}
+    if not getattr(method, "scores_unseen_classes", True):  # e.g. a linear probe: base numbers only
+        result = {"base_accuracy": base_acc, "new_accuracy": None, "harmonic_mean": None, **counts}
+        if splits.class_attributes:
+            result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"]}
+        return _with_training(result, summary)
+    new_result = _test_accuracy(method, ctx, new)
+    new_acc = new_result["accuracy"]
+    result = {"base_accuracy": base_acc, "new_accuracy": new_acc, "harmonic_mean": harmonic_mean(base_acc, new_acc),
+              **counts}
     if splits.class_attributes:
         result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"],
                                         "new": new_result["attribute_accuracy"]}

@@ -99,6 +99,8 @@ class LinearProbe:
         tol: float = 1e-4  # stop when max |gradient| of the mean objective is below this (sklearn's default tol)
         normalize: bool = False  # L2-normalize features first; lpclip fits the raw features
 
+    scores_unseen_classes = False  # one weight vector per training class: base2new reports base accuracy only
+
     def __init__(self, backbone, config: "LinearProbe.Config"):
         self.config = config
         self.device = torch.device(getattr(backbone, "device", "cpu"))  # the backbone is otherwise unused
