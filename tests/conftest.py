@@ -50,3 +50,20 @@ def colour_world(tmp_path_factory):
     return root, weights
 
 
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """A micro CLIP with seeded random weights."""
+    torch.manual_seed(0)
+    return load_backbone("micro-vit")
+
+
+@pytest.fixture
+def one_thread():
+    """Micro models run many tiny matrix products, where a second thread only adds synchronisation (and stalls
+    badly when another process holds the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,20 +12,7 @@ from clipadapt.methods import build_method
 from test_coop import NAMES, accuracy, synthetic
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return load_backbone("micro-vit")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models run many tiny matrix products, where a second thread only adds synchronisation (and stalls
-    badly when another process holds the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def per_image_logits(cocoop, features: torch.Tensor, classnames) -> torch.Tensor:

@@ -17,20 +17,7 @@ NAMES = ["ant", "bee", "cat", "dog"]
 FAST = {"n_ctx": 4, "epochs": 50, "batch_size": 8}  # 4 steps an epoch on 32 training features
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return load_backbone("micro-vit")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models run many tiny matrix products, where a second thread only adds synchronisation (and stalls
-    badly when another process holds the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic(per_class: int, seed: int, dim: int = 32) -> FeatureSet:
