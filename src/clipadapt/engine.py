@@ -194,6 +194,7 @@ class Trainer:
 
 
 class PromptTrainingConfig(Protocol):
+    select: str
     batch_size: int
     lr: float
     momentum: float
@@ -239,7 +240,8 @@ def train_prompt_learner(
     config: PromptTrainingConfig,
     *,
     epochs: int,
-    validate: Callable[[], float] | None = None,
+    val=None,
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None,
     out_dir: str | Path | None = None,
     run_fingerprint: str = "",
     progress: bool = True,
@@ -251,12 +253,24 @@ def train_prompt_learner(
     Batches and augmentations are functions of (seed, epoch, step), so a run resumed from `out_dir` ends exactly
     where an uninterrupted one does.
 
-    With `validate` (accuracy of the learner's current state on held-out data), it is called after every epoch
-    and the learner ends at the best epoch (the first of equals); otherwise at the last epoch, as the official
-    code evaluates. Returns a summary: steps, epoch losses, per-epoch validation accuracies, best epoch."""
+    With `config.select == "val"`, `score(features) -> logits` of the learner's current state is applied to the
+    `val` FeatureSet after every epoch and the learner ends at the most accurate epoch (the first of equals);
+    otherwise at the last epoch, as the official code evaluates. Returns a summary: steps, epoch losses, per-epoch validation accuracies, best epoch."""
     n = len(train)
     if n == 0:
         raise ClipadaptError("no training samples")
+    validate = None
+    if config.select == "val":
+        if val is None or len(val) == 0:
+            raise ClipadaptError("select=val needs a validation set")
+
+        def val_accuracy() -> float:
+            with torch.no_grad():
+                predictions = score(val.features).argmax(dim=-1).cpu()
+            return 100.0 * (predictions == val.labels).float().mean().item()
+
+        validate = val_accuracy
+
     if config.batch_size < 1:
         raise ClipadaptError(f"batch_size must be at least 1, got {config.batch_size}")
     if config.augment and not train.samples:

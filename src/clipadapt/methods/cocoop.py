@@ -107,23 +107,17 @@ class CoCoOp:
             template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
         """Learn context and meta-net on `train` (`template_key` is unused: the learned prompt replaces templates).
         With `out_dir`, checkpoints go there and a rerun with the same arguments resumes."""
-        select_on_val = self.config.select == "val"
-        if select_on_val and (val is None or len(val) == 0):
-            raise ClipadaptError("select=val needs a validation set")
         classnames = list(classnames)
         self.prompt = self._initial_prompt()
 
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(self._logits(features, classnames), labels)
 
-        def val_accuracy() -> float:
-            predictions = self.logits(val.features, classnames).argmax(dim=-1).cpu()
-            return 100.0 * (predictions == val.labels).float().mean().item()
-
         fingerprint = json.dumps([asdict(self.config), classnames, "cocoop"], sort_keys=True)
         self.history = train_prompt_learner(
             self.prompt, batch_loss, self.backbone, train, self.config, epochs=self.config.epochs,
-            validate=val_accuracy if select_on_val else None, out_dir=out_dir, run_fingerprint=fingerprint,
+            val=val, score=lambda features: self.logits(features, classnames), out_dir=out_dir,
+            run_fingerprint=fingerprint,
             progress=progress, desc="cocoop",
         )
         return self.history

@@ -106,9 +106,6 @@ class CoOp:
             template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
         """Learn the context on `train` (the learned prompt replaces any template, so `template_key` is unused).
         With `out_dir`, checkpoints go there and a rerun with the same arguments resumes."""
-        select_on_val = self.config.select == "val"
-        if select_on_val and (val is None or len(val) == 0):
-            raise ClipadaptError("select=val needs a validation set")
         self.classnames = list(classnames)
         self.prompt = nn.ParameterDict({"ctx": self._initial_context(len(classnames) if self.config.csc else None)})
         epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()))
@@ -117,14 +114,11 @@ class CoOp:
             # Every class prompt once per step, scored against the batch's image features.
             return F.cross_entropy(self._logits(features, self._text_features(self.classnames)), labels)
 
-        def val_accuracy() -> float:
-            predictions = self.logits(val.features, self.classnames).argmax(dim=-1).cpu()
-            return 100.0 * (predictions == val.labels).float().mean().item()
-
         fingerprint = json.dumps([asdict(self.config), self.classnames, "coop"], sort_keys=True)
         self.history = train_prompt_learner(
             self.prompt, batch_loss, self.backbone, train, self.config, epochs=epochs,
-            validate=val_accuracy if select_on_val else None, out_dir=out_dir, run_fingerprint=fingerprint,
+            val=val, score=lambda features: self.logits(features, self.classnames), out_dir=out_dir,
+            run_fingerprint=fingerprint,
             progress=progress, desc="coop",
         )
         return self.history
