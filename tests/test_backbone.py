@@ -63,6 +63,20 @@ def test_class_specific_and_batched_contexts_match_per_item_calls(micro):
     assert batched.shape == (2, len(NAMES), micro.embed_dim)
 
 
+def test_per_sample_contexts_with_class_index_match_per_item_calls(micro):
+    torch.manual_seed(2)
+    class_index = torch.tensor([3, 0, 0, 2, 1, 3])
+    ctx = torch.randn(len(class_index), 4, micro.text_width)
+    with torch.no_grad():
+        paired = micro.encode_prompted_text(ctx, NAMES, class_index=class_index)
+        short = micro.encode_prompted_text(ctx[:1], NAMES, class_index=class_index[:1])  # truncated to "x."
+        for i, c in enumerate(class_index.tolist()):
+            torch.testing.assert_close(paired[i], micro.encode_prompted_text(ctx[i], [NAMES[c]])[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(short[0], paired[0], atol=1e-5, rtol=0)
+    with pytest.raises(ClipadaptError, match="class_index"):
+        micro.encode_prompted_text(ctx, NAMES, class_index=torch.tensor([0, 4, 1, 1, 1, 1]))
+
+
 def test_prompted_text_gradients_reach_context(micro):
     ctx = torch.zeros(2, micro.text_width, requires_grad=True)
     micro.encode_prompted_text(ctx, NAMES, normalize=True).sum().backward()

@@ -344,13 +344,16 @@ class Backbone(nn.Module):
         classnames: Sequence[str],
         class_token_position: str = "end",
         normalize: bool = False,
+        class_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text features of prompts `[SOS] ctx_1..ctx_n <class name> . [EOS]`, pooled at EOS.
 
         `ctx` is `[n_ctx, width]` (shared), `[n_cls, n_ctx, width]` (class-specific), or has extra leading
-        batch dims `[*batch, n_cls or 1, n_ctx, width]` (per-image or per-sample contexts, as CoCoOp and SHIP
-        use). The output is `[n_cls, embed_dim]` or `[*batch, n_cls, embed_dim]`. The transformer runs once over
-        all prompts, truncated to the longest prompt.
+        batch dims `[*batch, n_cls or 1, n_ctx, width]` (per-image contexts, as CoCoOp uses). The output is
+        `[n_cls, embed_dim]` or `[*batch, n_cls, embed_dim]`. With `class_index` ([n] labels into `classnames`),
+        prompt i is `ctx[i]` with the name `classnames[class_index[i]]` (per-sample pairs, as SHIP generates):
+        the layout is built once per class list, however many samples repeat a name. The transformer runs once
+        over all prompts, truncated to the longest prompt.
         """
         if not self._runs_causal() or self._pool_type() != "argmax":
             raise ClipadaptError(f"model '{self.name}' has no causal CLIP text tower; prompt learning needs one")
@@ -358,6 +361,15 @@ class Backbone(nn.Module):
             raise ClipadaptError(f"ctx must end in [n_ctx, {self.text_width}], got shape {tuple(ctx.shape)}")
         n_cls, n_ctx = len(classnames), ctx.shape[-2]
         ids, ctx_mask, ctx_index, eot_index = self._prompt_layout(classnames, n_ctx, class_token_position)
+        if class_index is not None:
+            class_index = class_index.to(self.device)
+            if class_index.ndim != 1 or (len(class_index) and not 0 <= int(class_index.min()) <= int(class_index.max()) < n_cls):
+                raise ClipadaptError(f"class_index must be 1-D labels in [0, {n_cls}), got shape "
+                                     f"{tuple(class_index.shape)}")
+            eot_index = eot_index[class_index]
+            length = int(eot_index.max()) + 1 if len(class_index) else 1  # the longest of these names only
+            ids, ctx_mask, ctx_index = (t[class_index, :length] for t in (ids, ctx_mask, ctx_index))
+            n_cls = len(class_index)
         if ctx.ndim == 2:
             ctx = ctx.unsqueeze(0)
         if ctx.shape[-3] not in (1, n_cls):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
 from .errors import ClipadaptError
 from .features import default_cache_dir, extract_features
-from .methods import METHODS, build_method
+from .methods import METHODS, build_method, method_config
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
 from .protocols import PROTOCOLS, RunContext, aggregate_seeds, run_protocol, write_metrics
 
@@ -44,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train (if the method learns) and evaluate a method under a protocol")
-    run.add_argument("method", help=f"one of: {', '.join(sorted(METHODS))}")
+    run.add_argument("method", help=f"one of: {', '.join(sorted(METHODS))}; METHOD+ship adds SHIP's synthesized "
+                     "features (ship.KEY=VALUE configures it)")
     run.add_argument("--dataset", required=True, help="imagefolder:PATH, coop:NAME:ROOT, csv:PATH, ...")
     run.add_argument("--protocol", default="full", choices=PROTOCOLS)
     run.add_argument("--shots", type=int, default=None, help="k images per class for fewshot/base2new (base2new default 16)")
@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         results.append(run_protocol(args.protocol, method, ctx, splits, shots=args.shots, seed=seed,
                                     targets=targets, unseen=args.unseen))
     numbers = results[0] if len(seeds) == 1 else aggregate_seeds(results, seeds)
-    config = dataclasses.asdict(method.config)
+    config = method_config(method)
     metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": args.shots,
                "seed": seeds[0] if len(seeds) == 1 else seeds, "seconds": round(time.time() - start, 3),
                "model": backbone.name, "pretrained": _weights_label(args), "config": config, **numbers}

@@ -4,12 +4,13 @@ a rerun of the same command resumes exactly (weights, optimizer, step, RNG state
 function of (epoch, offset) so the data order resumes too)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import open_clip
 import torch
@@ -186,6 +187,20 @@ class Trainer:
         return self
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """`model`'s weights take no gradients inside the block (gradients still flow through it to learned inputs,
+    as prompts through a frozen text encoder); without this, every step would also compute gradients for all of
+    CLIP. What was trainable before is trainable again afterwards."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
+
+
 # ---- prompt learning (CoOp, CoCoOp): the official recipe both share ------------------------------------------
 # KaiyangZhou/CoOp trains with Dassl: SGD (momentum 0.9, weight decay 5e-4 on every learned weight), one epoch
 # at a constant 1e-5, then cosine over the epochs, the lr set once per epoch; a random order every epoch, batches
@@ -194,13 +209,13 @@ class Trainer:
 
 
 class PromptTrainingConfig(Protocol):
+    """What `train_prompt_learner` reads from a method's config. Optional fields: `optimizer` (sgd, the default,
+    or adamw), `momentum` (sgd), `warmup_epochs` and `warmup_lr` (none by default)."""
+
     select: str
     batch_size: int
     lr: float
-    momentum: float
     weight_decay: float
-    warmup_epochs: int
-    warmup_lr: float
     augment: bool
     seed: int
     checkpoint_every: int
@@ -246,6 +261,8 @@ def train_prompt_learner(
     run_fingerprint: str = "",
     progress: bool = True,
     desc: str = "train",
+    synthetic=None,
+    synthetic_ratio: float = 1.0,
 ) -> dict[str, Any]:
     """Train `learner` (the only weights that change) with the official recipe: each step scores a batch of
     `train` (a FeatureSet) with `batch_loss(image_features, labels)`. Image features are the cached ones, or with
@@ -255,7 +272,12 @@ def train_prompt_learner(
 
     With `config.select == "val"`, `score(features) -> logits` of the learner's current state is applied to the
     `val` FeatureSet after every epoch and the learner ends at the most accurate epoch (the first of equals);
-    otherwise at the last epoch, as the official code evaluates. Returns a summary: steps, epoch losses, per-epoch validation accuracies, best epoch."""
+    otherwise at the last epoch, as the official code evaluates.
+
+    `synthetic` (a FeatureSet of generated features, e.g. SHIP's, labelled in the same label space) joins every
+    batch: round(synthetic_ratio x batch size) of its features drawn at random (a function of seed and step),
+    as SHIP mixes real base-class and synthetic new-class features. Returns a summary: steps, epoch losses,
+    per-epoch validation accuracies, best epoch."""
     n = len(train)
     if n == 0:
         raise ClipadaptError("no training samples")
@@ -275,6 +297,8 @@ def train_prompt_learner(
         raise ClipadaptError(f"batch_size must be at least 1, got {config.batch_size}")
     if config.augment and not train.samples:
         raise ClipadaptError("augment=true re-encodes the training images, but these features carry no samples")
+    if synthetic is not None and (len(synthetic) == 0 or synthetic_ratio <= 0):
+        raise ClipadaptError("synthetic features need at least one feature and a positive synthetic_ratio")
     steps_per_epoch = max(1, n // config.batch_size)  # Dassl drops the last partial batch if a full one exists
     device = backbone.device
     # The best state on validation is kept as buffers beside the learner, so that checkpoints carry it.
@@ -282,14 +306,24 @@ def train_prompt_learner(
     holder.learner = learner
     holder.best = copy.deepcopy(learner).requires_grad_(False)
     holder.register_buffer("val_accuracy", torch.full((epochs,), float("nan"), device=device))
-    optimizer = torch.optim.SGD(learner.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer_name = getattr(config, "optimizer", "sgd")
+    if optimizer_name == "sgd":
+        optimizer = torch.optim.SGD(learner.parameters(), lr=config.lr, momentum=getattr(config, "momentum", 0.0),
+                                    weight_decay=config.weight_decay)
+    elif optimizer_name == "adamw":  # Tip-Adapter-F's choice, with its eps
+        optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, eps=1e-4, weight_decay=config.weight_decay)
+    else:
+        raise ClipadaptError(f"optimizer must be sgd or adamw, got '{optimizer_name}'")
     transform = dassl_train_transform(backbone) if config.augment else None
     if out_dir is not None:
         digest = hashlib.sha256(run_fingerprint.encode())
         digest.update(backbone.fingerprint().encode())
         digest.update(train.labels.cpu().numpy().tobytes())
         digest.update(train.features.float().cpu().numpy().tobytes())
+        if synthetic is not None:
+            digest.update(f"{synthetic_ratio}".encode())
+            digest.update(synthetic.labels.cpu().numpy().tobytes())
+            digest.update(synthetic.features.float().cpu().numpy().tobytes())
         run_fingerprint = digest.hexdigest()[:16]
 
     def batches(epoch: int, offset: int) -> Iterable[torch.Tensor]:
@@ -305,7 +339,13 @@ def train_prompt_learner(
                 torch.manual_seed(config.seed * 1_000_003 + step)  # torchvision draws crops from the global RNG
                 images = torch.stack([transform(load_image(train.samples[i].path)) for i in indices.tolist()])
                 features = backbone.encode_image(images.to(device)).float()
-        return batch_loss(features, train.labels[indices].to(device))
+        labels = train.labels[indices].to(device)
+        if synthetic is not None:
+            draw = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 500_009)
+            picked = torch.randint(len(synthetic), (max(1, round(synthetic_ratio * len(indices))),), generator=draw)
+            features = torch.cat([features, synthetic.features[picked].to(features)])
+            labels = torch.cat([labels, synthetic.labels[picked].to(device)])
+        return batch_loss(features, labels)
 
     def after_step() -> None:
         if validate is None or (trainer.step + 1) % steps_per_epoch:
@@ -319,19 +359,13 @@ def train_prompt_learner(
 
     trainer = Trainer(
         holder, optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-        lr_at=lambda step: dassl_lr(step // steps_per_epoch, epochs, config.lr, config.warmup_epochs,
-                                    config.warmup_lr),
+        lr_at=lambda step: dassl_lr(step // steps_per_epoch, epochs, config.lr, getattr(config, "warmup_epochs", 0),
+                                    getattr(config, "warmup_lr", 0.0)),
         out_dir=out_dir, run_fingerprint=run_fingerprint, checkpoint_every=config.checkpoint_every,
         after_step=after_step, progress=progress, desc=desc,
     )
-    # CLIP stays frozen: without this, every step would also compute gradients for all its weights.
-    trainable = [p for p in backbone.model.parameters() if p.requires_grad]
-    backbone.model.requires_grad_(False)
-    try:
+    with frozen(backbone.model):
         trainer.fit(batches, step_fn)
-    finally:
-        for param in trainable:
-            param.requires_grad_(True)
     summary = {"steps": trainer.step, "steps_per_epoch": steps_per_epoch, "epochs": epochs,
                "epoch_losses": trainer.losses, "seconds": trainer.seconds,
                "resumed_from_step": trainer.resumed_from}

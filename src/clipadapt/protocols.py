@@ -80,17 +80,23 @@ class RunContext:
         )
 
 
-def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = None, seed: int = 1) -> dict | None:
+def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = None, seed: int = 1,
+         unseen_classnames: Sequence[str] = ()) -> dict | None:
     """Train `method` on `splits` (on its k-shot subset when `shots` is given) and return its training summary.
-    Zero-shot methods have no `fit`, so nothing is sampled or extracted for them."""
+    Zero-shot methods have no `fit`, so nothing is sampled or extracted for them. Methods that synthesize data
+    for classes without any (SHIP) also get the names of the classes the protocol will test without training
+    data: names only, never their images."""
     if not hasattr(method, "fit"):
         return None
     if shots:
         splits = fewshot(splits, shots, seed, cache_dir=_split_cache(ctx))
     val = ctx.features(splits, "val") if splits.val else None
     out_dir = Path(ctx.out_dir) / f"train-{splits.name}-seed{seed}" if ctx.out_dir else None
+    extra = {}
+    if getattr(method, "uses_unseen_classnames", False):
+        extra["unseen_classnames"] = [n for n in dict.fromkeys(unseen_classnames) if n not in splits.classnames]
     return method.fit(ctx.features(splits, "train"), splits.classnames, val=val, template_key=splits.template_key,
-                      out_dir=out_dir, progress=ctx.progress)
+                      out_dir=out_dir, progress=ctx.progress, **extra)
 
 
 def _with_training(result: dict, summary: dict | None) -> dict:
@@ -127,7 +133,7 @@ def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int | Non
 
 def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
-    summary = _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed)
+    summary = _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed, unseen_classnames=new.classnames)
     base_result = _test_accuracy(method, ctx, base)
     base_acc = base_result["accuracy"]
     counts = {"num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
@@ -144,7 +150,16 @@ def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | No
     if splits.class_attributes:
         result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"],
                                         "new": new_result["attribute_accuracy"]}
-    return _with_training(result, summary)
+    return _with_training(_with_synthesis(result, method, ctx, new), summary)
+
+
+def _with_synthesis(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
+    """For methods that synthesize features (SHIP), how close they came to the real test features of the
+    classes they were made for, under `synthesis` (a diagnostic; nothing is selected on it)."""
+    if not hasattr(method, "synthesis_quality"):
+        return result
+    quality = method.synthesis_quality(ctx.features(splits, "test"), splits.classnames)
+    return {**result, "synthesis": quality} if quality else result
 
 
 def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> list[int]:
@@ -171,7 +186,8 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: 
         raise ClipadaptError("gzsl needs at least one seen and one unseen class")
     # Train on seen classes only (relabelled 0..S-1); test over the joint space of every class name.
     seen = select_classes(splits, seen_labels, "-seen")
-    summary = _fit(method, ctx, seen, seed=seed)
+    summary = _fit(method, ctx, seen, seed=seed,
+                   unseen_classnames=[splits.classnames[c] for c in unseen_labels])
     predictions, labels = _predict(method, ctx, splits)
     seen_acc = per_class_accuracy(predictions, labels, seen_labels)
     unseen_acc = per_class_accuracy(predictions, labels, unseen_labels)
@@ -184,16 +200,19 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: 
             part: attribute_accuracy(predictions[mask], labels[mask], splits.class_attributes)
             for part, mask in (("seen", ~is_unseen), ("unseen", is_unseen))
         }
-    return _with_training(result, summary)
+    return _with_training(_with_synthesis(result, method, ctx, splits), summary)
 
 
 def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int,
                      targets: Sequence[str] = (), **_) -> dict:
     if not targets:
         raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
-    summary = _fit(method, ctx, splits, shots, seed)
+    target_splits = {spec: load_dataset(spec) for spec in targets}
+    target_names = [name for target in target_splits.values() for name in target.classnames]
+    summary = _fit(method, ctx, splits, shots, seed, unseen_classnames=target_names)
     result = _with_training(_test_accuracy(method, ctx, splits), summary)
-    result["targets"] = {spec: _test_accuracy(method, ctx, load_dataset(spec)) for spec in targets}
+    result["targets"] = {spec: _with_synthesis(_test_accuracy(method, ctx, target), method, ctx, target)
+                         for spec, target in target_splits.items()}
     result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(targets)
     return result
 

@@ -64,3 +64,21 @@ def zeroshot_weights(
         num_classes_per_batch=classes_per_batch, device=backbone.device, use_tqdm=progress,
     )
     return weights.T.contiguous()
+
+
+class TextClassifier:
+    """Frozen zero-shot class weights for methods that train on top of them (CLIP-Adapter, Tip-Adapter): built
+    from `templates` (as `resolve_templates`) once per class list and data set, then reused every step."""
+
+    def __init__(self, backbone, templates: str):
+        resolve_templates(templates)  # fails early on a bad spec
+        self.backbone, self.templates = backbone, templates
+        self._weights: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, classnames: Sequence[str], template_key: str | None = None) -> torch.Tensor:
+        key = (tuple(classnames), template_key)
+        if key not in self._weights:
+            with torch.no_grad():
+                self._weights[key] = zeroshot_weights(self.backbone, classnames,
+                                                      resolve_templates(self.templates, template_key))
+        return self._weights[key]

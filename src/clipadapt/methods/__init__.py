@@ -8,6 +8,7 @@ A method class has a `Config` dataclass, is built as `Method(backbone, config)`,
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 from ..config import build_config
@@ -24,20 +25,55 @@ def register_method(name: str) -> Callable[[type], type]:
     return register
 
 
+ADDONS = ("ship",)
+
+
+def _trains_on_synthetic(cls: type) -> bool:
+    """Whether the method's `fit` takes `synthetic` features (what SHIP feeds it)."""
+    return hasattr(cls, "fit") and "synthetic" in inspect.signature(cls.fit).parameters
+
+
 def build_method(name: str, backbone, values: dict[str, Any] | None = None, source: str = "overrides",
                  seed: int | None = None):
     """The method `name` on `backbone` with its config built from defaults plus `values`; a method with a `seed`
-    in its config gets the run's `seed` unless `values` sets one."""
-    if name not in METHODS:
-        raise ClipadaptError(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
+    in its config gets the run's `seed` unless `values` sets one. `METHOD+ship` trains METHOD with SHIP's
+    synthesized features; `ship.KEY` values configure SHIP, the others METHOD."""
     values = dict(values or {})
+    if "+" in name:
+        inner, _, addon = name.partition("+")
+        if addon not in ADDONS:
+            raise ClipadaptError(f"unknown add-on '{addon}' in '{name}'; available: {', '.join(ADDONS)}")
+        method = build_method(inner, backbone, {k: v for k, v in values.items() if not k.startswith("ship.")},
+                              source, seed)
+        if not _trains_on_synthetic(type(method)):
+            trainable = sorted(n for n, c in METHODS.items() if _trains_on_synthetic(c))
+            raise ClipadaptError(f"'{inner}' cannot train on synthesized features; {addon} works with "
+                                 f"{', '.join(trainable)}")
+        ship_values = {k.removeprefix("ship."): v for k, v in values.items() if k.startswith("ship.")}
+        if seed is not None:
+            ship_values.setdefault("seed", seed)
+        return WithShip(method, name, backbone, build_config(ShipConfig, ship_values, source=source))
+    if name not in METHODS:
+        raise ClipadaptError(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))} "
+                             f"(and METHOD+{'/'.join(ADDONS)})")
+    cls = METHODS[name]
     if seed is not None and "seed" in {f.name for f in dataclasses.fields(cls.Config)}:
         values.setdefault("seed", seed)
     return cls(backbone, build_config(cls.Config, values, source=source))
+
+
+def method_config(method) -> dict[str, Any]:
+    """The method's settings as written to metrics.json and config.yaml (an add-on's under its own name, so
+    `ship.KEY=VALUE` reads back as it was given)."""
+    if isinstance(method, WithShip):
+        return {**method_config(method.method), "ship": dataclasses.asdict(method.config)}
+    return dataclasses.asdict(method.config)
 
 
 from . import zeroshot  # noqa: E402,F401  (registers itself)
 from . import linear_probe  # noqa: E402,F401  (registers itself)
 from . import coop  # noqa: E402,F401  (registers itself)
 from . import cocoop  # noqa: E402,F401  (registers itself)
+from . import clip_adapter  # noqa: E402,F401  (registers itself)
+from . import tip_adapter  # noqa: E402,F401  (registers itself)
+from .ship import ShipConfig, WithShip  # noqa: E402  (the METHOD+ship add-on)

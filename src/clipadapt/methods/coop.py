@@ -103,9 +103,11 @@ class CoOp:
         return self.backbone.model.logit_scale.exp() * image @ text.T
 
     def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
+            synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
         """Learn the context on `train` (the learned prompt replaces any template, so `template_key` is unused).
-        With `out_dir`, checkpoints go there and a rerun with the same arguments resumes."""
+        With `out_dir`, checkpoints go there and a rerun with the same arguments resumes. `synthetic` features
+        (labelled in `classnames`, e.g. SHIP's for classes without data) join every batch."""
         self.classnames = list(classnames)
         self.prompt = nn.ParameterDict({"ctx": self._initial_context(len(classnames) if self.config.csc else None)})
         epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()))
@@ -119,7 +121,7 @@ class CoOp:
             self.prompt, batch_loss, self.backbone, train, self.config, epochs=epochs,
             val=val, score=lambda features: self.logits(features, self.classnames), out_dir=out_dir,
             run_fingerprint=fingerprint,
-            progress=progress, desc="coop",
+            progress=progress, desc="coop", synthetic=synthetic, synthetic_ratio=synthetic_ratio,
         )
         return self.history
 

@@ -1,0 +1,98 @@
+"""CLIP-Adapter (Gao et al., IJCV 2023): a small residual MLP on the frozen image features, classified by frozen
+zero-shot text weights.
+
+Mirrors gaopengcuhk/CLIP-Adapter (`clip_adapter.py`): Linear(D, D/4, no bias) - ReLU - Linear(D/4, D, no bias) -
+ReLU; the adapted feature is 0.2 x adapter(f) + 0.8 x f; logits are logit_scale.exp() x cos(adapted feature,
+text weights) with one hand-written template per data set (CoOp's, as the official CUSTOM_TEMPLATES). The
+official repository ships no training config; training here is the Dassl recipe CoOp uses (SGD lr 0.002, momentum
+0.9, weight decay 5e-4, batch 32, one warm-up epoch, cosine, epochs by shots) on cached features, through the same
+loop, so SHIP's synthetic features mix in the same way (`clip_adapter+ship`). The adapter transfers to any class
+names: only the text weights change.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine import train_prompt_learner
+from ..errors import ClipadaptError
+from ..features import FeatureSet
+from ..text import TextClassifier
+from . import register_method
+from .coop import SELECTIONS, epochs_for_shots
+
+
+def adapter_mlp(dim: int, reduction: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(),
+                         nn.Linear(dim // reduction, dim, bias=False), nn.ReLU())
+
+
+@register_method("clip_adapter")
+class ClipAdapter:
+    @dataclass
+    class Config:
+        reduction: int = 4  # bottleneck D / reduction
+        ratio: float = 0.2  # weight of the adapted feature in the residual mix
+        templates: str = "coop"  # text weights: "coop" (per-data-set template), "ensemble", or "... {} ..."
+        epochs: int = 0  # 0: by shots per class, as CoOp (epochs_for_shots)
+        batch_size: int = 32
+        lr: float = 0.002
+        momentum: float = 0.9
+        weight_decay: float = 5e-4
+        warmup_epochs: int = 1
+        warmup_lr: float = 1e-5
+        augment: bool = False  # re-encode random-crop/flip views of the train images every step
+        select: str = "last"  # last | val
+        seed: int = 1
+        checkpoint_every: int = 200
+
+    def __init__(self, backbone, config: "ClipAdapter.Config"):
+        if not 0 <= config.ratio <= 1:
+            raise ClipadaptError(f"ratio must be in [0, 1], got {config.ratio}")
+        if config.reduction < 1 or backbone.embed_dim // config.reduction < 1:
+            raise ClipadaptError(f"reduction {config.reduction} does not fit features of size {backbone.embed_dim}")
+        if config.select not in SELECTIONS:
+            raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
+        self.backbone, self.config = backbone, config
+        self.text = TextClassifier(backbone, config.templates)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.adapter = adapter_mlp(backbone.embed_dim, config.reduction).to(backbone.device)
+        self.history: dict = {}
+
+    def adapt(self, features: torch.Tensor) -> torch.Tensor:
+        """The residual mix of the adapted and the original image features (not normalized)."""
+        features = features.to(self.backbone.device).float()
+        return self.config.ratio * self.adapter(features) + (1 - self.config.ratio) * features
+
+    def _logits(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.backbone.model.logit_scale.exp() * F.normalize(self.adapt(features), dim=-1) @ weights.T
+
+    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
+            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
+            synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
+        classnames = list(classnames)
+        weights = self.text(classnames, template_key)
+        epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()))
+
+        def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self._logits(features, weights), labels)
+
+        fingerprint = json.dumps([asdict(self.config), classnames, template_key, "clip_adapter"], sort_keys=True)
+        self.history = train_prompt_learner(
+            self.adapter, batch_loss, self.backbone, train, self.config, epochs=epochs, val=val,
+            score=lambda features: self._logits(features, weights), out_dir=out_dir, run_fingerprint=fingerprint,
+            progress=progress, desc="clip_adapter", synthetic=synthetic, synthetic_ratio=synthetic_ratio,
+        )
+        return self.history
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor, classnames: Sequence[str],
+               template_key: str | None = None) -> torch.Tensor:
+        return self._logits(features, self.text(classnames, template_key))

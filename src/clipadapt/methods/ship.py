@@ -1,0 +1,312 @@
+"""SHIP (Wang et al., ICCV 2023): synthesize image features for classes that have no data, from their names.
+
+A VAE over frozen, L2-normalized CLIP image features. The encoder maps a feature to the mean and log-variance of
+a latent z; the generator maps z to a bias r that is added to each of L learned global prompt vectors, and the
+prompt `[SOS] (p_1+r) .. (p_L+r) <class name> . [EOS]` runs through the frozen CLIP text encoder, whose normalized
+output is the reconstructed feature. Loss: summed squared reconstruction error + KL (weight 1), encoder, generator
+and prompts trained jointly with AdamW. Sampling z ~ N(0, I) with a class name that has no data gives features
+for that class, which are mixed 1:1 with real base-class features to train a method over the joint label space:
+`clipadapt run coop+ship` (or `clip_adapter+ship`, `tip_adapter+ship`).
+
+Mirrors mrflogs/SHIP (`main_coop_vae.py`): encoder D -> 2048 (ReLU) -> mean, log-variance of a D-dim latent;
+generator z -> 4096 (ReLU) -> text width; 4 prompt vectors from N(0, 0.02); weights N(0, 0.02), biases 0;
+AdamW lr 1e-3, batch 256, 50 epochs. Where it differs: the VAE trains on the cached features (the official code
+re-encodes crops at scale 0.5-1); new-class features are drawn from a pool synthesized once per run
+(`synthetic_per_class` each, fresh z per feature) instead of regenerated every step, so a step costs what a plain
+CoOp step costs; the method is selected on the validation split, never on test; the seed is the run's.
+
+Ablations (options of the same command): `generator=mlp` replaces the text encoder by an MLP trained from
+scratch on [z, the class's CLIP text embedding of "a photo of a {name}."]; the reconstruction then needs no
+prompt. Options go after the method's own as `ship.KEY=VALUE`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..engine import Trainer, frozen
+from ..errors import CheckpointError, ClipadaptError
+from ..features import FeatureSet
+from ..text import zeroshot_weights
+
+GENERATORS = ("clip_text", "mlp")
+MLP_CLASS_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class ShipConfig:
+    n_ctx: int = 4  # learned global prompt vectors p_1..p_L
+    encoder_hidden: int = 2048
+    latent_dim: int = 0  # 0: the feature size (512 for ViT-B/16, as the official code)
+    generator_hidden: int = 4096
+    generator: str = "clip_text"  # clip_text | mlp (ablation: no text encoder)
+    kl_weight: float = 1.0
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # AdamW's default, as the official optimizers
+    synthetic_ratio: float = 1.0  # synthetic features per real feature in every training batch
+    synthetic_per_class: int = 256  # pool of synthesized features per class without data
+    seed: int = 1
+    checkpoint_every: int = 200
+
+
+class FeatureVAE(nn.Module):
+    """Encoder, generator and prompt vectors: every learned weight of SHIP (the text encoder stays outside)."""
+
+    def __init__(self, feature_dim: int, text_width: int, config: ShipConfig):
+        super().__init__()
+        latent = config.latent_dim or feature_dim
+        self.encoder = nn.Sequential(nn.Linear(feature_dim, config.encoder_hidden), nn.ReLU())
+        self.mean = nn.Linear(config.encoder_hidden, latent)
+        self.log_var = nn.Linear(config.encoder_hidden, latent)
+        if config.generator == "clip_text":
+            # z -> bias r in the token-embedding space, added to every prompt vector
+            self.generator = nn.Sequential(nn.Linear(latent, config.generator_hidden), nn.ReLU(),
+                                           nn.Linear(config.generator_hidden, text_width))
+        else:
+            # [z, class text embedding] -> feature, trained from scratch
+            self.generator = nn.Sequential(nn.Linear(latent + feature_dim, config.generator_hidden), nn.ReLU(),
+                                           nn.Linear(config.generator_hidden, feature_dim))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                nn.init.zeros_(module.bias)
+        self.ctx = nn.Parameter(torch.randn(config.n_ctx, text_width) * 0.02)
+        if config.generator != "clip_text":
+            self.ctx.requires_grad_(False)  # unused by the MLP generator
+
+    @property
+    def latent_dim(self) -> int:
+        return self.mean.out_features
+
+
+class Ship:
+    """The generative model. `fit` trains it on real features of the classes that have data; `synthesize`
+    returns features for any class names."""
+
+    def __init__(self, backbone, config: ShipConfig):
+        if config.generator not in GENERATORS:
+            raise ClipadaptError(f"ship generator must be one of {', '.join(GENERATORS)}, got '{config.generator}'")
+        if config.generator == "clip_text":
+            backbone.context_vectors(config.n_ctx)  # fails early when the prompt cannot fit the context length
+        for key in ("epochs", "batch_size", "synthetic_per_class", "n_ctx", "encoder_hidden", "generator_hidden"):
+            if getattr(config, key) < 1:
+                raise ClipadaptError(f"ship {key} must be at least 1, got {getattr(config, key)}")
+        if config.synthetic_ratio <= 0:
+            raise ClipadaptError(f"ship synthetic_ratio must be positive, got {config.synthetic_ratio}")
+        self.backbone = backbone
+        self.config = config
+        with torch.random.fork_rng(devices=[]):  # the same seed builds the same networks, the global RNG untouched
+            torch.manual_seed(config.seed)
+            self.vae = FeatureVAE(backbone.embed_dim, backbone.text_width, config).to(backbone.device)
+        self._class_embeddings: dict[tuple[str, ...], torch.Tensor] = {}
+
+    # ---- the generator -----------------------------------------------------------------------------------
+    def _class_embedding(self, classnames: Sequence[str]) -> torch.Tensor:
+        key = tuple(classnames)
+        if key not in self._class_embeddings:
+            with torch.no_grad():
+                self._class_embeddings[key] = zeroshot_weights(self.backbone, classnames, [MLP_CLASS_TEMPLATE])
+        return self._class_embeddings[key]
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
+        """Unit-norm features [n, D] for latents `z` [n, latent] of the classes `classnames[labels]`."""
+        labels = labels.to(self.backbone.device)
+        if self.config.generator == "mlp":
+            condition = self._class_embedding(classnames)[labels].to(z)
+            return F.normalize(self.vae.generator(torch.cat([z, condition], dim=-1)), dim=-1)
+        bias = self.vae.generator(z)
+        ctx = self.vae.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [n, L, width]: r added to every prompt vector
+        return self.backbone.encode_prompted_text(ctx, classnames, normalize=True, class_index=labels).float()
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
+             noise: torch.Generator | None = None) -> torch.Tensor:
+        """The negative ELBO of a batch of (unnormalized) image features, as the official `vae_loss`: squared error
+        summed over dimensions plus kl_weight x KL(q(z|x) || N(0, I)), both averaged over the batch. `noise` draws
+        the reparameterization noise."""
+        x = F.normalize(features.float(), dim=-1)
+        hidden = self.vae.encoder(x)
+        mean, log_var = self.vae.mean(hidden), self.vae.log_var(hidden)
+        eps = torch.randn(mean.shape, generator=noise).to(mean)
+        z = mean + eps * torch.exp(0.5 * log_var)
+        reconstruction = self.generate(z, labels, classnames)
+        squared_error = (reconstruction - x).pow(2).sum(dim=1).mean()
+        kl = -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(dim=1).mean()
+        return squared_error + self.config.kl_weight * kl
+
+    # ---- training and synthesis --------------------------------------------------------------------------
+    def fit(self, train: FeatureSet, classnames: Sequence[str], out_dir: str | Path | None = None,
+            progress: bool = True) -> dict:
+        """Train the VAE on `train` (labels index `classnames`). With `out_dir`, checkpoints go there and a rerun
+        resumes. Returns a summary with the epoch losses and the nearest-class accuracy of features synthesized
+        for the training classes (a check that the generator learned the classes, not only the mean)."""
+        n = len(train)
+        if n == 0:
+            raise ClipadaptError("ship needs training features")
+        classnames = list(classnames)
+        steps_per_epoch = math.ceil(n / self.config.batch_size)
+        optimizer = torch.optim.AdamW([p for p in self.vae.parameters() if p.requires_grad], lr=self.config.lr,
+                                      weight_decay=self.config.weight_decay)
+        fingerprint = json.dumps([asdict(self.config), classnames, self.backbone.fingerprint(),
+                                  train.labels.tolist(), float(train.features.float().sum())], sort_keys=True)
+        trainer = Trainer(self.vae, optimizer, total_steps=self.config.epochs * steps_per_epoch,
+                          steps_per_epoch=steps_per_epoch, lr_at=lambda step: self.config.lr, out_dir=out_dir,
+                          run_fingerprint=fingerprint, checkpoint_every=self.config.checkpoint_every,
+                          progress=progress, desc="ship vae")
+
+        def batches(epoch: int, offset: int):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
+            for b in range(offset, steps_per_epoch):
+                yield order[b * self.config.batch_size:(b + 1) * self.config.batch_size]
+
+        def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
+            noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step + 700_001)  # exact on resume
+            return self.loss(train.features[indices].to(self.backbone.device), train.labels[indices], classnames,
+                             noise=noise)
+
+        self.vae.train()
+        with frozen(self.backbone.model):
+            trainer.fit(batches, step_fn)
+        self.vae.eval()
+        seen = self.synthesize(classnames, per_class=min(self.config.synthetic_per_class, 64), progress=False)
+        return {"steps": trainer.step, "epochs": self.config.epochs, "epoch_losses": trainer.losses,
+                "seconds": trainer.seconds, "resumed_from_step": trainer.resumed_from,
+                "train_classes_nearest_class_accuracy": nearest_class_accuracy(seen, train)}
+
+    @torch.no_grad()
+    def synthesize(self, classnames: Sequence[str], per_class: int | None = None, seed: int | None = None,
+                   chunk: int = 1024, progress: bool = True) -> FeatureSet:
+        """`per_class` unit-norm features for every name in `classnames` (labels 0..n-1), from z ~ N(0, I) drawn
+        with `seed` (the config's by default). Generated in chunks of `chunk` prompts, one text-encoder pass each."""
+        per_class = per_class or self.config.synthetic_per_class
+        if not classnames:
+            raise ClipadaptError("ship synthesis needs at least one class name")
+        labels = torch.arange(len(classnames)).repeat_interleave(per_class)
+        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+        z = torch.randn(len(labels), self.vae.latent_dim, generator=generator)
+        device = self.backbone.device
+        parts = []
+        for start in tqdm(range(0, len(labels), chunk), desc="ship synthesis", disable=not progress):
+            parts.append(self.generate(z[start:start + chunk].to(device), labels[start:start + chunk],
+                                       list(classnames)).cpu())
+        return FeatureSet(torch.cat(parts), labels)
+
+    def save(self, path: str | Path) -> None:
+        """Every learned weight as safetensors, with the config in the metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.vae.state_dict().items()}
+        save_file(tensors, str(path), metadata={"method": "ship", "config": json.dumps(asdict(self.config))})
+
+    def load(self, path: str | Path) -> None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for missing or corrupt files
+            raise CheckpointError(f"cannot read ship weights from {path}: {e}") from e
+        if metadata.get("method") != "ship":
+            raise CheckpointError(f"{path} holds no ship weights")
+        expected = {k: tuple(v.shape) for k, v in self.vae.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if expected != found:
+            raise CheckpointError(f"the ship weights in {path} do not fit this backbone and config "
+                                  f"(saved with {metadata.get('config')})")
+        self.vae.load_state_dict(tensors)
+
+
+def nearest_class_accuracy(synthetic: FeatureSet, real: FeatureSet) -> float:
+    """Percent of synthetic features whose most similar (cosine) real class mean is their own class, among the
+    classes present in both sets (labels must index the same class list)."""
+    classes = sorted(set(synthetic.labels.tolist()) & set(real.labels.tolist()))
+    if not classes:
+        raise ClipadaptError("no class has both synthetic and real features")
+    real_features = F.normalize(real.features.float(), dim=-1)
+    means = F.normalize(torch.stack([real_features[real.labels == c].mean(0) for c in classes]), dim=-1)
+    keep = torch.isin(synthetic.labels, torch.tensor(classes))
+    nearest = (F.normalize(synthetic.features[keep].float(), dim=-1) @ means.T).argmax(dim=1)
+    truth = torch.searchsorted(torch.tensor(classes), synthetic.labels[keep])
+    return 100.0 * (nearest == truth).float().mean().item()
+
+
+class WithShip:
+    """`METHOD+ship`: train SHIP on the real features, synthesize features for the classes the protocol tests
+    without data (base2new's new classes, gzsl's unseen ones, crossdataset's targets), then fit METHOD on real
+    and synthetic features over the joint label space. Scoring is METHOD's."""
+
+    uses_unseen_classnames = True
+
+    def __init__(self, method, name: str, backbone, config: ShipConfig):
+        self.method, self.name, self.config = method, name, config
+        self.ship = Ship(backbone, config)
+        self.synthetic: FeatureSet | None = None
+        self.synthetic_classnames: list[str] = []
+
+    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
+            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
+            unseen_classnames: Sequence[str] = ()) -> dict:
+        if not unseen_classnames:
+            raise ClipadaptError(f"{self.name} synthesizes features for classes that have no training data, and "
+                                 "this protocol has none: use --protocol base2new, gzsl or crossdataset")
+        out_dir = Path(out_dir) if out_dir is not None else None
+        ship_summary = self.ship.fit(train, classnames, out_dir=out_dir / "ship" if out_dir else None,
+                                     progress=progress)
+        if out_dir is not None:
+            self.ship.save(out_dir / "ship.safetensors")
+        synthetic = self.ship.synthesize(list(unseen_classnames), progress=progress)
+        # Real cached features are not normalized: give the synthetic ones the real features' mean norm, so a
+        # method sees one distribution of lengths whatever it does with them.
+        scale = train.features.float().norm(dim=-1).mean()
+        self.synthetic = FeatureSet(synthetic.features * scale, synthetic.labels + len(classnames))
+        self.synthetic_classnames = list(unseen_classnames)
+        method_summary = self.method.fit(
+            train, list(classnames) + list(unseen_classnames), val=val, template_key=template_key,
+            out_dir=out_dir / "method" if out_dir else None, progress=progress, synthetic=self.synthetic,
+            synthetic_ratio=self.config.synthetic_ratio,
+        )
+        return {"ship": ship_summary, "method": method_summary,
+                "synthetic_features": len(self.synthetic), "synthetic_classes": len(unseen_classnames)}
+
+    def logits(self, features: torch.Tensor, classnames: Sequence[str],
+               template_key: str | None = None) -> torch.Tensor:
+        return self.method.logits(features, classnames, template_key=template_key)
+
+    def synthesis_quality(self, real: FeatureSet, classnames: Sequence[str]) -> dict:
+        """How the synthetic features of the classes in `classnames` relate to those classes' real features (a
+        diagnostic on test images: it selects nothing): nearest-class accuracy among these classes, and the mean
+        cosine of a synthetic feature to its own class's real mean vs to the other classes' means."""
+        if self.synthetic is None:
+            raise ClipadaptError(f"{self.name} has synthesized nothing yet: fit it first")
+        index = {name: i for i, name in enumerate(self.synthetic_classnames)}
+        present = set(real.labels.tolist())
+        names = [n for c, n in enumerate(classnames) if n in index and c in present]
+        if not names:
+            return {}
+        offset = len(self.synthetic.labels) and int(self.synthetic.labels.min())
+        mapping = torch.full((len(self.synthetic_classnames),), -1, dtype=torch.long)
+        for i, name in enumerate(names):
+            mapping[index[name]] = i
+        own = mapping[self.synthetic.labels - offset]
+        synthetic = FeatureSet(self.synthetic.features[own >= 0], own[own >= 0])
+        real_labels = torch.tensor([names.index(classnames[c]) if classnames[c] in index else -1
+                                    for c in real.labels.tolist()], dtype=torch.long)
+        real = FeatureSet(real.features[real_labels >= 0], real_labels[real_labels >= 0])
+        means = F.normalize(torch.stack([F.normalize(real.features[real.labels == c].float(), dim=-1).mean(0)
+                                         for c in range(len(names))]), dim=-1)
+        cosines = F.normalize(synthetic.features.float(), dim=-1) @ means.T
+        is_own = F.one_hot(synthetic.labels, len(names)).bool()
+        return {"nearest_class_accuracy": nearest_class_accuracy(synthetic, real),
+                "cosine_to_own_class": cosines[is_own].mean().item(),
+                "cosine_to_other_classes": cosines[~is_own].mean().item() if len(names) > 1 else None,
+                "classes": len(names)}

@@ -1,0 +1,154 @@
+"""Tip-Adapter (Zhang et al., ECCV 2022): a training-free cache model of the few-shot features beside zero-shot
+CLIP, and Tip-Adapter-F, which fine-tunes the cache keys.
+
+Mirrors gaopengcuhk/Tip-Adapter (`main.py`, `utils.py`): keys are the L2-normalized training features, values
+their one-hot labels; for a normalized test feature f, affinity A = f keys^T, cache logits
+exp(-beta (1 - A)) values, and logits = logit_scale.exp() f W^T + alpha x cache logits with W the zero-shot text
+weights. alpha and beta start at 1 and are grid-searched on the validation split (beta over 200 steps of
+[0.1, 7), alpha over 20 steps of [0.1, 3), the official search_scale [7, 3] and search_step [200, 20]; the first
+best wins). Tip-Adapter-F (`finetune=true`) learns the keys with AdamW (lr 1e-3, eps 1e-4) for 20 epochs of batch
+256, cosine; the official code keeps the epoch that is best on test, here the one best on validation.
+
+Where it differs: the official cache averages the features of 10 augmented views of each image; the cache here is
+built from the cached features (one view). With SHIP (`tip_adapter+ship`), synthetic features of the classes
+without data enter the cache, as many per class as the real classes have shots (more would outweigh the real
+classes in the cache sum), and mix into Tip-Adapter-F's batches. Class names the cache has never seen get no cache
+logits: for them Tip-Adapter is zero-shot CLIP.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..engine import train_prompt_learner
+from ..errors import ClipadaptError
+from ..features import FeatureSet
+from ..text import TextClassifier
+from . import register_method
+from .coop import SELECTIONS
+
+
+def search_grid(scale: float, steps: int) -> list[float]:
+    """The official grid: `steps` values from 0.1 upwards, spaced (scale - 0.1) / steps."""
+    return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
+
+
+@register_method("tip_adapter")
+class TipAdapter:
+    @dataclass
+    class Config:
+        alpha: float = 1.0  # weight of the cache logits (the value searched from, and trained with)
+        beta: float = 1.0  # sharpness of the cache affinity
+        search: bool = True  # grid-search alpha and beta on the validation split
+        beta_scale: float = 7.0
+        beta_steps: int = 200
+        alpha_scale: float = 3.0
+        alpha_steps: int = 20
+        templates: str = "coop"  # text weights: "coop" (per-data-set template), "ensemble", or "... {} ..."
+        finetune: bool = False  # Tip-Adapter-F: learn the cache keys
+        epochs: int = 20
+        batch_size: int = 256
+        lr: float = 1e-3
+        weight_decay: float = 0.01  # AdamW's default, which the official optimizer keeps
+        optimizer: str = "adamw"
+        augment: bool = False  # re-encode random-crop/flip views of the train images every step
+        select: str = "val"  # Tip-Adapter-F's epoch: val (best on validation) | last
+        seed: int = 1
+        checkpoint_every: int = 200
+
+    def __init__(self, backbone, config: "TipAdapter.Config"):
+        if config.select not in SELECTIONS:
+            raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
+        if min(config.beta_steps, config.alpha_steps) < 1:
+            raise ClipadaptError("beta_steps and alpha_steps must be at least 1")
+        self.backbone, self.config = backbone, config
+        self.text = TextClassifier(backbone, config.templates)
+        self.cache = nn.ParameterDict()  # "cache_keys" [N, D] (learned by Tip-Adapter-F)
+        self.values: torch.Tensor | None = None  # [N, C] one-hot over `classnames`
+        self.classnames: list[str] = []
+        self.alpha, self.beta = config.alpha, config.beta
+        self.history: dict = {}
+
+    def _cache_logits(self, features: torch.Tensor, classnames: Sequence[str], beta: float) -> torch.Tensor:
+        """[B, len(classnames)]: the cache's vote for each requested class (0 for classes it has no entry of)."""
+        affinity = F.normalize(features.to(self.backbone.device).float(), dim=-1) @ self.cache["cache_keys"].T
+        votes = torch.exp(-beta * (1 - affinity)) @ self.values
+        index = {name: i for i, name in enumerate(self.classnames)}
+        columns = torch.tensor([index.get(name, -1) for name in classnames], device=votes.device)
+        return torch.where(columns >= 0, votes[:, columns.clamp(min=0)], torch.zeros((), device=votes.device))
+
+    def _clip_logits(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(features.to(weights).float(), dim=-1)
+        return self.backbone.model.logit_scale.exp() * image @ weights.T
+
+    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
+            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
+            synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
+        self.classnames = list(classnames)
+        if len(train) == 0:
+            raise ClipadaptError("tip_adapter needs training features for its cache")
+        features, labels = train.features.float(), train.labels
+        if synthetic is not None:
+            shots = int(torch.bincount(train.labels).max())
+            keep = torch.cat([torch.nonzero(synthetic.labels == c).flatten()[:shots]
+                              for c in synthetic.labels.unique()])
+            features = torch.cat([features, synthetic.features[keep].float()])
+            labels = torch.cat([labels, synthetic.labels[keep]])
+        device = self.backbone.device
+        self.cache = nn.ParameterDict({"cache_keys": nn.Parameter(F.normalize(features, dim=-1).to(device))})
+        self.values = F.one_hot(labels, len(self.classnames)).float().to(device)
+        weights = self.text(self.classnames, template_key)
+        summary: dict = {"cache_size": len(labels)}
+        if self.config.finetune:
+            def batch_loss(batch: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
+                logits = self._clip_logits(batch, weights) + self.config.alpha * self._cache_logits(
+                    batch, self.classnames, self.config.beta)
+                return F.cross_entropy(logits, batch_labels)
+
+            fingerprint = json.dumps([asdict(self.config), self.classnames, template_key, "tip_adapter"],
+                                     sort_keys=True)
+            summary["finetune"] = train_prompt_learner(
+                self.cache, batch_loss, self.backbone, train, self.config, epochs=self.config.epochs, val=val,
+                score=lambda batch: self._clip_logits(batch, weights) + self.config.alpha * self._cache_logits(
+                    batch, self.classnames, self.config.beta),
+                out_dir=out_dir, run_fingerprint=fingerprint, progress=progress, desc="tip_adapter-F",
+                synthetic=synthetic, synthetic_ratio=synthetic_ratio,
+            )
+        if self.config.search and val is not None and len(val):
+            summary.update(self._search(val, weights, progress))
+        self.history = summary
+        return summary
+
+    @torch.no_grad()
+    def _search(self, val: FeatureSet, weights: torch.Tensor, progress: bool) -> dict:
+        """alpha and beta with the best validation accuracy over the official grid (the first best wins)."""
+        clip = self._clip_logits(val.features, weights)
+        labels = val.labels.to(clip.device)
+        alpha_grid = search_grid(self.config.alpha_scale, self.config.alpha_steps)
+        alphas = torch.tensor(alpha_grid, device=clip.device)
+        best = (-1.0, self.alpha, self.beta)
+        for beta in tqdm(search_grid(self.config.beta_scale, self.config.beta_steps), desc="tip_adapter search",
+                         disable=not progress):
+            cache = self._cache_logits(val.features, self.classnames, beta)
+            logits = clip + alphas[:, None, None] * cache  # [alphas, N, C]
+            accuracies = (logits.argmax(dim=-1) == labels).float().mean(dim=1) * 100
+            i = int(accuracies.argmax())  # first of equals, as the official loop's strict ">"
+            if accuracies[i].item() > best[0]:
+                best = (accuracies[i].item(), alpha_grid[i], beta)
+        self.alpha, self.beta = best[1], best[2]
+        return {"val_accuracy": best[0], "alpha": self.alpha, "beta": self.beta}
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor, classnames: Sequence[str],
+               template_key: str | None = None) -> torch.Tensor:
+        logits = self._clip_logits(features, self.text(classnames, template_key))
+        if self.values is None:  # not fitted: zero-shot CLIP
+            return logits
+        return logits + self.alpha * self._cache_logits(features, classnames, self.beta)
