@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/text_truncation.py
 	$(PY) bench/coop_cached.py
 	$(PY) bench/cocoop_batched.py
+	$(PY) bench/ship_synthesis.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

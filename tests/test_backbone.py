@@ -77,6 +77,13 @@ def test_per_sample_contexts_with_class_index_match_per_item_calls(micro):
         micro.encode_prompted_text(ctx, NAMES, class_index=torch.tensor([0, 4, 1, 1, 1, 1]))
 
 
+def test_nearest_words_of_token_embeddings_are_the_tokens(micro):
+    vectors = micro.embed_words("photo star")
+    nearest = micro.nearest_words(vectors, k=2)
+    assert [row[0][0] for row in nearest] == ["photo", "star"] and nearest[0][0][1] == pytest.approx(1.0, abs=1e-4)
+    assert nearest[0][1][1] < nearest[0][0][1]
+
+
 def test_prompted_text_gradients_reach_context(micro):
     ctx = torch.zeros(2, micro.text_width, requires_grad=True)
     micro.encode_prompted_text(ctx, NAMES, normalize=True).sum().backward()

@@ -77,8 +77,8 @@ def test_resume_ends_with_the_uninterrupted_weights(backbone, tmp_path, monkeypa
     resumed = Ship(backbone, config)
     summary = resumed.fit(train, BASE, out_dir=tmp_path, progress=False)
     assert summary["resumed_from_step"] == 6  # mid-epoch
-    for key, value in whole.vae.state_dict().items():
-        torch.testing.assert_close(resumed.vae.state_dict()[key], value, atol=1e-6, rtol=0)
+    for key, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=1e-6, rtol=0)
 
 
 def test_every_batch_mixes_real_and_synthetic_features(backbone):
@@ -126,3 +126,31 @@ def test_coop_ship_base2new_run(colour_world, tmp_path):
     assert metrics["training"]["method"]["steps"] == 2 * 2
     assert 0 <= metrics["synthesis"]["nearest_class_accuracy"] <= 100 and metrics["synthesis"]["classes"] == 2
     assert metrics["new_accuracy"] is not None and len(list(out.glob("train-*-base-seed1/ship.safetensors"))) == 1
+    assert main(["interpret", str(out), "--pretrained", str(weights), "--top", "3"]) == 0
+    (words,) = json.loads((out / "interpret.json").read_text()).values()
+    assert len(words["prompts"]) == 4 and all(len(row) == 3 for row in words["mean_latent_prompts"])
+    assert main(["interpret", str(tmp_path / "cache")]) == 2  # no SHIP weights there: a one-line error
+
+
+def test_gan_objective_trains_generator_and_critic_in_turn(backbone):
+    train, new_real = real_features(backbone, BASE, 16, seed=1), real_features(backbone, NEW, 16, seed=2)
+    config = ShipConfig(**SMALL, objective="gan", epochs=20, critic_steps=2)
+    ship = Ship(backbone, config)
+    critic_before = [p.clone() for p in ship.model.critic.parameters()]
+    ctx_before = ship.model.ctx.clone()
+    # A generator step changes the generator only; a critic step the critic only.
+    x, y = train.features[:8], train.labels[:8]
+    optimizer = torch.optim.SGD(ship.model.parameters(), lr=0.1)
+    ship.gan_loss(x, y, BASE, critic_step=False).backward()
+    assert all(p.grad is None for p in ship.model.critic.parameters()) and ship.model.ctx.grad is not None
+    optimizer.zero_grad(set_to_none=True)
+    ship.gan_loss(x, y, BASE, critic_step=True).backward()
+    assert ship.model.ctx.grad is None and all(p.grad is not None for p in ship.model.critic.parameters())
+    optimizer.zero_grad(set_to_none=True)
+    summary = ship.fit(train, BASE, progress=False)
+    assert summary["steps"] == 20 * 4 * 3  # 4 batches an epoch, each served to 2 critic steps and 1 generator step
+    assert not torch.equal(ship.model.ctx, ctx_before)
+    assert not all(torch.equal(a, b) for a, b in zip(critic_before, ship.model.critic.parameters()))
+    assert nearest_class_accuracy(ship.synthesize(NEW, per_class=32, progress=False), new_real) > 25  # chance 12.5
+    with pytest.raises(ClipadaptError, match="objective must be one of"):
+        Ship(backbone, ShipConfig(objective="flow"))

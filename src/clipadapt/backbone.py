@@ -387,6 +387,15 @@ class Backbone(nn.Module):
         ).reshape(*batch_shape, n_cls, -1)
         return F.normalize(features, dim=-1) if normalize else features
 
+    @torch.no_grad()
+    def nearest_words(self, vectors: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each vector [n, width] in the token-embedding space, the `k` vocabulary tokens with the most
+        similar (cosine) embeddings, as (token text, similarity): how CoOp and SHIP interpret learned prompts."""
+        table = F.normalize(self.text.token_embedding.weight.float(), dim=-1)
+        top = (F.normalize(vectors.float().to(table.device), dim=-1) @ table.T).topk(k, dim=-1)
+        return [[(self.tokenizer.decode([i]).strip(), round(v, 4)) for v, i in zip(values.tolist(), ids.tolist())]
+                for values, ids in zip(top.values, top.indices)]
+
     # ---- images ----------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Image features [B, embed_dim]."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ from .demo import run_demo
 from .errors import ClipadaptError
 from .features import default_cache_dir, extract_features
 from .methods import METHODS, build_method, method_config
+from .methods.ship import Ship
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
 from .protocols import PROTOCOLS, RunContext, aggregate_seeds, run_protocol, write_metrics
 
@@ -80,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache", type=Path, default=None)
     demo.add_argument("--no-progress", action="store_true")
 
+    interpret = sub.add_parser("interpret", help="nearest vocabulary words to the prompt vectors SHIP learned in a run")
+    interpret.add_argument("run_dir", type=Path, help="a `clipadapt run METHOD+ship` output folder")
+    interpret.add_argument("--top", type=int, default=5, help="words per prompt vector")
+    _add_model_args(interpret)
     sub.add_parser("models", help="list model names")
     return parser
 
@@ -239,7 +245,32 @@ def _one_line(message: str) -> str:
     return re.sub(r"^[\w.]*Error: ", "", lines[-1].strip())
 
 
-COMMANDS = {"run": cmd_run, "extract": cmd_extract, "pretrain": cmd_pretrain, "world": cmd_world, "demo": cmd_demo,
+def cmd_interpret(args: argparse.Namespace) -> int:
+    files = sorted(args.run_dir.glob("**/ship.safetensors"))
+    if not files:
+        raise ClipadaptError(f"no ship.safetensors under {args.run_dir}: interpret a `clipadapt run METHOD+ship` folder")
+    model, pretrained = args.model, args.pretrained
+    run_config = args.run_dir / "config.yaml"
+    if model is None and pretrained is None and run_config.is_file():  # the weights the run used
+        recorded = yaml.safe_load(run_config.read_text()) or {}
+        if recorded.get("pretrained") not in (None, DEFAULT_WEIGHTS.name):
+            model, pretrained = recorded.get("model"), recorded["pretrained"]
+    backbone = load_backbone(model, pretrained, device=args.device)
+    report = {}
+    for path in files:
+        words = Ship.from_file(backbone, path).interpret(args.top)
+        report[str(path.relative_to(args.run_dir))] = words
+        print(path.relative_to(args.run_dir))
+        for kind, rows in words.items():
+            for i, row in enumerate(rows):
+                print(f"  {kind[:-1]} {i + 1}: " + "  ".join(f"{w} ({s:.2f})" for w, s in row))
+    out = args.run_dir / "interpret.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "interpret": cmd_interpret, "extract": cmd_extract, "pretrain": cmd_pretrain, "world": cmd_world, "demo": cmd_demo,
             "models": cmd_models}
 
 

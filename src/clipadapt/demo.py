@@ -31,6 +31,11 @@ ROWS = (
     DemoRow("linear_probe", "base2new", TARGET),
     DemoRow("coop", "base2new", TARGET, config=(("init", "a photo of a"),)),
     DemoRow("cocoop", "base2new", TARGET),
+    DemoRow("coop+ship", "base2new", TARGET, config=(("init", "a photo of a"),)),
+    DemoRow("clip_adapter", "base2new", TARGET),
+    DemoRow("clip_adapter+ship", "base2new", TARGET),
+    DemoRow("tip_adapter", "base2new", TARGET),
+    DemoRow("tip_adapter+ship", "base2new", TARGET),
     DemoRow("zeroshot", "crossdataset", TARGET, (("targets", CROSS_TARGETS),)),
 )
 

@@ -17,7 +17,9 @@ CoOp step costs; the method is selected on the validation split, never on test; 
 
 Ablations (options of the same command): `generator=mlp` replaces the text encoder by an MLP trained from
 scratch on [z, the class's CLIP text embedding of "a photo of a {name}."]; the reconstruction then needs no
-prompt. Options go after the method's own as `ship.KEY=VALUE`.
+prompt; `objective=gan` trains the same generator as a conditional WGAN-GP (critic on [feature, class text
+embedding], 5 critic updates per generator update, gradient penalty 10, Adam betas 0.5/0.9) instead of a VAE.
+Options go after the method's own as `ship.KEY=VALUE`.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ from ..features import FeatureSet
 from ..text import zeroshot_weights
 
 GENERATORS = ("clip_text", "mlp")
-MLP_CLASS_TEMPLATE = "a photo of a {}."
+OBJECTIVES = ("vae", "gan")
+CLASS_TEMPLATE = "a photo of a {}."
 
 
 @dataclass
@@ -50,6 +53,9 @@ class ShipConfig:
     latent_dim: int = 0  # 0: the feature size (512 for ViT-B/16, as the official code)
     generator_hidden: int = 4096
     generator: str = "clip_text"  # clip_text | mlp (ablation: no text encoder)
+    objective: str = "vae"  # vae | gan (ablation: conditional WGAN-GP, the same generator)
+    critic_steps: int = 5  # gan: critic updates per generator update
+    gradient_penalty: float = 10.0  # gan: WGAN-GP's lambda
     kl_weight: float = 1.0
     epochs: int = 50
     batch_size: int = 256
@@ -61,34 +67,33 @@ class ShipConfig:
     checkpoint_every: int = 200
 
 
-class FeatureVAE(nn.Module):
-    """Encoder, generator and prompt vectors: every learned weight of SHIP (the text encoder stays outside)."""
+class ShipModel(nn.Module):
+    """Every learned weight of SHIP (the text encoder stays outside): the generator and its prompt vectors, with
+    the VAE's encoder (`objective=vae`) or a WGAN-GP critic on [feature, class text embedding] (`objective=gan`)."""
 
     def __init__(self, feature_dim: int, text_width: int, config: ShipConfig):
         super().__init__()
-        latent = config.latent_dim or feature_dim
-        self.encoder = nn.Sequential(nn.Linear(feature_dim, config.encoder_hidden), nn.ReLU())
-        self.mean = nn.Linear(config.encoder_hidden, latent)
-        self.log_var = nn.Linear(config.encoder_hidden, latent)
+        self.latent_dim = config.latent_dim or feature_dim
+        if config.objective == "vae":
+            self.encoder = nn.Sequential(nn.Linear(feature_dim, config.encoder_hidden), nn.ReLU())
+            self.mean = nn.Linear(config.encoder_hidden, self.latent_dim)
+            self.log_var = nn.Linear(config.encoder_hidden, self.latent_dim)
+        else:
+            self.critic = nn.Sequential(nn.Linear(2 * feature_dim, config.encoder_hidden), nn.LeakyReLU(0.2),
+                                        nn.Linear(config.encoder_hidden, 1))
         if config.generator == "clip_text":
             # z -> bias r in the token-embedding space, added to every prompt vector
-            self.generator = nn.Sequential(nn.Linear(latent, config.generator_hidden), nn.ReLU(),
+            self.generator = nn.Sequential(nn.Linear(self.latent_dim, config.generator_hidden), nn.ReLU(),
                                            nn.Linear(config.generator_hidden, text_width))
+            self.ctx = nn.Parameter(torch.randn(config.n_ctx, text_width) * 0.02)
         else:
             # [z, class text embedding] -> feature, trained from scratch
-            self.generator = nn.Sequential(nn.Linear(latent + feature_dim, config.generator_hidden), nn.ReLU(),
-                                           nn.Linear(config.generator_hidden, feature_dim))
+            self.generator = nn.Sequential(nn.Linear(self.latent_dim + feature_dim, config.generator_hidden),
+                                           nn.ReLU(), nn.Linear(config.generator_hidden, feature_dim))
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.02)
                 nn.init.zeros_(module.bias)
-        self.ctx = nn.Parameter(torch.randn(config.n_ctx, text_width) * 0.02)
-        if config.generator != "clip_text":
-            self.ctx.requires_grad_(False)  # unused by the MLP generator
-
-    @property
-    def latent_dim(self) -> int:
-        return self.mean.out_features
 
 
 class Ship:
@@ -98,9 +103,12 @@ class Ship:
     def __init__(self, backbone, config: ShipConfig):
         if config.generator not in GENERATORS:
             raise ClipadaptError(f"ship generator must be one of {', '.join(GENERATORS)}, got '{config.generator}'")
+        if config.objective not in OBJECTIVES:
+            raise ClipadaptError(f"ship objective must be one of {', '.join(OBJECTIVES)}, got '{config.objective}'")
         if config.generator == "clip_text":
             backbone.context_vectors(config.n_ctx)  # fails early when the prompt cannot fit the context length
-        for key in ("epochs", "batch_size", "synthetic_per_class", "n_ctx", "encoder_hidden", "generator_hidden"):
+        for key in ("epochs", "batch_size", "synthetic_per_class", "n_ctx", "encoder_hidden", "generator_hidden",
+                    "critic_steps"):
             if getattr(config, key) < 1:
                 raise ClipadaptError(f"ship {key} must be at least 1, got {getattr(config, key)}")
         if config.synthetic_ratio <= 0:
@@ -109,7 +117,7 @@ class Ship:
         self.config = config
         with torch.random.fork_rng(devices=[]):  # the same seed builds the same networks, the global RNG untouched
             torch.manual_seed(config.seed)
-            self.vae = FeatureVAE(backbone.embed_dim, backbone.text_width, config).to(backbone.device)
+            self.model = ShipModel(backbone.embed_dim, backbone.text_width, config).to(backbone.device)
         self._class_embeddings: dict[tuple[str, ...], torch.Tensor] = {}
 
     # ---- the generator -----------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ class Ship:
         key = tuple(classnames)
         if key not in self._class_embeddings:
             with torch.no_grad():
-                self._class_embeddings[key] = zeroshot_weights(self.backbone, classnames, [MLP_CLASS_TEMPLATE])
+                self._class_embeddings[key] = zeroshot_weights(self.backbone, classnames, [CLASS_TEMPLATE])
         return self._class_embeddings[key]
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
@@ -125,9 +133,9 @@ class Ship:
         labels = labels.to(self.backbone.device)
         if self.config.generator == "mlp":
             condition = self._class_embedding(classnames)[labels].to(z)
-            return F.normalize(self.vae.generator(torch.cat([z, condition], dim=-1)), dim=-1)
-        bias = self.vae.generator(z)
-        ctx = self.vae.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [n, L, width]: r added to every prompt vector
+            return F.normalize(self.model.generator(torch.cat([z, condition], dim=-1)), dim=-1)
+        bias = self.model.generator(z)
+        ctx = self.model.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [n, L, width]: r added to every prompt vector
         return self.backbone.encode_prompted_text(ctx, classnames, normalize=True, class_index=labels).float()
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
@@ -136,8 +144,8 @@ class Ship:
         summed over dimensions plus kl_weight x KL(q(z|x) || N(0, I)), both averaged over the batch. `noise` draws
         the reparameterization noise."""
         x = F.normalize(features.float(), dim=-1)
-        hidden = self.vae.encoder(x)
-        mean, log_var = self.vae.mean(hidden), self.vae.log_var(hidden)
+        hidden = self.model.encoder(x)
+        mean, log_var = self.model.mean(hidden), self.model.log_var(hidden)
         eps = torch.randn(mean.shape, generator=noise).to(mean)
         z = mean + eps * torch.exp(0.5 * log_var)
         reconstruction = self.generate(z, labels, classnames)
@@ -145,40 +153,71 @@ class Ship:
         kl = -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(dim=1).mean()
         return squared_error + self.config.kl_weight * kl
 
+    def gan_loss(self, features: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str], critic_step: bool,
+                 noise: torch.Generator | None = None) -> torch.Tensor:
+        """The conditional WGAN-GP losses (the `objective=gan` ablation). Critic step: D(fake) - D(real) + lambda x
+        gradient penalty at random interpolates, the generator untouched; generator step: -D(fake), the critic
+        untouched. D scores [feature, the class's text embedding]."""
+        x = F.normalize(features.float(), dim=-1)
+        condition = self._class_embedding(classnames)[labels.to(x.device)].to(x)
+        z = torch.randn(len(x), self.model.latent_dim, generator=noise).to(x)
+
+        def critic(sample: torch.Tensor) -> torch.Tensor:
+            return self.model.critic(torch.cat([sample, condition], dim=-1))
+
+        if not critic_step:
+            with frozen(self.model.critic):  # no gradients reach the critic from the generator's loss
+                return -critic(self.generate(z, labels, classnames)).mean()
+        with torch.no_grad():
+            fake = self.generate(z, labels, classnames)
+        mix = torch.rand(len(x), 1, generator=noise).to(x)
+        interpolates = (mix * x + (1 - mix) * fake).requires_grad_(True)
+        gradient, = torch.autograd.grad(critic(interpolates).sum(), interpolates, create_graph=True)
+        penalty = (gradient.norm(dim=1) - 1).pow(2).mean()
+        return critic(fake).mean() - critic(x).mean() + self.config.gradient_penalty * penalty
+
     # ---- training and synthesis --------------------------------------------------------------------------
     def fit(self, train: FeatureSet, classnames: Sequence[str], out_dir: str | Path | None = None,
             progress: bool = True) -> dict:
-        """Train the VAE on `train` (labels index `classnames`). With `out_dir`, checkpoints go there and a rerun
+        """Train the generator (as a VAE, or a GAN for the ablation) on `train` (labels index `classnames`). With `out_dir`, checkpoints go there and a rerun
         resumes. Returns a summary with the epoch losses and the nearest-class accuracy of features synthesized
         for the training classes (a check that the generator learned the classes, not only the mean)."""
         n = len(train)
         if n == 0:
             raise ClipadaptError("ship needs training features")
         classnames = list(classnames)
-        steps_per_epoch = math.ceil(n / self.config.batch_size)
-        optimizer = torch.optim.AdamW([p for p in self.vae.parameters() if p.requires_grad], lr=self.config.lr,
-                                      weight_decay=self.config.weight_decay)
+        # gan: every batch serves critic_steps critic updates, then one generator update
+        repeats = self.config.critic_steps + 1 if self.config.objective == "gan" else 1
+        batches_per_epoch = math.ceil(n / self.config.batch_size)
+        steps_per_epoch = batches_per_epoch * repeats
+        betas = (0.5, 0.9) if self.config.objective == "gan" else (0.9, 0.999)  # WGAN-GP's Adam betas
+        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr,
+                                      betas=betas, weight_decay=self.config.weight_decay)
         fingerprint = json.dumps([asdict(self.config), classnames, self.backbone.fingerprint(),
                                   train.labels.tolist(), float(train.features.float().sum())], sort_keys=True)
-        trainer = Trainer(self.vae, optimizer, total_steps=self.config.epochs * steps_per_epoch,
+        trainer = Trainer(self.model, optimizer, total_steps=self.config.epochs * steps_per_epoch,
                           steps_per_epoch=steps_per_epoch, lr_at=lambda step: self.config.lr, out_dir=out_dir,
                           run_fingerprint=fingerprint, checkpoint_every=self.config.checkpoint_every,
-                          progress=progress, desc="ship vae")
+                          progress=progress, desc=f"ship {self.config.objective}")
 
         def batches(epoch: int, offset: int):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
-            for b in range(offset, steps_per_epoch):
+            for step in range(offset, steps_per_epoch):
+                b = step // repeats
                 yield order[b * self.config.batch_size:(b + 1) * self.config.batch_size]
 
         def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
             noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step + 700_001)  # exact on resume
-            return self.loss(train.features[indices].to(self.backbone.device), train.labels[indices], classnames,
-                             noise=noise)
+            features = train.features[indices].to(self.backbone.device)
+            if self.config.objective == "gan":
+                return self.gan_loss(features, train.labels[indices], classnames,
+                                     critic_step=step % repeats < self.config.critic_steps, noise=noise)
+            return self.loss(features, train.labels[indices], classnames, noise=noise)
 
-        self.vae.train()
+        self.model.train()
         with frozen(self.backbone.model):
             trainer.fit(batches, step_fn)
-        self.vae.eval()
+        self.model.eval()
         seen = self.synthesize(classnames, per_class=min(self.config.synthetic_per_class, 64), progress=False)
         return {"steps": trainer.step, "epochs": self.config.epochs, "epoch_losses": trainer.losses,
                 "seconds": trainer.seconds, "resumed_from_step": trainer.resumed_from,
@@ -194,7 +233,7 @@ class Ship:
             raise ClipadaptError("ship synthesis needs at least one class name")
         labels = torch.arange(len(classnames)).repeat_interleave(per_class)
         generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
-        z = torch.randn(len(labels), self.vae.latent_dim, generator=generator)
+        z = torch.randn(len(labels), self.model.latent_dim, generator=generator)
         device = self.backbone.device
         parts = []
         for start in tqdm(range(0, len(labels), chunk), desc="ship synthesis", disable=not progress):
@@ -202,11 +241,36 @@ class Ship:
                                        list(classnames)).cpu())
         return FeatureSet(torch.cat(parts), labels)
 
+    @torch.no_grad()
+    def interpret(self, k: int = 5) -> dict:
+        """The nearest vocabulary words (cosine, as the paper) to each learned prompt vector p_l, and to p_l + r
+        for the mean latent z = 0 (the prompt of an average instance)."""
+        if self.config.generator != "clip_text":
+            raise ClipadaptError("only the clip_text generator has prompt vectors to interpret")
+        z = torch.zeros(1, self.model.latent_dim, device=self.model.ctx.device)
+        mean_prompt = self.model.ctx + self.model.generator(z)
+        return {"prompts": self.backbone.nearest_words(self.model.ctx, k),
+                "mean_latent_prompts": self.backbone.nearest_words(mean_prompt, k)}
+
+    @classmethod
+    def from_file(cls, backbone, path: str | Path) -> "Ship":
+        """A SHIP model as `save` wrote it, with the config stored in the file."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types for missing or corrupt files
+            raise CheckpointError(f"cannot read ship weights from {path}: {e}") from e
+        if metadata.get("method") != "ship":
+            raise CheckpointError(f"{path} holds no ship weights")
+        ship = cls(backbone, ShipConfig(**json.loads(metadata["config"])))
+        ship.load(path)
+        return ship
+
     def save(self, path: str | Path) -> None:
         """Every learned weight as safetensors, with the config in the metadata."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.vae.state_dict().items()}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         save_file(tensors, str(path), metadata={"method": "ship", "config": json.dumps(asdict(self.config))})
 
     def load(self, path: str | Path) -> None:
@@ -218,12 +282,12 @@ class Ship:
             raise CheckpointError(f"cannot read ship weights from {path}: {e}") from e
         if metadata.get("method") != "ship":
             raise CheckpointError(f"{path} holds no ship weights")
-        expected = {k: tuple(v.shape) for k, v in self.vae.state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != found:
             raise CheckpointError(f"the ship weights in {path} do not fit this backbone and config "
                                   f"(saved with {metadata.get('config')})")
-        self.vae.load_state_dict(tensors)
+        self.model.load_state_dict(tensors)
 
 
 def nearest_class_accuracy(synthetic: FeatureSet, real: FeatureSet) -> float:
