@@ -203,6 +203,32 @@ class ImageTokens:
     cls_attention_per_head: torch.Tensor  # [B, heads, N]
 
 
+def vision_tokens(visual: nn.Module, images: torch.Tensor, layer: int, name: str = "model") -> ImageTokens:
+    """`Backbone.encode_image_tokens` for any open_clip ViT tower `visual` (e.g. a fine-tuned copy)."""
+    if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        raise ClipadaptError(f"model '{name}' has no ViT image tower; token attention needs one")
+    blocks = visual.transformer.resblocks
+    if not -len(blocks) <= layer < len(blocks):
+        raise ClipadaptError(f"layer {layer} out of range for a vision tower with {len(blocks)} blocks")
+    layer %= len(blocks)
+    x = visual._embeds(images)
+    for block in blocks[:layer]:
+        x = block(x)
+    block = blocks[layer]
+    if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+        raise ClipadaptError(f"model '{name}' uses custom attention blocks; token attention needs standard ones")
+    attn = block.attn
+    heads, width = attn.num_heads, x.shape[-1]
+    y = block.ln_1(x)
+    q_weight, k_weight, _ = attn.in_proj_weight.chunk(3)
+    q_bias, k_bias, _ = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+    q = F.linear(y[:, :1], q_weight, q_bias).view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
+    k = F.linear(y, k_weight, k_bias).view(x.shape[0], -1, heads, width // heads).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2)) / (width // heads) ** 0.5  # [B, heads, 1, N]
+    per_head = scores.softmax(dim=-1).squeeze(2)
+    return ImageTokens(tokens=x, cls_attention=per_head.mean(dim=1), cls_attention_per_head=per_head)
+
+
 class Backbone(nn.Module):
     """An open_clip model plus the encoders clipadapt's methods share."""
 
@@ -404,29 +430,7 @@ class Backbone(nn.Module):
     def encode_image_tokens(self, images: torch.Tensor, layer: int) -> ImageTokens:
         """The token sequence entering vision block `layer` (negative counts from the end) and its class-token
         attention, recomputed from the block's own q/k projection (open_clip does not return attention)."""
-        visual = self.model.visual
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
-            raise ClipadaptError(f"model '{self.name}' has no ViT image tower; token attention needs one")
-        blocks = visual.transformer.resblocks
-        if not -len(blocks) <= layer < len(blocks):
-            raise ClipadaptError(f"layer {layer} out of range for a vision tower with {len(blocks)} blocks")
-        layer %= len(blocks)
-        x = visual._embeds(images.to(self.device))
-        for block in blocks[:layer]:
-            x = block(x)
-        block = blocks[layer]
-        if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
-            raise ClipadaptError(f"model '{self.name}' uses custom attention blocks; token attention needs standard ones")
-        attn = block.attn
-        heads, width = attn.num_heads, x.shape[-1]
-        y = block.ln_1(x)
-        q_weight, k_weight, _ = attn.in_proj_weight.chunk(3)
-        q_bias, k_bias, _ = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-        q = F.linear(y[:, :1], q_weight, q_bias).view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
-        k = F.linear(y, k_weight, k_bias).view(x.shape[0], -1, heads, width // heads).transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)) / (width // heads) ** 0.5  # [B, heads, 1, N]
-        per_head = scores.softmax(dim=-1).squeeze(2)
-        return ImageTokens(tokens=x, cls_attention=per_head.mean(dim=1), cls_attention_per_head=per_head)
+        return vision_tokens(self.model.visual, images.to(self.device), layer, self.name)
 
     # ---- identity and saving -------------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -10,7 +10,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import open_clip
 import torch
@@ -147,7 +147,7 @@ class Trainer:
             for batch in epoch_batches(epoch, offset):
                 lr = self.lr_at(self.step)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)  # groups may train at a multiple of the lr
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
                     loss = step_fn(batch, self.step)
                 if not torch.isfinite(loss):
@@ -185,6 +185,14 @@ class Trainer:
                     raise ClipadaptError(f"epoch {epoch} yielded fewer than {self.steps_per_epoch} batches")
         bar.close()
         return self
+
+
+def load_batch(samples: Sequence, indices: torch.Tensor, transform: Callable, seed: int) -> torch.Tensor:
+    """The images `samples[indices]` through `transform`, stacked; random transforms draw from `seed` (torchvision
+    uses the global RNG, which is left as it was), so a batch is a function of its seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(load_image(samples[i].path)) for i in indices.tolist()])
 
 
 @contextlib.contextmanager
@@ -335,9 +343,8 @@ def train_prompt_learner(
         if transform is None:
             features = train.features[indices].to(device)
         else:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(config.seed * 1_000_003 + step)  # torchvision draws crops from the global RNG
-                images = torch.stack([transform(load_image(train.samples[i].path)) for i in indices.tolist()])
+            images = load_batch(train.samples, indices, transform, seed=config.seed * 1_000_003 + step)
+            with torch.no_grad():
                 features = backbone.encode_image(images.to(device)).float()
         labels = train.labels[indices].to(device)
         if synthetic is not None:

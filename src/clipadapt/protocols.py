@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_classes
+from .data.world import read_marks
 from .errors import ClipadaptError
 from .features import FeatureSet, default_cache_dir, extract_features
 
@@ -86,12 +87,14 @@ def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = Non
     Zero-shot methods have no `fit`, so nothing is sampled or extracted for them. Methods that synthesize data
     for classes without any (SHIP) also get the names of the classes the protocol will test without training
     data: names only, never their images."""
-    if not hasattr(method, "fit"):
+    if not hasattr(method, "fit") and not hasattr(method, "fit_images"):
         return None
     if shots:
         splits = fewshot(splits, shots, seed, cache_dir=_split_cache(ctx))
-    val = ctx.features(splits, "val") if splits.val else None
     out_dir = Path(ctx.out_dir) / f"train-{splits.name}-seed{seed}" if ctx.out_dir else None
+    if hasattr(method, "fit_images"):  # tunes its image encoder: trains on the images themselves
+        return method.fit_images(splits, out_dir=out_dir, progress=ctx.progress, num_workers=ctx.num_workers)
+    val = ctx.features(splits, "val") if splits.val else None
     extra = {}
     if getattr(method, "uses_unseen_classnames", False):
         extra["unseen_classnames"] = [n for n in dict.fromkeys(unseen_classnames) if n not in splits.classnames]
@@ -104,8 +107,15 @@ def _with_training(result: dict, summary: dict | None) -> dict:
 
 
 def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    classnames = list(classnames or splits.classnames)
+    if hasattr(method, "image_logits"):  # a tuned image encoder: frozen cached features do not apply
+        if not splits.test:
+            raise ClipadaptError(f"data set '{splits.name}' has no test samples")
+        logits = method.image_logits(splits.test, classnames, batch_size=ctx.batch_size,
+                                     num_workers=ctx.num_workers, progress=ctx.progress)
+        return logits.argmax(dim=-1).cpu(), torch.tensor([s.label for s in splits.test])
     test = ctx.features(splits, "test")
-    logits = method.logits(test.features, list(classnames or splits.classnames), template_key=splits.template_key)
+    logits = method.logits(test.features, classnames, template_key=splits.template_key)
     return logits.argmax(dim=-1).cpu(), test.labels
 
 
@@ -121,14 +131,28 @@ def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:
 
 def run_full(method, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> dict:
     summary = _fit(method, ctx, splits, seed=seed)
-    return _with_training(_test_accuracy(method, ctx, splits), summary)
+    return _with_training(_with_part_overlap(_test_accuracy(method, ctx, splits), method, ctx, splits), summary)
+
+
+def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
+    """For token-selecting methods (MP-FGVC's SsVP) on data sets that know where each image's discriminative part
+    is (the world's badges), how often the kept tokens land on it, under `part_overlap`."""
+    marks = splits.root / "marks.json"
+    if not hasattr(method, "kept_token_overlap") or not getattr(method.config, "ssvp", False) or not marks.is_file():
+        return result
+    boxes = read_marks(splits.root.parent)
+    test = [s for s in splits.test if s.path in boxes]
+    if not test:
+        return result
+    overlap = method.kept_token_overlap(test, [boxes[s.path] for s in test], progress=ctx.progress)
+    return {**result, "part_overlap": overlap}
 
 
 def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
     if not shots:
         raise ClipadaptError("protocol fewshot needs --shots K")
     summary = _fit(method, ctx, splits, shots, seed)
-    return _with_training(_test_accuracy(method, ctx, splits), summary)
+    return _with_training(_with_part_overlap(_test_accuracy(method, ctx, splits), method, ctx, splits), summary)
 
 
 def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:

@@ -12,7 +12,7 @@ from .datasets import (
     register_dataset,
 )
 from .splits import base_new_split, fewshot, select_classes, split_fingerprint
-from . import fgvc  # noqa: F401  (registers "cub:")
+from . import fgvc  # noqa: F401  (registers "cub:", "dogs:", "nabirds:", "food101:")
 from . import world  # noqa: F401  (registers the "world:" data set prefix)
 
 __all__ = [

@@ -47,6 +47,8 @@ class DatasetSplits:
     # Per class (index = label), its attribute values ({"colour": "red", "shape": "star"}) when the data set
     # knows them (the generated world does): protocols then report per-attribute accuracy.
     class_attributes: list[dict[str, str]] | None = None
+    # What all classes are, when one word says it ("bird", "dog", "food"): the fine-grained loaders set it.
+    superclass: str | None = None
 
     def split(self, name: str) -> list[Sample]:
         """The samples of split `name` ("train", "val" or "test")."""

@@ -583,7 +583,8 @@ def load_world(arg: str) -> DatasetSplits:
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"cannot read the class attributes of {folder}: {exc!r}") from exc
     return DatasetSplits(
-        f"World{name.capitalize()}", classnames, root=folder, class_attributes=class_attributes, **splits
+        f"World{name.capitalize()}", classnames, root=folder, class_attributes=class_attributes,
+        superclass=FINE_SUPERCLASS if name == "fine" else None, **splits,
     )
 
 

@@ -1,0 +1,345 @@
+"""MP-FGVC (Jiang et al., AAAI 2024): multimodal prompting for fine-grained classification, and the plain
+fine-tuned baseline (`finetune`).
+
+- SsVP (subcategory-specific vision prompt, parameter-free): at the penultimate block of the ViT image encoder,
+  the class token's attention is summed over heads; the top-K patch tokens plus the class token are the whole
+  input of the last block, so the final embedding E_V sees only the most attended (discriminative) patches.
+- DaTP (discrepancy-aware text prompt): per subcategory c, J learned token vectors before the superclass name,
+  `[X^c_1 .. X^c_J] <superclass>`, through the frozen CLIP text encoder: E_T^c. (The subcategory's own name is not
+  in the prompt; its learned tokens are all that tell the prompts apart.)
+- VLFM (vision-language fusion): 1x1 convolutions (linear maps on embedding vectors) give the query Q_0 of E_V and
+  keys/values K_i, V_i of [E_V, E_T^1 .. E_T^C]; S_i = softmax_i(Q_0 K_i^T / sqrt(D)); E'_V = sum_i S_i V_i;
+  a translation layer (two 1x1 convolutions, expansion 4, GELU between) and a linear classifier.
+- Two stages: (1) the image encoder, a linear head on E_V and the DaTP tokens train with cross-entropy on the
+  head plus the image-to-text contrastive loss over the C prompts (tau = 0.07), the text encoder frozen;
+  (2) everything else frozen, the VLFM trains with cross-entropy on the stage-1 embeddings. The VLFM's classifier
+  gives the predictions.
+
+The image encoder is a fine-tuned copy of the backbone's CLIP vision tower (the backbone itself stays as it
+was). Ablations: `ssvp=false` (all tokens enter the last block), `datp=false` (frozen "a photo of a {name}."
+embeddings instead of learned prompts), `fusion=concat` (E_V concatenated with every E_T^c instead of attention)
+or `fusion=none` (the stage-1 head predicts; no stage 2). `finetune` is the same encoder trained with
+cross-entropy only: no SsVP, no text, no fusion.
+
+Not specified by the paper and chosen here: AdamW (weight decay 0.05), lr 1e-4 for the encoder and 1e-3 for the
+new weights, one linear warm-up epoch then cosine, batch 32, no augmentation by default (`augment=true`: random
+resized crop 0.5-1 and flip, which would turn a world badge's "left" spot into a "right" one).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from tqdm.auto import tqdm
+
+from ..backbone import vision_tokens
+from ..data import DatasetSplits, ImageDataset, Sample, load_image
+from ..engine import Trainer, cosine_lr, frozen, load_batch, param_groups
+from ..errors import ClipadaptError
+from ..text import zeroshot_weights
+from . import register_method
+
+FUSIONS = ("vlfm", "concat", "none")
+DEFAULT_SUPERCLASS = "object"
+
+
+def ssvp_tokens(attention_per_head: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, k] of the k patch tokens (index >= 1; 0 is the class token) with the largest class-token
+    attention summed over heads: SsVP's id = TopK(sum_m A^m)."""
+    scores = attention_per_head.sum(dim=1)[:, 1:]
+    return scores.topk(k, dim=-1).indices + 1
+
+
+class VisionLanguageFusion(nn.Module):
+    """VLFM: cross-modal attention of the visual embedding over itself and the C text embeddings, the
+    translation layer, and the classifier. `fusion="concat"` replaces the attention by concatenation."""
+
+    def __init__(self, dim: int, num_classes: int, expansion: int = 4, fusion: str = "vlfm"):
+        super().__init__()
+        self.fusion = fusion
+        if fusion == "vlfm":
+            self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
+        else:
+            self.merge = nn.Linear(dim * (num_classes + 1), dim)
+        self.translation = nn.Sequential(nn.Linear(dim, dim * expansion), nn.GELU(), nn.Linear(dim * expansion, dim))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def attention(self, visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """S [B, 1 + C]: how much the fused embedding takes from E_V (column 0) and from each E_T^c."""
+        tokens = torch.cat([visual[:, None], text.expand(len(visual), *text.shape)], dim=1)  # [B, 1 + C, D]
+        scores = (self.query(visual)[:, None] * self.key(tokens)).sum(dim=-1) / math.sqrt(visual.shape[-1])
+        return scores.softmax(dim=-1)
+
+    def forward(self, visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "vlfm":
+            tokens = torch.cat([visual[:, None], text.expand(len(visual), *text.shape)], dim=1)
+            fused = (self.attention(visual, text)[..., None] * self.value(tokens)).sum(dim=1)
+        else:
+            fused = self.merge(torch.cat([visual, text.reshape(1, -1).expand(len(visual), -1)], dim=-1))
+        return self.classifier(self.translation(fused))
+
+
+@register_method("mpfgvc")
+class MPFGVC:
+    """Trains on images (`fit_images`) and predicts on images (`image_logits`): its image encoder is tuned, so
+    cached frozen features are of no use to it. It classifies the classes it was trained on (closed set)."""
+
+    scores_unseen_classes = False
+
+    @dataclass
+    class Config:
+        ssvp: bool = True
+        top_k: int = 0  # patch tokens kept by SsVP; 0: a quarter of them
+        datp: bool = True
+        n_text_tokens: int = 4  # J learned tokens per subcategory
+        contrastive: bool = True  # stage 1's image-to-text loss
+        temperature: float = 0.07
+        fusion: str = "vlfm"  # vlfm | concat | none
+        expansion: int = 4
+        superclass: str = ""  # "": the data set's (e.g. "bird"), else "object"
+        stage1_epochs: int = 30
+        stage2_epochs: int = 30
+        batch_size: int = 32
+        lr: float = 1e-4  # image encoder
+        head_lr: float = 1e-3  # heads, prompt tokens, VLFM
+        weight_decay: float = 0.05
+        warmup_epochs: int = 1
+        augment: bool = False
+        seed: int = 1
+        checkpoint_every: int = 200
+
+    def __init__(self, backbone, config: "MPFGVC.Config"):
+        if config.fusion not in FUSIONS:
+            raise ClipadaptError(f"fusion must be one of {', '.join(FUSIONS)}, got '{config.fusion}'")
+        if config.datp:
+            backbone.context_vectors(config.n_text_tokens)  # fails early when the prompt cannot fit
+        self.backbone, self.config = backbone, config
+        self.classnames: list[str] = []
+        self.superclass = ""
+        self.model: nn.ModuleDict | None = None
+        self.history: dict = {}
+
+    # ---- the networks ----------------------------------------------------------------------------------
+    def _build(self, classnames: Sequence[str], superclass: str) -> nn.ModuleDict:
+        backbone, config = self.backbone, self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = nn.ModuleDict({
+                "visual": copy.deepcopy(backbone.model.visual).float(),
+                "head": nn.Linear(backbone.embed_dim, len(classnames)),
+            })
+            if config.datp:
+                model["prompts"] = nn.ParameterDict({"ctx": nn.Parameter(
+                    torch.randn(len(classnames), config.n_text_tokens, backbone.text_width) * 0.02)})
+            if config.fusion != "none":
+                model["fusion"] = VisionLanguageFusion(backbone.embed_dim, len(classnames), config.expansion,
+                                                       config.fusion)
+        self.superclass = superclass
+        return model.to(backbone.device)
+
+    def encode_images(self, images: torch.Tensor, return_kept: bool = False):
+        """E_V [B, D] from the tuned encoder, with SsVP before the last block (and the kept token indices)."""
+        visual = self.model["visual"]
+        images = images.to(self.backbone.device)
+        if not self.config.ssvp:
+            return (visual(images), None) if return_kept else visual(images)
+        blocks = visual.transformer.resblocks
+        if len(blocks) < 2:
+            raise ClipadaptError("SsVP needs a vision tower with at least two blocks")
+        penultimate = vision_tokens(visual, images, -2, self.backbone.name)
+        x = blocks[-2](penultimate.tokens)
+        k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
+        if k >= x.shape[1]:
+            raise ClipadaptError(f"top_k={k} must be below the {x.shape[1] - 1} patch tokens")
+        kept = ssvp_tokens(penultimate.cls_attention_per_head, k)
+        selected = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
+        x = blocks[-1](torch.cat([x[:, :1], selected], dim=1))
+        pooled, _ = visual._pool(x)
+        embedding = pooled @ visual.proj if visual.proj is not None else pooled
+        return (embedding, kept) if return_kept else embedding
+
+    def text_embeddings(self) -> torch.Tensor:
+        """E_T [C, D], unit norm: DaTP's prompts `[X^c_1..X^c_J] <superclass>`, or the frozen template."""
+        if not self.config.datp:
+            return zeroshot_weights(self.backbone, self.classnames, ["a photo of a {}."])
+        ctx = self.model["prompts"]["ctx"]
+        index = torch.zeros(len(ctx), dtype=torch.long)
+        return self.backbone.encode_prompted_text(ctx, [self.superclass], normalize=True, class_index=index).float()
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def _train_transform(self):
+        if not self.config.augment:
+            return self.backbone.image_transform()
+        base = self.backbone.image_transform()
+        normalize = next(t for t in base.transforms if isinstance(t, transforms.Normalize))
+        return transforms.Compose([
+            transforms.RandomResizedCrop(self.backbone.image_size, scale=(0.5, 1.0),
+                                         interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
+        ])
+
+    def _run_stage(self, name: str, trainable: nn.Module, groups: list[dict], epochs: int, n: int, step_fn,
+                   out_dir: Path | None, progress: bool) -> dict:
+        """One training stage: AdamW over `groups` (their `lr_scale` times the head lr), a warm-up epoch, cosine."""
+        steps_per_epoch = max(1, math.ceil(n / self.config.batch_size))
+
+        def batches(epoch: int, offset: int):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
+            for b in range(offset, steps_per_epoch):
+                yield order[b * self.config.batch_size:(b + 1) * self.config.batch_size]
+
+        fingerprint = json.dumps([asdict(self.config), self.classnames, self.superclass, name], sort_keys=True)
+        trainer = Trainer(trainable, torch.optim.AdamW(groups), total_steps=epochs * steps_per_epoch,
+                          steps_per_epoch=steps_per_epoch,
+                          lr_at=lambda step: cosine_lr(step, epochs * steps_per_epoch,
+                                                       self.config.warmup_epochs * steps_per_epoch, self.config.head_lr),
+                          out_dir=out_dir / name if out_dir else None, run_fingerprint=fingerprint,
+                          checkpoint_every=self.config.checkpoint_every, progress=progress,
+                          desc=f"{type(self).__name__.lower()} {name}")
+        trainable.train()
+        trainer.fit(batches, step_fn)
+        trainable.eval()
+        return {"steps": trainer.step, "epochs": epochs, "epoch_losses": trainer.losses, "seconds": trainer.seconds,
+                "resumed_from_step": trainer.resumed_from}
+
+    def fit_images(self, splits: DatasetSplits, out_dir: str | Path | None = None, progress: bool = True,
+                   num_workers: int = 0) -> dict:
+        """Both stages on `splits.train` (images); the superclass comes from the config or the data set."""
+        if not splits.train:
+            raise ClipadaptError(f"data set '{splits.name}' has no training images")
+        self.classnames = list(splits.classnames)
+        superclass = self.config.superclass or splits.superclass or DEFAULT_SUPERCLASS
+        self.model = self._build(self.classnames, superclass)
+        out_dir = Path(out_dir) if out_dir is not None else None
+        config, samples = self.config, splits.train
+        labels = torch.tensor([s.label for s in samples])
+        transform = self._train_transform()
+        model = self.model
+        # Without augmentation every epoch sees the same tensors: decode and transform each image once.
+        fixed = None if config.augment else torch.stack([
+            transform(load_image(s.path)) for s in tqdm(samples, desc="mpfgvc load", disable=not progress)])
+
+        def stage1_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
+            images = fixed[indices] if fixed is not None else load_batch(samples, indices, transform,
+                                                                         seed=config.seed * 1_000_003 + step)
+            target = labels[indices].to(self.backbone.device)
+            embedding = self.encode_images(images)
+            loss = F.cross_entropy(model["head"](embedding), target)
+            if config.contrastive:
+                similarity = F.normalize(embedding, dim=-1) @ self.text_embeddings().T
+                loss = loss + F.cross_entropy(similarity / config.temperature, target)
+            return loss
+
+        stage1 = nn.ModuleDict({k: v for k, v in model.items() if k in ("visual", "head", "prompts")})
+        groups = [{**g, "lr_scale": config.lr / config.head_lr}
+                  for g in param_groups(model["visual"], config.weight_decay)]
+        groups += [{**g, "lr_scale": 1.0} for g in param_groups(
+            nn.ModuleDict({k: v for k, v in stage1.items() if k != "visual"}), config.weight_decay)]
+        groups = [g for g in groups if g["params"]]
+        with frozen(self.backbone.model):
+            self.history = {"stage1": self._run_stage("stage1", stage1, groups, config.stage1_epochs, len(samples),
+                                                      stage1_loss, out_dir, progress)}
+        if config.fusion == "none":
+            return self.history
+        # Stage 2: the encoder and the prompts are frozen, so their embeddings are computed once.
+        with torch.no_grad():
+            visual = self._embed_samples(samples, progress, num_workers)
+            text = self.text_embeddings().detach()
+
+        def stage2_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
+            target = labels[indices].to(self.backbone.device)
+            return F.cross_entropy(model["fusion"](visual[indices], text), target)
+
+        groups = param_groups(model["fusion"], config.weight_decay)
+        self.history["stage2"] = self._run_stage("stage2", model["fusion"], groups, config.stage2_epochs,
+                                                 len(samples), stage2_loss, out_dir, progress)
+        return self.history
+
+    # ---- prediction --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _embed_samples(self, samples: Sequence[Sample], progress: bool, num_workers: int = 0,
+                       batch_size: int = 64, return_kept: bool = False):
+        loader = DataLoader(ImageDataset(samples, self.backbone.image_transform()), batch_size=batch_size,
+                            num_workers=num_workers)
+        embeddings, kept = [], []
+        for images, _, _ in tqdm(loader, desc="mpfgvc encode", disable=not progress):
+            embedding, indices = self.encode_images(images, return_kept=True)
+            embeddings.append(embedding.float())
+            kept.append(indices)
+        embeddings = torch.cat(embeddings)
+        if return_kept:
+            return embeddings, (torch.cat(kept) if kept[0] is not None else None)
+        return embeddings
+
+    @torch.no_grad()
+    def kept_token_overlap(self, samples: Sequence[Sample], parts: Sequence[tuple[int, int, int, int]],
+                           progress: bool = False) -> dict:
+        """Where SsVP looks: the percentage of kept patch tokens that overlap each image's discriminative part
+        (a box in the image's pixels, which must be the model's input size) vs the percentage for randomly kept
+        tokens (all patches). Images whose size differs from the model's are rejected rather than rescaled."""
+        if self.model is None or not self.config.ssvp:
+            raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
+        _, kept = self._embed_samples(samples, progress, return_kept=True)
+        visual = self.model["visual"]
+        grid = visual.grid_size[0]
+        boxes = patch_boxes(grid, self.backbone.image_size)
+        sizes = {load_image(s.path).size for s in samples[:8]}
+        if sizes != {(self.backbone.image_size, self.backbone.image_size)}:
+            raise ClipadaptError(f"part boxes are in image pixels; these images are {sorted(sizes)}, the model "
+                                 f"reads {self.backbone.image_size} px")
+        kept_fraction, random_fraction = box_overlap_fraction(kept.cpu(), boxes,
+                                                               torch.tensor(parts, dtype=torch.float32))
+        return {"kept_tokens_on_part": kept_fraction, "random_tokens_on_part": random_fraction,
+                "tokens_kept": kept.shape[1], "tokens": grid * grid}
+
+    @torch.no_grad()
+    def image_logits(self, samples: Sequence[Sample], classnames: Sequence[str], batch_size: int = 64,
+                     num_workers: int = 0, progress: bool = True) -> torch.Tensor:
+        """Logits [N, C] of `samples`' images over the training classes (closed set: the same names)."""
+        if self.model is None:
+            raise ClipadaptError(f"{type(self).__name__.lower()} predicts with its tuned encoder: fit it first")
+        if list(classnames) != self.classnames:
+            raise ClipadaptError(f"{type(self).__name__.lower()} classifies the classes it was trained on; it "
+                                 "cannot score other class names")
+        visual = self._embed_samples(samples, progress, num_workers, batch_size)
+        if self.config.fusion == "none":
+            return self.model["head"](visual)
+        return self.model["fusion"](visual, self.text_embeddings())
+
+
+def patch_boxes(grid: int, image_size: int) -> torch.Tensor:
+    """Pixel boxes [grid * grid, 4] (x0, y0, x1, y1; exclusive ends) of a ViT's patch tokens in row-major order."""
+    size = image_size / grid
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    x0, y0 = cols.flatten() * size, rows.flatten() * size
+    return torch.stack([x0, y0, x0 + size, y0 + size], dim=1)
+
+
+def box_overlap_fraction(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -> tuple[float, float]:
+    """(fraction of kept patch tokens [N, K] (1-based, as `ssvp_tokens`) whose patch box [P, 4] intersects their
+    image's part box [N, 4], the same fraction over all patches: what randomly kept tokens would score)."""
+    hits = ((boxes[None, :, 0] < parts[:, None, 2]) & (boxes[None, :, 2] > parts[:, None, 0])
+            & (boxes[None, :, 1] < parts[:, None, 3]) & (boxes[None, :, 3] > parts[:, None, 1]))  # [N, P]
+    kept_hits = torch.gather(hits, 1, kept - 1)
+    return 100.0 * kept_hits.float().mean().item(), 100.0 * hits.float().mean().item()
+
+
+@register_method("finetune")
+class FineTune(MPFGVC):
+    """The plain fine-tuned baseline: the same encoder and linear head, cross-entropy only."""
+
+    @dataclass
+    class Config(MPFGVC.Config):
+        ssvp: bool = False
+        datp: bool = False
+        contrastive: bool = False
+        fusion: str = "none"

@@ -1,0 +1,113 @@
+"""MP-FGVC and the fine-tuned baseline: SsVP's token selection (and its equivalence with the full forward when
+every token is kept), the VLFM against a loop reference, both training stages on images, the ablation switches,
+closed-set scoring, and where the kept tokens land."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipadapt import ClipadaptError
+from clipadapt.data import load_dataset
+from clipadapt.methods import build_method
+from clipadapt.methods.mpfgvc import VisionLanguageFusion, box_overlap_fraction, patch_boxes, ssvp_tokens
+from clipadapt.protocols import RunContext, run_protocol
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FAST = {"stage1_epochs": 8, "stage2_epochs": 8, "batch_size": 8, "lr": 1e-3, "head_lr": 1e-2}
+
+
+def test_ssvp_keeps_the_most_attended_patches():
+    attention = torch.tensor([[[0.5, 0.1, 0.3, 0.05, 0.05], [0.2, 0.4, 0.1, 0.2, 0.1]]])  # [B=1, heads=2, N=5]
+    # summed over heads, patches 1..4 score 0.5, 0.4, 0.25, 0.15 (the class token's own 0.7 is not a patch)
+    assert ssvp_tokens(attention, 2).tolist() == [[1, 2]]
+
+
+def test_ssvp_with_every_token_kept_is_the_plain_encoder(backbone):
+    method = build_method("mpfgvc", backbone, {"top_k": 16})  # micro-vit: 4 x 4 patches
+    method.classnames, method.model = ["a", "b"], method._build(["a", "b"], "thing")
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        selected, kept = method.encode_images(images, return_kept=True)
+        plain = method.model["visual"](images)
+    assert kept.shape == (3, 16) and sorted(kept[0].tolist()) == list(range(1, 17))
+    torch.testing.assert_close(selected, plain, atol=1e-5, rtol=0)  # attention is order-free without positions
+    method.config.top_k = 4
+    with torch.no_grad():
+        fewer = method.encode_images(images)
+    assert fewer.shape == plain.shape and not torch.allclose(fewer, plain, atol=1e-4)
+
+
+def test_vlfm_matches_a_loop_reference():
+    torch.manual_seed(0)
+    fusion = VisionLanguageFusion(dim=8, num_classes=3)
+    visual, text = torch.randn(2, 8), torch.randn(3, 8)
+    with torch.no_grad():
+        logits = fusion(visual, text)
+        attention = fusion.attention(visual, text)
+        for b in range(2):
+            q = fusion.query(visual[b])
+            tokens = [visual[b]] + list(text)
+            scores = torch.stack([q @ fusion.key(t) / math.sqrt(8) for t in tokens])
+            weights = scores.softmax(dim=0)
+            fused = sum(w * fusion.value(t) for w, t in zip(weights, tokens))
+            torch.testing.assert_close(attention[b], weights, atol=1e-6, rtol=0)
+            torch.testing.assert_close(logits[b], fusion.classifier(fusion.translation(fused)), atol=1e-5, rtol=0)
+    assert logits.shape == (2, 3)
+    concat = VisionLanguageFusion(dim=8, num_classes=3, fusion="concat")
+    assert concat(visual, text).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name,config", [
+    ("mpfgvc", {}),
+    ("mpfgvc", {"datp": False, "fusion": "concat"}),
+    ("finetune", {}),
+])
+def test_two_stage_training_learns_the_colours(colour_world, backbone, tmp_path, name, config):
+    root, _ = colour_world  # the random micro CLIP: whatever it learns, it learns here
+    before = backbone.model.visual.proj.clone()
+    method = build_method(name, backbone, {**FAST, **config})
+    ctx = RunContext(backbone, cache_dir=tmp_path / "cache", out_dir=tmp_path / "run", progress=False)
+    result = run_protocol("full", method, ctx, load_dataset(f"imagefolder:{root}"))
+    stage1 = result["training"]["stage1"]
+    assert stage1["epoch_losses"][-1] < stage1["epoch_losses"][0]
+    assert ("stage2" in result["training"]) == (method.config.fusion != "none")
+    assert result["accuracy"] > 80.0  # 4 colours: chance 25%
+    assert torch.equal(backbone.model.visual.proj, before)  # the backbone itself is not tuned
+    assert ("prompts" in method.model) == method.config.datp
+    with pytest.raises(ClipadaptError, match="cannot score other class names"):
+        method.image_logits(load_dataset(f"imagefolder:{root}").test, ["cat", "dog"], progress=False)
+
+
+def test_base2new_reports_base_only_and_bad_options(colour_world, tmp_path, backbone):
+    root, _ = colour_world
+    method = build_method("finetune", backbone, {**FAST, "stage1_epochs": 1})
+    ctx = RunContext(method.backbone, cache_dir=tmp_path / "cache", progress=False)
+    result = run_protocol("base2new", method, ctx, load_dataset(f"imagefolder:{root}"), shots=2)
+    assert result["new_accuracy"] is None and result["base_accuracy"] is not None
+    with pytest.raises(ClipadaptError, match="fusion must be one of"):
+        build_method("mpfgvc", backbone, {"fusion": "sum"})
+    with pytest.raises(ClipadaptError, match="fit it first"):
+        build_method("mpfgvc", backbone).image_logits([], [], progress=False)
+
+
+def test_part_overlap_counts_patches_on_the_part():
+    boxes = patch_boxes(grid=4, image_size=32)  # 8-pixel patches
+    assert boxes[5].tolist() == [8.0, 8.0, 16.0, 16.0]
+    parts = torch.tensor([[9.0, 9.0, 12.0, 12.0]])  # inside patch 5 only
+    kept = torch.tensor([[6, 1]])  # 1-based token indices: patch 5 and patch 0
+    assert box_overlap_fraction(kept, boxes, parts) == (50.0, pytest.approx(100 / 16))
+
+
+def test_full_protocol_on_the_world_badges_reports_part_overlap(backbone, tmp_path):
+    from clipadapt.data.world import DEFAULT_SIZES, generate_world
+
+    root = generate_world(tmp_path / "w", image_size=32, progress=False, **{k: 1 for k in DEFAULT_SIZES})
+    splits = load_dataset(f"world:fine:{root}")
+    assert splits.superclass == "badge"
+    method = build_method("mpfgvc", backbone, {**FAST, "stage1_epochs": 1, "stage2_epochs": 1, "top_k": 4})
+    result = run_protocol("full", method, RunContext(backbone, cache_dir=tmp_path / "cache", progress=False), splits)
+    overlap = result["part_overlap"]
+    assert overlap["tokens_kept"] == 4 and overlap["tokens"] == 16
+    assert 0 <= overlap["kept_tokens_on_part"] <= 100 and 0 < overlap["random_tokens_on_part"] < 100
+    assert method.superclass == "badge"
