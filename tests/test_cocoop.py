@@ -94,7 +94,7 @@ def test_save_and_load(backbone, tmp_path):
     features = torch.randn(5, backbone.embed_dim)
     torch.testing.assert_close(loaded.logits(features, NAMES), cocoop.logits(features, NAMES), atol=0, rtol=0)
     build_method("coop", backbone, {"n_ctx": 4}).save(tmp_path / "coop.safetensors")
-    with pytest.raises(CheckpointError, match="not a cocoop"):
+    with pytest.raises(CheckpointError, match="holds no cocoop weights"):
         loaded.load(tmp_path / "coop.safetensors")
 
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clipadapt import ClipadaptError
 from clipadapt.data import load_dataset

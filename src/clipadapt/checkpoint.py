@@ -3,6 +3,7 @@
 mid-write keeps its previous checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -41,6 +42,33 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if STATE_KEY not in metadata:
         raise CheckpointError(f"checkpoint {path} is not a clipadapt training checkpoint")
     return tensors, json.loads(metadata[STATE_KEY])
+
+
+def save_method_weights(path: str | Path, tensors: dict[str, torch.Tensor], method: str, config: Any,
+                        **metadata: Any) -> None:
+    """A method's learned weights as safetensors, written atomically, with the method name, its config (a
+    dataclass) and any other JSON-able `metadata` in the header: what `load_method_weights` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"method": method, "config": json.dumps(dataclasses.asdict(config)),
+              **{key: json.dumps(value) for key, value in metadata.items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=header)
+    tmp.replace(path)
+
+
+def load_method_weights(path: str | Path, method: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, header with JSON values decoded) of a `save_method_weights` file of `method`; a missing,
+    corrupt or other method's file raises CheckpointError naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for missing or corrupt files
+        raise CheckpointError(f"cannot read {method} weights from {path}: {e}") from e
+    if header.get("method") != method:
+        raise CheckpointError(f"{path} holds no {method} weights")
+    return tensors, {k: (v if k == "method" else json.loads(v)) for k, v in header.items()}
 
 
 def optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -23,10 +23,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from ..checkpoint import load_method_weights, save_method_weights
 from ..engine import train_prompt_learner
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
@@ -131,20 +130,10 @@ class CoCoOp:
 
     def save(self, path: str | Path) -> None:
         """Context and meta-net as safetensors, with the config in the metadata."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.prompt.state_dict().items()}
-        save_file(state, str(path), metadata={"method": "cocoop", "config": json.dumps(asdict(self.config))})
+        save_method_weights(path, self.prompt.state_dict(), "cocoop", self.config)
 
     def load(self, path: str | Path) -> None:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for missing or corrupt files
-            raise CheckpointError(f"cannot read a cocoop prompt from {path}: {e}") from e
-        if metadata.get("method") != "cocoop":
-            raise CheckpointError(f"{path} is not a cocoop prompt file")
+        state, _ = load_method_weights(path, "cocoop")
         prompt = ConditionalContext(state["ctx"], self.backbone.embed_dim)
         try:
             prompt.load_state_dict(state)

@@ -19,11 +19,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..backbone import CLASS_TOKEN_POSITIONS
+from ..checkpoint import load_method_weights, save_method_weights
 from ..engine import train_prompt_learner
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
@@ -137,27 +136,17 @@ class CoOp:
 
     def save(self, path: str | Path) -> None:
         """The learned context as safetensors, with the config and training class names in the metadata."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {"method": "coop", "config": json.dumps(asdict(self.config)),
-                    "classnames": json.dumps(self.classnames)}
-        save_file({"ctx": self.ctx.detach().contiguous().cpu()}, str(path), metadata=metadata)
+        save_method_weights(path, {"ctx": self.ctx}, "coop", self.config, classnames=self.classnames)
 
     def load(self, path: str | Path) -> None:
         """Context and training class names from `save`; the config's shape settings must match the file's."""
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                ctx = f.get_tensor("ctx")
-        except Exception as e:  # safetensors raises its own error types for missing or corrupt files
-            raise CheckpointError(f"cannot read a coop context from {path}: {e}") from e
-        if metadata.get("method") != "coop":
-            raise CheckpointError(f"{path} is not a coop context file")
-        saved = json.loads(metadata["config"])
+        tensors, metadata = load_method_weights(path, "coop")
+        ctx = tensors["ctx"]
+        saved = metadata["config"]
         if ctx.shape[-1] != self.backbone.text_width or (ctx.ndim == 3) != self.config.csc \
                 or saved["class_token_position"] != self.config.class_token_position:
             raise CheckpointError(f"the context in {path} (shape {tuple(ctx.shape)}, csc={saved['csc']}, "
                                   f"class_token_position={saved['class_token_position']}) does not fit this model "
                                   "and config")
-        self.classnames = json.loads(metadata["classnames"])
+        self.classnames = metadata["classnames"]
         self.prompt = nn.ParameterDict({"ctx": nn.Parameter(ctx.to(self.backbone.device))})

@@ -8,7 +8,6 @@ and the fit runs on the backbone's device.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..checkpoint import save_method_weights
 from ..errors import ClipadaptError
 from ..features import FeatureSet
 from . import register_method
@@ -152,10 +151,9 @@ class LinearProbe:
         # Refit rather than keep every C's weights during the search; the fit is deterministic, so it is the same one.
         self.weight, self.bias = solve(self.best_c)
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            save_file({"weight": self.weight.float().cpu(), "bias": self.bias.float().cpu()},
-                      str(Path(out_dir) / "linear_probe.safetensors"),
-                      metadata={"classnames": json.dumps(self.classnames), "c": str(self.best_c)})
+            save_method_weights(Path(out_dir) / "linear_probe.safetensors",
+                                {"weight": self.weight.float(), "bias": self.bias.float()}, "linear_probe",
+                                self.config, classnames=self.classnames, c=self.best_c)
         return {"best_c": self.best_c, "val_accuracy": self.val_accuracy}
 
     @torch.no_grad()

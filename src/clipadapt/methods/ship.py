@@ -31,11 +31,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_method_weights, save_method_weights
 from ..engine import Trainer, frozen
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
@@ -255,38 +254,22 @@ class Ship:
     @classmethod
     def from_file(cls, backbone, path: str | Path) -> "Ship":
         """A SHIP model as `save` wrote it, with the config stored in the file."""
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except Exception as e:  # safetensors raises its own error types for missing or corrupt files
-            raise CheckpointError(f"cannot read ship weights from {path}: {e}") from e
-        if metadata.get("method") != "ship":
-            raise CheckpointError(f"{path} holds no ship weights")
-        ship = cls(backbone, ShipConfig(**json.loads(metadata["config"])))
+        _, metadata = load_method_weights(path, "ship")
+        ship = cls(backbone, ShipConfig(**metadata["config"]))
         ship.load(path)
         return ship
 
     def save(self, path: str | Path) -> None:
         """Every learned weight as safetensors, with the config in the metadata."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        save_file(tensors, str(path), metadata={"method": "ship", "config": json.dumps(asdict(self.config))})
+        save_method_weights(path, self.model.state_dict(), "ship", self.config)
 
     def load(self, path: str | Path) -> None:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for missing or corrupt files
-            raise CheckpointError(f"cannot read ship weights from {path}: {e}") from e
-        if metadata.get("method") != "ship":
-            raise CheckpointError(f"{path} holds no ship weights")
+        tensors, metadata = load_method_weights(path, "ship")
         expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != found:
             raise CheckpointError(f"the ship weights in {path} do not fit this backbone and config "
-                                  f"(saved with {metadata.get('config')})")
+                                  f"(saved with {metadata['config']})")
         self.model.load_state_dict(tensors)
 
 
