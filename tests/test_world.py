@@ -142,7 +142,8 @@ def test_object_pixels_show_the_object_colour(world_dir):
 def test_fine_subcategories_differ_only_in_the_spot(world_dir):
     fine = load_dataset(f"world:fine:{world_dir}")
     assert len(fine.classnames) == 9
-    assert all(set(a) == {"mark_colour", "mark_position"} for a in fine.class_attributes)
+    assert [a["mark_colour"] for a in fine.class_attributes] == list(world.MARK_COLOURS)
+    assert all(set(a) == {"mark_colour"} for a in fine.class_attributes)
     marks = world.read_marks(world_dir)
     samples = fine.train + fine.val + fine.test
     assert set(marks) == {s.path for s in samples}
@@ -154,7 +155,7 @@ def test_fine_subcategories_differ_only_in_the_spot(world_dir):
         # The rest of the image is drawn from the same distribution in every subcategory.
         a = attributes[sample.path]
         assert a["shape"] == world.FINE_SUPERCLASS and a["colour"] in world.BADGE_COLOURS
-        assert (a["pattern"], a["size"]) == ("solid", "large")
+        assert (a["pattern"], a["size"]) == ("solid", "large") and a["mark_position"] in world.MARK_POSITIONS
         centre = np.asarray(Image.open(sample.path), dtype=np.float32)[(y0 + y1) // 2, (x0 + x1) // 2]
         nearest = list(world.MARK_COLOURS)[np.linalg.norm(mark_rgb - centre, axis=1).argmin()]
         assert nearest == fine.class_attributes[sample.label]["mark_colour"]

@@ -9,8 +9,8 @@ rotation) on a textured background, plus pixel noise. Class names compose words 
   (new), so CoOp's base/new split (`base_new_split`) separates seen from unseen compositions. Every colour and
   every shape is in exactly two classes of each half, so no single attribute names a class.
 - `patterns` ("striped star") and `scenes` ("star on sand") are cross-data-set targets with other name forms.
-- `fine` is one superclass ("badge") whose subcategories differ only in a small spot (its colour and position);
-  `marks.json` holds each image's spot box.
+- `fine` is one superclass ("badge") whose 9 subcategories differ only in the colour of a small spot, drawn at
+  the badge's top, left, right or bottom (per image); `marks.json` holds each image's spot box.
 
 The world is written in the formats the loaders of `datasets.py` read (CoOp split JSON, image-text CSV), to a
 temp folder renamed into place at the end, and is byte-identical for the same seed and sizes.
@@ -48,7 +48,7 @@ from clipadapt.data.datasets import (
 from clipadapt.errors import DataError
 
 # Bump when the images, the layout or DEFAULT_SIZES change: the default world's cache folder is named by it.
-VERSION = 1
+VERSION = 2
 
 # Saturated colours, far from each other and from the muted or dark backgrounds.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -90,9 +90,15 @@ MARK_COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 20),
     "white": (250, 250, 250),
     "yellow": (250, 230, 30),
+    "orange": (250, 140, 20),
+    "cyan": (30, 230, 230),
+    "pink": (250, 120, 190),
+    "gray": (128, 128, 128),
+    "brown": (120, 70, 30),
+    "lime": (150, 250, 60),
 }
 # Direction of the spot from the badge centre (degrees, image y axis down), before the badge's rotation.
-MARK_POSITIONS: dict[str, float] = {"top": -90.0, "left": 180.0, "right": 0.0}
+MARK_POSITIONS: dict[str, float] = {"top": -90.0, "left": 180.0, "right": 0.0, "bottom": 90.0}
 
 # Images per class (`captions`: per seen composition); override with generate_world(..., NAME=count).
 DEFAULT_SIZES: dict[str, int] = {
@@ -155,12 +161,12 @@ def _class_list(name: str) -> list[dict[str, str]]:
         return [{"pattern": p, "shape": s} for p in PATTERNS for s in SHAPES]
     if name == "scenes":
         return [{"shape": s, "background": b} for s in SHAPES for b in BACKGROUNDS]
-    return [{"mark_colour": c, "mark_position": p} for c in MARK_COLOURS for p in MARK_POSITIONS]  # fine
+    return [{"mark_colour": c} for c in MARK_COLOURS]  # fine: the spot's position is drawn per image
 
 
 def _class_name(attributes: dict[str, str]) -> str:
     if "mark_colour" in attributes:
-        return f"{FINE_SUPERCLASS} with {attributes['mark_colour']} spot at {attributes['mark_position']}"
+        return f"{FINE_SUPERCLASS} with {attributes['mark_colour']} spot"
     if "background" in attributes:
         return f"{attributes['shape']} {BACKGROUNDS[attributes['background']][0]}"
     return f"{attributes.get('colour') or attributes['pattern']} {attributes['shape']}"
@@ -175,7 +181,7 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
     if dataset == "fine":
         # Everything but the spot has the same distribution in every subcategory.
         free = {"colour": BADGE_COLOURS, "shape": (FINE_SUPERCLASS,), "pattern": ("solid",), "size": ("large",),
-                "background": tuple(BACKGROUNDS)}
+                "background": tuple(BACKGROUNDS), "mark_position": tuple(MARK_POSITIONS)}
     else:
         free = {"colour": tuple(COLOURS), "shape": SHAPES, "pattern": PATTERNS, "size": SIZES,
                 "background": tuple(BACKGROUNDS)}
