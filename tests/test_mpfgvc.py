@@ -22,8 +22,9 @@ def test_ssvp_keeps_the_most_attended_patches():
     assert ssvp_tokens(attention, 2).tolist() == [[1, 2]]
 
 
-def test_ssvp_with_every_token_kept_is_the_plain_encoder(backbone):
-    method = build_method("mpfgvc", backbone, {"top_k": 16})  # micro-vit: 4 x 4 patches
+@pytest.mark.parametrize("layer", [-2, -1])
+def test_ssvp_with_every_token_kept_is_the_plain_encoder(backbone, layer):
+    method = build_method("mpfgvc", backbone, {"top_k": 16, "ssvp_layer": layer})  # micro-vit: 4 x 4 patches
     method.classnames, method.model = ["a", "b"], method._build(["a", "b"], "thing")
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -86,6 +87,8 @@ def test_base2new_reports_base_only_and_bad_options(colour_world, tmp_path, back
     assert result["new_accuracy"] is None and result["base_accuracy"] is not None
     with pytest.raises(ClipadaptError, match="fusion must be one of"):
         build_method("mpfgvc", backbone, {"fusion": "sum"})
+    with pytest.raises(ClipadaptError, match="ssvp_layer must be"):
+        build_method("mpfgvc", backbone, {"ssvp_layer": 0})
     with pytest.raises(ClipadaptError, match="fit it first"):
         build_method("mpfgvc", backbone).image_logits([], [], progress=False)
 

@@ -13,6 +13,9 @@ from .protocols import RunContext, run_protocol, write_metrics
 
 TARGET = "world:objects"
 CROSS_TARGETS = ("world:patterns", "world:scenes")
+FINE = "world:fine"
+# Shorter than the defaults (30 + 30 epochs) to keep the demo within minutes on 2 CPU cores.
+FINE_TRAINING = (("stage1_epochs", 15), ("stage2_epochs", 15), ("lr", 3e-4), ("head_lr", 3e-3))
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ ROWS = (
     DemoRow("tip_adapter", "base2new", TARGET),
     DemoRow("tip_adapter+ship", "base2new", TARGET),
     DemoRow("zeroshot", "crossdataset", TARGET, (("targets", CROSS_TARGETS),)),
+    DemoRow("zeroshot", "full", FINE),
+    DemoRow("linear_probe", "full", FINE),
+    DemoRow("finetune", "full", FINE, config=FINE_TRAINING),
+    DemoRow("mpfgvc", "full", FINE, config=FINE_TRAINING),
 )
 
 
@@ -45,7 +52,8 @@ def _percent(value: float | None) -> str:
 
 
 def format_table(results: list[dict]) -> str:
-    """Markdown: base-to-new rows (with the new classes' per-attribute accuracy), then cross-data-set rows."""
+    """Markdown: base-to-new rows (with the new classes' per-attribute accuracy), cross-data-set rows, then the
+    fine-grained rows (with where SsVP's kept tokens land)."""
     lines = ["| method | base | new | HM | new: colour | new: shape |", "|---|---|---|---|---|---|"]
     for r in (r for r in results if r["protocol"] == "base2new"):
         new_attributes = r.get("attribute_accuracy", {}).get("new", {})
@@ -60,6 +68,15 @@ def format_table(results: list[dict]) -> str:
         for r in cross:
             lines.append(f"| {r['method']} | {_percent(r['accuracy'])} | "
                          + " | ".join(_percent(r["targets"][spec]["accuracy"]) for spec in specs) + " |")
+    full = [r for r in results if r["protocol"] == "full"]
+    if full:
+        lines += ["", f"| method | {full[0]['dataset']} accuracy | kept tokens on the spot | random tokens on the spot |",
+                  "|---|---|---|---|"]
+        for r in full:
+            overlap = r.get("part_overlap", {})
+            lines.append(f"| {r['method']} | {_percent(r['accuracy'])} | "
+                         f"{_percent(overlap.get('kept_tokens_on_part'))} | "
+                         f"{_percent(overlap.get('random_tokens_on_part'))} |")
     return "\n".join(lines)
 
 

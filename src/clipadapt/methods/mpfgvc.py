@@ -99,6 +99,8 @@ class MPFGVC:
     class Config:
         ssvp: bool = True
         top_k: int = 0  # patch tokens kept by SsVP; 0: a quarter of them
+        ssvp_layer: int = -2  # whose class-token attention chooses: -2 the penultimate block (the paper), -1 the
+        # last block's own attention over the penultimate block's output
         datp: bool = True
         n_text_tokens: int = 4  # J learned tokens per subcategory
         contrastive: bool = True  # stage 1's image-to-text loss
@@ -120,6 +122,8 @@ class MPFGVC:
     def __init__(self, backbone, config: "MPFGVC.Config"):
         if config.fusion not in FUSIONS:
             raise ClipadaptError(f"fusion must be one of {', '.join(FUSIONS)}, got '{config.fusion}'")
+        if config.ssvp_layer not in (-2, -1):
+            raise ClipadaptError(f"ssvp_layer must be -2 (penultimate block) or -1 (last), got {config.ssvp_layer}")
         if config.datp:
             backbone.context_vectors(config.n_text_tokens)  # fails early when the prompt cannot fit
         self.backbone, self.config = backbone, config
@@ -155,12 +159,13 @@ class MPFGVC:
         blocks = visual.transformer.resblocks
         if len(blocks) < 2:
             raise ClipadaptError("SsVP needs a vision tower with at least two blocks")
-        penultimate = vision_tokens(visual, images, -2, self.backbone.name)
-        x = blocks[-2](penultimate.tokens)
+        chooser = vision_tokens(visual, images, self.config.ssvp_layer, self.backbone.name)
+        # the tokens entering the last block (the chooser block's input, run through it when it is the penultimate)
+        x = chooser.tokens if self.config.ssvp_layer == -1 else blocks[-2](chooser.tokens)
         k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
         if k >= x.shape[1]:
             raise ClipadaptError(f"top_k={k} must be below the {x.shape[1] - 1} patch tokens")
-        kept = ssvp_tokens(penultimate.cls_attention_per_head, k)
+        kept = ssvp_tokens(chooser.cls_attention_per_head, k)
         selected = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
         x = blocks[-1](torch.cat([x[:, :1], selected], dim=1))
         pooled, _ = visual._pool(x)
