@@ -154,3 +154,15 @@ def test_gan_objective_trains_generator_and_critic_in_turn(backbone):
     assert nearest_class_accuracy(ship.synthesize(NEW, per_class=32, progress=False), new_real) > 25  # chance 12.5
     with pytest.raises(ClipadaptError, match="objective must be one of"):
         Ship(backbone, ShipConfig(objective="flow"))
+
+
+def test_synthetic_validation_features_join_the_validation_split(backbone, monkeypatch):
+    train, val = real_features(backbone, BASE, 4, seed=1), real_features(backbone, BASE, 2, seed=3)
+    method = build_method("tip_adapter+ship", backbone, {"ship.epochs": 1, "ship.synthetic_val": True,
+                                                         "ship.synthetic_per_class": 4, **{f"ship.{k}": v for k, v in SMALL.items()}})
+    seen = {}
+    monkeypatch.setattr(method.method, "fit", lambda *args, **kwargs: seen.update(kwargs) or {})
+    method.fit(train, BASE, val=val, unseen_classnames=NEW[:3], progress=False)
+    labels = seen["val"].labels
+    assert len(labels) == len(val) + 3 * 2 and labels[len(val):].tolist() == [8, 8, 9, 9, 10, 10]
+    assert not any(torch.equal(f, g) for f in seen["val"].features[len(val):] for g in seen["synthetic"].features)

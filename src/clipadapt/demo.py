@@ -14,8 +14,6 @@ from .protocols import RunContext, run_protocol, write_metrics
 TARGET = "world:objects"
 CROSS_TARGETS = ("world:patterns", "world:scenes")
 FINE = "world:fine"
-# Shorter than the defaults (30 + 30 epochs) to keep the demo within minutes on 2 CPU cores.
-FINE_TRAINING = (("stage1_epochs", 15), ("stage2_epochs", 15), ("lr", 3e-4), ("head_lr", 3e-3))
 
 
 @dataclass(frozen=True)
@@ -42,8 +40,8 @@ ROWS = (
     DemoRow("zeroshot", "crossdataset", TARGET, (("targets", CROSS_TARGETS),)),
     DemoRow("zeroshot", "full", FINE),
     DemoRow("linear_probe", "full", FINE),
-    DemoRow("finetune", "full", FINE, config=FINE_TRAINING),
-    DemoRow("mpfgvc", "full", FINE, config=FINE_TRAINING),
+    DemoRow("finetune", "full", FINE),
+    DemoRow("mpfgvc", "full", FINE),
 )
 
 

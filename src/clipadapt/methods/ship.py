@@ -62,6 +62,7 @@ class ShipConfig:
     weight_decay: float = 0.01  # AdamW's default, as the official optimizers
     synthetic_ratio: float = 1.0  # synthetic features per real feature in every training batch
     synthetic_per_class: int = 256  # pool of synthesized features per class without data
+    synthetic_val: bool = False  # add held-out synthetic features of those classes to the validation split
     seed: int = 1
     checkpoint_every: int = 200
 
@@ -317,6 +318,14 @@ class WithShip:
         scale = train.features.float().norm(dim=-1).mean()
         self.synthetic = FeatureSet(synthetic.features * scale, synthetic.labels + len(classnames))
         self.synthetic_classnames = list(unseen_classnames)
+        if self.config.synthetic_val and val is not None and len(val):
+            # Held-out synthetic features (other latents) stand in for the validation images the new classes lack,
+            # as many per class as the real classes have, so validation-based choices see every class.
+            per_class = max(1, int(torch.bincount(val.labels).max()))
+            held_out = self.ship.synthesize(list(unseen_classnames), per_class=per_class,
+                                            seed=self.config.seed + 1_000_003, progress=False)
+            val = FeatureSet(torch.cat([val.features.float(), held_out.features * scale]),
+                             torch.cat([val.labels, held_out.labels + len(classnames)]))
         method_summary = self.method.fit(
             train, list(classnames) + list(unseen_classnames), val=val, template_key=template_key,
             out_dir=out_dir / "method" if out_dir else None, progress=progress, synthetic=self.synthetic,
