@@ -9,7 +9,9 @@ import torch
 from clipadapt import ClipadaptError
 from clipadapt.data import load_dataset
 from clipadapt.methods import build_method
-from clipadapt.methods.mpfgvc import VisionLanguageFusion, box_overlap_fraction, patch_boxes, ssvp_tokens
+from clipadapt.methods.mpfgvc import (
+    VisionLanguageFusion, box_in_crop, box_overlap_fraction, patch_boxes, ssvp_tokens,
+)
 from clipadapt.protocols import RunContext, run_protocol
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,6 +89,8 @@ def test_base2new_reports_base_only_and_bad_options(colour_world, tmp_path, back
     assert result["new_accuracy"] is None and result["base_accuracy"] is not None
     with pytest.raises(ClipadaptError, match="fusion must be one of"):
         build_method("mpfgvc", backbone, {"fusion": "sum"})
+    with pytest.raises(ClipadaptError, match="needs contrastive=true"):
+        build_method("mpfgvc", backbone, {"contrastive": False})
     with pytest.raises(ClipadaptError, match="ssvp_layer must be"):
         build_method("mpfgvc", backbone, {"ssvp_layer": 0})
     with pytest.raises(ClipadaptError, match="fit it first"):
@@ -113,3 +117,9 @@ def test_full_protocol_on_the_world_badges_reports_part_overlap(backbone, tmp_pa
     assert overlap["tokens_kept"] == 4 and overlap["tokens"] == 16
     assert 0 <= overlap["kept_tokens_on_part"] <= 100 and 0 < overlap["random_tokens_on_part"] < 100
     assert method.superclass == "badge"
+
+
+def test_part_boxes_follow_clips_resize_and_centre_crop():
+    assert box_in_crop([16, 16, 24, 24], 64, 64, 32) == [8.0, 8.0, 12.0, 12.0]
+    # 128 x 64: the shorter side goes to 32 (scale 0.5), the width to 64, of which the centre 32 are kept
+    assert box_in_crop([40, 0, 48, 8], 128, 64, 32) == [4.0, 0.0, 8.0, 4.0]

@@ -388,10 +388,12 @@ class Backbone(nn.Module):
         n_cls, n_ctx = len(classnames), ctx.shape[-2]
         ids, ctx_mask, ctx_index, eot_index = self._prompt_layout(classnames, n_ctx, class_token_position)
         if class_index is not None:
+            if class_index.ndim != 1:
+                raise ClipadaptError(f"class_index must be 1-D, got shape {tuple(class_index.shape)}")
+            low, high = (int(class_index.min()), int(class_index.max())) if len(class_index) else (0, 0)
+            if low < 0 or high >= n_cls:
+                raise ClipadaptError(f"class_index values must lie in [0, {n_cls}), got {low}..{high}")
             class_index = class_index.to(self.device)
-            if class_index.ndim != 1 or (len(class_index) and not 0 <= int(class_index.min()) <= int(class_index.max()) < n_cls):
-                raise ClipadaptError(f"class_index must be 1-D labels in [0, {n_cls}), got shape "
-                                     f"{tuple(class_index.shape)}")
             eot_index = eot_index[class_index]
             length = int(eot_index.max()) + 1 if len(class_index) else 1  # the longest of these names only
             ids, ctx_mask, ctx_index = (t[class_index, :length] for t in (ids, ctx_mask, ctx_index))

@@ -68,7 +68,10 @@ def load_method_weights(path: str | Path, method: str) -> tuple[dict[str, torch.
         raise CheckpointError(f"cannot read {method} weights from {path}: {e}") from e
     if header.get("method") != method:
         raise CheckpointError(f"{path} holds no {method} weights")
-    return tensors, {k: (v if k == "method" else json.loads(v)) for k, v in header.items()}
+    try:
+        return tensors, {k: (v if k == "method" else json.loads(v)) for k, v in header.items()}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the {method} weights' header is not what clipadapt writes: {e}") from e
 
 
 def optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -253,8 +253,8 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     run_config = args.run_dir / "config.yaml"
     if model is None and pretrained is None and run_config.is_file():  # the weights the run used
         recorded = yaml.safe_load(run_config.read_text()) or {}
-        if recorded.get("pretrained") not in (None, DEFAULT_WEIGHTS.name):
-            model, pretrained = recorded.get("model"), recorded["pretrained"]
+        if recorded.get("pretrained") != DEFAULT_WEIGHTS.name:  # not the shipped model: what the run named
+            model, pretrained = recorded.get("model"), recorded.get("pretrained")
     backbone = load_backbone(model, pretrained, device=args.device)
     report = {}
     for path in files:

@@ -3,11 +3,14 @@ shipped tiny CLIP, as one table. Each row is an ordinary `clipadapt run` whose m
 folder, so the numbers can be reproduced one command at a time."""
 from __future__ import annotations
 
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backbone import load_backbone
 from .data import load_dataset
+from .errors import CheckpointError
 from .methods import build_method
 from .protocols import RunContext, run_protocol, write_metrics
 
@@ -78,6 +81,11 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _run_row(row: DemoRow, ctx: RunContext) -> dict:
+    method = build_method(row.method, ctx.backbone, dict(row.config), seed=1)
+    return run_protocol(row.protocol, method, ctx, load_dataset(row.dataset), **dict(row.options))
+
+
 def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, progress: bool = True) -> str:
     """Run every demo row, write each row's metrics.json and `results.md`, return the table."""
     out_dir = Path(out_dir)
@@ -85,9 +93,14 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
     ctx = RunContext(backbone, cache_dir=cache_dir, progress=progress)
     results = []
     for row in ROWS:
-        method = build_method(row.method, backbone, dict(row.config), seed=1)
         ctx.out_dir = out_dir / f"{row.method}-{row.protocol}"
-        metrics = run_protocol(row.protocol, method, ctx, load_dataset(row.dataset), **dict(row.options))
+        try:
+            metrics = _run_row(row, ctx)
+        except CheckpointError as e:
+            # A demo folder from another version or configuration: its rows are reproducible, so start them over.
+            print(f"{ctx.out_dir}: {e}; starting this row over", file=sys.stderr)
+            shutil.rmtree(ctx.out_dir)
+            metrics = _run_row(row, ctx)
         metrics = {"method": row.method, "dataset": row.dataset, "protocol": row.protocol, **metrics}
         write_metrics(ctx.out_dir, metrics)
         results.append(metrics)

@@ -138,7 +138,7 @@ def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSpl
     """For token-selecting methods (MP-FGVC's SsVP) on data sets that know where each image's discriminative part
     is (the world's badges), how often the kept tokens land on it, under `part_overlap`."""
     marks = splits.root / "marks.json"
-    if not hasattr(method, "kept_token_overlap") or not getattr(method.config, "ssvp", False) or not marks.is_file():
+    if not getattr(method, "selects_tokens", False) or not marks.is_file():
         return result
     boxes = read_marks(splits.root.parent)
     test = [s for s in splits.test if s.path in boxes]

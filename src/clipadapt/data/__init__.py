@@ -9,6 +9,7 @@ from .datasets import (
     find_unreadable_images,
     load_dataset,
     load_image,
+    load_image_size,
     register_dataset,
 )
 from .splits import base_new_split, fewshot, select_classes, split_fingerprint
@@ -26,6 +27,7 @@ __all__ = [
     "find_unreadable_images",
     "load_dataset",
     "load_image",
+    "load_image_size",
     "register_dataset",
     "select_classes",
     "split_fingerprint",

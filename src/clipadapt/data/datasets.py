@@ -99,6 +99,15 @@ def load_image(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {_failure_reason(Path(path), exc)}") from exc
 
 
+def load_image_size(path: Path) -> tuple[int, int]:
+    """(width, height) read from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as exc:  # as load_image: PIL raises many types on malformed input
+        raise DataError(f"cannot read image {path}: {_failure_reason(Path(path), exc)}") from exc
+
+
 def find_unreadable_images(samples: Sequence[Sample], progress: bool = False) -> list[tuple[Sample, str]]:
     """Decode every sample's image; return (sample, reason) for each one that fails."""
 

@@ -4,6 +4,15 @@ A method class has a `Config` dataclass, is built as `Method(backbone, config)`,
 `logits(features, classnames, template_key=None)` on image features; methods that learn also have
 `fit(train, classnames, val=None, template_key=None, out_dir=None, progress=True) -> dict` on cached features
 (`out_dir` takes their checkpoints or weights; the returned summary goes into metrics.json as `training`).
+Optional parts of the interface, which the protocols look for:
+- `fit(..., synthetic=None, synthetic_ratio=1.0)`: trains with generated features mixed into every batch (what
+  `METHOD+ship` needs); `uses_unseen_classnames = True`: `fit` also gets `unseen_classnames`, the names of the
+  classes the protocol tests without training data (names only).
+- `scores_unseen_classes = False`: scores only its training classes (base2new reports base accuracy only).
+- `fit_images(splits, out_dir, progress, num_workers)` and `image_logits(samples, classnames, ...)` instead of
+  `fit`/`logits`: the method tunes its image encoder, so it trains and predicts on images (MP-FGVC).
+- `synthesis_quality(real, classnames)`, `selects_tokens` with `kept_token_overlap(samples, parts)`:
+  diagnostics written to metrics.json.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ resized crop 0.5-1 and flip; a crop can cut a world badge's small spot out of th
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -43,13 +44,15 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from ..backbone import vision_tokens
-from ..data import DatasetSplits, ImageDataset, Sample, load_image
+from ..data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
 from ..engine import Trainer, cosine_lr, frozen, load_batch, param_groups
 from ..errors import ClipadaptError
-from ..text import zeroshot_weights
+from ..text import TextClassifier
 from . import register_method
 
 FUSIONS = ("vlfm", "concat", "none")
+TEMPLATE = "a photo of a {}."
+PRELOAD_BYTES = 2 << 30
 DEFAULT_SUPERCLASS = "object"
 
 
@@ -76,14 +79,20 @@ class VisionLanguageFusion(nn.Module):
 
     def attention(self, visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """S [B, 1 + C]: how much the fused embedding takes from E_V (column 0) and from each E_T^c."""
-        tokens = torch.cat([visual[:, None], text.expand(len(visual), *text.shape)], dim=1)  # [B, 1 + C, D]
+        return self._attention(visual, self._tokens(visual, text))
+
+    @staticmethod
+    def _tokens(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return torch.cat([visual[:, None], text.expand(len(visual), *text.shape)], dim=1)  # [B, 1 + C, D]
+
+    def _attention(self, visual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         scores = (self.query(visual)[:, None] * self.key(tokens)).sum(dim=-1) / math.sqrt(visual.shape[-1])
         return scores.softmax(dim=-1)
 
     def forward(self, visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         if self.fusion == "vlfm":
-            tokens = torch.cat([visual[:, None], text.expand(len(visual), *text.shape)], dim=1)
-            fused = (self.attention(visual, text)[..., None] * self.value(tokens)).sum(dim=1)
+            tokens = self._tokens(visual, text)
+            fused = (self._attention(visual, tokens)[..., None] * self.value(tokens)).sum(dim=1)
         else:
             fused = self.merge(torch.cat([visual, text.reshape(1, -1).expand(len(visual), -1)], dim=-1))
         return self.classifier(self.translation(fused))
@@ -123,12 +132,19 @@ class MPFGVC:
     def __init__(self, backbone, config: "MPFGVC.Config"):
         if config.fusion not in FUSIONS:
             raise ClipadaptError(f"fusion must be one of {', '.join(FUSIONS)}, got '{config.fusion}'")
+        if config.datp and not config.contrastive:
+            raise ClipadaptError("datp=true learns its prompt tokens through the contrastive loss: it needs "
+                                 "contrastive=true (or datp=false)")
+        if min(config.lr, config.head_lr) <= 0 or config.top_k < 0:
+            raise ClipadaptError("lr and head_lr must be positive and top_k at least 0 (0: a quarter of the patches)")
         if config.ssvp_layer not in (-2, -1):
             raise ClipadaptError(f"ssvp_layer must be -2 (penultimate block) or -1 (last), got {config.ssvp_layer}")
         if config.datp:
             backbone.context_vectors(config.n_text_tokens)  # fails early when the prompt cannot fit
         self.backbone, self.config = backbone, config
+        self.template_text = TextClassifier(backbone, TEMPLATE)  # the frozen prompts of datp=false
         self.classnames: list[str] = []
+        self._train_samples: list[Sample] = []
         self.superclass = ""
         self.model: nn.ModuleDict | None = None
         self.history: dict = {}
@@ -164,8 +180,8 @@ class MPFGVC:
         # the tokens entering the last block (the chooser block's input, run through it when it is the penultimate)
         x = chooser.tokens if self.config.ssvp_layer == -1 else blocks[-2](chooser.tokens)
         k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
-        if k >= x.shape[1]:
-            raise ClipadaptError(f"top_k={k} must be below the {x.shape[1] - 1} patch tokens")
+        if k > x.shape[1] - 1:
+            raise ClipadaptError(f"top_k={k} is more than the {x.shape[1] - 1} patch tokens")
         kept = ssvp_tokens(chooser.cls_attention_per_head, k)
         selected = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
         x = blocks[-1](torch.cat([x[:, :1], selected], dim=1))
@@ -176,7 +192,7 @@ class MPFGVC:
     def text_embeddings(self) -> torch.Tensor:
         """E_T [C, D], unit norm: DaTP's prompts `[X^c_1..X^c_J] <superclass>`, or the frozen template."""
         if not self.config.datp:
-            return zeroshot_weights(self.backbone, self.classnames, ["a photo of a {}."])
+            return self.template_text(self.classnames)
         ctx = self.model["prompts"]["ctx"]
         index = torch.zeros(len(ctx), dtype=torch.long)
         return self.backbone.encode_prompted_text(ctx, [self.superclass], normalize=True, class_index=index).float()
@@ -203,7 +219,9 @@ class MPFGVC:
             for b in range(offset, steps_per_epoch):
                 yield order[b * self.config.batch_size:(b + 1) * self.config.batch_size]
 
-        fingerprint = json.dumps([asdict(self.config), self.classnames, self.superclass, name], sort_keys=True)
+        data = hashlib.sha256("\n".join(f"{s.path}\t{s.label}" for s in self._train_samples).encode()).hexdigest()
+        fingerprint = json.dumps([asdict(self.config), self.classnames, self.superclass, name,
+                                  self.backbone.fingerprint(), data], sort_keys=True)
         trainer = Trainer(trainable, torch.optim.AdamW(groups), total_steps=epochs * steps_per_epoch,
                           steps_per_epoch=steps_per_epoch,
                           lr_at=lambda step: cosine_lr(step, epochs * steps_per_epoch,
@@ -227,11 +245,14 @@ class MPFGVC:
         self.model = self._build(self.classnames, superclass)
         out_dir = Path(out_dir) if out_dir is not None else None
         config, samples = self.config, splits.train
+        self._train_samples = samples
         labels = torch.tensor([s.label for s in samples])
         transform = self._train_transform()
         model = self.model
-        # Without augmentation every epoch sees the same tensors: decode and transform each image once.
-        fixed = None if config.augment else torch.stack([
+        # Without augmentation every epoch sees the same tensors: decode and transform each image once, when they
+        # fit in PRELOAD_BYTES (a world data set does; Food-101 at 224 px would take 45 GB).
+        size = len(samples) * 3 * self.backbone.image_size ** 2 * 4
+        fixed = None if config.augment or size > PRELOAD_BYTES else torch.stack([
             transform(load_image(s.path)) for s in tqdm(samples, desc="mpfgvc load", disable=not progress)])
 
         def stage1_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
@@ -286,24 +307,25 @@ class MPFGVC:
             return embeddings, (torch.cat(kept) if kept[0] is not None else None)
         return embeddings
 
+    @property
+    def selects_tokens(self) -> bool:
+        """Whether SsVP chooses tokens (what `kept_token_overlap` measures)."""
+        return self.config.ssvp
+
     @torch.no_grad()
     def kept_token_overlap(self, samples: Sequence[Sample], parts: Sequence[tuple[int, int, int, int]],
                            progress: bool = False) -> dict:
         """Where SsVP looks: the percentage of kept patch tokens that overlap each image's discriminative part
-        (a box in the image's pixels, which must be the model's input size) vs the percentage for randomly kept
-        tokens (all patches). Images whose size differs from the model's are rejected rather than rescaled."""
+        (a box in the image's own pixels, mapped through CLIP's resize of the shorter side and centre crop) vs
+        the percentage for randomly kept tokens (all patches)."""
         if self.model is None or not self.config.ssvp:
             raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
+        size = self.backbone.image_size
+        mapped = [box_in_crop(box, *load_image_size(sample.path), size) for sample, box in zip(samples, parts)]
         _, kept = self._embed_samples(samples, progress, return_kept=True)
-        visual = self.model["visual"]
-        grid = visual.grid_size[0]
-        boxes = patch_boxes(grid, self.backbone.image_size)
-        sizes = {load_image(s.path).size for s in samples[:8]}
-        if sizes != {(self.backbone.image_size, self.backbone.image_size)}:
-            raise ClipadaptError(f"part boxes are in image pixels; these images are {sorted(sizes)}, the model "
-                                 f"reads {self.backbone.image_size} px")
-        kept_fraction, random_fraction = box_overlap_fraction(kept.cpu(), boxes,
-                                                               torch.tensor(parts, dtype=torch.float32))
+        grid = self.model["visual"].grid_size[0]
+        kept_fraction, random_fraction = box_overlap_fraction(kept.cpu(), patch_boxes(grid, size),
+                                                               torch.tensor(mapped, dtype=torch.float32))
         return {"kept_tokens_on_part": kept_fraction, "random_tokens_on_part": random_fraction,
                 "tokens_kept": kept.shape[1], "tokens": grid * grid}
 
@@ -328,6 +350,15 @@ def patch_boxes(grid: int, image_size: int) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     x0, y0 = cols.flatten() * size, rows.flatten() * size
     return torch.stack([x0, y0, x0 + size, y0 + size], dim=1)
+
+
+def box_in_crop(box: Sequence[float], width: int, height: int, size: int) -> list[float]:
+    """`box` (x0, y0, x1, y1 in a width x height image) in the model's input after CLIP's preprocessing: the
+    shorter side resized to `size`, then the centre `size` x `size` crop."""
+    scale = size / min(width, height)
+    dx, dy = (width * scale - size) / 2, (height * scale - size) / 2
+    x0, y0, x1, y1 = box
+    return [x0 * scale - dx, y0 * scale - dy, x1 * scale - dx, y1 * scale - dy]
 
 
 def box_overlap_fraction(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -> tuple[float, float]:

@@ -23,6 +23,7 @@ Options go after the method's own as `ship.KEY=VALUE`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -63,6 +64,7 @@ class ShipConfig:
     synthetic_ratio: float = 1.0  # synthetic features per real feature in every training batch
     synthetic_per_class: int = 256  # pool of synthesized features per class without data
     synthetic_val: bool = False  # add held-out synthetic features of those classes to the validation split
+    # (matters to methods that choose on it: tip_adapter's search, select=val)
     seed: int = 1
     checkpoint_every: int = 200
 
@@ -193,8 +195,13 @@ class Ship:
         betas = (0.5, 0.9) if self.config.objective == "gan" else (0.9, 0.999)  # WGAN-GP's Adam betas
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr,
                                       betas=betas, weight_decay=self.config.weight_decay)
-        fingerprint = json.dumps([asdict(self.config), classnames, self.backbone.fingerprint(),
-                                  train.labels.tolist(), float(train.features.float().sum())], sort_keys=True)
+        # What shapes the generator's training (not what is done with it afterwards), and the exact data.
+        trained_by = {k: v for k, v in asdict(self.config).items()
+                      if k not in ("synthetic_ratio", "synthetic_per_class", "synthetic_val", "checkpoint_every")}
+        data = hashlib.sha256(train.labels.cpu().numpy().tobytes())
+        data.update(train.features.float().cpu().numpy().tobytes())
+        fingerprint = json.dumps([trained_by, classnames, self.backbone.fingerprint(), data.hexdigest()],
+                                 sort_keys=True)
         trainer = Trainer(self.model, optimizer, total_steps=self.config.epochs * steps_per_epoch,
                           steps_per_epoch=steps_per_epoch, lr_at=lambda step: self.config.lr, out_dir=out_dir,
                           run_fingerprint=fingerprint, checkpoint_every=self.config.checkpoint_every,
@@ -255,9 +262,13 @@ class Ship:
     @classmethod
     def from_file(cls, backbone, path: str | Path) -> "Ship":
         """A SHIP model as `save` wrote it, with the config stored in the file."""
-        _, metadata = load_method_weights(path, "ship")
-        ship = cls(backbone, ShipConfig(**metadata["config"]))
-        ship.load(path)
+        tensors, metadata = load_method_weights(path, "ship")
+        try:
+            config = ShipConfig(**metadata["config"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: the stored ship config does not fit this version: {e}") from e
+        ship = cls(backbone, config)
+        ship._load_tensors(tensors, path)
         return ship
 
     def save(self, path: str | Path) -> None:
@@ -265,12 +276,13 @@ class Ship:
         save_method_weights(path, self.model.state_dict(), "ship", self.config)
 
     def load(self, path: str | Path) -> None:
-        tensors, metadata = load_method_weights(path, "ship")
+        self._load_tensors(load_method_weights(path, "ship")[0], path)
+
+    def _load_tensors(self, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
         expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != found:
-            raise CheckpointError(f"the ship weights in {path} do not fit this backbone and config "
-                                  f"(saved with {metadata['config']})")
+            raise CheckpointError(f"the ship weights in {path} do not fit this backbone and config")
         self.model.load_state_dict(tensors)
 
 
@@ -300,6 +312,7 @@ class WithShip:
         self.ship = Ship(backbone, config)
         self.synthetic: FeatureSet | None = None
         self.synthetic_classnames: list[str] = []
+        self.num_real_classes = 0
 
     def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
             template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
@@ -318,6 +331,7 @@ class WithShip:
         scale = train.features.float().norm(dim=-1).mean()
         self.synthetic = FeatureSet(synthetic.features * scale, synthetic.labels + len(classnames))
         self.synthetic_classnames = list(unseen_classnames)
+        self.num_real_classes = len(classnames)
         if self.config.synthetic_val and val is not None and len(val):
             # Held-out synthetic features (other latents) stand in for the validation images the new classes lack,
             # as many per class as the real classes have, so validation-based choices see every class.
@@ -349,7 +363,7 @@ class WithShip:
         names = [n for c, n in enumerate(classnames) if n in index and c in present]
         if not names:
             return {}
-        offset = len(self.synthetic.labels) and int(self.synthetic.labels.min())
+        offset = self.num_real_classes  # synthetic labels follow the real classes in the joint label space
         mapping = torch.full((len(self.synthetic_classnames),), -1, dtype=torch.long)
         for i, name in enumerate(names):
             mapping[index[name]] = i

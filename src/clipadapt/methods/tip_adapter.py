@@ -44,8 +44,8 @@ def search_grid(scale: float, steps: int) -> list[float]:
 class TipAdapter:
     @dataclass
     class Config:
-        alpha: float = 1.0  # weight of the cache logits (the value searched from, and trained with)
-        beta: float = 1.0  # sharpness of the cache affinity
+        alpha: float = 1.0  # weight of the cache logits (used without search, and while Tip-Adapter-F trains)
+        beta: float = 1.0  # sharpness of the cache affinity (likewise)
         search: bool = True  # grid-search alpha and beta on the validation split
         beta_scale: float = 7.0
         beta_steps: int = 200
