@@ -123,3 +123,17 @@ def test_part_boxes_follow_clips_resize_and_centre_crop():
     assert box_in_crop([16, 16, 24, 24], 64, 64, 32) == [8.0, 8.0, 12.0, 12.0]
     # 128 x 64: the shorter side goes to 32 (scale 0.5), the width to 64, of which the centre 32 are kept
     assert box_in_crop([40, 0, 48, 8], 128, 64, 32) == [4.0, 0.0, 8.0, 4.0]
+
+
+def test_datp_tokens_start_random_or_from_the_class_names(backbone):
+    names = ["red badge", "a very long blue badge name"]
+    method = build_method("mpfgvc", backbone, {"datp_init": "name"})
+    method.classnames, method.model = names, method._build(names, "badge")
+    ctx = method.model["prompts"]["ctx"].detach()
+    torch.testing.assert_close(ctx[0, :2], backbone.embed_words("red badge"))
+    torch.testing.assert_close(ctx[1], backbone.embed_words(names[1])[:4])  # the first J = 4 tokens
+    assert ctx[0, 2:].abs().max() < 0.2  # the rest: N(0, 0.02)
+    random = build_method("mpfgvc", backbone)
+    assert random._initial_prompts(names).abs().max() < 0.2
+    with pytest.raises(ClipadaptError, match="datp_init"):
+        build_method("mpfgvc", backbone, {"datp_init": "words"})

@@ -113,6 +113,7 @@ class MPFGVC:
         # last block's own attention over the penultimate block's output
         datp: bool = True
         n_text_tokens: int = 4  # J learned tokens per subcategory
+        datp_init: str = "random"  # random (N(0, 0.02), the paper) | name (from the subcategory name's tokens)
         contrastive: bool = True  # stage 1's image-to-text loss
         temperature: float = 0.07
         fusion: str = "vlfm"  # vlfm | concat | none
@@ -137,6 +138,8 @@ class MPFGVC:
                                  "contrastive=true (or datp=false)")
         if min(config.lr, config.head_lr) <= 0 or config.top_k < 0:
             raise ClipadaptError("lr and head_lr must be positive and top_k at least 0 (0: a quarter of the patches)")
+        if config.datp_init not in ("random", "name"):
+            raise ClipadaptError(f"datp_init must be random or name, got '{config.datp_init}'")
         if config.ssvp_layer not in (-2, -1):
             raise ClipadaptError(f"ssvp_layer must be -2 (penultimate block) or -1 (last), got {config.ssvp_layer}")
         if config.datp:
@@ -159,13 +162,23 @@ class MPFGVC:
                 "head": nn.Linear(backbone.embed_dim, len(classnames)),
             })
             if config.datp:
-                model["prompts"] = nn.ParameterDict({"ctx": nn.Parameter(
-                    torch.randn(len(classnames), config.n_text_tokens, backbone.text_width) * 0.02)})
+                model["prompts"] = nn.ParameterDict({"ctx": nn.Parameter(self._initial_prompts(classnames))})
             if config.fusion != "none":
                 model["fusion"] = VisionLanguageFusion(backbone.embed_dim, len(classnames), config.expansion,
                                                        config.fusion)
         self.superclass = superclass
         return model.to(backbone.device)
+
+    def _initial_prompts(self, classnames: Sequence[str]) -> torch.Tensor:
+        """DaTP's tokens [C, J, width]: N(0, 0.02) (the paper), or with `datp_init=name` each class's first J
+        name-token embeddings (the rest random), so the prompts start apart instead of all reading "<superclass>"."""
+        config, backbone = self.config, self.backbone
+        ctx = torch.randn(len(classnames), config.n_text_tokens, backbone.text_width) * 0.02
+        if config.datp_init == "name":
+            for c, name in enumerate(classnames):
+                words = backbone.embed_words(name)[:config.n_text_tokens].float().cpu()
+                ctx[c, :len(words)] = words
+        return ctx
 
     def encode_images(self, images: torch.Tensor, return_kept: bool = False):
         """E_V [B, D] from the tuned encoder, with SsVP before the last block (and the kept token indices)."""
