@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from clipadapt import ClipadaptError
+from clipadapt import CheckpointError, ClipadaptError
 from clipadapt.data import load_dataset
 from clipadapt.methods import build_method
 from clipadapt.methods.mpfgvc import (
@@ -31,7 +31,7 @@ def test_ssvp_with_every_token_kept_is_the_plain_encoder(backbone, layer):
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         selected, kept = method.encode_images(images, return_kept=True)
-        plain = method.model["visual"](images)
+        plain = backbone.model.visual(images)  # the tuned copy starts as the backbone's tower
     assert kept.shape == (3, 16) and sorted(kept[0].tolist()) == list(range(1, 17))
     torch.testing.assert_close(selected, plain, atol=1e-5, rtol=0)  # attention is order-free without positions
     method.config.top_k = 4
@@ -137,3 +137,39 @@ def test_datp_tokens_start_random_or_from_the_class_names(backbone):
     assert random._initial_prompts(names).abs().max() < 0.2
     with pytest.raises(ClipadaptError, match="datp_init"):
         build_method("mpfgvc", backbone, {"datp_init": "words"})
+
+
+def test_timm_vit_encoder_from_a_local_weights_file(colour_world, backbone, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)  # with a head, as released
+    weights = tmp_path / "vit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    config = {**FAST, "image_encoder": "timm:vit_tiny_patch16_224", "image_encoder_weights": str(weights),
+              "stage1_epochs": 1, "stage2_epochs": 1, "top_k": 8}
+    fresh = build_method("mpfgvc", backbone, config)._build(["a"], "x")["visual"]
+    assert torch.equal(fresh.vit.blocks[1].attn.qkv.weight, reference.blocks[1].attn.qkv.weight)  # loaded
+    method = build_method("mpfgvc", backbone, config)
+    root, _ = colour_world
+    ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)
+    result = run_protocol("full", method, ctx, load_dataset(f"imagefolder:{root}"))
+    tower = method.model["visual"]
+    assert tower.image_size == 224 and tower.grid == 14 and tower.proj.out_features == backbone.embed_dim
+    assert result["training"]["stage2"]["steps"] == 2 and 0 <= result["accuracy"] <= 100
+    # cls attention recomputed from the block equals timm's own attention (unfused) on the same input
+    x = tower.embed(torch.randn(2, 3, 224, 224))
+    block = tower.blocks[0]
+    block.attn.fused_attn = False
+    captured = {}
+    handle = block.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.setdefault("attn", o))
+    with torch.no_grad():
+        block.attn(block.norm1(x))
+        mine = tower.cls_attention(block, x)
+    handle.remove()
+    torch.testing.assert_close(mine, captured["attn"][:, :, 0], atol=1e-5, rtol=0)
+    bad = tmp_path / "bad.safetensors"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, str(bad))
+    with pytest.raises(CheckpointError, match="does not fit timm model"):
+        build_method("mpfgvc", backbone, {**config, "image_encoder_weights": str(bad)})._build(["a"], "x")

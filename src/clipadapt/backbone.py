@@ -214,7 +214,13 @@ def vision_tokens(visual: nn.Module, images: torch.Tensor, layer: int, name: str
     x = visual._embeds(images)
     for block in blocks[:layer]:
         x = block(x)
-    block = blocks[layer]
+    per_head = cls_attention(blocks[layer], x, name)
+    return ImageTokens(tokens=x, cls_attention=per_head.mean(dim=1), cls_attention_per_head=per_head)
+
+
+def cls_attention(block: nn.Module, x: torch.Tensor, name: str = "model") -> torch.Tensor:
+    """[B, heads, N]: the class token's attention over the tokens `x` [B, N, width] in open_clip residual block
+    `block`, recomputed from the block's own layer norm and q/k projections."""
     if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
         raise ClipadaptError(f"model '{name}' uses custom attention blocks; token attention needs standard ones")
     attn = block.attn
@@ -225,8 +231,7 @@ def vision_tokens(visual: nn.Module, images: torch.Tensor, layer: int, name: str
     q = F.linear(y[:, :1], q_weight, q_bias).view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
     k = F.linear(y, k_weight, k_bias).view(x.shape[0], -1, heads, width // heads).transpose(1, 2)
     scores = (q @ k.transpose(-1, -2)) / (width // heads) ** 0.5  # [B, heads, 1, N]
-    per_head = scores.softmax(dim=-1).squeeze(2)
-    return ImageTokens(tokens=x, cls_attention=per_head.mean(dim=1), cls_attention_per_head=per_head)
+    return scores.softmax(dim=-1).squeeze(2)
 
 
 class Backbone(nn.Module):

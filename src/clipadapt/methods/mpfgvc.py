@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,10 +44,10 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ..backbone import vision_tokens
+from ..backbone import cls_attention, read_state_dict
 from ..data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
 from ..engine import Trainer, cosine_lr, frozen, load_batch, param_groups
-from ..errors import ClipadaptError
+from ..errors import CheckpointError, ClipadaptError
 from ..text import TextClassifier
 from . import register_method
 
@@ -61,6 +62,89 @@ def ssvp_tokens(attention_per_head: torch.Tensor, k: int) -> torch.Tensor:
     attention summed over heads: SsVP's id = TopK(sum_m A^m)."""
     scores = attention_per_head.sum(dim=1)[:, 1:]
     return scores.topk(k, dim=-1).indices + 1
+
+
+class ClipTower(nn.Module):
+    """A tuned copy of the backbone's open_clip ViT tower, seen as embed -> blocks -> pool."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        visual = backbone.model.visual
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise ClipadaptError(f"model '{backbone.name}' has no ViT image tower; mpfgvc needs one")
+        self.visual = copy.deepcopy(visual).float()
+        self.name, self.image_size, self.grid = backbone.name, backbone.image_size, visual.grid_size[0]
+        self._transform = backbone.image_transform()
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    def transform(self):
+        return self._transform
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual._embeds(images)
+
+    def cls_attention(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return cls_attention(block, x, self.name)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, _ = self.visual._pool(x)
+        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+
+class TimmTower(nn.Module):
+    """A timm ViT (e.g. `vit_base_patch16_224`, ImageNet-21k weights as the paper) from a local weights file, its
+    class token projected to the CLIP embedding size by a new linear layer so that it meets the text prompts."""
+
+    def __init__(self, name: str, weights: str, embed_dim: int):
+        super().__init__()
+        import timm  # a slow import, needed by this option only
+        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+        except RuntimeError as e:  # timm's error for unknown names
+            raise ClipadaptError(f"unknown timm model '{name}': {e}") from e
+        if not isinstance(model, VisionTransformer) or model.num_prefix_tokens != 1 or model.global_pool != "token":
+            raise ClipadaptError(f"timm model '{name}' must be a ViT with one class token and class-token pooling")
+        if weights:
+            state_dict, _ = read_state_dict(weights)
+            state_dict = checkpoint_filter_fn(state_dict, model)  # resamples position embeddings, maps npz names
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+            try:
+                missing, unexpected = model.load_state_dict(state_dict, strict=False)
+            except RuntimeError as e:  # mis-shaped tensors
+                raise CheckpointError(f"{weights} does not fit timm model '{name}': {str(e).splitlines()[-1].strip()}")
+            if missing or unexpected:
+                raise CheckpointError(f"{weights} does not fit timm model '{name}': missing {missing[:5]}, "
+                                      f"unexpected {unexpected[:5]}")
+        self.vit, self.name = model, name
+        self.image_size, self.grid = model.patch_embed.img_size[0], model.patch_embed.grid_size[0]
+        self.proj = nn.Linear(model.embed_dim, embed_dim, bias=False)
+        config = timm.data.resolve_data_config({}, model=model)
+        self._transform = timm.data.create_transform(**config)
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.vit.blocks
+
+    def transform(self):
+        return self._transform
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vit.norm_pre(self.vit._pos_embed(self.vit.patch_embed(images)))
+
+    def cls_attention(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        attn = block.attn
+        qkv = attn.qkv(block.norm1(x)).reshape(x.shape[0], x.shape[1], 3, attn.num_heads, attn.head_dim)
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        return ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.vit.fc_norm(self.vit.norm(x)[:, 0]))
 
 
 class VisionLanguageFusion(nn.Module):
@@ -107,6 +191,8 @@ class MPFGVC:
 
     @dataclass
     class Config:
+        image_encoder: str = "clip"  # clip (the backbone's vision tower) | timm:NAME (e.g. timm:vit_base_patch16_224)
+        image_encoder_weights: str = ""  # timm: a local weights file (.safetensors, .pth, .bin); "": random init
         ssvp: bool = True
         top_k: int = 0  # patch tokens kept by SsVP; 0: a quarter of them
         ssvp_layer: int = -2  # whose class-token attention chooses: -2 the penultimate block (the paper), -1 the
@@ -138,6 +224,8 @@ class MPFGVC:
                                  "contrastive=true (or datp=false)")
         if min(config.lr, config.head_lr) <= 0 or config.top_k < 0:
             raise ClipadaptError("lr and head_lr must be positive and top_k at least 0 (0: a quarter of the patches)")
+        if config.image_encoder != "clip" and not config.image_encoder.startswith("timm:"):
+            raise ClipadaptError(f"image_encoder must be clip or timm:NAME, got '{config.image_encoder}'")
         if config.datp_init not in ("random", "name"):
             raise ClipadaptError(f"datp_init must be random or name, got '{config.datp_init}'")
         if config.ssvp_layer not in (-2, -1):
@@ -157,8 +245,13 @@ class MPFGVC:
         backbone, config = self.backbone, self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
+            if config.image_encoder == "clip":
+                tower = ClipTower(backbone)
+            else:
+                tower = TimmTower(config.image_encoder.removeprefix("timm:"), config.image_encoder_weights,
+                                  backbone.embed_dim)
             model = nn.ModuleDict({
-                "visual": copy.deepcopy(backbone.model.visual).float(),
+                "visual": tower,
                 "head": nn.Linear(backbone.embed_dim, len(classnames)),
             })
             if config.datp:
@@ -182,24 +275,31 @@ class MPFGVC:
 
     def encode_images(self, images: torch.Tensor, return_kept: bool = False):
         """E_V [B, D] from the tuned encoder, with SsVP before the last block (and the kept token indices)."""
-        visual = self.model["visual"]
-        images = images.to(self.backbone.device)
+        tower = self.model["visual"]
+        blocks = tower.blocks
+        x = tower.embed(images.to(self.backbone.device))
+        kept = None
         if not self.config.ssvp:
-            return (visual(images), None) if return_kept else visual(images)
-        blocks = visual.transformer.resblocks
-        if len(blocks) < 2:
-            raise ClipadaptError("SsVP needs a vision tower with at least two blocks")
-        chooser = vision_tokens(visual, images, self.config.ssvp_layer, self.backbone.name)
-        # the tokens entering the last block (the chooser block's input, run through it when it is the penultimate)
-        x = chooser.tokens if self.config.ssvp_layer == -1 else blocks[-2](chooser.tokens)
-        k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
-        if k > x.shape[1] - 1:
-            raise ClipadaptError(f"top_k={k} is more than the {x.shape[1] - 1} patch tokens")
-        kept = ssvp_tokens(chooser.cls_attention_per_head, k)
-        selected = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
-        x = blocks[-1](torch.cat([x[:, :1], selected], dim=1))
-        pooled, _ = visual._pool(x)
-        embedding = pooled @ visual.proj if visual.proj is not None else pooled
+            for block in blocks:
+                x = block(x)
+        else:
+            if len(blocks) < 2:
+                raise ClipadaptError("SsVP needs a vision tower with at least two blocks")
+            for block in blocks[:-2]:
+                x = block(x)
+            if self.config.ssvp_layer == -2:  # the penultimate block's attention chooses (the paper)
+                attention = tower.cls_attention(blocks[-2], x)
+                x = blocks[-2](x)
+            else:  # the last block's own attention over the penultimate block's output
+                x = blocks[-2](x)
+                attention = tower.cls_attention(blocks[-1], x)
+            k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
+            if k > x.shape[1] - 1:
+                raise ClipadaptError(f"top_k={k} is more than the {x.shape[1] - 1} patch tokens")
+            kept = ssvp_tokens(attention, k)
+            selected = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
+            x = blocks[-1](torch.cat([x[:, :1], selected], dim=1))
+        embedding = tower.pool(x)
         return (embedding, kept) if return_kept else embedding
 
     def text_embeddings(self) -> torch.Tensor:
@@ -212,12 +312,12 @@ class MPFGVC:
 
     # ---- training ----------------------------------------------------------------------------------------
     def _train_transform(self):
+        tower = self.model["visual"]
         if not self.config.augment:
-            return self.backbone.image_transform()
-        base = self.backbone.image_transform()
-        normalize = next(t for t in base.transforms if isinstance(t, transforms.Normalize))
+            return tower.transform()
+        normalize = next(t for t in tower.transform().transforms if isinstance(t, transforms.Normalize))
         return transforms.Compose([
-            transforms.RandomResizedCrop(self.backbone.image_size, scale=(0.5, 1.0),
+            transforms.RandomResizedCrop(tower.image_size, scale=(0.5, 1.0),
                                          interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
         ])
@@ -264,7 +364,7 @@ class MPFGVC:
         model = self.model
         # Without augmentation every epoch sees the same tensors: decode and transform each image once, when they
         # fit in PRELOAD_BYTES (a world data set does; Food-101 at 224 px would take 45 GB).
-        size = len(samples) * 3 * self.backbone.image_size ** 2 * 4
+        size = len(samples) * 3 * self.model["visual"].image_size ** 2 * 4
         fixed = None if config.augment or size > PRELOAD_BYTES else torch.stack([
             transform(load_image(s.path)) for s in tqdm(samples, desc="mpfgvc load", disable=not progress)])
 
@@ -308,7 +408,7 @@ class MPFGVC:
     @torch.no_grad()
     def _embed_samples(self, samples: Sequence[Sample], progress: bool, num_workers: int = 0,
                        batch_size: int = 64, return_kept: bool = False):
-        loader = DataLoader(ImageDataset(samples, self.backbone.image_transform()), batch_size=batch_size,
+        loader = DataLoader(ImageDataset(samples, self.model["visual"].transform()), batch_size=batch_size,
                             num_workers=num_workers)
         embeddings, kept = [], []
         for images, _, _ in tqdm(loader, desc="mpfgvc encode", disable=not progress):
@@ -333,10 +433,10 @@ class MPFGVC:
         the percentage for randomly kept tokens (all patches)."""
         if self.model is None or not self.config.ssvp:
             raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
-        size = self.backbone.image_size
+        size = self.model["visual"].image_size
         mapped = [box_in_crop(box, *load_image_size(sample.path), size) for sample, box in zip(samples, parts)]
         _, kept = self._embed_samples(samples, progress, return_kept=True)
-        grid = self.model["visual"].grid_size[0]
+        grid = self.model["visual"].grid
         kept_fraction, random_fraction = box_overlap_fraction(kept.cpu(), patch_boxes(grid, size),
                                                                torch.tensor(mapped, dtype=torch.float32))
         return {"kept_tokens_on_part": kept_fraction, "random_tokens_on_part": random_fraction,
