@@ -4,8 +4,10 @@ mid-write keeps its previous checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import sys
 import random
 from pathlib import Path
 from typing import Any
@@ -18,20 +20,42 @@ from safetensors.torch import save_file
 from .errors import CheckpointError
 
 STATE_KEY = "clipadapt_state"
+CHECKSUM_KEY = "clipadapt_sha256"
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where `save_checkpoint` keeps the checkpoint it replaced: the fallback when the newest one is damaged."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def _checksum(tensors: dict[str, torch.Tensor], state_json: str) -> str:
+    digest = hashlib.sha256(state_json.encode())
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write to a temp file, fsync, keep the checkpoint it replaces as `previous_path(path)`, rename into place.
+    The header carries a SHA-256 of every tensor byte and the state, so damage is detected on load."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={STATE_KEY: json.dumps(state)})
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    state_json = json.dumps(state)
+    save_file(tensors, str(tmp), metadata={STATE_KEY: state_json, CHECKSUM_KEY: _checksum(tensors, state_json)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    if path.is_file():
+        path.replace(previous_path(path))
     tmp.replace(path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, state) of a `save_checkpoint` file; CheckpointError when it is unreadable, not ours, or its
+    contents do not match the checksum written with it (truncated, bit-flipped)."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -41,7 +65,25 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from e
     if STATE_KEY not in metadata:
         raise CheckpointError(f"checkpoint {path} is not a clipadapt training checkpoint")
+    if metadata.get(CHECKSUM_KEY) != _checksum(tensors, metadata[STATE_KEY]):
+        raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum written with it")
     return tensors, json.loads(metadata[STATE_KEY])
+
+
+def load_checkpoint_or_previous(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """The newest intact checkpoint: `path`, or when that is missing or damaged the one it replaced (with a
+    warning on stderr). Returns (tensors, state, the file used)."""
+    path, previous = Path(path), previous_path(path)
+    try:
+        return (*load_checkpoint(path), path)
+    except CheckpointError as e:
+        if not previous.is_file():
+            raise
+        print(f"clipadapt: {e}; resuming from the previous checkpoint {previous}", file=sys.stderr)
+        try:
+            return (*load_checkpoint(previous), previous)
+        except CheckpointError as e2:
+            raise CheckpointError(f"{e}; and the previous one: {e2}") from e2
 
 
 def save_method_weights(path: str | Path, tensors: dict[str, torch.Tensor], method: str, config: Any,

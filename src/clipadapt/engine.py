@@ -20,8 +20,8 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    load_checkpoint, optimizer_from_checkpoint, optimizer_to_checkpoint, rng_from_checkpoint, rng_to_checkpoint,
-    save_checkpoint,
+    load_checkpoint_or_previous, optimizer_from_checkpoint, optimizer_to_checkpoint, previous_path,
+    rng_from_checkpoint, rng_to_checkpoint, save_checkpoint,
 )
 from .data import load_image
 from .errors import CheckpointError, ClipadaptError
@@ -89,7 +89,8 @@ class Trainer:
         self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
         self.seconds = 0.0
         self.resumed_from: int | None = None
-        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+        if self.checkpoint_path is not None and (self.checkpoint_path.is_file()
+                                                 or previous_path(self.checkpoint_path).is_file()):
             self._resume()
 
     @property
@@ -111,10 +112,10 @@ class Trainer:
         save_checkpoint(self.checkpoint_path, tensors, state)
 
     def _resume(self) -> None:
-        tensors, state = load_checkpoint(self.checkpoint_path)
+        tensors, state, used = load_checkpoint_or_previous(self.checkpoint_path)
         if state["run"] != self.run_fingerprint:
             raise CheckpointError(
-                f"checkpoint {self.checkpoint_path} belongs to a run with a different configuration; "
+                f"checkpoint {used} belongs to a run with a different configuration; "
                 "use another output folder (or delete the checkpoint to start over)"
             )
         self.module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")})
