@@ -16,7 +16,7 @@ from clipadapt.data import base_new_split, load_dataset
 from clipadapt.data import world
 from clipadapt.errors import DataError
 
-SMALL = dict(pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2)
+SMALL = dict(pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2, fine_train=4)
 TINY = {key: 1 for key in world.DEFAULT_SIZES}
 SIZE = 32
 
@@ -58,6 +58,8 @@ def test_world_json_and_counts(world_dir):
         per_split = {"train": SMALL["train"], "val": SMALL["val"], "test": SMALL["test"]}
         if name == "pretrain":
             per_split = {split: SMALL[f"pretrain_{split}"] for split in per_split}
+        if name == "fine":
+            per_split["train"] = SMALL["fine_train"]
         for split, count in per_split.items():
             labels = Counter(s.label for s in splits.split(split))
             assert labels == {label: count for label in range(len(splits.classnames))}
