@@ -3,6 +3,7 @@ shipped tiny CLIP, as one table. Each row is an ordinary `clipadapt run` whose m
 folder, so the numbers can be reproduced one command at a time."""
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class DemoRow:
     dataset: str
     options: tuple[tuple[str, object], ...] = ()  # protocol options
     config: tuple[tuple[str, object], ...] = ()  # method config values
+    label: str = ""  # the row's name in the table (default: the method's)
 
 
 # The shipped model's text context is 16 tokens: CoOp's default 16 context vectors leave no room for a class name,
@@ -45,6 +47,8 @@ ROWS = (
     DemoRow("linear_probe", "full", FINE),
     DemoRow("finetune", "full", FINE),
     DemoRow("mpfgvc", "full", FINE),
+    DemoRow("mpfgvc", "full", FINE, config=(("datp_init", "name"), ("ssvp_layer", -1)),
+            label="mpfgvc datp_init=name ssvp_layer=-1"),
 )
 
 
@@ -93,7 +97,8 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
     ctx = RunContext(backbone, cache_dir=cache_dir, progress=progress)
     results = []
     for row in ROWS:
-        ctx.out_dir = out_dir / f"{row.method}-{row.protocol}"
+        label = row.label or row.method
+        ctx.out_dir = out_dir / f"{re.sub(r'[^A-Za-z0-9+_-]+', '_', label)}-{row.protocol}"
         try:
             metrics = _run_row(row, ctx)
         except CheckpointError as e:
@@ -101,7 +106,7 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
             print(f"{ctx.out_dir}: {e}; starting this row over", file=sys.stderr)
             shutil.rmtree(ctx.out_dir)
             metrics = _run_row(row, ctx)
-        metrics = {"method": row.method, "dataset": row.dataset, "protocol": row.protocol, **metrics}
+        metrics = {"method": label, "dataset": row.dataset, "protocol": row.protocol, **metrics}
         write_metrics(ctx.out_dir, metrics)
         results.append(metrics)
     table = format_table(results)
