@@ -58,3 +58,11 @@ def test_a_run_with_a_damaged_checkpoint_resumes_from_the_previous_one(backbone,
     assert summary["resumed_from_step"] == 4  # the previous checkpoint
     for key, value in whole.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=1e-6, rtol=0)
+
+
+def test_checkpoints_from_before_checksums_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "old.safetensors"
+    save_file({"w": torch.ones(2)}, str(path), metadata={"clipadapt_state": '{"step": 5}'})
+    assert load_checkpoint(path)[1] == {"step": 5}

@@ -65,7 +65,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from e
     if STATE_KEY not in metadata:
         raise CheckpointError(f"checkpoint {path} is not a clipadapt training checkpoint")
-    if metadata.get(CHECKSUM_KEY) != _checksum(tensors, metadata[STATE_KEY]):
+    # Checkpoints from before checksums were written have none to check (they still resume).
+    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != _checksum(tensors, metadata[STATE_KEY]):
         raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum written with it")
     return tensors, json.loads(metadata[STATE_KEY])
 
