@@ -421,3 +421,10 @@ def test_find_unreadable_images_reports_only_bad_ones(data_bad_images):
     assert [sample.path.stem for sample, _ in bad] == ["corrupt", "empty", "truncated", "missing"]
     assert all(reason for _, reason in bad)
     assert find_unreadable_images(samples[:1], progress=True) == []
+
+
+def test_decompression_bombs_are_refused_naming_the_file(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4,096 pixels: over twice the limit, as a real bomb
+    with pytest.raises(DataError, match=r"bomb\.png: refused as a possible decompression bomb"):
+        load_image(tmp_path / "bomb.png")

@@ -87,6 +87,8 @@ def _failure_reason(path: Path, exc: Exception) -> str:
         return "file is empty (0 bytes)"
     if isinstance(exc, UnidentifiedImageError):
         return "not a recognised image (corrupt header or not an image file)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"refused as a possible decompression bomb: {exc}"
     return f"corrupt image data ({exc or type(exc).__name__})"
 
 
