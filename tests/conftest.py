@@ -12,6 +12,13 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), 
 TEMPLATE = "a photo of a {}."
 
 
+def flip_last_byte(path):
+    """Damage a safetensors file where its header still parses: in the tensor data."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def colour_images(root, per_split={"train": 4, "test": 6}, colours=COLOURS, seed=0):
     rng = np.random.default_rng(seed)
     for split, count in per_split.items():

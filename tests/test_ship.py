@@ -12,6 +12,7 @@ from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
 from clipadapt.methods.coop import CoOp
 from clipadapt.methods.ship import Ship, ShipConfig, nearest_class_accuracy
+from conftest import flip_last_byte
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +57,8 @@ def test_synthesis_is_seeded_and_unit_norm(backbone):
     assert not torch.allclose(a.features[0], a.features[1])  # each feature has its own z
 
 
-def test_resume_ends_with_the_uninterrupted_weights(backbone, tmp_path, monkeypatch):
+@pytest.mark.parametrize("damaged", [False, True])
+def test_resume_ends_with_the_uninterrupted_weights(backbone, tmp_path, monkeypatch, damaged):
     train = real_features(backbone, BASE, 8, seed=1)
     config = ShipConfig(**{**SMALL, "batch_size": 16}, epochs=4, checkpoint_every=3)
     whole = Ship(backbone, config)
@@ -74,9 +76,11 @@ def test_resume_ends_with_the_uninterrupted_weights(backbone, tmp_path, monkeypa
     monkeypatch.setattr(interrupted, "loss", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(train, BASE, out_dir=tmp_path, progress=False)
+    if damaged:  # step 6's checkpoint: the run resumes from the one it replaced (step 4)
+        flip_last_byte(tmp_path / "checkpoint_last.safetensors")
     resumed = Ship(backbone, config)
     summary = resumed.fit(train, BASE, out_dir=tmp_path, progress=False)
-    assert summary["resumed_from_step"] == 6  # mid-epoch
+    assert summary["resumed_from_step"] == (4 if damaged else 6)  # 6: mid-epoch
     for key, value in whole.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=1e-6, rtol=0)
 

@@ -392,7 +392,7 @@ class MPFGVC:
             return self.history
         # Stage 2: the encoder and the prompts are frozen, so their embeddings are computed once.
         with torch.no_grad():
-            visual = self._embed_samples(samples, progress, num_workers)
+            visual = self._embed_samples(samples, progress, num_workers, decoded=fixed)  # same transform
             text = self.text_embeddings().detach()
 
         def stage2_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
@@ -407,11 +407,17 @@ class MPFGVC:
     # ---- prediction --------------------------------------------------------------------------------------
     @torch.no_grad()
     def _embed_samples(self, samples: Sequence[Sample], progress: bool, num_workers: int = 0,
-                       batch_size: int = 64, return_kept: bool = False):
-        loader = DataLoader(ImageDataset(samples, self.model["visual"].transform()), batch_size=batch_size,
-                            num_workers=num_workers)
+                       batch_size: int = 64, return_kept: bool = False, decoded: torch.Tensor | None = None):
+        """E_V of `samples` (and SsVP's kept tokens); `decoded`: their already transformed images, if at hand."""
+        if decoded is not None:
+            batches = decoded.split(batch_size)
+        else:
+            loader = DataLoader(ImageDataset(samples, self.model["visual"].transform()), batch_size=batch_size,
+                                num_workers=num_workers)
+            batches = (images for images, _, _ in loader)
         embeddings, kept = [], []
-        for images, _, _ in tqdm(loader, desc="mpfgvc encode", disable=not progress):
+        for images in tqdm(batches, desc="mpfgvc encode", disable=not progress,
+                           total=math.ceil(len(samples) / batch_size)):
             embedding, indices = self.encode_images(images, return_kept=True)
             embeddings.append(embedding.float())
             kept.append(indices)
