@@ -8,12 +8,6 @@ from clipadapt.checkpoint import load_checkpoint, load_checkpoint_or_previous, p
 from conftest import flip_last_byte
 
 
-def flip_last_byte(path):
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF  # inside the tensor data, after the header
-    path.write_bytes(bytes(data))
-
-
 def test_damage_is_detected_and_the_previous_checkpoint_is_used(tmp_path, capsys):
     path = tmp_path / "checkpoint_last.safetensors"
     save_checkpoint(path, {"w": torch.zeros(4)}, {"step": 1})

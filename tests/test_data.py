@@ -196,6 +196,7 @@ def test_coop_unsupported_and_unknown_names(tmp_path):
         (["c0/train0.png", 0, "another_name"], "label 0 is named 'another_name' here but 'class_0'"),
         (["c0/train0.png", 5, "class_5"], r"labels must be 0\.\.5 without gaps"),
         (["c0/train0.png", "zero", "class_0"], "non-negative integer"),
+        (["c0/train0.png", "²", "class_0"], "non-negative integer"),  # a digit to isdigit(), not to int()
     ],
 )
 def test_coop_bad_split_entries_name_the_split_file(tmp_path, bad_entry, problem):

@@ -19,12 +19,18 @@ from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
+from .engine import skipping_nonfinite_steps
 from .errors import ClipadaptError
-from .features import default_cache_dir, extract_features
+from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS, build_method, method_config
 from .methods.ship import Ship
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
 from .protocols import PROTOCOLS, RunContext, aggregate_seeds, run_protocol, write_metrics
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-nonfinite", action="store_true",
+                        help="skip training steps whose loss is NaN or infinite (reported) instead of stopping")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML file of method config values; key=value words override it")
     run.add_argument("--out", type=Path, help="run folder (default runs/<method>-<protocol>-<dataset>-seed<S>)")
     _add_model_args(run)
+    _add_training_args(run)
 
     extract = sub.add_parser("extract", help="compute and cache frozen image features of a data set")
     extract.add_argument("--dataset", required=True)
     extract.add_argument("--splits", default="train,val,test", help="comma-separated splits to extract")
+    extract.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                         help=f"images per cache shard, the unit that a killed extraction keeps ({DEFAULT_SHARD_SIZE})")
     _add_model_args(extract)
 
     pretrain = sub.add_parser("pretrain", help="pretrain both towers with UniCL (or the CLIP / CE loss)")
@@ -70,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", type=Path, help="YAML file of pretraining config values")
     pretrain.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of model.safetensors")
     _add_model_args(pretrain)
+    _add_training_args(pretrain)
 
     world = sub.add_parser("world", help="generate the procedural image world into a folder (sizes as key=value)")
     world.add_argument("--out", type=Path, required=True)
@@ -172,8 +182,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(f"{split}: no samples, skipped")
             continue
         features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size or 64,
-                                    num_workers=args.workers or 0, progress=not args.no_progress,
-                                    desc=f"{splits.name}/{split}")
+                                    num_workers=args.workers or 0, shard_size=args.shard_size,
+                                    progress=not args.no_progress, desc=f"{splits.name}/{split}")
         print(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
               f"cached under {args.cache or default_cache_dir()}")
     return 0
@@ -283,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or (args.overrides and args.command not in ("run", "pretrain", "world")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     try:
-        return COMMANDS[args.command](args)
+        with skipping_nonfinite_steps(getattr(args, "skip_nonfinite", False)):
+            return COMMANDS[args.command](args)
     except ClipadaptError as e:
         print(f"clipadapt: error: {_one_line(str(e))}", file=sys.stderr)
         return 2

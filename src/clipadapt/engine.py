@@ -5,9 +5,11 @@ function of (epoch, offset) so the data order resumes too)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import hashlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -27,6 +29,20 @@ from .data import load_image
 from .errors import CheckpointError, ClipadaptError
 
 CHECKPOINT_NAME = "checkpoint_last.safetensors"
+# Whether a Trainer built without an explicit skip_nonfinite skips steps whose loss is not finite (the CLI's
+# --skip-nonfinite sets it around a whole command, whichever methods train inside it).
+_SKIP_NONFINITE: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_nonfinite", default=False)
+
+
+@contextlib.contextmanager
+def skipping_nonfinite_steps(enabled: bool = True) -> Iterator[None]:
+    """Within this context, training steps whose loss is NaN or infinite are skipped (and reported) instead of
+    stopping the run."""
+    token = _SKIP_NONFINITE.set(enabled)
+    try:
+        yield
+    finally:
+        _SKIP_NONFINITE.reset(token)
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -70,7 +86,7 @@ class Trainer:
         run_fingerprint: str = "",
         checkpoint_every: int = 200,
         grad_clip: float | None = None,
-        skip_nonfinite: bool = False,
+        skip_nonfinite: bool | None = None,
         after_step: Callable[[], None] | None = None,
         progress: bool = True,
         desc: str = "train",
@@ -81,7 +97,8 @@ class Trainer:
         self.total_steps, self.steps_per_epoch, self.lr_at = total_steps, steps_per_epoch, lr_at
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_fingerprint = run_fingerprint
-        self.checkpoint_every, self.grad_clip, self.skip_nonfinite = checkpoint_every, grad_clip, skip_nonfinite
+        self.checkpoint_every, self.grad_clip = checkpoint_every, grad_clip
+        self.skip_nonfinite = _SKIP_NONFINITE.get() if skip_nonfinite is None else skip_nonfinite
         self.after_step, self.progress, self.desc = after_step, progress, desc
         self.rank, self.world_size = distributed_world()
         self.step = 0
@@ -89,6 +106,7 @@ class Trainer:
         self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
         self.seconds = 0.0
         self.resumed_from: int | None = None
+        self.skipped_steps: list[int] = []  # steps whose loss was not finite (with skip_nonfinite)
         if self.checkpoint_path is not None and (self.checkpoint_path.is_file()
                                                  or previous_path(self.checkpoint_path).is_file()):
             self._resume()
@@ -108,7 +126,8 @@ class Trainer:
         tensors.update(rng_tensors)
         state = {"step": self.step, "run": self.run_fingerprint, "optimizer": optim_state, "rng": rng_state,
                  "epoch_losses": self.losses, "epoch_loss_sum": self._epoch_loss_sum,
-                 "epoch_loss_count": self._epoch_loss_count, "seconds": self.seconds}
+                 "epoch_loss_count": self._epoch_loss_count, "seconds": self.seconds,
+                 "skipped_steps": self.skipped_steps}
         save_checkpoint(self.checkpoint_path, tensors, state)
 
     def _resume(self) -> None:
@@ -125,6 +144,7 @@ class Trainer:
         self.losses = state["epoch_losses"]
         self._epoch_loss_sum, self._epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
         self.seconds = state["seconds"]
+        self.skipped_steps = state.get("skipped_steps", [])  # absent from checkpoints written before it existed
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _sync_gradients(self) -> None:
@@ -135,6 +155,19 @@ class Trainer:
                 if param.grad is not None:
                     dist.all_reduce(param.grad)
                     param.grad /= self.world_size
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank: all ranks must skip a step together or none does."""
+        finite = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
+        if self.world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def summary(self) -> dict:
+        """What every training summary reports about the loop."""
+        return {"steps": self.step, "steps_per_epoch": self.steps_per_epoch, "epoch_losses": self.losses,
+                "seconds": round(self.seconds, 2), "resumed_from_step": self.resumed_from,
+                "skipped_steps": self.skipped_steps}
 
     def fit(self, epoch_batches: Callable[[int, int], Iterable[Any]], step_fn: Callable[[Any, int], torch.Tensor]) -> "Trainer":
         """`epoch_batches(epoch, offset)` yields the batches of `epoch` from batch `offset` on."""
@@ -151,29 +184,32 @@ class Trainer:
                     group["lr"] = lr * group.get("lr_scale", 1.0)  # groups may train at a multiple of the lr
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
                     loss = step_fn(batch, self.step)
-                if not torch.isfinite(loss):
-                    if not self.skip_nonfinite:
-                        raise ClipadaptError(
-                            f"loss is {loss.item()} at step {self.step}; stopped, the last good checkpoint is kept"
-                            + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
-                        )
-                    self.step += 1
-                    continue
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self._sync_gradients()
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                self.optimizer.step()
-                if self.after_step is not None:
+                if self._finite_everywhere(loss):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self._sync_gradients()
+                    if self.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    self.optimizer.step()
+                    self._epoch_loss_sum += loss.item()
+                    self._epoch_loss_count += 1
+                elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
+                    self.skipped_steps.append(self.step)
+                    tqdm.write(f"{self.desc}: loss is {loss.item()} at step {self.step}; step skipped", file=sys.stderr)
+                else:
+                    raise ClipadaptError(
+                        f"loss is {loss.item()} at step {self.step}; stopped, the last good checkpoint is kept"
+                        + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
+                        + " (--skip-nonfinite skips such steps instead)"
+                    )
+                if self.after_step is not None:  # also after a skipped step: end-of-epoch validation still runs
                     self.after_step()
                 self.step += 1
-                self._epoch_loss_sum += loss.item()
-                self._epoch_loss_count += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 if self.step % self.steps_per_epoch == 0:
-                    self.losses.append(self._epoch_loss_sum / max(1, self._epoch_loss_count))
+                    count = self._epoch_loss_count
+                    self.losses.append(self._epoch_loss_sum / count if count else float("nan"))
                     self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
                 self.seconds = time.time() - start
                 if self.step % self.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0 \
@@ -374,9 +410,7 @@ def train_prompt_learner(
     )
     with frozen(backbone.model):
         trainer.fit(batches, step_fn)
-    summary = {"steps": trainer.step, "steps_per_epoch": steps_per_epoch, "epochs": epochs,
-               "epoch_losses": trainer.losses, "seconds": trainer.seconds,
-               "resumed_from_step": trainer.resumed_from}
+    summary = {**trainer.summary(), "epochs": epochs}
     if validate is not None:
         accuracies = holder.val_accuracy.tolist()
         best = max(range(epochs), key=lambda e: (accuracies[e], -e))

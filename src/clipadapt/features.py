@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Sample, split_fingerprint
+from .errors import ClipadaptError
 
 DEFAULT_SHARD_SIZE = 2048
 
@@ -82,6 +83,8 @@ def extract_features(
     desc: str = "extract",
 ) -> FeatureSet:
     """Features of `samples` through `backbone`'s image encoder, from the cache when present."""
+    if shard_size < 1:
+        raise ClipadaptError(f"shard_size must be at least 1, got {shard_size}")
     transform = transform if transform is not None else backbone.image_transform(train=False)
     folder = Path(cache_dir or default_cache_dir()) / "features" / cache_key(backbone, samples, transform)
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)

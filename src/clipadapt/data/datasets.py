@@ -162,7 +162,7 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, int, str]:
     if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[2], str)):
         raise DataError(f"{where}: expected [relative_path, label, classname]")
     rel, label, classname = entry
-    if isinstance(label, str) and label.strip().isdigit():
+    if isinstance(label, str) and label.strip().isdecimal():  # what int() accepts (isdigit also takes "²")
         label = int(label)  # CoOp's reader applies int() to the label, so "3" is as good as 3
     if not isinstance(label, int) or isinstance(label, bool) or label < 0:
         raise DataError(f"{where}: label must be a non-negative integer")

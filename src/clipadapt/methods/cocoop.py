@@ -119,6 +119,8 @@ class CoCoOp:
             run_fingerprint=fingerprint,
             progress=progress, desc="cocoop",
         )
+        if out_dir is not None:  # the learned prompt, loadable with `load`
+            self.save(Path(out_dir) / "cocoop.safetensors")
         return self.history
 
     @torch.no_grad()

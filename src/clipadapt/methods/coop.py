@@ -122,6 +122,8 @@ class CoOp:
             run_fingerprint=fingerprint,
             progress=progress, desc="coop", synthetic=synthetic, synthetic_ratio=synthetic_ratio,
         )
+        if out_dir is not None:  # the learned prompt, loadable with `load`
+            self.save(Path(out_dir) / "coop.safetensors")
         return self.history
 
     @torch.no_grad()

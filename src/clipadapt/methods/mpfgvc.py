@@ -345,8 +345,7 @@ class MPFGVC:
         trainable.train()
         trainer.fit(batches, step_fn)
         trainable.eval()
-        return {"steps": trainer.step, "epochs": epochs, "epoch_losses": trainer.losses, "seconds": trainer.seconds,
-                "resumed_from_step": trainer.resumed_from}
+        return {**trainer.summary(), "epochs": epochs}
 
     def fit_images(self, splits: DatasetSplits, out_dir: str | Path | None = None, progress: bool = True,
                    num_workers: int = 0) -> dict:

@@ -226,9 +226,7 @@ class Ship:
             trainer.fit(batches, step_fn)
         self.model.eval()
         seen = self.synthesize(classnames, per_class=min(self.config.synthetic_per_class, 64), progress=False)
-        return {"steps": trainer.step, "epochs": self.config.epochs, "epoch_losses": trainer.losses,
-                "seconds": trainer.seconds, "resumed_from_step": trainer.resumed_from,
-                "train_classes_nearest_class_accuracy": nearest_class_accuracy(seen, train)}
+        return {**trainer.summary(), "epochs": self.config.epochs, "train_classes_nearest_class_accuracy": nearest_class_accuracy(seen, train)}
 
     @torch.no_grad()
     def synthesize(self, classnames: Sequence[str], per_class: int | None = None, seed: int | None = None,

@@ -170,10 +170,8 @@ class UniCLPretrainer:
         trainer.fit(self._batches, self._loss)
         self.backbone.model.eval()
         images = trainer.total_steps * cfg.batch_size * self.world_size
-        return {"loss": cfg.loss, "steps": trainer.step, "steps_per_epoch": len(self.sampler),
-                "epoch_losses": trainer.losses, "seconds": round(trainer.seconds, 2),
-                "images_per_second": round(images / max(trainer.seconds, 1e-9), 1),
-                "resumed_from_step": trainer.resumed_from, "num_classes": len(self.data.classnames),
+        return {"loss": cfg.loss, **trainer.summary(),
+                "images_per_second": round(images / max(trainer.seconds, 1e-9), 1), "num_classes": len(self.data.classnames),
                 "num_label_samples": len(self.data.labelled), "num_text_samples": len(self.data.captioned),
                 "logit_scale": round(self.backbone.model.logit_scale.exp().item(), 3),
                 "world_size": self.world_size, "config": asdict(cfg)}
