@@ -115,6 +115,30 @@ def test_imagefolder_errors_name_the_folder(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
 
 
+def test_empty_data_sets_are_refused_naming_the_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty has no class folders"):
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+    (tmp_path / "split_zhou_Toy.json").write_text(json.dumps({"train": [], "val": [], "test": []}))
+    with pytest.raises(DataError, match=r"split_zhou_Toy.json lists no images"):
+        load_dataset(f"coop:Toy:{tmp_path}")
+
+
+def test_unicode_and_punctuation_class_names_run_end_to_end(tmp_path):
+    from clipadapt.cli import main
+
+    names = ["Café_au_lait", "Chuck-will's-widow", "猫 (neko)", "Black-footed Albatross, juv.", "naïve?!"]
+    write_class_folders(tmp_path / "data" / "train", {name: 2 for name in names})
+    write_class_folders(tmp_path / "data" / "test", {name: 2 for name in names})
+    splits = load_dataset(f"imagefolder:{tmp_path / 'data'}")
+    assert sorted(splits.classnames) == sorted(name.replace("_", " ") for name in names)
+    out = tmp_path / "run"
+    assert main(["run", "zeroshot", "--dataset", f"imagefolder:{tmp_path / 'data'}", "--model", "micro-vit",
+                 "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert 0.0 <= metrics["accuracy"] <= 100.0 and metrics["dataset"].endswith("data")
+
+
 def test_unknown_prefix_lists_known_prefixes_and_registry_is_open(tmp_path):
     with pytest.raises(DataError, match="coop:.*csv:.*imagefolder:"):
         load_dataset(f"nosuch:{tmp_path}")
