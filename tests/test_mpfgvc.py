@@ -40,6 +40,28 @@ def test_ssvp_with_every_token_kept_is_the_plain_encoder(backbone, layer):
     assert fewer.shape == plain.shape and not torch.allclose(fewer, plain, atol=1e-4)
 
 
+@pytest.mark.parametrize("layer", [-2, -1])
+def test_rollout_chooses_by_the_product_of_attention_maps(backbone, layer):
+    method = build_method("mpfgvc", backbone, {"top_k": 4, "ssvp_layer": layer, "ssvp_score": "rollout"})
+    method.classnames, method.model = ["a", "b"], method._build(["a", "b"], "thing")
+    torch.manual_seed(3)
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        _, kept = method.encode_images(images, return_kept=True)
+        # Reference: open_clip's own per-head attention weights, block by block, multiplied as TransFG does.
+        visual = backbone.model.visual
+        x, product = visual._embeds(images), None
+        for block in visual.transformer.resblocks[:len(visual.transformer.resblocks) + layer + 1]:
+            y = block.ln_1(x)
+            _, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=False)
+            product = weights if product is None else weights @ product
+            x = block(x)
+        expected = product[:, :, 0].sum(dim=1)[:, 1:].topk(4, dim=-1).indices + 1
+    assert [sorted(row) for row in kept.tolist()] == [sorted(row) for row in expected.tolist()]
+    with pytest.raises(ClipadaptError, match="ssvp_score must be one of attention, rollout"):
+        build_method("mpfgvc", backbone, {"ssvp_score": "max"})
+
+
 def test_vlfm_matches_a_loop_reference():
     torch.manual_seed(0)
     fusion = VisionLanguageFusion(dim=8, num_classes=3)
@@ -166,7 +188,7 @@ def test_timm_vit_encoder_from_a_local_weights_file(colour_world, backbone, tmp_
     handle = block.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.setdefault("attn", o))
     with torch.no_grad():
         block.attn(block.norm1(x))
-        mine = tower.cls_attention(block, x)
+        mine = tower.attention(block, x)
     handle.remove()
     torch.testing.assert_close(mine, captured["attn"][:, :, 0], atol=1e-5, rtol=0)
     bad = tmp_path / "bad.safetensors"

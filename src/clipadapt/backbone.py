@@ -214,13 +214,14 @@ def vision_tokens(visual: nn.Module, images: torch.Tensor, layer: int, name: str
     x = visual._embeds(images)
     for block in blocks[:layer]:
         x = block(x)
-    per_head = cls_attention(blocks[layer], x, name)
+    per_head = block_attention(blocks[layer], x, name)
     return ImageTokens(tokens=x, cls_attention=per_head.mean(dim=1), cls_attention_per_head=per_head)
 
 
-def cls_attention(block: nn.Module, x: torch.Tensor, name: str = "model") -> torch.Tensor:
-    """[B, heads, N]: the class token's attention over the tokens `x` [B, N, width] in open_clip residual block
-    `block`, recomputed from the block's own layer norm and q/k projections."""
+def block_attention(block: nn.Module, x: torch.Tensor, name: str = "model", cls_only: bool = True) -> torch.Tensor:
+    """The attention of open_clip residual block `block` over the tokens `x` [B, N, width], recomputed from the
+    block's own layer norm and q/k projections: the class token's row [B, heads, N], or with `cls_only=False`
+    every token's [B, heads, N, N]."""
     if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
         raise ClipadaptError(f"model '{name}' uses custom attention blocks; token attention needs standard ones")
     attn = block.attn
@@ -228,10 +229,11 @@ def cls_attention(block: nn.Module, x: torch.Tensor, name: str = "model") -> tor
     y = block.ln_1(x)
     q_weight, k_weight, _ = attn.in_proj_weight.chunk(3)
     q_bias, k_bias, _ = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-    q = F.linear(y[:, :1], q_weight, q_bias).view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
+    queries = y[:, :1] if cls_only else y
+    q = F.linear(queries, q_weight, q_bias).view(x.shape[0], -1, heads, width // heads).transpose(1, 2)
     k = F.linear(y, k_weight, k_bias).view(x.shape[0], -1, heads, width // heads).transpose(1, 2)
-    scores = (q @ k.transpose(-1, -2)) / (width // heads) ** 0.5  # [B, heads, 1, N]
-    return scores.softmax(dim=-1).squeeze(2)
+    weights = ((q @ k.transpose(-1, -2)) / (width // heads) ** 0.5).softmax(dim=-1)  # [B, heads, Q, N]
+    return weights.squeeze(2) if cls_only else weights
 
 
 class Backbone(nn.Module):

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ..backbone import cls_attention, read_state_dict
+from ..backbone import block_attention, read_state_dict
 from ..data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
 from ..engine import Trainer, cosine_lr, frozen, load_batch, param_groups
 from ..errors import CheckpointError, ClipadaptError
@@ -52,6 +52,7 @@ from ..text import TextClassifier
 from . import register_method
 
 FUSIONS = ("vlfm", "concat", "none")
+SSVP_SCORES = ("attention", "rollout")
 TEMPLATE = "a photo of a {}."
 PRELOAD_BYTES = 2 << 30
 DEFAULT_SUPERCLASS = "object"
@@ -86,8 +87,8 @@ class ClipTower(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual._embeds(images)
 
-    def cls_attention(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return cls_attention(block, x, self.name)
+    def attention(self, block: nn.Module, x: torch.Tensor, cls_only: bool = True) -> torch.Tensor:
+        return block_attention(block, x, self.name, cls_only)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         pooled, _ = self.visual._pool(x)
@@ -136,12 +137,15 @@ class TimmTower(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.vit.norm_pre(self.vit._pos_embed(self.vit.patch_embed(images)))
 
-    def cls_attention(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, block: nn.Module, x: torch.Tensor, cls_only: bool = True) -> torch.Tensor:
+        """As `block_attention` for a timm block: [B, heads, N] (class token's row) or [B, heads, N, N]."""
         attn = block.attn
         qkv = attn.qkv(block.norm1(x)).reshape(x.shape[0], x.shape[1], 3, attn.num_heads, attn.head_dim)
         q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        return ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)
+        q = q[:, :, :1] if cls_only else q
+        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return weights.squeeze(2) if cls_only else weights
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.vit.fc_norm(self.vit.norm(x)[:, 0]))
@@ -197,6 +201,8 @@ class MPFGVC:
         top_k: int = 0  # patch tokens kept by SsVP; 0: a quarter of them
         ssvp_layer: int = -2  # whose class-token attention chooses: -2 the penultimate block (the paper), -1 the
         # last block's own attention over the penultimate block's output
+        ssvp_score: str = "attention"  # attention (that block's, the paper) | rollout (TransFG: the class-token
+        # row of the product of every block's attention map up to that block)
         datp: bool = True
         n_text_tokens: int = 4  # J learned tokens per subcategory
         datp_init: str = "random"  # random (N(0, 0.02), the paper) | name (from the subcategory name's tokens)
@@ -228,6 +234,8 @@ class MPFGVC:
             raise ClipadaptError(f"image_encoder must be clip or timm:NAME, got '{config.image_encoder}'")
         if config.datp_init not in ("random", "name"):
             raise ClipadaptError(f"datp_init must be random or name, got '{config.datp_init}'")
+        if config.ssvp_score not in SSVP_SCORES:
+            raise ClipadaptError(f"ssvp_score must be one of {', '.join(SSVP_SCORES)}, got '{config.ssvp_score}'")
         if config.ssvp_layer not in (-2, -1):
             raise ClipadaptError(f"ssvp_layer must be -2 (penultimate block) or -1 (last), got {config.ssvp_layer}")
         if config.datp:
@@ -273,6 +281,16 @@ class MPFGVC:
                 ctx[c, :len(words)] = words
         return ctx
 
+    @torch.no_grad()  # the choice of tokens is not differentiable
+    def _attention_product(self, tower: nn.Module, block: nn.Module, x: torch.Tensor,
+                           product: torch.Tensor | None) -> torch.Tensor:
+        """`block`'s attention over `x`: the class token's row [B, heads, N] (`ssvp_score=attention`), or the whole
+        map [B, heads, N, N] multiplied onto the product of the earlier blocks' maps (`rollout`)."""
+        if self.config.ssvp_score != "rollout":
+            return tower.attention(block, x)
+        weights = tower.attention(block, x, cls_only=False)
+        return weights if product is None else weights @ product
+
     def encode_images(self, images: torch.Tensor, return_kept: bool = False):
         """E_V [B, D] from the tuned encoder, with SsVP before the last block (and the kept token indices)."""
         tower = self.model["visual"]
@@ -285,14 +303,18 @@ class MPFGVC:
         else:
             if len(blocks) < 2:
                 raise ClipadaptError("SsVP needs a vision tower with at least two blocks")
-            for block in blocks[:-2]:
+            # The class-token attention at the choosing block (-2: the penultimate, -1: the last, over the
+            # penultimate block's output), or rolled out through every block up to it.
+            chooser = len(blocks) + self.config.ssvp_layer
+            rollout = self.config.ssvp_score == "rollout"
+            product = None
+            for i, block in enumerate(blocks[:-1]):
+                if rollout or i == chooser:
+                    product = self._attention_product(tower, block, x, product)
                 x = block(x)
-            if self.config.ssvp_layer == -2:  # the penultimate block's attention chooses (the paper)
-                attention = tower.cls_attention(blocks[-2], x)
-                x = blocks[-2](x)
-            else:  # the last block's own attention over the penultimate block's output
-                x = blocks[-2](x)
-                attention = tower.cls_attention(blocks[-1], x)
+            if chooser == len(blocks) - 1:
+                product = self._attention_product(tower, blocks[-1], x, product)
+            attention = product[:, :, 0] if rollout else product
             k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
             if k > x.shape[1] - 1:
                 raise ClipadaptError(f"top_k={k} is more than the {x.shape[1] - 1} patch tokens")
