@@ -99,3 +99,34 @@ def test_linear_probe_base2new_reports_base_only(colour_world, tmp_path):
     assert metrics["new_accuracy"] is None and metrics["harmonic_mean"] is None
     assert metrics["base_accuracy"] == 100.0 and metrics["num_base_classes"] == 2
     assert len(list(out.glob("train-*-base-seed1/linear_probe.safetensors"))) == 1
+
+
+def test_torchrun_extraction_shares_the_shards(colour_world, tmp_path):
+    """Two gloo processes under torchrun: each computes its share of the shards; the entry equals one process's."""
+    import socket
+    from pathlib import Path
+
+    import numpy as np
+
+    root, weights = colour_world
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--splits", "train,test",
+            "--shard-size", "3", "--no-progress"]
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port),
+                             str(bin_dir / "clipadapt"), *argv, "--cache", str(tmp_path / "two")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("train: 16 features") == 1  # printed by rank 0 only
+    assert main([*argv, "--cache", str(tmp_path / "one")]) == 0
+    entries = sorted((tmp_path / "two" / "features").iterdir())
+    assert [e.name for e in entries] == sorted(e.name for e in (tmp_path / "one" / "features").iterdir())
+    for entry in entries:
+        shards = sorted(entry.glob("shard_*.npy"))
+        assert (entry / "meta.json").is_file() and len(shards) in (6, 8)  # 16 train and 24 test images, by 3
+        for shard in shards:
+            # float16 features; thread counts may change the last bit of a sum
+            assert np.allclose(np.load(shard), np.load(tmp_path / "one" / "features" / entry.name / shard.name),
+                               atol=1e-3, rtol=0)

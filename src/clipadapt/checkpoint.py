@@ -139,6 +139,14 @@ def optimizer_from_checkpoint(optimizer: torch.optim.Optimizer, tensors: dict[st
     for name, value in saved["scalars"].items():
         param_id, key = name.split(".", 1)
         state.setdefault(int(param_id), {})[key] = value
+    # Moments come back contiguous; give them their parameter's memory layout (e.g. channels-last), which a fused
+    # optimizer step assumes.
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for param_id, param_state in state.items():
+        param = params[param_id] if param_id < len(params) else None
+        for key, value in param_state.items():
+            if param is not None and torch.is_tensor(value) and value.shape == param.shape and value.ndim > 1:
+                param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 

@@ -175,17 +175,23 @@ def _summary(metrics: dict) -> str:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     splits, _ = _load_dataset(args)
-    backbone = load_backbone(args.model, args.pretrained, device=args.device)
-    for split in [s for s in args.splits.split(",") if s]:
-        samples = splits.split(split)
-        if not samples:
-            print(f"{split}: no samples, skipped")
-            continue
-        features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size or 64,
-                                    num_workers=args.workers or 0, shard_size=args.shard_size,
-                                    progress=not args.no_progress, desc=f"{splits.name}/{split}")
-        print(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
-              f"cached under {args.cache or default_cache_dir()}")
+    device = _init_distributed(args.device)  # under torchrun, each rank computes its share of the shards
+    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *_: None)
+    try:
+        backbone = load_backbone(args.model, args.pretrained, device=device)
+        for split in [s for s in args.splits.split(",") if s]:
+            samples = splits.split(split)
+            if not samples:
+                say(f"{split}: no samples, skipped")
+                continue
+            features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size or 64,
+                                        num_workers=args.workers or 0, shard_size=args.shard_size,
+                                        progress=not args.no_progress, desc=f"{splits.name}/{split}")
+            say(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
+                f"cached under {args.cache or default_cache_dir()}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -4,6 +4,9 @@ A cache entry is a folder named by a digest of (model weights, the samples' file
 written in float16 shards of `shard_size` images, each shard written to a temp file and renamed, so an
 interrupted extraction recomputes only the missing shards and never trusts a half-written one. `meta.json` is
 written last and describes the complete entry. Shards are memory-mapped when read.
+
+Under torchrun (a process group initialized), rank r computes the missing shards i with i % world_size == r;
+every rank then waits for the others and reads the whole entry (rank 0 writes `meta.json`).
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Sample, split_fingerprint
+from .engine import distributed_world
 from .errors import ClipadaptError
 
 DEFAULT_SHARD_SIZE = 2048
@@ -95,11 +100,16 @@ def extract_features(
         i for i in range(n_shards)
         if not _shard_is_complete(_shard_path(folder, i), min(shard_size, len(samples) - i * shard_size))
     ]
-    if todo:
+    rank, world_size = distributed_world()
+    if world_size > 1:
+        dist.barrier()  # every rank has listed the missing shards before any is written: the same list
+    mine = todo[rank::world_size]  # each rank its own shards
+    if todo and rank == 0:
         meta_path.unlink(missing_ok=True)  # the entry is incomplete until every shard is back
-        bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in todo),
-                   desc=desc, unit="img", disable=not progress)
-        for index in todo:
+    if mine:
+        bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in mine),
+                   desc=desc, unit="img", disable=not progress or rank != 0)
+        for index in mine:
             shard = samples[index * shard_size:(index + 1) * shard_size]
             loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers)
             chunks = []
@@ -108,12 +118,16 @@ def extract_features(
                 bar.update(len(images))
             _write_atomic_npy(_shard_path(folder, index), np.concatenate(chunks))
         bar.close()
-    if not meta_path.is_file():
+    if world_size > 1:
+        dist.barrier()  # every rank's shards are written
+    if rank == 0 and not meta_path.is_file():
         meta = {"num_samples": len(samples), "shard_size": shard_size, "dim": backbone.embed_dim,
                 "model": backbone.name, "transform": repr(transform)}
         tmp = meta_path.with_name("meta.json.tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(meta_path)
+    if world_size > 1:
+        dist.barrier()  # meta.json is written: the entry is complete for every rank
     shards = [np.load(_shard_path(folder, i), mmap_mode="r") for i in range(n_shards)]
     features = torch.from_numpy(np.concatenate(shards).astype(np.float32)) if shards else torch.zeros(0, backbone.embed_dim)
     return FeatureSet(features=features, labels=labels, samples=list(samples))

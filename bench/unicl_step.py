@@ -1,0 +1,84 @@
+"""UniCL pretraining steps: our loop (`UniCLPretrainer` in the shared `Trainer`: text truncated to the longest
+prompt, channels-last, fused AdamW, bf16 autocast on GPUs, the UniCL loss, checkpointing off) vs a plain open_clip
+training step on the same model and batch (`model(images, texts)`, open_clip's `ClipLoss`, default AdamW, fp32).
+
+Both start from the same random weights and take the same number of steps on one in-memory batch (half
+image-label samples with template prompts, half captions), after one warm-up step each; image decoding is left
+out of both. The ratio is the plain step time over ours (target 1.0: the unified loss costs nothing).
+
+    python bench/unicl_step.py [--model tiny-vit] [--batch 128] [--steps 6] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import open_clip
+import torch
+
+from clipadapt import load_backbone
+from clipadapt.data import Sample
+from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
+
+CAPTION = "a small striped red star on a dark background"
+
+
+def our_seconds(backbone, images: torch.Tensor, steps: int, batch: int) -> tuple[float, UniCLPretrainer]:
+    """Seconds per step of `UniCLPretrainer.fit` over `steps` steps of the one batch (the loader replaced)."""
+    classes = [f"class {c}" for c in range(batch // 2)]
+    data = PretrainData(classes, [Sample(Path("unused.png"), c) for c in range(batch // 2)],
+                        [Sample(Path("unused.png"), -1, CAPTION) for _ in range(batch - batch // 2)])
+    config = PretrainConfig(epochs=steps, batch_size=batch, checkpoint_every=10**9)
+    trainer = UniCLPretrainer(backbone, config, data)
+    indices = torch.arange(batch)
+    trainer._batches = lambda epoch, offset: iter([(images, None, indices)])  # one step per epoch
+    start = time.perf_counter()
+    trainer.fit(progress=False)
+    return (time.perf_counter() - start) / steps, trainer
+
+
+def plain_seconds(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, steps: int) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
+    loss_fn = open_clip.loss.ClipLoss()
+    model.train()
+    start = None
+    for step in range(steps + 1):
+        if step == 1:  # after the warm-up step
+            start = time.perf_counter()
+        image_features, text_features, scale = model(images, tokens)[:3]
+        loss = loss_fn(image_features, text_features, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps in each run")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    backbone = load_backbone(args.model, device=args.device)
+    initial = copy.deepcopy(backbone.model)
+    images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=args.device)
+
+    our_seconds(backbone, images, 1, args.batch)  # warm-up
+    backbone.model.load_state_dict(initial.state_dict())
+    ours, trainer = our_seconds(backbone, images, args.steps, args.batch)
+    tokens = trainer._texts(torch.arange(args.batch), 0)[0]  # the same texts, at full context length
+    plain = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps)
+    print(f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
+          f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "
+          f"plain open_clip {args.batch / plain:.0f} images/s ({plain * 1000:.0f} ms/step)")
+    print(f"unicl_step ratio={plain / ours:.2f} target=1.0")
+
+
+if __name__ == "__main__":
+    main()
