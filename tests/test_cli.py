@@ -130,3 +130,26 @@ def test_torchrun_extraction_shares_the_shards(colour_world, tmp_path):
             # float16 features; thread counts may change the last bit of a sum
             assert np.allclose(np.load(shard), np.load(tmp_path / "one" / "features" / entry.name / shard.name),
                                atol=1e-3, rtol=0)
+
+
+def test_real_size_configs_build_their_methods():
+    """Every file in configs/ holds valid keys for its method (ViT-B-16 itself needs weights; the keys are checked
+    against the method configs on a micro model, except the MP-FGVC encoder, which would be a 21k-class ViT-B)."""
+    from pathlib import Path
+
+    from clipadapt import load_backbone
+    from clipadapt.config import load_config_file
+    from clipadapt.methods import build_method, method_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    methods = {"coop_vit_b16_base2new.yaml": "coop", "cocoop_vit_b16_base2new.yaml": "cocoop",
+               "coop_ship_vit_b16_base2new.yaml": "coop+ship", "mpfgvc_cub.yaml": "mpfgvc"}
+    assert sorted(p.name for p in configs.glob("*.yaml")) == sorted(methods)
+    backbone = load_backbone("micro-vit")
+    for name, method in methods.items():
+        values = load_config_file(configs / name)
+        built = method_config(build_method(method, backbone, values, source=name))
+        built.update({f"ship.{k}": v for k, v in built.pop("ship", {}).items()})
+        for key, value in values.items():
+            assert built[key] == value, (name, key)
+    assert load_config_file(configs / "coop_ship_vit_b16_base2new.yaml")["ship.batch_size"] == 256

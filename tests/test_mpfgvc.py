@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 from clipadapt import CheckpointError, ClipadaptError
 from clipadapt.data import load_dataset
@@ -173,6 +174,13 @@ def test_timm_vit_encoder_from_a_local_weights_file(colour_world, backbone, tmp_
               "stage1_epochs": 1, "stage2_epochs": 1, "top_k": 8}
     fresh = build_method("mpfgvc", backbone, config)._build(["a"], "x")["visual"]
     assert torch.equal(fresh.vit.blocks[1].attn.qkv.weight, reference.blocks[1].attn.qkv.weight)  # loaded
+    # Another input size (448 for the paper's CUB): position embeddings resampled, the transform follows.
+    small = build_method("mpfgvc", backbone, {**config, "image_size": 64})._build(["a"], "x")["visual"]
+    assert small.image_size == 64 and small.grid == 4
+    assert small.transform()(Image.new("RGB", (90, 70))).shape == (3, 64, 64)
+    assert small.embed(torch.randn(1, 3, 64, 64)).shape == (1, 17, reference.embed_dim)
+    with pytest.raises(ClipadaptError, match="image_size applies to timm"):
+        build_method("mpfgvc", backbone, {"image_size": 448})
     method = build_method("mpfgvc", backbone, config)
     root, _ = colour_world
     ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)

@@ -55,4 +55,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ClipadaptError(f"cannot read config file {path}: {e}") from e
     if not isinstance(values, dict):
         raise ClipadaptError(f"config file {path} must hold a mapping of key: value")
-    return values
+    # An add-on's section (`ship:` with its keys under it) reads as `ship.KEY`, as on the command line.
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat

@@ -99,13 +99,14 @@ class TimmTower(nn.Module):
     """A timm ViT (e.g. `vit_base_patch16_224`, ImageNet-21k weights as the paper) from a local weights file, its
     class token projected to the CLIP embedding size by a new linear layer so that it meets the text prompts."""
 
-    def __init__(self, name: str, weights: str, embed_dim: int):
+    def __init__(self, name: str, weights: str, embed_dim: int, image_size: int = 0):
         super().__init__()
         import timm  # a slow import, needed by this option only
         from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
         try:
-            model = timm.create_model(name, pretrained=False, num_classes=0)
+            model = timm.create_model(name, pretrained=False, num_classes=0,
+                                      **({"img_size": image_size} if image_size else {}))
         except RuntimeError as e:  # timm's error for unknown names
             raise ClipadaptError(f"unknown timm model '{name}': {e}") from e
         if not isinstance(model, VisionTransformer) or model.num_prefix_tokens != 1 or model.global_pool != "token":
@@ -124,7 +125,7 @@ class TimmTower(nn.Module):
         self.vit, self.name = model, name
         self.image_size, self.grid = model.patch_embed.img_size[0], model.patch_embed.grid_size[0]
         self.proj = nn.Linear(model.embed_dim, embed_dim, bias=False)
-        config = timm.data.resolve_data_config({}, model=model)
+        config = timm.data.resolve_data_config({"input_size": (3, self.image_size, self.image_size)}, model=model)
         self._transform = timm.data.create_transform(**config)
 
     @property
@@ -197,6 +198,7 @@ class MPFGVC:
     class Config:
         image_encoder: str = "clip"  # clip (the backbone's vision tower) | timm:NAME (e.g. timm:vit_base_patch16_224)
         image_encoder_weights: str = ""  # timm: a local weights file (.safetensors, .pth, .bin); "": random init
+        image_size: int = 0  # timm: input size (e.g. 448 as the paper; position embeddings resampled); 0: the model's
         ssvp: bool = True
         top_k: int = 0  # patch tokens kept by SsVP; 0: a quarter of them
         ssvp_layer: int = -2  # whose class-token attention chooses: -2 the penultimate block (the paper), -1 the
@@ -232,6 +234,8 @@ class MPFGVC:
             raise ClipadaptError("lr and head_lr must be positive and top_k at least 0 (0: a quarter of the patches)")
         if config.image_encoder != "clip" and not config.image_encoder.startswith("timm:"):
             raise ClipadaptError(f"image_encoder must be clip or timm:NAME, got '{config.image_encoder}'")
+        if config.image_size and config.image_encoder == "clip":
+            raise ClipadaptError("image_size applies to timm image encoders; the CLIP tower keeps the backbone's")
         if config.datp_init not in ("random", "name"):
             raise ClipadaptError(f"datp_init must be random or name, got '{config.datp_init}'")
         if config.ssvp_score not in SSVP_SCORES:
@@ -257,7 +261,7 @@ class MPFGVC:
                 tower = ClipTower(backbone)
             else:
                 tower = TimmTower(config.image_encoder.removeprefix("timm:"), config.image_encoder_weights,
-                                  backbone.embed_dim)
+                                  backbone.embed_dim, config.image_size)
             model = nn.ModuleDict({
                 "visual": tower,
                 "head": nn.Linear(backbone.embed_dim, len(classnames)),
