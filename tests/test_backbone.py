@@ -90,6 +90,23 @@ def test_prompted_text_gradients_reach_context(micro):
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_chunked_prompts_match_one_call_in_outputs_and_gradients(micro, class_specific):
+    names = [f"{colour} {shape}" for colour in ("red", "green", "blue", "pale yellow") for shape in ("star", "disc")]
+    torch.manual_seed(0)
+    start = torch.randn(*((len(names),) if class_specific else ()), 3, micro.text_width) * 0.1
+    weights = torch.randn(len(names), micro.embed_dim)
+    results = []
+    for chunk in (0, 3):  # one call; chunks of 3 names (the last holds 2), recomputed in the backward pass
+        ctx = start.clone().requires_grad_(True)
+        features = micro.encode_prompted_text(ctx, names, normalize=True, class_chunk=chunk)
+        (features * weights).sum().backward()
+        results.append((features.detach(), ctx.grad))
+    # each chunk runs to its own longest prompt: other matrix shapes, float rounding only
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=0)
+
+
 def test_prompted_text_rejects_bad_context(micro):
     with pytest.raises(ClipadaptError, match="ctx must end in"):
         micro.encode_prompted_text(torch.zeros(4, micro.text_width + 1), NAMES)

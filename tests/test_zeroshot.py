@@ -96,6 +96,22 @@ def test_run_zeroshot_full_known_answer(colour_world, tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
+def test_test_features_are_scored_in_blocks_of_rows(colour_world, tmp_path, monkeypatch):
+    import clipadapt.protocols as protocols
+    from clipadapt.methods import build_method
+
+    root, weights = colour_world
+    backbone = load_backbone(None, weights)
+    method = build_method("zeroshot", backbone, {"templates": TEMPLATE})
+    blocks = []
+    logits = method.logits
+    monkeypatch.setattr(method, "logits", lambda features, *a, **k: blocks.append(len(features)) or logits(features, *a, **k))
+    monkeypatch.setattr(protocols, "PREDICT_ELEMENTS", 5 * 4)  # 5 rows of 4 classes at a time
+    ctx = protocols.RunContext(backbone, cache_dir=tmp_path, progress=False)
+    result = protocols.run_protocol("full", method, ctx, load_dataset(f"imagefolder:{root}"))
+    assert blocks == [5, 5, 5, 5, 4] and result["accuracy"] == 100.0  # 24 test images
+
+
 def test_zeroshot_uses_class_names(colour_world, tmp_path):
     """Same images, class folders renamed in a cycle: the text now points at the wrong colour."""
     root, weights = colour_world

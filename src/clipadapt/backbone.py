@@ -9,6 +9,7 @@ class-token attention recomputed from the block's own projection weights.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import warnings
@@ -20,6 +21,7 @@ from typing import Any, Sequence
 import open_clip
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 import yaml
 from open_clip.convert import convert_state_dict
 from open_clip.tokenizer import SimpleTokenizer
@@ -378,6 +380,7 @@ class Backbone(nn.Module):
         class_token_position: str = "end",
         normalize: bool = False,
         class_index: torch.Tensor | None = None,
+        class_chunk: int = 0,
     ) -> torch.Tensor:
         """Text features of prompts `[SOS] ctx_1..ctx_n <class name> . [EOS]`, pooled at EOS.
 
@@ -386,8 +389,22 @@ class Backbone(nn.Module):
         `[n_cls, embed_dim]` or `[*batch, n_cls, embed_dim]`. With `class_index` ([n] labels into `classnames`),
         prompt i is `ctx[i]` with the name `classnames[class_index[i]]` (per-sample pairs, as SHIP generates):
         the layout is built once per class list, however many samples repeat a name. The transformer runs once
-        over all prompts, truncated to the longest prompt.
+        over all prompts, truncated to the longest prompt. With `class_chunk`, a shared or class-specific context
+        runs `class_chunk` class names at a time, and when gradients are on each chunk's activations are recomputed
+        in the backward pass instead of kept (activation checkpointing): memory stays bounded for 21,000 classes.
         """
+        if class_chunk and len(classnames) > class_chunk and class_index is None and ctx.ndim in (2, 3):
+            parts = []
+            for start in range(0, len(classnames), class_chunk):
+                names = classnames[start:start + class_chunk]
+                part_ctx = ctx if ctx.ndim == 2 else ctx[start:start + class_chunk]
+                encode = functools.partial(self.encode_prompted_text, classnames=names,
+                                           class_token_position=class_token_position, normalize=normalize)
+                if torch.is_grad_enabled() and ctx.requires_grad:
+                    parts.append(torch.utils.checkpoint.checkpoint(encode, part_ctx, use_reentrant=False))
+                else:
+                    parts.append(encode(part_ctx))
+            return torch.cat(parts)
         if not self._runs_causal() or self._pool_type() != "argmax":
             raise ClipadaptError(f"model '{self.name}' has no causal CLIP text tower; prompt learning needs one")
         if ctx.ndim < 2 or ctx.shape[-1] != self.text_width:

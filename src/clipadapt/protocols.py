@@ -106,6 +106,9 @@ def _with_training(result: dict, summary: dict | None) -> dict:
     return {**result, "training": summary} if summary is not None else result
 
 
+PREDICT_ELEMENTS = 1 << 26  # logits held at once while scoring test features (256 MB of float32)
+
+
 def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     classnames = list(classnames or splits.classnames)
     if hasattr(method, "image_logits"):  # a tuned image encoder: frozen cached features do not apply
@@ -115,8 +118,12 @@ def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequenc
                                      num_workers=ctx.num_workers, progress=ctx.progress)
         return logits.argmax(dim=-1).cpu(), torch.tensor([s.label for s in splits.test])
     test = ctx.features(splits, "test")
-    logits = method.logits(test.features, classnames, template_key=splits.template_key)
-    return logits.argmax(dim=-1).cpu(), test.labels
+    # Scored in blocks of rows, so that the logits of many test images over many classes (50,000 x 21,000 would
+    # be 4 GB) never exist at once.
+    rows = max(1, PREDICT_ELEMENTS // max(1, len(classnames)))
+    predictions = [method.logits(block, classnames, template_key=splits.template_key).argmax(dim=-1).cpu()
+                   for block in test.features.split(rows)]
+    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long), test.labels
 
 
 def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:

@@ -59,6 +59,7 @@ class CoOp:
         select: str = "last"  # last | val: keep the epoch with the best validation accuracy
         seed: int = 1
         checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
+        class_chunk: int = 1024  # class prompts per text-encoder call; more are chunked (activation checkpointing)
 
     def __init__(self, backbone, config: "CoOp.Config"):
         if config.class_token_position not in CLASS_TOKEN_POSITIONS:
@@ -95,7 +96,7 @@ class CoOp:
 
     def _text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         return self.backbone.encode_prompted_text(self.ctx, classnames, self.config.class_token_position,
-                                                  normalize=True)
+                                                  normalize=True, class_chunk=self.config.class_chunk)
 
     def _logits(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         image = F.normalize(features.to(text), dim=-1)

@@ -1,0 +1,127 @@
+"""Scaling with the number of class names (10 -> 1,000 -> 21,000): time and peak memory of zero-shot classifier
+weights, one CoOp training step, SHIP synthesis, and scoring test features.
+
+Each point runs in a fresh process (`--point WORKLOAD CLASSES`), so its peak resident memory (ru_maxrss) is its
+own; the memory reported is that peak minus the resident memory once the model and names are set up. CoOp runs
+its default `class_chunk=1024` (prompts in chunks, activations recomputed in the backward pass) and, for
+comparison, `class_chunk=0` (all prompts in one call). Writes `bench/results/scaling-<device>.json` and `.md`.
+
+    python bench/scaling.py [--model tiny-vit] [--classes 10,1000,21000] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+WORKLOADS = ("zeroshot", "coop_step", "coop_step_unchunked", "ship_synthesis", "score")
+WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green", "pale",
+         "spotted", "tiny", "hexagon", "purple", "wavy", "bright", "oval", "dark", "cross", "plain"]
+TEST_FEATURES = 10_000  # rows scored by `score`
+
+
+def class_names(n: int) -> list[str]:
+    """n distinct three-word names (21^3 = 9,261 word triples, then numbered)."""
+    names = []
+    for i in range(n):
+        a, b, c = WORDS[i % 21], WORDS[(i // 21) % 21], WORDS[(i // 441) % 21]
+        names.append(f"{a} {b} {c}" + (f" {i // 9261}" if i >= 9261 else ""))
+    return names
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
+    from clipadapt import load_backbone
+    from clipadapt.features import FeatureSet
+    from clipadapt.methods import build_method
+    from clipadapt.methods.ship import Ship, ShipConfig
+    from clipadapt.text import zeroshot_weights
+
+    torch.manual_seed(0)
+    backbone = load_backbone(model, device=device)
+    names = class_names(n_classes)
+    features = torch.randn(32, backbone.embed_dim)
+    labels = torch.arange(32) % n_classes
+    if workload.startswith("coop_step"):
+        chunk = 0 if workload.endswith("unchunked") else 1024
+        coop = build_method("coop", backbone, {"init": "a photo of a", "class_chunk": chunk, "epochs": 1,
+                                               "batch_size": 32})
+        train = FeatureSet(features, labels)
+        run = lambda: coop.fit(train, names, progress=False)  # noqa: E731  one epoch = one step of 32
+    elif workload == "zeroshot":
+        run = lambda: zeroshot_weights(backbone, names, ["a photo of a {}."], progress=False)  # noqa: E731
+    elif workload == "ship_synthesis":
+        ship = Ship(backbone, ShipConfig())
+        run = lambda: ship.synthesize(names, per_class=4, progress=False)  # noqa: E731
+    else:
+        from clipadapt.data import DatasetSplits
+        from clipadapt.protocols import _predict
+
+        zeroshot = build_method("zeroshot", backbone, {"templates": "a photo of a {}."})
+        zeroshot.logits(features[:1], names)  # the classifier weights, cached
+        test = FeatureSet(torch.randn(TEST_FEATURES, backbone.embed_dim), torch.zeros(TEST_FEATURES, dtype=torch.long))
+
+        class Context:
+            def features(self, splits, split):
+                return test
+
+        splits = DatasetSplits("scaling", names, [], [], [], Path("."))
+        run = lambda: _predict(zeroshot, Context(), splits)  # noqa: E731
+    base = resident_mb()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"workload": workload, "classes": n_classes, "seconds": round(seconds, 3),
+            "peak_mb_above_setup": round(max(0.0, peak - base), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
+    parser.add_argument("--classes", default="10,1000,21000")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--point", nargs=2, metavar=("WORKLOAD", "CLASSES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.point:
+        print(json.dumps(run_point(args.point[0], int(args.point[1]), args.model, args.device)))
+        return
+    rows = []
+    for workload in args.workloads.split(","):
+        for n in map(int, args.classes.split(",")):
+            result = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
+                                     "--point", workload, str(n)], capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"{workload} {n}: failed: {result.stderr.strip()[-300:]}", flush=True)
+                continue
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            print(f"{workload:22s} {n:>6} classes: {rows[-1]['seconds']:8.2f} s, "
+                  f"peak +{rows[-1]['peak_mb_above_setup']:.0f} MB", flush=True)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu-{torch.get_num_threads()}threads"
+    out = HERE / "results" / f"scaling-{device.replace(' ', '_')}"
+    out.with_suffix(".json").write_text(json.dumps({"model": args.model, "device": device, "date": str(date.today()),
+                                                    "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+    lines = [f"# Scaling with the number of classes: {args.model} (random weights), {device}, {date.today()}", "",
+             "Peak memory: the process's peak resident memory above its size once the model and names are set up.",
+             f"`score`: {TEST_FEATURES:,} test features scored in blocks. CoOp: one training step of 32 features.", "",
+             "| workload | classes | seconds | peak MB |", "|---|---|---|---|"]
+    lines += [f"| {r['workload']} | {r['classes']:,} | {r['seconds']} | {r['peak_mb_above_setup']} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
