@@ -83,6 +83,20 @@ def test_vlfm_matches_a_loop_reference():
     assert concat(visual, text).shape == (2, 3)
 
 
+def test_ssvp_starts_at_its_epoch(colour_world, backbone, monkeypatch):
+    root, _ = colour_world
+    config = {**FAST, "stage1_epochs": 3, "stage2_epochs": 1, "ssvp_start_epoch": 2, "top_k": 4}
+    method = build_method("mpfgvc", backbone, config)
+    calls = []
+    encode = method.encode_images
+    monkeypatch.setattr(method, "encode_images", lambda images, **kw: calls.append(kw.get("ssvp")) or encode(images, **kw))
+    method.fit_images(load_dataset(f"imagefolder:{root}"), progress=False)
+    # 16 images in batches of 8: 2 steps an epoch; then stage 2's one embedding pass, with the config's SsVP
+    assert calls == [False] * 4 + [True] * 2 + [None]
+    with pytest.raises(ClipadaptError, match="ssvp_start_epoch must lie in"):
+        build_method("mpfgvc", backbone, {**config, "ssvp_start_epoch": 3})
+
+
 @pytest.mark.parametrize("name,config", [
     ("mpfgvc", {}),
     ("mpfgvc", {"datp": False, "fusion": "concat"}),

@@ -203,6 +203,8 @@ class MPFGVC:
         top_k: int = 0  # patch tokens kept by SsVP; 0: a quarter of them
         ssvp_layer: int = -2  # whose class-token attention chooses: -2 the penultimate block (the paper), -1 the
         # last block's own attention over the penultimate block's output
+        ssvp_start_epoch: int = 0  # stage-1 epochs trained with every token before SsVP selects (0: from the start,
+        # the paper); an encoder pretrained without the parts in view first learns to attend to them
         ssvp_score: str = "attention"  # attention (that block's, the paper) | rollout (TransFG: the class-token
         # row of the product of every block's attention map up to that block)
         datp: bool = True
@@ -230,6 +232,9 @@ class MPFGVC:
         if config.datp and not config.contrastive:
             raise ClipadaptError("datp=true learns its prompt tokens through the contrastive loss: it needs "
                                  "contrastive=true (or datp=false)")
+        if not 0 <= config.ssvp_start_epoch < max(1, config.stage1_epochs):
+            raise ClipadaptError(f"ssvp_start_epoch must lie in [0, stage1_epochs={config.stage1_epochs}), "
+                                 f"got {config.ssvp_start_epoch}")
         if min(config.lr, config.head_lr) <= 0 or config.top_k < 0:
             raise ClipadaptError("lr and head_lr must be positive and top_k at least 0 (0: a quarter of the patches)")
         if config.image_encoder != "clip" and not config.image_encoder.startswith("timm:"):
@@ -295,13 +300,14 @@ class MPFGVC:
         weights = tower.attention(block, x, cls_only=False)
         return weights if product is None else weights @ product
 
-    def encode_images(self, images: torch.Tensor, return_kept: bool = False):
-        """E_V [B, D] from the tuned encoder, with SsVP before the last block (and the kept token indices)."""
+    def encode_images(self, images: torch.Tensor, return_kept: bool = False, ssvp: bool | None = None):
+        """E_V [B, D] from the tuned encoder, with SsVP before the last block (and the kept token indices);
+        `ssvp=False` runs every token (the config's `ssvp` by default)."""
         tower = self.model["visual"]
         blocks = tower.blocks
         x = tower.embed(images.to(self.backbone.device))
         kept = None
-        if not self.config.ssvp:
+        if not (self.config.ssvp if ssvp is None else ssvp):
             for block in blocks:
                 x = block(x)
         else:
@@ -393,11 +399,14 @@ class MPFGVC:
         fixed = None if config.augment or size > PRELOAD_BYTES else torch.stack([
             transform(load_image(s.path)) for s in tqdm(samples, desc="mpfgvc load", disable=not progress)])
 
+        ssvp_start_step = config.ssvp_start_epoch * math.ceil(len(samples) / config.batch_size)
+
         def stage1_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
             images = fixed[indices] if fixed is not None else load_batch(samples, indices, transform,
                                                                          seed=config.seed * 1_000_003 + step)
             target = labels[indices].to(self.backbone.device)
-            embedding = self.encode_images(images)
+            # SsVP from `ssvp_start_epoch` on: before, the encoder learns with every token where the parts are.
+            embedding = self.encode_images(images, ssvp=config.ssvp and step >= ssvp_start_step)
             loss = F.cross_entropy(model["head"](embedding), target)
             if config.contrastive:
                 similarity = F.normalize(embedding, dim=-1) @ self.text_embeddings().T
