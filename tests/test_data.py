@@ -202,9 +202,65 @@ def test_coop_eurosat_uses_coop_class_names(tmp_path):
     assert ds.classnames == ["Annual Crop Land", "Sea or Lake"]
 
 
-def test_coop_unsupported_and_unknown_names(tmp_path):
-    with pytest.raises(DataError, match="FGVCAircraft is not supported yet"):
+def test_coop_fgvc_aircraft_layout(tmp_path):
+    folder = tmp_path / "fgvc_aircraft"
+    variants = ["707-320", "A300B4", "F/A-18"]  # CoOp's variants.txt: names with '/' and '-'
+    (folder).mkdir()
+    (folder / "variants.txt").write_text("\n".join(variants) + "\n")
+    for split, rows in {"train": [("0034309", "707-320"), ("0034958", "F/A-18")],
+                        "val": [("0041135", "A300B4")], "test": [("1514522", "F/A-18"), ("0056978", "707-320")]}.items():
+        for image_id, _ in rows:
+            write_image(folder / "images" / f"{image_id}.jpg", fmt="JPEG")
+        (folder / f"images_variant_{split}.txt").write_text("".join(f"{i} {v}\n" for i, v in rows))
+    ds = load_dataset(f"coop:fgvcaircraft:{tmp_path}")
+    assert ds.name == "FGVCAircraft" and ds.classnames == variants and ds.template_key == "FGVCAircraft"
+    assert [(s.path.name, s.label) for s in ds.train] == [("0034309.jpg", 0), ("0034958.jpg", 2)]
+    assert [s.label for s in ds.val] == [1] and [s.label for s in ds.test] == [2, 0]
+    assert load_dataset(f"coop:FGVCAircraft:{folder}").classnames == variants  # ROOT may be the folder itself
+    (folder / "images_variant_test.txt").write_text("1514522 Boeing 999\n")
+    with pytest.raises(DataError, match=r"images_variant_test.txt: variant 'Boeing 999' of image 1514522 is not in"):
         load_dataset(f"coop:FGVCAircraft:{tmp_path}")
+    (folder / "images_variant_test.txt").write_text("../../x 707-320\n")
+    with pytest.raises(DataError, match="escapes the image root"):
+        load_dataset(f"coop:FGVCAircraft:{tmp_path}")
+
+
+def _imagenet_classnames(folder, wnids):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classnames.txt").write_text("".join(f"{w} {name}\n" for w, name in wnids.items()))
+
+
+WNIDS = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
+
+
+def test_coop_imagenet_family_layouts(tmp_path):
+    imagenet = tmp_path / "imagenet"
+    _imagenet_classnames(imagenet, WNIDS)
+    write_class_folders(imagenet / "images" / "train", {w: 2 for w in WNIDS})
+    write_class_folders(imagenet / "images" / "val", {w: 1 for w in WNIDS})
+    ds = load_dataset(f"coop:ImageNet:{tmp_path}")
+    assert ds.classnames == ["tench", "goldfish", "great white shark"] and not ds.val  # selection never sees test
+    assert [s.label for s in ds.train] == [0, 0, 1, 1, 2, 2] and [s.label for s in ds.test] == [0, 1, 2]
+    # ImageNetV2: folders named by label; -A / -R: a subset of the classes, labels among their own folders.
+    v2 = tmp_path / "imagenetv2"
+    _imagenet_classnames(v2, WNIDS)
+    write_class_folders(v2 / "imagenetv2-matched-frequency-format-val", {"0": 1, "2": 2})
+    ds = load_dataset(f"coop:ImageNetV2:{tmp_path}")
+    assert [s.label for s in ds.test] == [0, 2, 2] and ds.classnames[2] == "great white shark" and not ds.train
+    adversarial = tmp_path / "imagenet-adversarial"
+    _imagenet_classnames(adversarial, WNIDS)
+    write_class_folders(adversarial / "imagenet-a", {"n01443537": 1, "n01484850": 1})
+    (adversarial / "imagenet-a" / "README.txt").write_text("not a class")
+    ds = load_dataset(f"coop:ImageNetA:{tmp_path}")
+    assert ds.classnames == ["goldfish", "great white shark"] and [s.label for s in ds.test] == [0, 1]
+    write_class_folders(adversarial / "imagenet-a", {"n99999999": 1})
+    with pytest.raises(DataError, match="n99999999 has no line in .*classnames.txt"):
+        load_dataset(f"coop:ImageNetA:{tmp_path}")
+    with pytest.raises(DataError, match="no classnames.txt"):
+        load_dataset(f"coop:ImageNetSketch:{tmp_path}")
+
+
+def test_coop_unknown_names(tmp_path):
     with pytest.raises(DataError, match="split_zhou_Nope.json"):
         load_dataset(f"coop:Nope:{tmp_path}")
     with pytest.raises(DataError, match="no split_zhou_OxfordPets.json"):

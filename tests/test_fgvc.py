@@ -53,7 +53,7 @@ def test_cub_layout(tmp_path):
     ("train_test_split.txt", "1 1\n", "list different image ids"),
     ("train_test_split.txt", None, "missing file"),
     ("image_class_labels.txt", "bad line\n", "line 1: expected 2 fields"),
-    ("images.txt", "1 ../../etc/passwd\n", "escapes the image folder"),
+    ("images.txt", "1 ../../etc/passwd\n", "escapes the image root"),
 ])
 def test_cub_bad_files_name_the_file(tmp_path, file, text, message):
     cub = write_cub(tmp_path, per_class=(1, 0))
@@ -149,7 +149,7 @@ def _dog_files(dogs, part):
     ("no labels", "no variable 'labels'"),
     ("label 0", "entry 1: class id 0 is out of range"),
     ("label gap", r"class ids must be 1\.\.5 without gaps; no image has class \[3, 4\]"),
-    ("escape", "escapes the image folder"),
+    ("escape", "escapes the image root"),
     ("fewer labels", "file_list has 3 entries but labels has 2"),
     ("label in another folder", "class 1 is the folder 'n02085782-Japanese_spaniel' here"),
     ("folder with two labels", "folder 'n02085620-Chihuahua' has class 4 here but 1 elsewhere"),
@@ -258,7 +258,7 @@ def _replace_line(path, index, line):
     ("image_class_labels.txt", (0, f"{image_uuid(99)} 813"), "list different image ids"),
     ("train_test_split.txt", (1, f"{image_uuid(0)} 1"), "line 2: id .* appears twice"),
     ("train_test_split.txt", (0, f"{image_uuid(0)} yes"), "expected 0 or 1, got 'yes'"),
-    ("images.txt", (0, f"{image_uuid(0)} ../../../etc/passwd"), "escapes the image folder"),
+    ("images.txt", (0, f"{image_uuid(0)} ../../../etc/passwd"), "escapes the image root"),
     ("images.txt", (0, f"{image_uuid(0)} 0813/gone.png"), "image file .* does not exist"),
     ("hierarchy.txt", (5, "813 1234"), "parent class '1234' is not in classes.txt"),
     ("hierarchy.txt", (5, "999 700"), "child class 999 is not in classes.txt"),
@@ -330,8 +330,8 @@ def test_food101_layout(tmp_path):
     ("meta/test.txt", "apple_pie\n", "line 1: expected <class>/<image id>, got 'apple_pie'"),
     ("meta/test.txt", "apple_pie/1/2\n", "expected <class>/<image id>"),
     ("meta/test.txt", "apple_pie/1005659\nsushi/1\n", "line 2: class 'sushi' is not in .*classes.txt"),
-    ("meta/test.txt", "../../../etc/passwd\n", "escapes the image folder"),
-    ("meta/test.txt", "/etc/passwd\n", "escapes the image folder"),
+    ("meta/test.txt", "../../../etc/passwd\n", "escapes the image root"),
+    ("meta/test.txt", "/etc/passwd\n", "escapes the image root"),
     ("meta/test.txt", "apple_pie/42\n", r"line 1: image file .*apple_pie/42\.jpg does not exist"),
     ("meta/test.txt", "apple_pie/1005649\n", "listed twice .*also in train.txt"),
 ])

@@ -166,9 +166,25 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, int, str]:
         label = int(label)  # CoOp's reader applies int() to the label, so "3" is as good as 3
     if not isinstance(label, int) or isinstance(label, bool) or label < 0:
         raise DataError(f"{where}: label must be a non-negative integer")
-    if not rel or os.path.isabs(rel) or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
-        raise DataError(f"{where}: image path escapes the image root (absolute or containing '..')")
+    if not rel:
+        raise DataError(f"{where}: empty image path")
+    check_relative_path(rel, where)
     return rel, label, classname
+
+
+def check_relative_path(rel: str, where: str) -> None:
+    """A path read from a data set's own files must stay under its image folder: no absolute paths, no '..'."""
+    if os.path.isabs(rel) or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+        raise DataError(f"{where}: image path {rel!r} escapes the image root (absolute or containing '..')")
+
+
+def image_under(root: Path, rel: str, where: str) -> Path:
+    """root/rel, checked to stay under root and to exist."""
+    check_relative_path(rel, where)
+    image = root / rel
+    if not image.exists():
+        raise DataError(f"{where}: image file {image} does not exist")
+    return image
 
 
 def read_split_file(
@@ -359,8 +375,15 @@ COOP_DATASETS: dict[str, tuple[str, str]] = {
     "EuroSAT": ("eurosat", "2750"),
     "UCF101": ("ucf101", "UCF-101-midframes"),
 }
-# Their splits are not split_zhou JSON files (FGVCAircraft: text lists; ImageNet*: folders + classnames.txt).
-_UNSUPPORTED_COOP = ("FGVCAircraft", "ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
+# CoOp's ImageNet family: a folder per class (by WordNet id, or by label for V2) and classnames.txt
+# ("<wnid> <class name>"): name -> (dataset_dir, image_dir, {split: sub-folder of image_dir}).
+COOP_IMAGENETS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "ImageNet": ("imagenet", "images", {"train": "train", "test": "val"}),
+    "ImageNetV2": ("imagenetv2", "imagenetv2-matched-frequency-format-val", {"test": ""}),
+    "ImageNetSketch": ("imagenet-sketch", "images", {"test": ""}),
+    "ImageNetA": ("imagenet-adversarial", "imagenet-a", {"test": ""}),
+    "ImageNetR": ("imagenet-rendition", "imagenet-r", {"test": ""}),
+}
 # CoOp's eurosat.py NEW_CNAMES; its own split file already uses them, splits made from the raw folders do not.
 _EUROSAT_CLASSNAMES = {
     "AnnualCrop": "Annual Crop Land",
@@ -387,12 +410,13 @@ def load_coop(arg: str) -> DatasetSplits:
     if not sep or not name or not root_arg:
         raise DataError(f"coop data set spec 'coop:{arg}' must be coop:NAME:ROOT")
     root = _existing_dir(root_arg, "CoOp data set root")
-    canonical = {n.lower(): n for n in (*COOP_DATASETS, *_UNSUPPORTED_COOP)}.get(name.lower(), name)
-    if canonical in _UNSUPPORTED_COOP:
-        raise DataError(
-            f"CoOp data set {canonical} is not supported yet (its split is not a split_zhou JSON file); "
-            f"supported: {', '.join(COOP_DATASETS)}"
-        )
+    known = (*COOP_DATASETS, "FGVCAircraft", *COOP_IMAGENETS)
+    canonical = {n.lower(): n for n in known}.get(name.lower(), name)
+    if canonical == "FGVCAircraft":
+        return _load_coop_aircraft(_coop_dir(root, "fgvc_aircraft", "variants.txt"))
+    if canonical in COOP_IMAGENETS:
+        dataset_dir, image_dir, parts = COOP_IMAGENETS[canonical]
+        return _load_coop_imagenet(canonical, _coop_dir(root, dataset_dir, "classnames.txt"), image_dir, parts)
 
     if canonical in COOP_DATASETS:
         dataset_dir, image_dir = COOP_DATASETS[canonical]
@@ -406,13 +430,92 @@ def load_coop(arg: str) -> DatasetSplits:
         if not split_file.is_file():
             raise DataError(
                 f"unknown CoOp data set {name!r} and no split file {split_file}; "
-                f"known data sets: {', '.join(COOP_DATASETS)}"
+                f"known data sets: {', '.join(known)}"
             )
 
     splits, raw_names = read_split_file(split_file, image_root)
     renames = _COOP_RENAMES.get(canonical, {})
     classnames = [_display_name(renames.get(n, n)) for n in raw_names]
     return DatasetSplits(canonical, classnames, root=image_root.absolute(), template_key=template_key, **splits)
+
+
+def _coop_dir(root: Path, dataset_dir: str, marker: str) -> Path:
+    """ROOT/dataset_dir, or ROOT itself when it is that folder: whichever holds `marker`."""
+    found = next((d for d in (root / dataset_dir, root) if (d / marker).is_file()), None)
+    if found is None:
+        raise DataError(f"no {marker} in {root / dataset_dir} or {root}")
+    return found
+
+
+def _read_name_lines(path: Path) -> list[tuple[str, str]]:
+    """Lines "<key> <words...>" (CoOp's classnames.txt, FGVCAircraft's lists) as (key, words), naming bad lines."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        key, _, words = line.strip().partition(" ")
+        if not words.strip():
+            raise DataError(f"{path}, line {number}: expected '<name> <words>', got {line.strip()!r}")
+        pairs.append((key, words.strip()))
+    return pairs
+
+
+def _load_coop_aircraft(folder: Path) -> DatasetSplits:
+    """CoOp's FGVCAircraft: variants.txt (class names in label order) and images_variant_{train,val,test}.txt
+    ("<image id> <variant>", the image at images/<id>.jpg)."""
+    variants_file = folder / "variants.txt"
+    try:
+        classnames = [line.strip() for line in variants_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {variants_file}: {exc}") from exc
+    label_of = {name: label for label, name in enumerate(classnames)}
+    splits: dict[str, list[Sample]] = {}
+    for split in SPLIT_NAMES:
+        path = folder / f"images_variant_{split}.txt"
+        samples = []
+        for image_id, variant in _read_name_lines(path):
+            if variant not in label_of:
+                raise DataError(f"{path}: variant {variant!r} of image {image_id} is not in {variants_file}")
+            samples.append(Sample(image_under(folder / "images", f"{image_id}.jpg", str(path)), label_of[variant]))
+        splits[split] = samples
+    return DatasetSplits("FGVCAircraft", classnames, root=folder / "images", template_key="FGVCAircraft", **splits)
+
+
+def _load_coop_imagenet(name: str, folder: Path, image_dir: str, parts: dict[str, str]) -> DatasetSplits:
+    """CoOp's ImageNet family. Labels: the index of the class folder among the sorted folders (ImageNet, -Sketch,
+    -A, -R: for -A and -R, 200 of the classes), or the folder's own number (V2: 0..999 in classnames.txt order)."""
+    names_file = folder / "classnames.txt"
+    classnames = dict(_read_name_lines(names_file))
+    splits: dict[str, list[Sample]] = {split: [] for split in SPLIT_NAMES}
+    folders: list[str] = []
+    for split, sub in parts.items():
+        directory = _existing_dir(str(folder / image_dir / sub), f"{name} image folder")
+        classes = _class_folders(directory)
+        if not classes:
+            raise DataError(f"{directory} has no class folders")
+        if name == "ImageNetV2":
+            by_number = list(classnames)
+            if any(not f.isdecimal() or int(f) >= len(by_number) for f in classes):
+                bad = next(f for f in classes if not f.isdecimal() or int(f) >= len(by_number))
+                raise DataError(f"{directory / bad}: ImageNetV2 folders are labels 0..{len(by_number) - 1}")
+            folders = by_number
+            label_of = {f: int(f) for f in classes}
+        else:
+            folders = sorted(classes) if not folders else folders  # the train folders fix the labels
+            label_of = {f: i for i, f in enumerate(folders)}
+        for folder_name, images in classes.items():
+            if folder_name not in label_of:
+                raise DataError(f"{directory / folder_name} is not a class of {name}'s training folders")
+            key = folders[label_of[folder_name]]
+            if key not in classnames:
+                raise DataError(f"{directory / folder_name}: class {key} has no line in {names_file}")
+            splits[split] += [Sample(p, label_of[folder_name]) for p in images]
+    names = [classnames[f] for f in folders]
+    return DatasetSplits(name, names, root=folder / image_dir, template_key=name, **splits)
 
 
 # ---------------------------------------------------------------- csv

@@ -32,7 +32,6 @@ train (75,750) / test (25,250). Its `template_key` is "Food101", so CoOp's food 
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
@@ -40,7 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError
-from .datasets import DatasetSplits, Sample, _existing_dir, register_dataset
+from .datasets import DatasetSplits, Sample, _existing_dir, check_relative_path, image_under, register_dataset
 
 _INTEGER = re.compile(r"[0-9]+")  # not str.isdigit, which also accepts digits int() rejects ("²")
 
@@ -67,19 +66,6 @@ def _read_table(path: Path, columns: int, integer_ids: bool = True) -> dict[Any,
     return rows
 
 
-def _check_relative(rel: str, where: str) -> None:
-    if os.path.isabs(rel) or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
-        raise DataError(f"{where}: image path {rel!r} escapes the image folder (absolute or containing '..')")
-
-
-def _relative_image(root: Path, rel: str, where: str) -> Path:
-    _check_relative(rel, where)
-    image = root / rel
-    if not image.exists():
-        raise DataError(f"{where}: image file {image} does not exist")
-    return image
-
-
 def _check_same_ids(root: Path, images: dict, tables: Iterable[tuple[str, dict]]) -> None:
     for name, table in tables:
         if set(table) != set(images):
@@ -99,7 +85,7 @@ def _split_by_flag(root: Path, image_ids: Iterable, images: dict, labels: dict, 
                             "classes.txt")
         if flag not in ("0", "1"):
             raise DataError(f"{root / 'train_test_split.txt'}, image id {image_id}: expected 0 or 1, got {flag!r}")
-        sample = Sample(_relative_image(root / "images", images[image_id][0], where), label_of[int(label)])
+        sample = Sample(image_under(root / "images", images[image_id][0], where), label_of[int(label)])
         (train if flag == "1" else test).append(sample)
     return train, test
 
@@ -200,7 +186,7 @@ def load_dogs(arg: str) -> DatasetSplits:
         samples = []
         for i, (rel, label) in enumerate(zip(files, labels), 1):
             where = f"{path}, entry {i}"
-            image = _relative_image(images_root, rel, where)
+            image = image_under(images_root, rel, where)
             parts = PurePosixPath(rel).parts
             if len(parts) != 2:
                 raise DataError(f"{where}: expected <breed folder>/<file> under Images/, got {rel!r}")
@@ -311,7 +297,7 @@ def load_food101(arg: str) -> DatasetSplits:
         samples = []
         for number, entry in _read_lines(path):
             where = f"{path}, line {number}"
-            _check_relative(entry, where)
+            check_relative_path(entry, where)
             parts = PurePosixPath(entry).parts
             if len(parts) != 2 or len(entry.split()) != 1:
                 raise DataError(f"{where}: expected <class>/<image id>, got {entry!r}")
@@ -320,7 +306,7 @@ def load_food101(arg: str) -> DatasetSplits:
             if entry in seen:
                 raise DataError(f"{where}: image {entry!r} is listed twice (also in {seen[entry]})")
             seen[entry] = path.name
-            samples.append(Sample(_relative_image(root / "images", entry + ".jpg", where), label_of[parts[0]]))
+            samples.append(Sample(image_under(root / "images", entry + ".jpg", where), label_of[parts[0]]))
         splits[split] = samples
     classnames = [name.replace("_", " ") for name in label_of]
     return DatasetSplits("Food101", classnames, train=splits["train"], val=[], test=splits["test"],
