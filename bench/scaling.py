@@ -1,12 +1,13 @@
 """Scaling with the number of class names (10 -> 1,000 -> 21,000): time and peak memory of zero-shot classifier
-weights, one CoOp training step, SHIP synthesis, and scoring test features.
+weights, one CoOp training step, SHIP synthesis, and scoring test features; and with the data (10,000 ->
+1,000,000 cached features): reading the float16 shards of a feature cache and scoring them over 1,000 classes.
 
 Each point runs in a fresh process (`--point WORKLOAD CLASSES`), so its peak resident memory (ru_maxrss) is its
 own; the memory reported is that peak minus the resident memory once the model and names are set up. CoOp runs
 its default `class_chunk=1024` (prompts in chunks, activations recomputed in the backward pass) and, for
 comparison, `class_chunk=0` (all prompts in one call). Writes `bench/results/scaling-<device>.json` and `.md`.
 
-    python bench/scaling.py [--model tiny-vit] [--classes 10,1000,21000] [--device cpu]
+    python bench/scaling.py [--model tiny-vit] [--classes 10,1000,21000] [--rows 10000,100000,1000000]
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = ("zeroshot", "coop_step", "coop_step_unchunked", "ship_synthesis", "score")
+DATA_WORKLOADS = ("cache_score",)  # sized by rows of features, over 1,000 classes
 WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green", "pale",
          "spotted", "tiny", "hexagon", "purple", "wavy", "bright", "oval", "dark", "cross", "plain"]
 TEST_FEATURES = 10_000  # rows scored by `score`
@@ -65,6 +67,32 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
     elif workload == "ship_synthesis":
         ship = Ship(backbone, ShipConfig())
         run = lambda: ship.synthesize(names, per_class=4, progress=False)  # noqa: E731
+    elif workload == "cache_score":
+        import tempfile
+
+        import numpy as np
+
+        from clipadapt.data import DatasetSplits
+        from clipadapt.features import DEFAULT_SHARD_SIZE, _read_shards, _write_atomic_npy, _shard_path
+        from clipadapt.protocols import _predict
+
+        rows, names = n_classes, class_names(1000)
+        folder = Path(tempfile.mkdtemp())
+        rng = np.random.default_rng(0)
+        n_shards = -(-rows // DEFAULT_SHARD_SIZE)
+        for i in range(n_shards):  # written before the clock starts
+            size = min(DEFAULT_SHARD_SIZE, rows - i * DEFAULT_SHARD_SIZE)
+            _write_atomic_npy(_shard_path(folder, i), rng.standard_normal((size, backbone.embed_dim), np.float32).astype(np.float16))
+        zeroshot = build_method("zeroshot", backbone, {"templates": "a photo of a {}."})
+        zeroshot.logits(features[:1], names)
+
+        class Cached:
+            def features(self, splits, split):
+                return FeatureSet(_read_shards(folder, n_shards, rows, backbone.embed_dim),
+                                  torch.zeros(rows, dtype=torch.long))
+
+        splits = DatasetSplits("scaling", names, [], [], [], Path("."))
+        run = lambda: _predict(zeroshot, Cached(), splits)  # noqa: E731
     else:
         from clipadapt.data import DatasetSplits
         from clipadapt.protocols import _predict
@@ -93,7 +121,8 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
     parser.add_argument("--classes", default="10,1000,21000")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--rows", default="10000,100000,1000000", help="cached features read and scored")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS + DATA_WORKLOADS))
     parser.add_argument("--point", nargs=2, metavar=("WORKLOAD", "CLASSES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
@@ -101,14 +130,15 @@ def main() -> None:
         return
     rows = []
     for workload in args.workloads.split(","):
-        for n in map(int, args.classes.split(",")):
+        for n in map(int, (args.rows if workload in DATA_WORKLOADS else args.classes).split(",")):
             result = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
                                      "--point", workload, str(n)], capture_output=True, text=True)
             if result.returncode != 0:
                 print(f"{workload} {n}: failed: {result.stderr.strip()[-300:]}", flush=True)
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-            print(f"{workload:22s} {n:>6} classes: {rows[-1]['seconds']:8.2f} s, "
+            unit = "rows" if workload in DATA_WORKLOADS else "classes"
+            print(f"{workload:22s} {n:>8} {unit}: {rows[-1]['seconds']:8.2f} s, "
                   f"peak +{rows[-1]['peak_mb_above_setup']:.0f} MB", flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu-{torch.get_num_threads()}threads"
     out = HERE / "results" / f"scaling-{device.replace(' ', '_')}"
@@ -116,8 +146,9 @@ def main() -> None:
                                                     "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
     lines = [f"# Scaling with the number of classes: {args.model} (random weights), {device}, {date.today()}", "",
              "Peak memory: the process's peak resident memory above its size once the model and names are set up.",
-             f"`score`: {TEST_FEATURES:,} test features scored in blocks. CoOp: one training step of 32 features.", "",
-             "| workload | classes | seconds | peak MB |", "|---|---|---|---|"]
+             f"`score`: {TEST_FEATURES:,} test features scored in blocks. CoOp: one training step of 32 features.",
+             "`cache_score`: that many cached features read from float16 shards and scored over 1,000 classes.", "",
+             "| workload | classes (rows for cache_score) | seconds | peak MB |", "|---|---|---|---|"]
     lines += [f"| {r['workload']} | {r['classes']:,} | {r['seconds']} | {r['peak_mb_above_setup']} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}.json and .md")

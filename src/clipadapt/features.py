@@ -128,6 +128,17 @@ def extract_features(
         tmp.replace(meta_path)
     if world_size > 1:
         dist.barrier()  # meta.json is written: the entry is complete for every rank
-    shards = [np.load(_shard_path(folder, i), mmap_mode="r") for i in range(n_shards)]
-    features = torch.from_numpy(np.concatenate(shards).astype(np.float32)) if shards else torch.zeros(0, backbone.embed_dim)
-    return FeatureSet(features=features, labels=labels, samples=list(samples))
+    return FeatureSet(features=_read_shards(folder, n_shards, len(samples), backbone.embed_dim), labels=labels,
+                      samples=list(samples))
+
+
+def _read_shards(folder: Path, n_shards: int, rows: int, dim: int) -> torch.Tensor:
+    """The float32 features [rows, dim], filled shard by shard from memory-mapped float16 files: the peak memory is
+    the result plus one shard (concatenating first would hold the float16 copy and the float32 one at once)."""
+    features = torch.empty(rows, dim, dtype=torch.float32)
+    start = 0
+    for i in range(n_shards):
+        shard = np.load(_shard_path(folder, i), mmap_mode="r")
+        features[start:start + len(shard)] = torch.from_numpy(np.asarray(shard, dtype=np.float32))
+        start += len(shard)
+    return features
