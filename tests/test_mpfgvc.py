@@ -11,7 +11,7 @@ from clipadapt import CheckpointError, ClipadaptError
 from clipadapt.data import load_dataset
 from clipadapt.methods import build_method
 from clipadapt.methods.mpfgvc import (
-    VisionLanguageFusion, box_in_crop, box_overlap_fraction, patch_boxes, ssvp_tokens,
+    VisionLanguageFusion, box_in_crop, part_overlap, patch_boxes, ssvp_tokens,
 )
 from clipadapt.protocols import RunContext, run_protocol
 
@@ -137,9 +137,11 @@ def test_base2new_reports_base_only_and_bad_options(colour_world, tmp_path, back
 def test_part_overlap_counts_patches_on_the_part():
     boxes = patch_boxes(grid=4, image_size=32)  # 8-pixel patches
     assert boxes[5].tolist() == [8.0, 8.0, 16.0, 16.0]
-    parts = torch.tensor([[9.0, 9.0, 12.0, 12.0]])  # inside patch 5 only
-    kept = torch.tensor([[6, 1]])  # 1-based token indices: patch 5 and patch 0
-    assert box_overlap_fraction(kept, boxes, parts) == (50.0, pytest.approx(100 / 16))
+    parts = torch.tensor([[9.0, 9.0, 12.0, 12.0], [6.0, 9.0, 12.0, 12.0]])  # patch 5 only; patches 4 and 5
+    kept = torch.tensor([[6, 1], [6, 1]])  # 1-based token indices: patches 5 and 0
+    overlap = part_overlap(kept, boxes, parts)
+    assert overlap["kept_tokens_on_part"] == 50.0 and overlap["random_tokens_on_part"] == pytest.approx(300 / 32)
+    assert overlap["part_patches_kept"] == pytest.approx(200 / 3) and overlap["random_part_patches_kept"] == 12.5
 
 
 def test_full_protocol_on_the_world_badges_reports_part_overlap(backbone, tmp_path):

@@ -75,13 +75,14 @@ def format_table(results: list[dict]) -> str:
                          + " | ".join(_percent(r["targets"][spec]["accuracy"]) for spec in specs) + " |")
     full = [r for r in results if r["protocol"] == "full"]
     if full:
-        lines += ["", f"| method | {full[0]['dataset']} accuracy | kept tokens on the spot | random tokens on the spot |",
-                  "|---|---|---|---|"]
+        lines += ["", f"| method | {full[0]['dataset']} accuracy | kept tokens on the spot (random) "
+                  "| spot patches kept (random) |", "|---|---|---|---|"]
         for r in full:
-            overlap = r.get("part_overlap", {})
-            lines.append(f"| {r['method']} | {_percent(r['accuracy'])} | "
-                         f"{_percent(overlap.get('kept_tokens_on_part'))} | "
-                         f"{_percent(overlap.get('random_tokens_on_part'))} |")
+            overlap = r.get("part_overlap")
+            kept = (f"{_percent(overlap['kept_tokens_on_part'])} ({_percent(overlap['random_tokens_on_part'])}) | "
+                    f"{_percent(overlap['part_patches_kept'])} ({_percent(overlap['random_part_patches_kept'])})"
+                    if overlap else "- | -")
+            lines.append(f"| {r['method']} | {_percent(r['accuracy'])} | {kept} |")
     return "\n".join(lines)
 
 

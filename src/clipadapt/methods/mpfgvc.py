@@ -468,19 +468,17 @@ class MPFGVC:
     @torch.no_grad()
     def kept_token_overlap(self, samples: Sequence[Sample], parts: Sequence[tuple[int, int, int, int]],
                            progress: bool = False) -> dict:
-        """Where SsVP looks: the percentage of kept patch tokens that overlap each image's discriminative part
-        (a box in the image's own pixels, mapped through CLIP's resize of the shorter side and centre crop) vs
-        the percentage for randomly kept tokens (all patches)."""
+        """Where SsVP looks (`part_overlap`): how many kept patch tokens overlap each image's discriminative part
+        (a box in the image's own pixels, mapped through CLIP's resize of the shorter side and centre crop), and
+        how many of the part's patches are kept, each against randomly kept tokens."""
         if self.model is None or not self.config.ssvp:
             raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
         size = self.model["visual"].image_size
         mapped = [box_in_crop(box, *load_image_size(sample.path), size) for sample, box in zip(samples, parts)]
         _, kept = self._embed_samples(samples, progress, return_kept=True)
         grid = self.model["visual"].grid
-        kept_fraction, random_fraction = box_overlap_fraction(kept.cpu(), patch_boxes(grid, size),
-                                                               torch.tensor(mapped, dtype=torch.float32))
-        return {"kept_tokens_on_part": kept_fraction, "random_tokens_on_part": random_fraction,
-                "tokens_kept": kept.shape[1], "tokens": grid * grid}
+        overlap = part_overlap(kept.cpu(), patch_boxes(grid, size), torch.tensor(mapped, dtype=torch.float32))
+        return {**overlap, "tokens_kept": kept.shape[1], "tokens": grid * grid}
 
     @torch.no_grad()
     def image_logits(self, samples: Sequence[Sample], classnames: Sequence[str], batch_size: int = 64,
@@ -514,13 +512,18 @@ def box_in_crop(box: Sequence[float], width: int, height: int, size: int) -> lis
     return [x0 * scale - dx, y0 * scale - dy, x1 * scale - dx, y1 * scale - dy]
 
 
-def box_overlap_fraction(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -> tuple[float, float]:
-    """(fraction of kept patch tokens [N, K] (1-based, as `ssvp_tokens`) whose patch box [P, 4] intersects their
-    image's part box [N, 4], the same fraction over all patches: what randomly kept tokens would score)."""
+def part_overlap(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -> dict[str, float]:
+    """Where kept patch tokens [N, K] (1-based, as `ssvp_tokens`) lie relative to each image's part box [N, 4],
+    given the patch boxes [P, 4], in percent: `kept_tokens_on_part`, the kept tokens whose patch intersects the
+    part (precision; `random_tokens_on_part`: the same over all patches), and `part_patches_kept`, the part's
+    patches that were kept (recall; `random_part_patches_kept`: K / P for tokens kept at random)."""
     hits = ((boxes[None, :, 0] < parts[:, None, 2]) & (boxes[None, :, 2] > parts[:, None, 0])
             & (boxes[None, :, 1] < parts[:, None, 3]) & (boxes[None, :, 3] > parts[:, None, 1]))  # [N, P]
     kept_hits = torch.gather(hits, 1, kept - 1)
-    return 100.0 * kept_hits.float().mean().item(), 100.0 * hits.float().mean().item()
+    return {"kept_tokens_on_part": 100.0 * kept_hits.float().mean().item(),
+            "random_tokens_on_part": 100.0 * hits.float().mean().item(),
+            "part_patches_kept": 100.0 * kept_hits.sum().item() / max(1, hits.sum().item()),
+            "random_part_patches_kept": 100.0 * kept.shape[1] / boxes.shape[0]}
 
 
 @register_method("finetune")
