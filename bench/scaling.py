@@ -2,8 +2,9 @@
 weights, one CoOp training step, SHIP synthesis, and scoring test features; and with the data (10,000 ->
 1,000,000 cached features): reading the float16 shards of a feature cache and scoring them over 1,000 classes.
 
-Each point runs in a fresh process (`--point WORKLOAD CLASSES`), so its peak resident memory (ru_maxrss) is its
-own; the memory reported is that peak minus the resident memory once the model and names are set up. CoOp runs
+Each point runs in a fresh process (`--point WORKLOAD CLASSES`); the memory reported is the peak resident memory
+during the workload alone (the kernel's high-water mark, reset once the model and names are set up) minus the
+resident memory at that moment. CoOp runs
 its default `class_chunk=1024` (prompts in chunks, activations recomputed in the backward pass) and, for
 comparison, `class_chunk=0` (all prompts in one call). Writes `bench/results/scaling-<device>.json` and `.md`.
 
@@ -44,6 +45,17 @@ def resident_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def reset_peak() -> None:
+    """Start the kernel's high-water mark (VmHWM) afresh, so the peak read after the workload is the workload's."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
     from clipadapt import load_backbone
     from clipadapt.features import FeatureSet
@@ -77,18 +89,19 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         from clipadapt.protocols import _predict
 
         rows, names = n_classes, class_names(1000)
-        folder = Path(tempfile.mkdtemp())
+        scratch = tempfile.TemporaryDirectory()  # removed when this process ends
+        folder = Path(scratch.name)
         rng = np.random.default_rng(0)
         n_shards = -(-rows // DEFAULT_SHARD_SIZE)
         for i in range(n_shards):  # written before the clock starts
             size = min(DEFAULT_SHARD_SIZE, rows - i * DEFAULT_SHARD_SIZE)
-            _write_atomic_npy(_shard_path(folder, i), rng.standard_normal((size, backbone.embed_dim), np.float32).astype(np.float16))
+            _write_atomic_npy(_shard_path(folder, i, DEFAULT_SHARD_SIZE), rng.standard_normal((size, backbone.embed_dim), np.float32).astype(np.float16))
         zeroshot = build_method("zeroshot", backbone, {"templates": "a photo of a {}."})
         zeroshot.logits(features[:1], names)
 
         class Cached:
             def features(self, splits, split):
-                return FeatureSet(_read_shards(folder, n_shards, rows, backbone.embed_dim),
+                return FeatureSet(_read_shards(folder, n_shards, DEFAULT_SHARD_SIZE, rows, backbone.embed_dim),
                                   torch.zeros(rows, dtype=torch.long))
 
         splits = DatasetSplits("scaling", names, [], [], [], Path("."))
@@ -98,7 +111,7 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         from clipadapt.protocols import _predict
 
         zeroshot = build_method("zeroshot", backbone, {"templates": "a photo of a {}."})
-        zeroshot.logits(features[:1], names)  # the classifier weights, cached
+        zeroshot.logits(features[:1], names)  # the classifier weights, built once and kept by the method
         test = FeatureSet(torch.randn(TEST_FEATURES, backbone.embed_dim), torch.zeros(TEST_FEATURES, dtype=torch.long))
 
         class Context:
@@ -108,10 +121,11 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         splits = DatasetSplits("scaling", names, [], [], [], Path("."))
         run = lambda: _predict(zeroshot, Context(), splits)  # noqa: E731
     base = resident_mb()
+    reset_peak()
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     return {"workload": workload, "classes": n_classes, "seconds": round(seconds, 3),
             "peak_mb_above_setup": round(max(0.0, peak - base), 1)}
 

@@ -90,11 +90,11 @@ def test_prompted_text_gradients_reach_context(micro):
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("class_specific", [False, True])
-def test_chunked_prompts_match_one_call_in_outputs_and_gradients(micro, class_specific):
+@pytest.mark.parametrize("contexts", [0, 1, 8])  # shared [n_ctx, w]; broadcast [1, n_ctx, w]; one per class
+def test_chunked_prompts_match_one_call_in_outputs_and_gradients(micro, contexts):
     names = [f"{colour} {shape}" for colour in ("red", "green", "blue", "pale yellow") for shape in ("star", "disc")]
     torch.manual_seed(0)
-    start = torch.randn(*((len(names),) if class_specific else ()), 3, micro.text_width) * 0.1
+    start = torch.randn(*((contexts,) if contexts else ()), 3, micro.text_width) * 0.1
     weights = torch.randn(len(names), micro.embed_dim)
     results = []
     for chunk in (0, 3):  # one call; chunks of 3 names (the last holds 2), recomputed in the backward pass

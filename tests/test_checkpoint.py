@@ -32,3 +32,36 @@ def test_checkpoints_from_before_checksums_still_load(tmp_path):
     path = tmp_path / "old.safetensors"
     save_file({"w": torch.ones(2)}, str(path), metadata={"clipadapt_state": '{"step": 5}'})
     assert load_checkpoint(path)[1] == {"step": 5}
+
+
+def test_optimizer_moments_come_back_in_their_parameters_memory_layout(tmp_path):
+    """Checkpoints store tensors contiguous; a channels-last weight's moments are given its layout back, and a fused
+    AdamW step after the round trip equals the uninterrupted one."""
+    import copy
+
+    from torch import nn
+
+    from clipadapt.checkpoint import optimizer_from_checkpoint, optimizer_to_checkpoint
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+
+    def step(model, opt):
+        opt.zero_grad()
+        (model(images) ** 2).mean().backward()
+        opt.step()
+
+    step(conv, optimizer)
+    tensors, state = optimizer_to_checkpoint(optimizer)
+    save_checkpoint(tmp_path / "c.safetensors", tensors, {"optimizer": state})
+    tensors, saved = load_checkpoint(tmp_path / "c.safetensors")
+    restored_conv = copy.deepcopy(conv)
+    restored = torch.optim.AdamW(restored_conv.parameters(), lr=0.1, fused=True)
+    optimizer_from_checkpoint(restored, tensors, saved["optimizer"])
+    moment = restored.state[restored_conv.weight]["exp_avg"]
+    assert moment.is_contiguous(memory_format=torch.channels_last) and not moment.is_contiguous()
+    step(conv, optimizer)
+    step(restored_conv, restored)
+    assert torch.equal(restored_conv.weight, conv.weight)

@@ -4,6 +4,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from clipadapt.cli import main
 from conftest import TEMPLATE
 
@@ -130,6 +132,61 @@ def test_torchrun_extraction_shares_the_shards(colour_world, tmp_path):
             # float16 features; thread counts may change the last bit of a sum
             assert np.allclose(np.load(shard), np.load(tmp_path / "one" / "features" / entry.name / shard.name),
                                atol=1e-3, rtol=0)
+
+
+def _extract_worker(rank, world_size, port, root, weights, cache, fail_on_rank, queue):
+    import os
+
+    import torch.distributed as dist
+
+    from clipadapt import load_backbone
+    from clipadapt.data import load_dataset
+    from clipadapt.features import extract_features
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    backbone = load_backbone(None, weights)
+    encoded = []
+    original = backbone.encode_image
+
+    def encode(images):
+        if rank == fail_on_rank:
+            raise OSError("disk on fire")
+        encoded.append(len(images))
+        return original(images)
+
+    backbone.encode_image = encode
+    try:
+        features = extract_features(backbone, load_dataset(f"imagefolder:{root}").test, cache_dir=cache, shard_size=5,
+                                    batch_size=5, progress=False)
+        queue.put((rank, sum(encoded), features.features.tolist()))
+    except Exception as error:  # noqa: BLE001  reported to the test
+        queue.put((rank, -1, f"{type(error).__name__}: {error}"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail_on_rank", [None, 1])
+def test_ranks_share_the_shards_and_stop_together(colour_world, tmp_path, fail_on_rank):
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    root, weights = colour_world
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").Queue()
+    mp.start_processes(_extract_worker, args=(2, port, str(root), str(weights), str(tmp_path), fail_on_rank, queue),
+                       nprocs=2, start_method="spawn")
+    results = sorted(queue.get(timeout=120) for _ in range(2))
+    if fail_on_rank is None:
+        # 24 test images in 5 shards (5, 5, 5, 5, 4): ranks 0 and 1 take shards 0, 2, 4 and 1, 3.
+        assert [encoded for _, encoded, _ in results] == [14, 10]
+        assert results[0][2] == results[1][2] and len(results[0][2]) == 24
+    else:  # the failing rank reports its error; the other is told instead of waiting at a barrier
+        assert results[1][2] == "OSError: disk on fire"
+        assert results[0][2].startswith("ClipadaptError: feature extraction failed on another rank")
 
 
 def test_real_size_configs_build_their_methods():

@@ -42,6 +42,22 @@ def test_phrase_init_is_zero_shot(backbone):
     torch.testing.assert_close(coop.logits(features, names), zeroshot.logits(features, names), atol=1e-5, rtol=0)
 
 
+def test_scoring_encodes_the_prompts_once_until_the_context_changes(backbone, monkeypatch):
+    coop = build_method("coop", backbone, {"init": "a photo of a"})
+    calls = []
+    encode = backbone.encode_prompted_text
+    monkeypatch.setattr(backbone, "encode_prompted_text", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    features = torch.randn(6, backbone.embed_dim)
+    first = coop.logits(features[:3], NAMES)
+    coop.logits(features[3:], NAMES)  # the next block of test features: the same prompts
+    assert len(calls) == 1
+    with torch.no_grad():
+        coop.ctx.add_(torch.randn_like(coop.ctx))  # what an optimizer step does to the context
+    assert not torch.allclose(coop.logits(features[:3], NAMES), first) and len(calls) == 2
+    coop.logits(features, NAMES[:2])
+    assert len(calls) == 3
+
+
 class DasslConstantWarmup(LRScheduler):
     """Dassl's ConstantWarmupScheduler (dassl/optim/lr_scheduler.py), transcribed."""
 

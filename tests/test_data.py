@@ -136,7 +136,15 @@ def test_unicode_and_punctuation_class_names_run_end_to_end(tmp_path):
     assert main(["run", "zeroshot", "--dataset", f"imagefolder:{tmp_path / 'data'}", "--model", "micro-vit",
                  "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert 0.0 <= metrics["accuracy"] <= 100.0 and metrics["dataset"].endswith("data")
+    assert metrics["num_classes"] == 5 and metrics["dataset"].endswith("data")
+    # Every name reaches the text encoder as its own prompt: five different class weights.
+    import torch
+
+    from clipadapt import load_backbone
+    from clipadapt.text import zeroshot_weights
+
+    weights = zeroshot_weights(load_backbone("micro-vit"), splits.classnames, ["a photo of a {}."])
+    assert torch.unique(weights, dim=0).shape == (5, weights.shape[1])
 
 
 def test_unknown_prefix_lists_known_prefixes_and_registry_is_open(tmp_path):
@@ -223,6 +231,9 @@ def test_coop_fgvc_aircraft_layout(tmp_path):
     (folder / "images_variant_test.txt").write_text("../../x 707-320\n")
     with pytest.raises(DataError, match="escapes the image root"):
         load_dataset(f"coop:FGVCAircraft:{tmp_path}")
+    (folder / "images_variant_test.txt").write_text("\n")
+    with pytest.raises(DataError, match="images_variant_test.txt is empty"):
+        load_dataset(f"coop:FGVCAircraft:{tmp_path}")
 
 
 def _imagenet_classnames(folder, wnids):
@@ -258,6 +269,9 @@ def test_coop_imagenet_family_layouts(tmp_path):
         load_dataset(f"coop:ImageNetA:{tmp_path}")
     with pytest.raises(DataError, match="no classnames.txt"):
         load_dataset(f"coop:ImageNetSketch:{tmp_path}")
+    (v2 / "classnames.txt").write_text("n01440764 tench\nn01440764 tench again\n")  # would shift V2's labels
+    with pytest.raises(DataError, match="line 2: id n01440764 appears twice"):
+        load_dataset(f"coop:ImageNetV2:{tmp_path}")
 
 
 def test_coop_unknown_names(tmp_path):

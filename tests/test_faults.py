@@ -106,6 +106,8 @@ def _kill_once(argv: list[str], ready, timeout: float = 300) -> None:
             process.kill()
             pytest.fail("the run never reached the point where it is killed")
         time.sleep(0.005)
+    if process.poll() is not None:
+        pytest.fail(f"the run ended (code {process.returncode}) before it could be killed")
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
@@ -169,18 +171,18 @@ def test_killed_run_resumes_to_the_same_metrics(colour_world, tmp_path, method, 
 
 @pytest.mark.slow
 def test_killed_extraction_keeps_its_finished_shards(tmp_path):
-    root = colour_images(tmp_path / "data", {"train": 100}, seed=3)
+    root = colour_images(tmp_path / "data", {"train": 100}, seed=3)  # 400 images: 16 shards of 25
     weights = tmp_path / "micro.safetensors"  # the cache is keyed by the weights: both runs use these
     load_backbone("micro-vit").save(weights)
     argv = ["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--splits", "train",
             "--shard-size", "25", "--batch-size", "1", "--no-progress"]
     _clipadapt([*argv, "--cache", str(tmp_path / "straight")])
     cache = tmp_path / "killed"
-    _kill_once([*argv, "--cache", str(cache)], lambda: any(cache.glob("features/*/shard_00001.npy")))
+    _kill_once([*argv, "--cache", str(cache)], lambda: any(cache.glob("features/*/shard_25_00001.npy")))
     [entry] = (cache / "features").iterdir()
     assert not (entry / "meta.json").exists()  # an incomplete entry is never described as complete
     finished = {p.name: p.stat().st_mtime_ns for p in entry.glob("shard_*.npy")}
-    assert 2 <= len(finished) < 4
+    assert 2 <= len(finished) < 16
     _clipadapt([*argv, "--cache", str(cache)])
     assert all(entry.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in finished.items())
     [straight] = (tmp_path / "straight" / "features").iterdir()

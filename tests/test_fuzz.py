@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clipadapt import load_backbone
@@ -44,6 +44,8 @@ def data_root(tmp_path_factory):
 
 @FUZZ
 @given(document=SPLIT_DOCUMENTS, raw=st.none() | st.binary(max_size=40))
+@example(document={"train": [["train/red", 0, "red"]], "val": [], "test": []}, raw=None)  # a folder, not an image
+@example(document={"train": [["train/red/0.png", "²", "red"]], "val": [], "test": []}, raw=None)
 def test_split_file_loads_consistently_or_says_why(data_root, document, raw):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "split_zhou_Fuzz.json"
@@ -91,6 +93,7 @@ TABLE_LINES = st.lists(st.sampled_from(["1 001.Red/0.png", "2 002.Blue/1.png", "
 
 @FUZZ
 @given(images=TABLE_LINES, labels=TABLE_LINES, split=TABLE_LINES, classes=TABLE_LINES)
+@example(images=["1 001.Red"], labels=["1 1"], split=["1 1"], classes=["1 001.Red"])  # a folder, not an image
 def test_cub_tables_load_consistently_or_say_why(images, labels, split, classes):
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "CUB_200_2011"

@@ -59,6 +59,12 @@ def test_rollout_chooses_by_the_product_of_attention_maps(backbone, layer):
             x = block(x)
         expected = product[:, :, 0].sum(dim=1)[:, 1:].topk(4, dim=-1).indices + 1
     assert [sorted(row) for row in kept.tolist()] == [sorted(row) for row in expected.tolist()]
+    method.config.ssvp_score = "attention"
+    with torch.no_grad():
+        _, by_attention = method.encode_images(images, return_kept=True)
+    # micro-vit has 2 blocks: at -2 the product is the first block's map alone, at -1 two maps multiplied
+    same = [sorted(row) for row in by_attention.tolist()] == [sorted(row) for row in kept.tolist()]
+    assert same == (layer == -2)
     with pytest.raises(ClipadaptError, match="ssvp_score must be one of attention, rollout"):
         build_method("mpfgvc", backbone, {"ssvp_score": "max"})
 
@@ -197,6 +203,10 @@ def test_timm_vit_encoder_from_a_local_weights_file(colour_world, backbone, tmp_
     assert small.embed(torch.randn(1, 3, 64, 64)).shape == (1, 17, reference.embed_dim)
     with pytest.raises(ClipadaptError, match="image_size applies to timm"):
         build_method("mpfgvc", backbone, {"image_size": 448})
+    with pytest.raises(ClipadaptError, match="not a multiple of .* patch size 16"):
+        build_method("mpfgvc", backbone, {**config, "image_size": 50})._build(["a"], "x")
+    with pytest.raises(ClipadaptError, match="image_size must be positive"):
+        build_method("mpfgvc", backbone, {**config, "image_size": -5})
     method = build_method("mpfgvc", backbone, config)
     root, _ = colour_world
     ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)

@@ -71,12 +71,23 @@ def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
     assert calls == [] and torch.equal(again.features, first.features)
     # An interrupted extraction: one shard lost, one half-written. Only those two are recomputed.
     entry = next((tmp_path / "features").iterdir())
-    (entry / "shard_00001.npy").unlink()
-    (entry / "shard_00002.npy").write_bytes(b"\x93NUMPY partial")
+    (entry / "shard_10_00001.npy").unlink()
+    (entry / "shard_10_00002.npy").write_bytes(b"\x93NUMPY partial")
     resumed = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=10, progress=False)
     assert sum(calls) == 14
     assert torch.equal(resumed.features, first.features)
     assert torch.equal(resumed.labels, torch.tensor([s.label for s in samples]))
+    # Another shard size: a complete entry is read as it was written, nothing recomputed.
+    calls.clear()
+    assert torch.equal(extract_features(backbone, samples, cache_dir=tmp_path, shard_size=8, progress=False).features,
+                       first.features) and calls == []
+    # An incomplete entry is finished at the size asked for; shards of another size are never mixed in (rows
+    # 8-15 of 10-row shard 1 have the 8 rows a last 8-row shard expects) and are removed once it is complete.
+    (entry / "meta.json").unlink()
+    (entry / "shard_10_00000.npy").unlink()
+    resumed = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=8, progress=False)
+    assert sum(calls) == 24 and torch.equal(resumed.features, first.features)
+    assert sorted(p.name for p in entry.glob("shard_*")) == [f"shard_8_0000{i}.npy" for i in range(3)]
 
 
 def _run(tmp_path, *argv):

@@ -397,7 +397,7 @@ class Backbone(nn.Module):
             parts = []
             for start in range(0, len(classnames), class_chunk):
                 names = classnames[start:start + class_chunk]
-                part_ctx = ctx if ctx.ndim == 2 else ctx[start:start + class_chunk]
+                part_ctx = ctx if ctx.ndim == 2 or len(ctx) == 1 else ctx[start:start + class_chunk]
                 encode = functools.partial(self.encode_prompted_text, classnames=names,
                                            class_token_position=class_token_position, normalize=normalize)
                 if torch.is_grad_enabled() and ctx.requires_grad:

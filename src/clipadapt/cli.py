@@ -230,8 +230,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         backbone.save(weights, dtype=torch.float16 if args.save_dtype == "fp16" else None)
         write_metrics(args.out, {"data": args.data, "model": backbone.name, "pretrained": args.pretrained, **summary})
         print(f"pretrained {backbone.name} with {config.loss} for {summary['steps']} steps "
-              f"(final epoch loss {summary['epoch_losses'][-1]:.4f}); wrote {weights}")
+              f"(final epoch loss {_loss_text(summary['epoch_losses'][-1])}); wrote {weights}")
     return 0
+
+
+def _loss_text(loss: float | None) -> str:
+    return "none: every step was skipped" if loss is None else f"{loss:.4f}"
 
 
 def cmd_world(args: argparse.Namespace) -> int:

@@ -102,7 +102,7 @@ class Trainer:
         self.after_step, self.progress, self.desc = after_step, progress, desc
         self.rank, self.world_size = distributed_world()
         self.step = 0
-        self.losses: list[float] = []  # mean loss of each completed epoch
+        self.losses: list[float | None] = []  # mean loss of each completed epoch
         self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
         self.seconds = 0.0
         self.resumed_from: int | None = None
@@ -163,6 +163,11 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
+    @staticmethod
+    def _nonfinite(loss: torch.Tensor) -> str:
+        value = loss.item()
+        return f"loss is {value}" if not math.isfinite(value) else "loss is not finite on another process"
+
     def summary(self) -> dict:
         """What every training summary reports about the loop."""
         return {"steps": self.step, "steps_per_epoch": self.steps_per_epoch, "epoch_losses": self.losses,
@@ -195,10 +200,11 @@ class Trainer:
                     self._epoch_loss_count += 1
                 elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
                     self.skipped_steps.append(self.step)
-                    tqdm.write(f"{self.desc}: loss is {loss.item()} at step {self.step}; step skipped", file=sys.stderr)
+                    tqdm.write(f"{self.desc}: {self._nonfinite(loss)} at step {self.step}; step skipped",
+                               file=sys.stderr)
                 else:
                     raise ClipadaptError(
-                        f"loss is {loss.item()} at step {self.step}; stopped, the last good checkpoint is kept"
+                        f"{self._nonfinite(loss)} at step {self.step}; stopped, the last good checkpoint is kept"
                         + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
                         + " (--skip-nonfinite skips such steps instead)"
                     )
@@ -209,7 +215,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 if self.step % self.steps_per_epoch == 0:
                     count = self._epoch_loss_count
-                    self.losses.append(self._epoch_loss_sum / count if count else float("nan"))
+                    self.losses.append(self._epoch_loss_sum / count if count else None)  # None: every step skipped
                     self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
                 self.seconds = time.time() - start
                 if self.step % self.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0 \

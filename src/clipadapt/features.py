@@ -5,8 +5,9 @@ written in float16 shards of `shard_size` images, each shard written to a temp f
 interrupted extraction recomputes only the missing shards and never trusts a half-written one. `meta.json` is
 written last and describes the complete entry. Shards are memory-mapped when read.
 
-Under torchrun (a process group initialized), rank r computes the missing shards i with i % world_size == r;
-every rank then waits for the others and reads the whole entry (rank 0 writes `meta.json`).
+Under torchrun (a process group initialized), rank 0 lists the missing shards and rank r computes every
+world_size-th of them; the ranks then agree on success (one failing stops all), rank 0 writes `meta.json`, and
+every rank reads the whole entry.
 """
 from __future__ import annotations
 
@@ -64,8 +65,18 @@ def _write_atomic_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _shard_path(folder: Path, index: int) -> Path:
-    return folder / f"shard_{index:05d}.npy"
+def _shard_path(folder: Path, index: int, shard_size: int) -> Path:
+    # The size is in the name: shards written with another --shard-size cover other rows and are never mixed in.
+    return folder / f"shard_{shard_size}_{index:05d}.npy"
+
+
+def _complete_shard_size(meta_path: Path, n_samples: int) -> int | None:
+    """The shard size a complete entry was written with (its meta.json), or None."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        return int(meta["shard_size"]) if meta["num_samples"] == n_samples else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _shard_is_complete(path: Path, expected_rows: int) -> bool:
@@ -93,34 +104,36 @@ def extract_features(
     transform = transform if transform is not None else backbone.image_transform(train=False)
     folder = Path(cache_dir or default_cache_dir()) / "features" / cache_key(backbone, samples, transform)
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-    n_shards = (len(samples) + shard_size - 1) // shard_size
     meta_path = folder / "meta.json"
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [
-        i for i in range(n_shards)
-        if not _shard_is_complete(_shard_path(folder, i), min(shard_size, len(samples) - i * shard_size))
-    ]
+    shard_size = _complete_shard_size(meta_path, len(samples)) or shard_size  # a complete entry is read as written
+    n_shards = (len(samples) + shard_size - 1) // shard_size
     rank, world_size = distributed_world()
-    if world_size > 1:
-        dist.barrier()  # every rank has listed the missing shards before any is written: the same list
-    mine = todo[rank::world_size]  # each rank its own shards
+    todo = [i for i in range(n_shards)
+            if not _shard_is_complete(_shard_path(folder, i, shard_size), min(shard_size, len(samples) - i * shard_size))]
+    if world_size > 1:  # rank 0's list for everyone: ranks looking at a shared file system at other times agree
+        shared = [todo]
+        dist.broadcast_object_list(shared, src=0)
+        todo = shared[0]
     if todo and rank == 0:
         meta_path.unlink(missing_ok=True)  # the entry is incomplete until every shard is back
-    if mine:
-        bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in mine),
-                   desc=desc, unit="img", disable=not progress or rank != 0)
-        for index in mine:
-            shard = samples[index * shard_size:(index + 1) * shard_size]
-            loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers)
-            chunks = []
-            for images, _, _ in loader:
-                chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))
-                bar.update(len(images))
-            _write_atomic_npy(_shard_path(folder, index), np.concatenate(chunks))
-        bar.close()
+    failure: BaseException | None = None
+    try:
+        _extract_shards(backbone, samples, folder, todo[rank::world_size], shard_size, transform, batch_size,
+                        num_workers, progress and rank == 0, desc)
+    except Exception as exc:  # every rank learns of it below, instead of waiting at the barrier for ever
+        failure = exc
     if world_size > 1:
-        dist.barrier()  # every rank's shards are written
+        failed = torch.tensor([failure is not None], dtype=torch.int32, device=backbone.device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failed.item() and failure is None:
+            raise ClipadaptError("feature extraction failed on another rank (its error is in its own output)")
+    if failure is not None:
+        raise failure
     if rank == 0 and not meta_path.is_file():
+        for stale in folder.glob("shard_*.npy"):  # left by an extraction with another shard size
+            if not stale.name.startswith(f"shard_{shard_size}_"):
+                stale.unlink(missing_ok=True)
         meta = {"num_samples": len(samples), "shard_size": shard_size, "dim": backbone.embed_dim,
                 "model": backbone.name, "transform": repr(transform)}
         tmp = meta_path.with_name("meta.json.tmp")
@@ -128,17 +141,33 @@ def extract_features(
         tmp.replace(meta_path)
     if world_size > 1:
         dist.barrier()  # meta.json is written: the entry is complete for every rank
-    return FeatureSet(features=_read_shards(folder, n_shards, len(samples), backbone.embed_dim), labels=labels,
-                      samples=list(samples))
+    return FeatureSet(features=_read_shards(folder, n_shards, shard_size, len(samples), backbone.embed_dim),
+                      labels=labels, samples=list(samples))
 
 
-def _read_shards(folder: Path, n_shards: int, rows: int, dim: int) -> torch.Tensor:
+def _extract_shards(backbone, samples: Sequence[Sample], folder: Path, indices: Sequence[int], shard_size: int,
+                    transform, batch_size: int, num_workers: int, progress: bool, desc: str) -> None:
+    """Encode and write (atomically) the shards `indices` of `samples`."""
+    bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in indices), desc=desc, unit="img",
+               disable=not progress)
+    for index in indices:
+        shard = samples[index * shard_size:(index + 1) * shard_size]
+        loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers)
+        chunks = []
+        for images, _, _ in loader:
+            chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))
+            bar.update(len(images))
+        _write_atomic_npy(_shard_path(folder, index, shard_size), np.concatenate(chunks))
+    bar.close()
+
+
+def _read_shards(folder: Path, n_shards: int, shard_size: int, rows: int, dim: int) -> torch.Tensor:
     """The float32 features [rows, dim], filled shard by shard from memory-mapped float16 files: the peak memory is
     the result plus one shard (concatenating first would hold the float16 copy and the float32 one at once)."""
     features = torch.empty(rows, dim, dtype=torch.float32)
     start = 0
     for i in range(n_shards):
-        shard = np.load(_shard_path(folder, i), mmap_mode="r")
+        shard = np.load(_shard_path(folder, i, shard_size), mmap_mode="r")
         features[start:start + len(shard)] = torch.from_numpy(np.asarray(shard, dtype=np.float32))
         start += len(shard)
     return features

@@ -123,7 +123,7 @@ def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequenc
     rows = max(1, PREDICT_ELEMENTS // max(1, len(classnames)))
     predictions = [method.logits(block, classnames, template_key=splits.template_key).argmax(dim=-1).cpu()
                    for block in test.features.split(rows)]
-    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long), test.labels
+    return torch.cat(predictions), test.labels
 
 
 def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:

@@ -67,12 +67,12 @@ def zeroshot_weights(
 
 
 class TextClassifier:
-    """Frozen zero-shot class weights for methods that train on top of them (CLIP-Adapter, Tip-Adapter): built
-    from `templates` (as `resolve_templates`) once per class list and data set, then reused every step."""
+    """Frozen zero-shot class weights (zero-shot CLIP, and the methods that train on top of them: CLIP-Adapter,
+    Tip-Adapter): built from `templates` (as `resolve_templates`) once per class list and data set, then reused."""
 
-    def __init__(self, backbone, templates: str):
+    def __init__(self, backbone, templates: str, classes_per_batch: int = 32):
         resolve_templates(templates)  # fails early on a bad spec
-        self.backbone, self.templates = backbone, templates
+        self.backbone, self.templates, self.classes_per_batch = backbone, templates, classes_per_batch
         self._weights: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, classnames: Sequence[str], template_key: str | None = None) -> torch.Tensor:
@@ -80,5 +80,6 @@ class TextClassifier:
         if key not in self._weights:
             with torch.no_grad():
                 self._weights[key] = zeroshot_weights(self.backbone, classnames,
-                                                      resolve_templates(self.templates, template_key))
+                                                      resolve_templates(self.templates, template_key),
+                                                      self.classes_per_batch)
         return self._weights[key]

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -182,8 +183,8 @@ def image_under(root: Path, rel: str, where: str) -> Path:
     """root/rel, checked to stay under root and to exist."""
     check_relative_path(rel, where)
     image = root / rel
-    if not image.exists():
-        raise DataError(f"{where}: image file {image} does not exist")
+    if not image.is_file():
+        raise DataError(f"{where}: image file {image} does not exist" + (" (a folder)" if image.exists() else ""))
     return image
 
 
@@ -216,11 +217,8 @@ def read_split_file(
             rel, label, classname = _parse_entry(entry, where)
             if names.setdefault(label, classname) != classname:
                 raise DataError(f"{where}: label {label} is named {classname!r} here but {names[label]!r} elsewhere")
-            image = image_root / rel
             # Existence only: opening every image would make loading a large data set slow.
-            if not os.path.exists(image):
-                raise DataError(f"{where}: image file {image} does not exist")
-            samples.append(Sample(image, label))
+            samples.append(Sample(image_under(image_root, rel, where), label))
         splits[key] = samples
 
     if not names:
@@ -361,6 +359,49 @@ def load_imagefolder(arg: str) -> DatasetSplits:
     return DatasetSplits(root.name, [_display_name(f) for f in folders], root=root, **splits)
 
 
+# ---------------------------------------------------------------- text tables (CUB, NABirds, Food-101, CoOp lists)
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+INTEGER = re.compile(r"[0-9]+")  # not str.isdigit, which also accepts digits int() rejects ("²")
+
+
+def read_table(path: Path, columns: int, integer_ids: bool = True) -> dict[Any, list[str]]:
+    """`<id> <field> ...` lines of a whitespace-separated table, by id (in file order); the last field may hold
+    spaces. Ids are integers, or with `integer_ids=False` kept as strings (NABirds' image ids are UUIDs)."""
+    rows: dict[Any, list[str]] = {}
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=columns - 1)
+        if len(fields) != columns or (integer_ids and not INTEGER.fullmatch(fields[0])):
+            kind = "an integer id" if integer_ids else "an id"
+            raise DataError(f"{path}, line {number}: expected {columns} fields starting with {kind}, got {line!r}")
+        key = int(fields[0]) if integer_ids else fields[0]
+        if key in rows:
+            raise DataError(f"{path}, line {number}: id {key} appears twice")
+        rows[key] = fields[1:]
+    if not rows:
+        raise DataError(f"{path} is empty")
+    return rows
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of each non-blank line."""
+    lines = [(n, line.strip()) for n, line in enumerate(_read_text(path).splitlines(), 1)
+             if line.strip()]
+    if not lines:
+        raise DataError(f"{path} is empty")
+    return lines
+
+
 # ---------------------------------------------------------------- coop
 
 # CoOp's datasets/*.py: class name -> (dataset_dir under DATASET.ROOT, image dir under dataset_dir).
@@ -447,37 +488,17 @@ def _coop_dir(root: Path, dataset_dir: str, marker: str) -> Path:
     return found
 
 
-def _read_name_lines(path: Path) -> list[tuple[str, str]]:
-    """Lines "<key> <words...>" (CoOp's classnames.txt, FGVCAircraft's lists) as (key, words), naming bad lines."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
-    pairs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        key, _, words = line.strip().partition(" ")
-        if not words.strip():
-            raise DataError(f"{path}, line {number}: expected '<name> <words>', got {line.strip()!r}")
-        pairs.append((key, words.strip()))
-    return pairs
-
-
 def _load_coop_aircraft(folder: Path) -> DatasetSplits:
     """CoOp's FGVCAircraft: variants.txt (class names in label order) and images_variant_{train,val,test}.txt
     ("<image id> <variant>", the image at images/<id>.jpg)."""
     variants_file = folder / "variants.txt"
-    try:
-        classnames = [line.strip() for line in variants_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {variants_file}: {exc}") from exc
+    classnames = [line for _, line in read_lines(variants_file)]
     label_of = {name: label for label, name in enumerate(classnames)}
     splits: dict[str, list[Sample]] = {}
     for split in SPLIT_NAMES:
         path = folder / f"images_variant_{split}.txt"
         samples = []
-        for image_id, variant in _read_name_lines(path):
+        for image_id, (variant,) in read_table(path, 2, integer_ids=False).items():
             if variant not in label_of:
                 raise DataError(f"{path}: variant {variant!r} of image {image_id} is not in {variants_file}")
             samples.append(Sample(image_under(folder / "images", f"{image_id}.jpg", str(path)), label_of[variant]))
@@ -489,7 +510,7 @@ def _load_coop_imagenet(name: str, folder: Path, image_dir: str, parts: dict[str
     """CoOp's ImageNet family. Labels: the index of the class folder among the sorted folders (ImageNet, -Sketch,
     -A, -R: for -A and -R, 200 of the classes), or the folder's own number (V2: 0..999 in classnames.txt order)."""
     names_file = folder / "classnames.txt"
-    classnames = dict(_read_name_lines(names_file))
+    classnames = {wnid: name for wnid, (name,) in read_table(names_file, 2, integer_ids=False).items()}
     splits: dict[str, list[Sample]] = {split: [] for split in SPLIT_NAMES}
     folders: list[str] = []
     for split, sub in parts.items():

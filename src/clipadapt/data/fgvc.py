@@ -39,32 +39,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError
-from .datasets import DatasetSplits, Sample, _existing_dir, check_relative_path, image_under, register_dataset
-
-_INTEGER = re.compile(r"[0-9]+")  # not str.isdigit, which also accepts digits int() rejects ("²")
-
-
-def _read_table(path: Path, columns: int, integer_ids: bool = True) -> dict[Any, list[str]]:
-    """`<id> <field> ...` lines of a whitespace-separated table, by id (in file order); the last field may hold
-    spaces. Ids are integers, or with `integer_ids=False` kept as strings (NABirds' image ids are UUIDs)."""
-    if not path.is_file():
-        raise DataError(f"missing file {path}")
-    rows: dict[Any, list[str]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split(maxsplit=columns - 1)
-        if len(fields) != columns or (integer_ids and not _INTEGER.fullmatch(fields[0])):
-            kind = "an integer id" if integer_ids else "an id"
-            raise DataError(f"{path}, line {number}: expected {columns} fields starting with {kind}, got {line!r}")
-        key = int(fields[0]) if integer_ids else fields[0]
-        if key in rows:
-            raise DataError(f"{path}, line {number}: id {key} appears twice")
-        rows[key] = fields[1:]
-    if not rows:
-        raise DataError(f"{path} is empty")
-    return rows
-
+from .datasets import (INTEGER, DatasetSplits, Sample, _existing_dir, check_relative_path, image_under, read_lines,
+                       read_table, register_dataset)
 
 def _check_same_ids(root: Path, images: dict, tables: Iterable[tuple[str, dict]]) -> None:
     for name, table in tables:
@@ -80,7 +56,7 @@ def _split_by_flag(root: Path, image_ids: Iterable, images: dict, labels: dict, 
     for image_id in image_ids:
         where = f"{root / 'images.txt'}, image id {image_id}"
         label, flag = labels[image_id][0], is_train[image_id][0]
-        if not _INTEGER.fullmatch(label) or int(label) not in label_of:
+        if not INTEGER.fullmatch(label) or int(label) not in label_of:
             raise DataError(f"{root / 'image_class_labels.txt'}, image id {image_id}: class {label!r} is not in "
                             "classes.txt")
         if flag not in ("0", "1"):
@@ -98,10 +74,10 @@ def load_cub(arg: str) -> DatasetSplits:
     root = _existing_dir(arg, "CUB-200-2011 folder")
     if not (root / "images.txt").is_file() and (root / "CUB_200_2011" / "images.txt").is_file():
         root = root / "CUB_200_2011"
-    images = _read_table(root / "images.txt", 2)
-    labels = _read_table(root / "image_class_labels.txt", 2)
-    is_train = _read_table(root / "train_test_split.txt", 2)
-    classes = _read_table(root / "classes.txt", 2)
+    images = read_table(root / "images.txt", 2)
+    labels = read_table(root / "image_class_labels.txt", 2)
+    is_train = read_table(root / "train_test_split.txt", 2)
+    classes = read_table(root / "classes.txt", 2)
     if sorted(classes) != list(range(1, len(classes) + 1)):
         raise DataError(f"{root / 'classes.txt'}: class ids must be 1..{len(classes)} without gaps")
     classnames = [re.sub(r"^\d+\.", "", classes[c][0]).replace("_", " ") for c in sorted(classes)]
@@ -230,23 +206,23 @@ def load_nabirds(arg: str) -> DatasetSplits:
     root = _existing_dir(arg, "NABirds folder")
     if not (root / "images.txt").is_file() and (root / "nabirds" / "images.txt").is_file():
         root = root / "nabirds"
-    images = _read_table(root / "images.txt", 2, integer_ids=False)
-    labels = _read_table(root / "image_class_labels.txt", 2, integer_ids=False)
-    is_train = _read_table(root / "train_test_split.txt", 2, integer_ids=False)
-    classes = _read_table(root / "classes.txt", 2)
-    hierarchy = _read_table(root / "hierarchy.txt", 2)
+    images = read_table(root / "images.txt", 2, integer_ids=False)
+    labels = read_table(root / "image_class_labels.txt", 2, integer_ids=False)
+    is_train = read_table(root / "train_test_split.txt", 2, integer_ids=False)
+    classes = read_table(root / "classes.txt", 2)
+    hierarchy = read_table(root / "hierarchy.txt", 2)
     parent: dict[int, int] = {}
     for child, (parent_id,) in hierarchy.items():
         if child not in classes:
             raise DataError(f"{root / 'hierarchy.txt'}: child class {child} is not in classes.txt")
-        if not _INTEGER.fullmatch(parent_id) or int(parent_id) not in classes:
+        if not INTEGER.fullmatch(parent_id) or int(parent_id) not in classes:
             raise DataError(f"{root / 'hierarchy.txt'}, class {child}: parent class {parent_id!r} is not in "
                             "classes.txt")
         parent[child] = int(parent_id)
     _check_same_ids(root, images, (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)))
     used = set()
     for image_id, (label,) in labels.items():
-        if not _INTEGER.fullmatch(label) or int(label) not in classes:
+        if not INTEGER.fullmatch(label) or int(label) not in classes:
             raise DataError(f"{root / 'image_class_labels.txt'}, image id {image_id}: class {label!r} is not in "
                             "classes.txt")
         used.add(int(label))
@@ -266,17 +242,6 @@ def load_nabirds(arg: str) -> DatasetSplits:
 # ---------------------------------------------------------------- Food-101
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of each non-blank line."""
-    if not path.is_file():
-        raise DataError(f"missing file {path}")
-    lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             if line.strip()]
-    if not lines:
-        raise DataError(f"{path} is empty")
-    return lines
-
-
 @register_dataset("food101")
 def load_food101(arg: str) -> DatasetSplits:
     root = _existing_dir(arg, "Food-101 folder")
@@ -284,7 +249,7 @@ def load_food101(arg: str) -> DatasetSplits:
         root = root / "food-101"
     meta = root / "meta"
     label_of: dict[str, int] = {}
-    for number, name in _read_lines(meta / "classes.txt"):
+    for number, name in read_lines(meta / "classes.txt"):
         if len(name.split()) != 1 or "/" in name:
             raise DataError(f"{meta / 'classes.txt'}, line {number}: expected one class folder name, got {name!r}")
         if name in label_of:
@@ -295,7 +260,7 @@ def load_food101(arg: str) -> DatasetSplits:
     for split in ("train", "test"):
         path = meta / f"{split}.txt"
         samples = []
-        for number, entry in _read_lines(path):
+        for number, entry in read_lines(path):
             where = f"{path}, line {number}"
             check_relative_path(entry, where)
             parts = PurePosixPath(entry).parts

@@ -72,6 +72,7 @@ class CoOp:
         self.config = config
         self.classnames: list[str] | None = None  # the training classes (what class-specific contexts belong to)
         self.history: dict = {}
+        self._scoring_text: tuple | None = None  # (key, text features) of the last no-grad encoding
         # A shared context exists before training, so that an initialised prompt can be scored as it is.
         self.prompt = nn.ParameterDict({"ctx": self._initial_context(None)}) if not config.csc else None
 
@@ -95,8 +96,18 @@ class CoOp:
         return nn.Parameter(ctx.clone().to(self.backbone.device))
 
     def _text_features(self, classnames: Sequence[str]) -> torch.Tensor:
-        return self.backbone.encode_prompted_text(self.ctx, classnames, self.config.class_token_position,
-                                                  normalize=True, class_chunk=self.config.class_chunk)
+        """The class prompts' features [C, D]. Without gradients they are kept until the context changes (its
+        version counter moves with every optimizer step), so scoring test features in blocks encodes them once."""
+        def encode() -> torch.Tensor:
+            return self.backbone.encode_prompted_text(self.ctx, classnames, self.config.class_token_position,
+                                                      normalize=True, class_chunk=self.config.class_chunk)
+
+        if torch.is_grad_enabled():
+            return encode()
+        key = (tuple(classnames), id(self.ctx), self.ctx._version)
+        if self._scoring_text is None or self._scoring_text[0] != key:
+            self._scoring_text = (key, encode())
+        return self._scoring_text[1]
 
     def _logits(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         image = F.normalize(features.to(text), dim=-1)
@@ -110,13 +121,16 @@ class CoOp:
         (labelled in `classnames`, e.g. SHIP's for classes without data) join every batch."""
         self.classnames = list(classnames)
         self.prompt = nn.ParameterDict({"ctx": self._initial_context(len(classnames) if self.config.csc else None)})
+        self._scoring_text = None
         epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()))
 
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             # Every class prompt once per step, scored against the batch's image features.
             return F.cross_entropy(self._logits(features, self._text_features(self.classnames)), labels)
 
-        fingerprint = json.dumps([asdict(self.config), self.classnames, "coop"], sort_keys=True)
+        # class_chunk changes how prompts are batched, not what is learned (and runs from before it still resume)
+        settings = {k: v for k, v in asdict(self.config).items() if k != "class_chunk"}
+        fingerprint = json.dumps([settings, self.classnames, "coop"], sort_keys=True)
         self.history = train_prompt_learner(
             self.prompt, batch_loss, self.backbone, train, self.config, epochs=epochs,
             val=val, score=lambda features: self.logits(features, self.classnames), out_dir=out_dir,
@@ -153,3 +167,4 @@ class CoOp:
                                   "and config")
         self.classnames = metadata["classnames"]
         self.prompt = nn.ParameterDict({"ctx": nn.Parameter(ctx.to(self.backbone.device))})
+        self._scoring_text = None

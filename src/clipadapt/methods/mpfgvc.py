@@ -109,11 +109,13 @@ class TimmTower(nn.Module):
                                       **({"img_size": image_size} if image_size else {}))
         except RuntimeError as e:  # timm's error for unknown names
             raise ClipadaptError(f"unknown timm model '{name}': {e}") from e
+        except (TypeError, ValueError, AssertionError) as e:  # an input size the architecture cannot take
+            raise ClipadaptError(f"timm model '{name}' cannot take image_size={image_size}: {e}") from e
         if not isinstance(model, VisionTransformer) or model.num_prefix_tokens != 1 or model.global_pool != "token":
             raise ClipadaptError(f"timm model '{name}' must be a ViT with one class token and class-token pooling")
         if weights:
             state_dict, _ = read_state_dict(weights)
-            state_dict = checkpoint_filter_fn(state_dict, model)  # resamples position embeddings, maps npz names
+            state_dict = checkpoint_filter_fn(state_dict, model)  # resamples position embeddings, maps other key names
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
             try:
                 missing, unexpected = model.load_state_dict(state_dict, strict=False)
@@ -124,6 +126,9 @@ class TimmTower(nn.Module):
                                       f"unexpected {unexpected[:5]}")
         self.vit, self.name = model, name
         self.image_size, self.grid = model.patch_embed.img_size[0], model.patch_embed.grid_size[0]
+        if self.image_size % model.patch_embed.patch_size[0]:
+            raise ClipadaptError(f"image_size={self.image_size} is not a multiple of timm model '{name}''s patch "
+                                 f"size {model.patch_embed.patch_size[0]}")
         self.proj = nn.Linear(model.embed_dim, embed_dim, bias=False)
         config = timm.data.resolve_data_config({"input_size": (3, self.image_size, self.image_size)}, model=model)
         self._transform = timm.data.create_transform(**config)
@@ -239,6 +244,8 @@ class MPFGVC:
             raise ClipadaptError("lr and head_lr must be positive and top_k at least 0 (0: a quarter of the patches)")
         if config.image_encoder != "clip" and not config.image_encoder.startswith("timm:"):
             raise ClipadaptError(f"image_encoder must be clip or timm:NAME, got '{config.image_encoder}'")
+        if config.image_size < 0:
+            raise ClipadaptError(f"image_size must be positive (or 0: the encoder's own), got {config.image_size}")
         if config.image_size and config.image_encoder == "clip":
             raise ClipadaptError("image_size applies to timm image encoders; the CLIP tower keeps the backbone's")
         if config.datp_init not in ("random", "name"):
@@ -354,10 +361,13 @@ class MPFGVC:
             transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
         ])
 
+    def _steps_per_epoch(self, n: int) -> int:
+        return max(1, math.ceil(n / self.config.batch_size))  # the last, partial batch included
+
     def _run_stage(self, name: str, trainable: nn.Module, groups: list[dict], epochs: int, n: int, step_fn,
                    out_dir: Path | None, progress: bool) -> dict:
         """One training stage: AdamW over `groups` (their `lr_scale` times the head lr), a warm-up epoch, cosine."""
-        steps_per_epoch = max(1, math.ceil(n / self.config.batch_size))
+        steps_per_epoch = self._steps_per_epoch(n)
 
         def batches(epoch: int, offset: int):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
@@ -399,7 +409,7 @@ class MPFGVC:
         fixed = None if config.augment or size > PRELOAD_BYTES else torch.stack([
             transform(load_image(s.path)) for s in tqdm(samples, desc="mpfgvc load", disable=not progress)])
 
-        ssvp_start_step = config.ssvp_start_epoch * math.ceil(len(samples) / config.batch_size)
+        ssvp_start_step = config.ssvp_start_epoch * self._steps_per_epoch(len(samples))
 
         def stage1_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
             images = fixed[indices] if fixed is not None else load_batch(samples, indices, transform,

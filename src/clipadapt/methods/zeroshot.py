@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..text import resolve_templates, zeroshot_weights
+from ..text import TextClassifier
 from . import register_method
 
 
@@ -21,11 +21,11 @@ class ZeroShot:
     def __init__(self, backbone, config: "ZeroShot.Config"):
         self.backbone = backbone
         self.config = config
+        self.text = TextClassifier(backbone, config.templates, config.classes_per_batch)
 
-    @torch.no_grad()
     def classifier(self, classnames: Sequence[str], template_key: str | None = None) -> torch.Tensor:
-        templates = resolve_templates(self.config.templates, template_key)
-        return zeroshot_weights(self.backbone, classnames, templates, self.config.classes_per_batch)
+        """Class weights [C, D], built once per class list (test features are scored in blocks)."""
+        return self.text(classnames, template_key)
 
     @torch.no_grad()
     def logits(self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None) -> torch.Tensor:
