@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv bench clean
+.PHONY: test demo venv bench bench-quick bench-scaling clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,11 +21,16 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/clipadapt demo
 
+# Every benchmark, one line each (`NAME ratio=R target=T`); bench-quick: small sizes, under 5 minutes on 2 cores.
 bench: $(STAMP)
-	$(PY) bench/text_truncation.py
-	$(PY) bench/coop_cached.py
-	$(PY) bench/cocoop_batched.py
-	$(PY) bench/ship_synthesis.py
+	$(PY) bench/run.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick
+
+# Time and peak memory as class names (10 -> 21,000) and cached features (10k -> 1M) grow: bench/results/.
+bench-scaling: $(STAMP)
+	$(PY) bench/scaling.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

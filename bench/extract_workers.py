@@ -4,7 +4,7 @@ main process encodes, vs everything in one process (`extract_features(num_worker
 Both extract the same photo-sized JPEGs (320x240, decoded and resized like real ones) into fresh caches, and the
 features are checked equal. The ratio is the single-process time over the time with workers.
 
-    python bench/extract_workers.py [--model tiny-vit] [--images 512] [--workers 2]
+    python bench/extract_workers.py [--model tiny-vit] [--images 512] [--workers 1]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="2 cores: one worker decodes, the encoder keeps a core")
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone(args.model)

@@ -11,12 +11,13 @@ every rank reads the whole entry.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -145,19 +146,33 @@ def extract_features(
                       labels=labels, samples=list(samples))
 
 
+@contextlib.contextmanager
+def _threads_beside_workers(device: torch.device, num_workers: int) -> Iterator[None]:
+    """On a CPU, DataLoader workers decode images on cores of their own and the encoder keeps the rest (sharing
+    them all made extraction slower than one process: bench/extract_workers.py)."""
+    threads = torch.get_num_threads()
+    if num_workers and device.type == "cpu":
+        torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)) - num_workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _extract_shards(backbone, samples: Sequence[Sample], folder: Path, indices: Sequence[int], shard_size: int,
                     transform, batch_size: int, num_workers: int, progress: bool, desc: str) -> None:
     """Encode and write (atomically) the shards `indices` of `samples`."""
     bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in indices), desc=desc, unit="img",
                disable=not progress)
-    for index in indices:
-        shard = samples[index * shard_size:(index + 1) * shard_size]
-        loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers)
-        chunks = []
-        for images, _, _ in loader:
-            chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))
-            bar.update(len(images))
-        _write_atomic_npy(_shard_path(folder, index, shard_size), np.concatenate(chunks))
+    with _threads_beside_workers(backbone.device, num_workers):
+        for index in indices:
+            shard = samples[index * shard_size:(index + 1) * shard_size]
+            loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers)
+            chunks = []
+            for images, _, _ in loader:
+                chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))
+                bar.update(len(images))
+            _write_atomic_npy(_shard_path(folder, index, shard_size), np.concatenate(chunks))
     bar.close()
 
 
