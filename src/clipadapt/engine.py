@@ -156,16 +156,16 @@ class Trainer:
                     dist.all_reduce(param.grad)
                     param.grad /= self.world_size
 
-    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+    def _finite_everywhere(self, value: float, device: torch.device) -> bool:
         """Whether the loss is finite on every rank: all ranks must skip a step together or none does."""
-        finite = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
-        if self.world_size > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if self.world_size == 1:
+            return math.isfinite(value)
+        finite = torch.tensor([int(math.isfinite(value))], device=device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
     @staticmethod
-    def _nonfinite(loss: torch.Tensor) -> str:
-        value = loss.item()
+    def _nonfinite(value: float) -> str:
         return f"loss is {value}" if not math.isfinite(value) else "loss is not finite on another process"
 
     def summary(self) -> dict:
@@ -189,22 +189,23 @@ class Trainer:
                     group["lr"] = lr * group.get("lr_scale", 1.0)  # groups may train at a multiple of the lr
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
                     loss = step_fn(batch, self.step)
-                if self._finite_everywhere(loss):
+                value = loss.detach().float().item()  # the step's one wait for the device
+                if self._finite_everywhere(value, loss.device):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self._sync_gradients()
                     if self.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
                     self.optimizer.step()
-                    self._epoch_loss_sum += loss.item()
+                    self._epoch_loss_sum += value
                     self._epoch_loss_count += 1
                 elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
                     self.skipped_steps.append(self.step)
-                    tqdm.write(f"{self.desc}: {self._nonfinite(loss)} at step {self.step}; step skipped",
+                    tqdm.write(f"{self.desc}: {self._nonfinite(value)} at step {self.step}; step skipped",
                                file=sys.stderr)
                 else:
                     raise ClipadaptError(
-                        f"{self._nonfinite(loss)} at step {self.step}; stopped, the last good checkpoint is kept"
+                        f"{self._nonfinite(value)} at step {self.step}; stopped, the last good checkpoint is kept"
                         + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
                         + " (--skip-nonfinite skips such steps instead)"
                     )
@@ -212,7 +213,7 @@ class Trainer:
                     self.after_step()
                 self.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
                 if self.step % self.steps_per_epoch == 0:
                     count = self._epoch_loss_count
                     self.losses.append(self._epoch_loss_sum / count if count else None)  # None: every step skipped
