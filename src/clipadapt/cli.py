@@ -109,8 +109,9 @@ def _load_dataset(args: argparse.Namespace) -> tuple[DatasetSplits, list[str]]:
     splits = load_dataset(args.dataset)
     if not args.skip_bad_images:
         return splits, []
-    splits, bad = drop_unreadable_images(splits, progress=not args.no_progress)
-    for sample, reason in bad:
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank checks; one reports
+    splits, bad = drop_unreadable_images(splits, progress=not args.no_progress and first_rank)
+    for sample, reason in bad if first_rank else []:
         print(f"skipped unreadable image {sample.path}: {reason}", file=sys.stderr)
     return splits, [str(sample.path) for sample, _ in bad]
 
