@@ -135,6 +135,7 @@ def test_torchrun_extraction_shares_the_shards(colour_world, tmp_path):
 
 
 def _extract_worker(rank, world_size, port, root, weights, cache, fail_on_rank, queue):
+    import datetime
     import os
 
     import torch.distributed as dist
@@ -144,7 +145,8 @@ def _extract_worker(rank, world_size, port, root, weights, cache, fail_on_rank, 
     from clipadapt.features import extract_features
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A minute, not gloo's 30: a rank left waiting at a collective fails the test instead of hanging it.
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     backbone = load_backbone(None, weights)
     encoded = []
     original = backbone.encode_image
@@ -169,7 +171,6 @@ def _extract_worker(rank, world_size, port, root, weights, cache, fail_on_rank, 
 def test_ranks_share_the_shards_and_stop_together(colour_world, tmp_path, fail_on_rank):
     import socket
 
-    import torch
     import torch.multiprocessing as mp
 
     root, weights = colour_world
@@ -177,9 +178,11 @@ def test_ranks_share_the_shards_and_stop_together(colour_world, tmp_path, fail_o
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     queue = mp.get_context("spawn").Queue()
-    mp.start_processes(_extract_worker, args=(2, port, str(root), str(weights), str(tmp_path), fail_on_rank, queue),
-                       nprocs=2, start_method="spawn")
-    results = sorted(queue.get(timeout=120) for _ in range(2))
+    workers = mp.start_processes(_extract_worker, nprocs=2, start_method="spawn", join=False,
+                                 args=(2, port, str(root), str(weights), str(tmp_path), fail_on_rank, queue))
+    results = sorted(queue.get(timeout=180) for _ in range(2))  # read before joining: a full pipe blocks exits
+    while not workers.join(timeout=60):
+        pass
     if fail_on_rank is None:
         # 24 test images in 5 shards (5, 5, 5, 5, 4): ranks 0 and 1 take shards 0, 2, 4 and 1, 3.
         assert [encoded for _, encoded, _ in results] == [14, 10]

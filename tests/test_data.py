@@ -234,6 +234,11 @@ def test_coop_fgvc_aircraft_layout(tmp_path):
     (folder / "images_variant_test.txt").write_text("\n")
     with pytest.raises(DataError, match="images_variant_test.txt is empty"):
         load_dataset(f"coop:FGVCAircraft:{tmp_path}")
+    (folder / "images_variant_test.txt").write_text("1514522 F/A-18  \n")  # trailing spaces are not the name
+    assert [s.label for s in load_dataset(f"coop:FGVCAircraft:{tmp_path}").test] == [2]
+    (folder / "variants.txt").write_text("707-320\nA300B4\n707-320\n")
+    with pytest.raises(DataError, match="variant '707-320' appears twice"):
+        load_dataset(f"coop:FGVCAircraft:{tmp_path}")
 
 
 def _imagenet_classnames(folder, wnids):

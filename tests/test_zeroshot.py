@@ -81,13 +81,24 @@ def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
     calls.clear()
     assert torch.equal(extract_features(backbone, samples, cache_dir=tmp_path, shard_size=8, progress=False).features,
                        first.features) and calls == []
-    # An incomplete entry is finished at the size asked for; shards of another size are never mixed in (rows
-    # 8-15 of 10-row shard 1 have the 8 rows a last 8-row shard expects) and are removed once it is complete.
-    (entry / "meta.json").unlink()
-    (entry / "shard_10_00000.npy").unlink()
-    resumed = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=8, progress=False)
-    assert sum(calls) == 24 and torch.equal(resumed.features, first.features)
-    assert sorted(p.name for p in entry.glob("shard_*")) == [f"shard_8_0000{i}.npy" for i in range(3)]
+    # An incomplete entry is finished at the size asked for. 18 images: 10-row shards hold rows 0-9 and 10-17;
+    # 8-row shards want rows 0-7, 8-15, 16-17. The 10-row shard 1 has the 8 rows an 8-row shard 1 expects, but
+    # other rows: it is never taken for it, and shards of other sizes are removed once the entry is complete.
+    few = samples[:18]
+    extract_features(backbone, few, cache_dir=tmp_path, shard_size=10, progress=False)
+    [partial] = [e for e in (tmp_path / "features").iterdir() if e != entry]
+    (partial / "meta.json").unlink()
+    (partial / "shard_10_00000.npy").unlink()
+    calls.clear()
+    resumed = extract_features(backbone, few, cache_dir=tmp_path, shard_size=8, progress=False)
+    assert sum(calls) == 18 and torch.equal(resumed.features, first.features[:18])
+    assert sorted(p.name for p in partial.glob("shard_*")) == [f"shard_8_0000{i}.npy" for i in range(3)]
+    # A cache written before sizes were in the shard names is renamed, not recomputed.
+    for shard in entry.glob("shard_10_*.npy"):
+        shard.rename(entry / shard.name.replace("shard_10_", "shard_"))
+    calls.clear()
+    assert torch.equal(extract_features(backbone, samples, cache_dir=tmp_path, progress=False).features,
+                       first.features) and calls == []
 
 
 def _run(tmp_path, *argv):

@@ -189,7 +189,7 @@ class Trainer:
                     group["lr"] = lr * group.get("lr_scale", 1.0)  # groups may train at a multiple of the lr
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
                     loss = step_fn(batch, self.step)
-                value = loss.detach().float().item()  # the step's one wait for the device
+                value = loss.detach().float().item()  # one wait for the device (under torchrun, one more below)
                 if self._finite_everywhere(value, loss.device):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -83,7 +83,7 @@ def _complete_shard_size(meta_path: Path, n_samples: int) -> int | None:
 def _shard_is_complete(path: Path, expected_rows: int) -> bool:
     try:
         return np.load(path, mmap_mode="r").shape[0] == expected_rows
-    except (OSError, ValueError):  # a damaged shard is recomputed, not trusted
+    except Exception:  # noqa: BLE001  a damaged shard (zero bytes: EOFError; garbage: ValueError) is recomputed
         return False
 
 
@@ -105,45 +105,84 @@ def extract_features(
     transform = transform if transform is not None else backbone.image_transform(train=False)
     folder = Path(cache_dir or default_cache_dir()) / "features" / cache_key(backbone, samples, transform)
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-    meta_path = folder / "meta.json"
-    folder.mkdir(parents=True, exist_ok=True)
-    shard_size = _complete_shard_size(meta_path, len(samples)) or shard_size  # a complete entry is read as written
-    n_shards = (len(samples) + shard_size - 1) // shard_size
     rank, world_size = distributed_world()
-    todo = [i for i in range(n_shards)
-            if not _shard_is_complete(_shard_path(folder, i, shard_size), min(shard_size, len(samples) - i * shard_size))]
-    if world_size > 1:  # rank 0's list for everyone: ranks looking at a shared file system at other times agree
-        shared = [todo]
+    # Three phases; after each, all ranks learn whether any failed (instead of waiting at a collective for ever).
+    # 1. Rank 0 alone looks at the folder: the shard size (a complete entry is read as written) and what is missing.
+    plan: tuple[int, list[int]] | None = None
+    failure: Exception | None = None
+    if rank == 0:
+        try:
+            plan = _plan_shards(folder, len(samples), shard_size)
+        except Exception as exc:  # noqa: BLE001  re-raised below, after the other ranks are told
+            failure = exc
+    if world_size > 1:
+        shared = [plan]
         dist.broadcast_object_list(shared, src=0)
-        todo = shared[0]
-    if todo and rank == 0:
-        meta_path.unlink(missing_ok=True)  # the entry is incomplete until every shard is back
-    failure: BaseException | None = None
+        plan = shared[0]
+    _agree(failure, world_size, backbone.device)
+    shard_size, todo = plan
+    n_shards = (len(samples) + shard_size - 1) // shard_size
+    # 2. Each rank encodes every world_size-th missing shard.
+    failure = None
     try:
         _extract_shards(backbone, samples, folder, todo[rank::world_size], shard_size, transform, batch_size,
                         num_workers, progress and rank == 0, desc)
-    except Exception as exc:  # every rank learns of it below, instead of waiting at the barrier for ever
+    except Exception as exc:  # noqa: BLE001
         failure = exc
+    _agree(failure, world_size, backbone.device)
+    # 3. Rank 0 describes the complete entry.
+    failure = None
+    if rank == 0:
+        try:
+            _finish_entry(folder, shard_size, {"num_samples": len(samples), "shard_size": shard_size,
+                                               "dim": backbone.embed_dim, "model": backbone.name,
+                                               "transform": repr(transform)})
+        except Exception as exc:  # noqa: BLE001
+            failure = exc
+    _agree(failure, world_size, backbone.device)
+    return FeatureSet(features=_read_shards(folder, n_shards, shard_size, len(samples), backbone.embed_dim),
+                      labels=labels, samples=list(samples))
+
+
+def _agree(failure: Exception | None, world_size: int, device: torch.device) -> None:
+    """Raise `failure` on its rank, and on every other rank an error saying that one failed."""
     if world_size > 1:
-        failed = torch.tensor([failure is not None], dtype=torch.int32, device=backbone.device)
+        failed = torch.tensor([failure is not None], dtype=torch.int32, device=device)
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         if failed.item() and failure is None:
             raise ClipadaptError("feature extraction failed on another rank (its error is in its own output)")
     if failure is not None:
         raise failure
-    if rank == 0 and not meta_path.is_file():
-        for stale in folder.glob("shard_*.npy"):  # left by an extraction with another shard size
-            if not stale.name.startswith(f"shard_{shard_size}_"):
-                stale.unlink(missing_ok=True)
-        meta = {"num_samples": len(samples), "shard_size": shard_size, "dim": backbone.embed_dim,
-                "model": backbone.name, "transform": repr(transform)}
-        tmp = meta_path.with_name("meta.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(meta_path)
-    if world_size > 1:
-        dist.barrier()  # meta.json is written: the entry is complete for every rank
-    return FeatureSet(features=_read_shards(folder, n_shards, shard_size, len(samples), backbone.embed_dim),
-                      labels=labels, samples=list(samples))
+
+
+def _plan_shards(folder: Path, n_samples: int, shard_size: int) -> tuple[int, list[int]]:
+    """(the shard size to use, the shards missing or damaged). An entry left incomplete loses its meta.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    written = _complete_shard_size(meta_path, n_samples)
+    if written:
+        shard_size = written
+        for old in folder.glob("shard_[0-9][0-9][0-9][0-9][0-9].npy"):  # a cache from before sizes were in names
+            old.rename(_shard_path(folder, int(old.stem.removeprefix("shard_")), shard_size))
+    n_shards = (n_samples + shard_size - 1) // shard_size
+    todo = [i for i in range(n_shards)
+            if not _shard_is_complete(_shard_path(folder, i, shard_size), min(shard_size, n_samples - i * shard_size))]
+    if todo:
+        meta_path.unlink(missing_ok=True)  # the entry is incomplete until every shard is back
+    return shard_size, todo
+
+
+def _finish_entry(folder: Path, shard_size: int, meta: dict) -> None:
+    """Remove what other shard sizes and killed writes left, then write meta.json (atomically, last)."""
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        return
+    for stale in [*folder.glob("shard_*.npy"), *folder.glob("*.tmp")]:
+        if stale.suffix == ".tmp" or not stale.name.startswith(f"shard_{shard_size}_"):
+            stale.unlink(missing_ok=True)
+    tmp = meta_path.with_name("meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(meta_path)
 
 
 @contextlib.contextmanager
@@ -152,7 +191,8 @@ def _threads_beside_workers(device: torch.device, num_workers: int) -> Iterator[
     them all made extraction slower than one process: bench/extract_workers.py)."""
     threads = torch.get_num_threads()
     if num_workers and device.type == "cpu":
-        torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)) - num_workers)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, min(threads, cores - num_workers)))
     try:
         yield
     finally:

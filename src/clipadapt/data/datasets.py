@@ -183,8 +183,8 @@ def image_under(root: Path, rel: str, where: str) -> Path:
     """root/rel, checked to stay under root and to exist."""
     check_relative_path(rel, where)
     image = root / rel
-    if not image.is_file():
-        raise DataError(f"{where}: image file {image} does not exist" + (" (a folder)" if image.exists() else ""))
+    if not os.path.isfile(image):  # os.path, not Path.is_file: a name too long for the file system is just absent
+        raise DataError(f"{where}: image file {image} does not exist" + (" (a folder)" if os.path.isdir(image) else ""))
     return image
 
 
@@ -384,6 +384,7 @@ def read_table(path: Path, columns: int, integer_ids: bool = True) -> dict[Any, 
         if len(fields) != columns or (integer_ids and not INTEGER.fullmatch(fields[0])):
             kind = "an integer id" if integer_ids else "an id"
             raise DataError(f"{path}, line {number}: expected {columns} fields starting with {kind}, got {line!r}")
+        fields[-1] = fields[-1].rstrip()  # "<id> <name> " names <name>
         key = int(fields[0]) if integer_ids else fields[0]
         if key in rows:
             raise DataError(f"{path}, line {number}: id {key} appears twice")
@@ -494,6 +495,9 @@ def _load_coop_aircraft(folder: Path) -> DatasetSplits:
     variants_file = folder / "variants.txt"
     classnames = [line for _, line in read_lines(variants_file)]
     label_of = {name: label for label, name in enumerate(classnames)}
+    if len(label_of) != len(classnames):
+        repeated = next(name for name in classnames if classnames.count(name) > 1)
+        raise DataError(f"{variants_file}: variant {repeated!r} appears twice")
     splits: dict[str, list[Sample]] = {}
     for split in SPLIT_NAMES:
         path = folder / f"images_variant_{split}.txt"

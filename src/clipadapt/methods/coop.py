@@ -104,7 +104,9 @@ class CoOp:
 
         if torch.is_grad_enabled():
             return encode()
-        key = (tuple(classnames), id(self.ctx), self.ctx._version)
+        # The version counter moves with in-place updates (CoOp's SGD step, copy_); a new tensor has another id.
+        ctx = self.ctx
+        key = (tuple(classnames), id(ctx), ctx._version, ctx.data_ptr(), ctx.dtype, ctx.device)
         if self._scoring_text is None or self._scoring_text[0] != key:
             self._scoring_text = (key, encode())
         return self._scoring_text[1]
