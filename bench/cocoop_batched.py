@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from clipadapt import load_backbone
-from timing import timed
+from timing import add_device_arg, timed
 from clipadapt.methods import build_method
 
 CLASS_WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
@@ -39,18 +39,19 @@ def per_image_logits(cocoop, features: torch.Tensor, classnames: list[str]) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
+    add_device_arg(parser)
     parser.add_argument("--classes", type=int, default=16)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(args.model, device=args.device)
     backbone.model.requires_grad_(False)  # CLIP is frozen in both, as in training
     classnames = [f"{CLASS_WORDS[i % 10]} {CLASS_WORDS[(i // 10) % 10]} {CLASS_WORDS[(i // 3) % 10]}"
                   for i in range(args.classes)]
     cocoop = build_method("cocoop", backbone, {"batch_size": args.batch})
-    features = torch.randn(args.batch, backbone.embed_dim)
-    labels = torch.randint(args.classes, (args.batch,))
+    features = torch.randn(args.batch, backbone.embed_dim, device=args.device)
+    labels = torch.randint(args.classes, (args.batch,), device=args.device)
     params = list(cocoop.prompt.parameters())
 
     def batched():

@@ -4,7 +4,7 @@ Each script runs in its own process (as `python bench/NAME.py ARGS`), so one's t
 next. `--quick` uses small sizes (all in under 5 minutes on 2 CPU cores); without it, each script's defaults.
 A script that fails prints `NAME failed (exit code N)` and the rest still run; the exit code is then 1.
 
-    python bench/run.py [--quick] [--only NAME,...]
+    python bench/run.py [--quick] [--only NAME,...] [--device cuda]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "cocoop_batched": (["--repeats", "1"], []),
     "ship_synthesis": (["--classes", "50"], []),
     "unicl_step": (["--batch", "64", "--steps", "3"], []),
-    "extract_workers": (["--images", "256"], []),
+    "extract_workers": ([], []),
 }
 
 
@@ -30,6 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: all in under 5 minutes on 2 cores")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--device", default="cpu", help="passed to every benchmark (cuda on a GPU machine)")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
@@ -38,7 +39,7 @@ def main() -> int:
     failed = False
     start = time.perf_counter()
     for name in names:
-        extra = BENCHMARKS[name][0 if args.quick else 1]
+        extra = [*BENCHMARKS[name][0 if args.quick else 1], "--device", args.device]
         result = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *extra], capture_output=True, text=True)
         lines = result.stdout.strip().splitlines()
         if result.returncode != 0 or not lines or not lines[-1].startswith(f"{name} ratio="):

@@ -122,12 +122,22 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         run = lambda: _predict(zeroshot, Context(), splits)  # noqa: E731
     base = resident_mb()
     reset_peak()
+    on_gpu = backbone.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+        gpu_base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize()
     start = time.perf_counter()
     run()
+    if on_gpu:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = peak_mb()
-    return {"workload": workload, "classes": n_classes, "seconds": round(seconds, 3),
-            "peak_mb_above_setup": round(max(0.0, peak - base), 1)}
+    row = {"workload": workload, "classes": n_classes, "seconds": round(seconds, 3),
+           "peak_mb_above_setup": round(max(0.0, peak - base), 1)}
+    if on_gpu:  # the GPU's own peak above what was allocated once set up
+        row["gpu_peak_mb_above_setup"] = round((torch.cuda.max_memory_allocated() - gpu_base) / 2**20, 1)
+    return row
 
 
 def main() -> None:

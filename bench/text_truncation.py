@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from clipadapt import load_backbone
-from timing import timed
+from timing import add_device_arg, timed
 
 CLASS_WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
 
@@ -33,15 +33,16 @@ def full_length_prompted_text(backbone, ctx: torch.Tensor, classnames: list[str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-16", help="architecture (random weights)")
+    add_device_arg(parser)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--n-ctx", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(args.model, device=args.device)
     classnames = [f"{CLASS_WORDS[i % 10]} {CLASS_WORDS[(i // 10) % 10]} {CLASS_WORDS[(i // 3) % 10]}"
                   for i in range(args.classes)]
-    ctx = (torch.randn(args.n_ctx, backbone.text_width) * 0.02).requires_grad_()
+    ctx = (torch.randn(args.n_ctx, backbone.text_width) * 0.02).to(args.device).requires_grad_()
 
     def step(encode):
         features = encode()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 
 import open_clip
@@ -21,6 +20,7 @@ import torch
 from clipadapt import load_backbone
 from clipadapt.data import Sample
 from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
+from timing import add_device_arg, clock
 
 CAPTION = "a small striped red star on a dark background"
 
@@ -37,7 +37,7 @@ def our_seconds(backbone, images: torch.Tensor, steps: int, batch: int) -> tuple
     trainer._batches = lambda epoch, offset: iter([(images, None, indices)])  # one step per epoch
     stamps = []
     clamp = trainer._clamp_logit_scale
-    trainer._clamp_logit_scale = lambda: (clamp(), stamps.append(time.perf_counter()))
+    trainer._clamp_logit_scale = lambda: (clamp(), stamps.append(clock()))
     trainer.fit(progress=False)
     return (stamps[-1] - stamps[0]) / steps, trainer
 
@@ -49,15 +49,13 @@ def plain_seconds(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Te
     start = None
     for step in range(steps + 1):
         if step == 1:  # after the warm-up step
-            start = time.perf_counter()
+            start = clock()
         image_features, text_features, scale = model(images, tokens)[:3]
         loss = loss_fn(image_features, text_features, scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    if images.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
 def main() -> None:
@@ -65,7 +63,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6, help="timed steps in each run")
-    parser.add_argument("--device", default="cpu")
+    add_device_arg(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)

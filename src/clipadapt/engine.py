@@ -171,7 +171,7 @@ class Trainer:
     def summary(self) -> dict:
         """What every training summary reports about the loop."""
         return {"steps": self.step, "steps_per_epoch": self.steps_per_epoch, "epoch_losses": self.losses,
-                "seconds": round(self.seconds, 2), "resumed_from_step": self.resumed_from,
+                "seconds": self.seconds, "resumed_from_step": self.resumed_from,
                 "skipped_steps": self.skipped_steps}
 
     def fit(self, epoch_batches: Callable[[int, int], Iterable[Any]], step_fn: Callable[[Any, int], torch.Tensor]) -> "Trainer":
