@@ -6,7 +6,7 @@ Both start from the same random weights and take the same number of steps on one
 image-label samples with template prompts, half captions), after one warm-up step each; image decoding is left
 out of both. The ratio is the plain step time over ours (target 1.0: the unified loss costs nothing).
 
-    python bench/unicl_step.py [--model tiny-vit] [--batch 128] [--steps 6] [--device cpu]
+    python bench/unicl_step.py [--model tiny-vit] [--batch 128] [--steps 6] [--device cpu] [--peak-tflops T]
 """
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6, help="timed steps in each run")
     add_device_arg(parser)
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="the device's peak (e.g. 989 for an H100's dense bf16): prints MFU")
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)
@@ -73,10 +75,26 @@ def main() -> None:
     ours, trainer = our_seconds(backbone, images, args.steps, args.batch)
     tokens = trainer._texts(torch.arange(args.batch), 0)[0]  # the same texts, at full context length
     plain = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps)
+    flops = step_flops(copy.deepcopy(initial).to(args.device), images, tokens)
     print(f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
           f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "
           f"plain open_clip {args.batch / plain:.0f} images/s ({plain * 1000:.0f} ms/step)")
+    achieved = flops / ours / 1e12
+    mfu = f", MFU {100 * achieved / args.peak_tflops:.1f}% of {args.peak_tflops:g}" if args.peak_tflops else ""
+    print(f"a full-length step is {flops / 1e9:.1f} GFLOP: ours at {achieved:.3f} TFLOP/s{mfu}")
     print(f"unicl_step ratio={plain / ours:.2f} target=1.0")
+
+
+def step_flops(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Forward + backward FLOPs of the plain step (full-length text), as torch's FlopCounterMode counts them: the
+    numerator of MFU (our truncated text does less, so ours is credited a little more than it computes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    loss_fn = open_clip.loss.ClipLoss()
+    with FlopCounterMode(display=False) as counter:
+        image_features, text_features, scale = model(images, tokens)[:3]
+        loss_fn(image_features, text_features, scale).backward()
+    return float(counter.get_total_flops())
 
 
 if __name__ == "__main__":
