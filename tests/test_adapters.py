@@ -84,6 +84,18 @@ def test_tip_adapter_f_learns_the_keys(backbone):
     assert summary["finetune"]["epoch_losses"][-1] < summary["finetune"]["epoch_losses"][0]
     assert not torch.allclose(tip.cache["cache_keys"], F.normalize(train.features, dim=-1))
     assert len(summary["finetune"]["val_accuracies"]) == 10
+    # Without a validation split (ImageNet, the fine-grained sets) the last epoch is kept, with a warning.
+    with pytest.warns(UserWarning, match="no validation split"):
+        assert tip.fit(train, NAMES, val=None, progress=False)["finetune"]["steps"] == 10 * 32 // 8
+
+
+def test_tip_adapter_refit_searches_afresh(backbone):
+    train, val = clustered(4, seed=1), clustered(4, seed=3)
+    tip = build_method("tip_adapter", backbone, {"beta_steps": 20, "alpha_steps": 10, "alpha": 1.0, "beta": 1.0})
+    tip.fit(train, NAMES, val=val, progress=False)
+    assert (tip.alpha, tip.beta) != (1.0, 1.0)
+    tip.fit(train, NAMES, val=None, progress=False)  # nothing to search on: the configured values, not the last
+    assert (tip.alpha, tip.beta) == (1.0, 1.0)
 
 
 def test_tip_adapter_caches_as_many_synthetic_features_as_shots(backbone):

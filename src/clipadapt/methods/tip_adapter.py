@@ -10,14 +10,21 @@ best wins). Tip-Adapter-F (`finetune=true`) learns the keys with AdamW (lr 1e-3,
 256, cosine; the official code keeps the epoch that is best on test, here the one best on validation.
 
 Where it differs: the official cache averages the features of 10 augmented views of each image; the cache here is
-built from the cached features (one view). With SHIP (`tip_adapter+ship`), synthetic features of the classes
+built from the cached features (one view). Tip-Adapter-F trains here on those same cached features by default
+(the keys' own images: `augment=true` re-encodes random crops instead, with CoOp's crop scale 0.08-1 where the
+official code uses 0.5-1), in full batches only and with Dassl's per-epoch cosine (the official: every batch and a
+per-step cosine to 0). One search range and starting alpha for every data set (the official configs widen them
+for DTD, EuroSAT and FGVC), and the per-data-set single template (the official ensembles seven for ImageNet).
+Without a validation split Tip-Adapter-F keeps its last epoch (a warning says so). With SHIP (`tip_adapter+ship`), synthetic features of the classes
 without data enter the cache, as many per class as the real classes have shots (more would outweigh the real
 classes in the cache sum), and mix into Tip-Adapter-F's batches. Class names the cache has never seen get no cache
 logits: for them Tip-Adapter is zero-shot CLIP.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -92,6 +99,7 @@ class TipAdapter:
             template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
             synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
         self.classnames = list(classnames)
+        self.alpha, self.beta = self.config.alpha, self.config.beta  # a refit searches afresh
         if len(train) == 0:
             raise ClipadaptError("tip_adapter needs training features for its cache")
         features, labels = train.features.float(), train.labels
@@ -106,16 +114,22 @@ class TipAdapter:
         self.values = F.one_hot(labels, len(self.classnames)).float().to(device)
         weights = self.text(self.classnames, template_key)
         summary: dict = {"cache_size": len(labels)}
+        config = self.config
+        if config.finetune and config.select == "val" and (val is None or len(val) == 0):
+            # ImageNet and the fine-grained sets have no validation split; the official code chose on test.
+            warnings.warn("tip_adapter-F: no validation split to choose the epoch on; the last epoch is kept "
+                          "(select=last)", stacklevel=2)
+            config = dataclasses.replace(config, select="last")
         if self.config.finetune:
             def batch_loss(batch: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
                 logits = self._clip_logits(batch, weights) + self.config.alpha * self._cache_logits(
                     batch, self.classnames, self.config.beta)
                 return F.cross_entropy(logits, batch_labels)
 
-            fingerprint = json.dumps([asdict(self.config), self.classnames, template_key, "tip_adapter"],
+            fingerprint = json.dumps([asdict(config), self.classnames, template_key, "tip_adapter"],
                                      sort_keys=True)
             summary["finetune"] = train_prompt_learner(
-                self.cache, batch_loss, self.backbone, train, self.config, epochs=self.config.epochs, val=val,
+                self.cache, batch_loss, self.backbone, train, config, epochs=config.epochs, val=val,
                 score=lambda batch: self._clip_logits(batch, weights) + self.config.alpha * self._cache_logits(
                     batch, self.classnames, self.config.beta),
                 out_dir=out_dir, run_fingerprint=fingerprint, progress=progress, desc="tip_adapter-F",
