@@ -157,16 +157,27 @@ def test_run_base2new_gzsl_crossdataset(colour_world, tmp_path):
     assert (b2n["num_base_classes"], b2n["num_new_classes"], b2n["num_classes"]) == (2, 2, 4)
     assert b2n["base_accuracy"] == b2n["new_accuracy"] == b2n["harmonic_mean"] == 100.0
 
-    code, gzsl = _run(tmp_path, "zeroshot", "--protocol", "gzsl", "--unseen", "blue", *common)
+    code, gzsl = _run(tmp_path, "zeroshot", "--protocol", "gzsl", "--unseen", "blue,blue", *common)  # once
     assert code == 0
     assert (gzsl["num_seen_classes"], gzsl["num_unseen_classes"]) == (3, 1)
     assert gzsl["seen_accuracy"] == gzsl["unseen_accuracy"] == gzsl["harmonic_mean"] == 100.0
 
     target = colour_images(tmp_path / "target", {"test": 3}, {"red": COLOURS["red"], "blue": COLOURS["blue"]}, seed=5)
-    code, cross = _run(tmp_path, "zeroshot", "--protocol", "crossdataset", "--targets", f"imagefolder:{target}", *common)
+    code, cross = _run(tmp_path, "zeroshot", "--protocol", "crossdataset", "--targets",
+                       f"imagefolder:{target},imagefolder:{target}", *common)  # a repeated target counts once
     assert code == 0
-    assert cross["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0
+    assert cross["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0 == cross["average_target_accuracy"]
     assert cross["targets"][f"imagefolder:{target}"]["num_classes"] == 2
+
+
+def test_closed_set_methods_refuse_gzsl_and_crossdataset_before_training(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    for protocol in ("gzsl", "crossdataset"):
+        code, _ = _run(tmp_path, "linear_probe", "--protocol", protocol, "--dataset", f"imagefolder:{root}",
+                       "--pretrained", str(weights), "--targets", f"imagefolder:{root}")
+        assert code == 2
+        assert f"linearprobe scores only the classes it was trained on: it has no {protocol} numbers" in \
+            capsys.readouterr().err
 
 
 def test_run_errors_are_one_line(colour_world, tmp_path, capsys):
@@ -203,6 +214,15 @@ def test_aggregate_seeds_means_std_and_per_seed():
     assert merged["accuracy"] == 65.0 and merged["accuracy_std"] == 5.0
     assert merged["attribute_accuracy"] == {"colour": 95.0} and merged["num_classes"] == 4
     assert merged["per_seed"]["2"]["accuracy"] == 70.0
+    # A resumed seed beside a fresh one; the harmonic mean of the mean base and new accuracies (CoOp's tables).
+    results = [{"base_accuracy": 60.0, "new_accuracy": 90.0, "harmonic_mean": 72.0,
+                "training": {"steps": 10, "resumed_from_step": 10, "epoch_losses": [1.0]}},
+               {"base_accuracy": 80.0, "new_accuracy": 50.0, "harmonic_mean": 61.54,
+                "training": {"steps": 10, "resumed_from_step": None, "epoch_losses": [2.0]}}]
+    merged = aggregate_seeds(results, [1, 2])
+    assert merged["training"] == {"steps": 10.0, "resumed_from_step": None, "epoch_losses": None}
+    assert merged["harmonic_mean"] == pytest.approx(2 * 70 * 70 / 140)
+    assert merged["harmonic_mean_std"] == pytest.approx(5.23)  # the seeds' own harmonic means
 
 
 def test_run_with_several_seeds(colour_world, tmp_path, capsys):

@@ -207,12 +207,20 @@ def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> l
     missing = [n for n in names if n not in splits.classnames]
     if missing:
         raise ClipadaptError(f"unseen class(es) not in data set '{splits.name}': {', '.join(missing[:5])}")
-    return sorted(splits.classnames.index(n) for n in names)
+    return sorted({splits.classnames.index(n) for n in names})  # a name listed twice is one class
+
+
+def _check_scores_unseen(method, protocol: str) -> None:
+    if not getattr(method, "scores_unseen_classes", True):
+        raise ClipadaptError(f"{type(method).__name__.lower()} scores only the classes it was trained on: it has no "
+                             f"{protocol} numbers (base2new reports its base accuracy)")
 
 
 def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: str | None = None, **_) -> dict:
+    _check_scores_unseen(method, "gzsl")
     unseen_labels = gzsl_classes(splits, unseen)
-    seen_labels = [c for c in range(len(splits.classnames)) if c not in set(unseen_labels)]
+    unseen_set = set(unseen_labels)
+    seen_labels = [c for c in range(len(splits.classnames)) if c not in unseen_set]
     if not seen_labels or not unseen_labels:
         raise ClipadaptError("gzsl needs at least one seen and one unseen class")
     # Train on seen classes only (relabelled 0..S-1); test over the joint space of every class name.
@@ -238,13 +246,14 @@ def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int 
                      targets: Sequence[str] = (), **_) -> dict:
     if not targets:
         raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
-    target_splits = {spec: load_dataset(spec) for spec in targets}
+    _check_scores_unseen(method, "crossdataset")
+    target_splits = {spec: load_dataset(spec) for spec in dict.fromkeys(targets)}  # each target once
     target_names = [name for target in target_splits.values() for name in target.classnames]
     summary = _fit(method, ctx, splits, shots, seed, unseen_classnames=target_names)
     result = _with_training(_test_accuracy(method, ctx, splits), summary)
     result["targets"] = {spec: _with_synthesis(_test_accuracy(method, ctx, target), method, ctx, target)
                          for spec, target in target_splits.items()}
-    result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(targets)
+    result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(target_splits)
     return result
 
 
@@ -268,25 +277,32 @@ def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, 
 
 
 def _mean_of(values: list):
-    """Mean of numbers, or of dicts of numbers key by key (attribute accuracies, per-target results)."""
+    """Mean of numbers (every seed has one), or of dicts key by key (attribute accuracies, per-target results);
+    anything else is kept when every seed has the same value and is None otherwise (a resumed seed's
+    `resumed_from_step` beside a fresh one's None, per-epoch losses: each seed's are under `per_seed`)."""
     first = values[0]
-    if isinstance(first, dict):
-        return {key: _mean_of([v[key] for v in values]) for key in first}
-    if isinstance(first, (int, float)) and not isinstance(first, bool):
+    if all(isinstance(v, dict) for v in values):
+        return {key: _mean_of([v[key] for v in values]) for key in first if all(key in v for v in values)}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return sum(values) / len(values)
-    return first
+    return first if all(v == first for v in values) else None
 
 
 def aggregate_seeds(results: list[dict], seeds: Sequence[int]) -> dict:
     """Several seeds' numbers as one result: means under the usual keys, population standard deviations of the
     top-level accuracies as `<key>_std` (as CoOp's parse_test_res.py reports), each seed's numbers under
-    `per_seed`. Counts (`num_*`) are the same for every seed and kept as they are."""
+    `per_seed`. Counts (`num_*`) are the same for every seed and kept as they are. The harmonic mean is that of
+    the mean base and new (or seen and unseen) accuracies, as CoOp's and CoCoOp's tables report it; its `_std`
+    is the spread of the seeds' own harmonic means."""
     merged = {key: (values[0] if key.startswith("num_") else _mean_of(values))
               for key, values in ((k, [r[k] for r in results]) for k in results[0])}
     for key, value in results[0].items():
         if isinstance(value, float) and not key.startswith("num_"):
             mean = merged[key]
             merged[f"{key}_std"] = math.sqrt(sum((r[key] - mean) ** 2 for r in results) / len(results))
+    for a, b in (("base_accuracy", "new_accuracy"), ("seen_accuracy", "unseen_accuracy")):
+        if isinstance(merged.get(a), float) and isinstance(merged.get(b), float):
+            merged["harmonic_mean"] = harmonic_mean(merged[a], merged[b])
     merged["per_seed"] = {str(seed): result for seed, result in zip(seeds, results)}
     return merged
 
