@@ -78,7 +78,9 @@ def test_inference_is_chunked_and_equal(backbone, monkeypatch):
 
 def test_explicit_lr_is_kept(backbone):
     assert build_method("cocoop", backbone, {}).config.lr == pytest.approx(0.064)
-    assert build_method("cocoop", backbone, {"lr": 0.01, "batch_size": 8}).config.lr == 0.01
+    assert build_method("cocoop", backbone, {}).config.warmup_lr == pytest.approx(32e-5)  # scaled with the lr
+    explicit = build_method("cocoop", backbone, {"lr": 0.01, "batch_size": 8}).config
+    assert (explicit.lr, explicit.warmup_lr) == (0.01, 1e-5)
     with pytest.raises(ClipadaptError, match="eval_batch must be at least 1"):
         build_method("cocoop", backbone, {"eval_batch": 0})
     with pytest.raises(ClipadaptError, match="batch_size must be at least 1"):

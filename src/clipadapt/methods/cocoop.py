@@ -63,7 +63,7 @@ class CoCoOp:
         init: str = "a photo of a"  # "": random N(0, 0.02)
         epochs: int = 10
         batch_size: int = 32  # images per step, their prompts encoded in one call (the official code: 1)
-        lr: float = 0.0  # 0: the official 0.002 at batch 1 scaled linearly, 0.002 * batch_size
+        lr: float = 0.0  # 0: the official 0.002 at batch 1 scaled linearly, 0.002 * batch_size (and warmup_lr)
         momentum: float = 0.9
         weight_decay: float = 5e-4
         warmup_epochs: int = 1
@@ -81,7 +81,9 @@ class CoCoOp:
             raise ClipadaptError(f"eval_batch must be at least 1, got {config.eval_batch}")
         backbone.context_vectors(config.n_ctx, config.init)  # fails early when the prompt is too long
         self.backbone = backbone
-        self.config = config if config.lr else replace(config, lr=OFFICIAL_LR * config.batch_size)
+        # lr 0: the official batch-1 rates scaled to the batch, the warm-up's too (same distance per epoch)
+        self.config = config if config.lr else replace(config, lr=OFFICIAL_LR * config.batch_size,
+                                                       warmup_lr=config.warmup_lr * config.batch_size)
         self.history: dict = {}
         self.prompt = self._initial_prompt()
 
