@@ -79,7 +79,7 @@ def test_tip_adapter_search_and_unseen_names(backbone):
 def test_tip_adapter_f_learns_the_keys(backbone):
     train, val = clustered(8, seed=1), clustered(4, seed=3)
     tip = build_method("tip_adapter", backbone, {"finetune": True, "epochs": 10, "batch_size": 8, "search": False,
-                                                 "lr": 1e-2})
+                                                 "lr": 1e-2, "augment": False})  # features without images
     summary = tip.fit(train, NAMES, val=val, progress=False)
     assert summary["finetune"]["epoch_losses"][-1] < summary["finetune"]["epoch_losses"][0]
     assert not torch.allclose(tip.cache["cache_keys"], F.normalize(train.features, dim=-1))
@@ -87,6 +87,24 @@ def test_tip_adapter_f_learns_the_keys(backbone):
     # Without a validation split (ImageNet, the fine-grained sets) the last epoch is kept, with a warning.
     with pytest.warns(UserWarning, match="no validation split"):
         assert tip.fit(train, NAMES, val=None, progress=False)["finetune"]["steps"] == 10 * 32 // 8
+
+
+def test_tip_adapter_f_follows_the_official_loop(backbone, monkeypatch):
+    """Every batch, the last partial one too, and a cosine over all steps to 0 (CosineAnnealingLR per batch);
+    with images, crops of scale 0.5-1."""
+    from clipadapt.engine import Trainer, dassl_train_transform
+
+    lrs = []
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a: (lrs.extend(self.lr_at(i) for i in range(self.total_steps)),
+                                                            fit(self, *a))[1])
+    train = clustered(3, seed=1)  # 12 features in batches of 5: 3 steps an epoch
+    tip = build_method("tip_adapter", backbone, {"finetune": True, "epochs": 2, "batch_size": 5, "search": False,
+                                                 "augment": False, "select": "last"})
+    assert tip.fit(train, NAMES, progress=False)["finetune"]["steps"] == 6
+    assert lrs[0] == 1e-3 and lrs[3] == pytest.approx(0.5e-3) and 0 < lrs[-1] < lrs[-2]
+    assert dassl_train_transform(backbone, tip.config.crop_scale).transforms[0].scale == (0.5, 1.0)
+    assert build_method("tip_adapter", backbone).config.augment  # by default, as the official code
 
 
 def test_tip_adapter_refit_searches_afresh(backbone):

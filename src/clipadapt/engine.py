@@ -262,7 +262,10 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 class PromptTrainingConfig(Protocol):
     """What `train_prompt_learner` reads from a method's config. Optional fields: `optimizer` (sgd, the default,
-    or adamw), `momentum` (sgd), `warmup_epochs` and `warmup_lr` (none by default)."""
+    or adamw), `momentum` (sgd), `warmup_epochs` and `warmup_lr` (none by default), `schedule` ("dassl", the
+    default: per-epoch cosine after the warm-up; "cosine_steps": a cosine to 0 over every step, as
+    CosineAnnealingLR stepped per batch), `drop_last` (True, Dassl's: the last partial batch is dropped) and
+    `crop_scale` (the smallest random-resized-crop area with `augment`, Dassl's 0.08)."""
 
     select: str
     batch_size: int
@@ -282,17 +285,17 @@ def dassl_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: 
     return 0.5 * lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
 
 
-def dassl_train_transform(backbone) -> Callable:
+def dassl_train_transform(backbone, crop_scale: float = 0.08) -> Callable:
     """CoOp's train augmentation (Dassl `random_resized_crop`, `random_flip`, `normalize` with its default
-    RRCROP_SCALE), at the backbone's size and normalization. open_clip's own train transform crops 0.9-1 and
-    does not flip."""
+    RRCROP_SCALE (0.08, 1); Tip-Adapter crops (0.5, 1)), at the backbone's size and normalization. open_clip's own
+    train transform crops 0.9-1 and does not flip."""
     pre = backbone.config.get("preprocess", {})
     mean = pre.get("mean") or open_clip.OPENAI_DATASET_MEAN
     std = pre.get("std") or open_clip.OPENAI_DATASET_STD
     bilinear = pre.get("interpolation") == "bilinear"
     mode = transforms.InterpolationMode.BILINEAR if bilinear else transforms.InterpolationMode.BICUBIC
     return transforms.Compose([
-        transforms.RandomResizedCrop(backbone.image_size, scale=(0.08, 1.0), interpolation=mode),
+        transforms.RandomResizedCrop(backbone.image_size, scale=(crop_scale, 1.0), interpolation=mode),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(mean, std),
@@ -351,7 +354,13 @@ def train_prompt_learner(
         raise ClipadaptError("augment=true re-encodes the training images, but these features carry no samples")
     if synthetic is not None and (len(synthetic) == 0 or synthetic_ratio <= 0):
         raise ClipadaptError("synthetic features need at least one feature and a positive synthetic_ratio")
-    steps_per_epoch = max(1, n // config.batch_size)  # Dassl drops the last partial batch if a full one exists
+    if getattr(config, "drop_last", True):
+        steps_per_epoch = max(1, n // config.batch_size)  # Dassl drops the last partial batch if a full one exists
+    else:
+        steps_per_epoch = math.ceil(n / config.batch_size)
+    schedule = getattr(config, "schedule", "dassl")
+    if schedule not in ("dassl", "cosine_steps"):
+        raise ClipadaptError(f"schedule must be dassl or cosine_steps, got '{schedule}'")
     device = backbone.device
     # The best state on validation is kept as buffers beside the learner, so that checkpoints carry it.
     holder = nn.Module()
@@ -366,7 +375,7 @@ def train_prompt_learner(
         optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, eps=1e-4, weight_decay=config.weight_decay)
     else:
         raise ClipadaptError(f"optimizer must be sgd or adamw, got '{optimizer_name}'")
-    transform = dassl_train_transform(backbone) if config.augment else None
+    transform = dassl_train_transform(backbone, getattr(config, "crop_scale", 0.08)) if config.augment else None
     if out_dir is not None:
         digest = hashlib.sha256(run_fingerprint.encode())
         digest.update(backbone.fingerprint().encode())
@@ -410,8 +419,9 @@ def train_prompt_learner(
 
     trainer = Trainer(
         holder, optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-        lr_at=lambda step: dassl_lr(step // steps_per_epoch, epochs, config.lr, getattr(config, "warmup_epochs", 0),
-                                    getattr(config, "warmup_lr", 0.0)),
+        lr_at=(lambda step: cosine_lr(step, epochs * steps_per_epoch, 0, config.lr)) if schedule == "cosine_steps"
+        else (lambda step: dassl_lr(step // steps_per_epoch, epochs, config.lr, getattr(config, "warmup_epochs", 0),
+                                    getattr(config, "warmup_lr", 0.0))),
         out_dir=out_dir, run_fingerprint=run_fingerprint, checkpoint_every=config.checkpoint_every,
         after_step=after_step, progress=progress, desc=desc,
     )

@@ -10,11 +10,11 @@ best wins). Tip-Adapter-F (`finetune=true`) learns the keys with AdamW (lr 1e-3,
 256, cosine; the official code keeps the epoch that is best on test, here the one best on validation.
 
 Where it differs: the official cache averages the features of 10 augmented views of each image; the cache here is
-built from the cached features (one view). Tip-Adapter-F trains here on those same cached features by default
-(the keys' own images: `augment=true` re-encodes random crops instead, with CoOp's crop scale 0.08-1 where the
-official code uses 0.5-1), in full batches only and with Dassl's per-epoch cosine (the official: every batch and a
-per-step cosine to 0). One search range and starting alpha for every data set (the official configs widen them
-for DTD, EuroSAT and FGVC), and the per-data-set single template (the official ensembles seven for ImageNet).
+built from the cached features (one view). Tip-Adapter-F trains as the official code does: on fresh random
+crops (scale 0.5-1) and flips of its images every step (`augment=false`: on the cached features, which are the
+cache keys themselves), every batch including the last partial one, with a cosine over all steps down to 0. One
+search range and starting alpha for every data set (the official configs widen them for DTD, EuroSAT and FGVC),
+and the per-data-set single template (the official ensembles seven for ImageNet).
 Without a validation split Tip-Adapter-F keeps its last epoch (a warning says so). With SHIP (`tip_adapter+ship`), synthetic features of the classes
 without data enter the cache, as many per class as the real classes have shots (more would outweigh the real
 classes in the cache sum), and mix into Tip-Adapter-F's batches. Class names the cache has never seen get no cache
@@ -65,7 +65,10 @@ class TipAdapter:
         lr: float = 1e-3
         weight_decay: float = 0.01  # AdamW's default, which the official optimizer keeps
         optimizer: str = "adamw"
-        augment: bool = False  # re-encode random-crop/flip views of the train images every step
+        schedule: str = "cosine_steps"  # the official CosineAnnealingLR, stepped every batch down to 0
+        drop_last: bool = False  # the official loader keeps the last partial batch
+        augment: bool = True  # Tip-Adapter-F trains on fresh random-crop/flip views of its images, as the official
+        crop_scale: float = 0.5  # the official RandomResizedCrop(scale=(0.5, 1))
         select: str = "val"  # Tip-Adapter-F's epoch: val (best on validation) | last
         seed: int = 1
         checkpoint_every: int = 200
