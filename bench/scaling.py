@@ -101,7 +101,7 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
 
         class Cached:
             def features(self, splits, split):
-                return FeatureSet(_read_shards(folder, n_shards, DEFAULT_SHARD_SIZE, rows, backbone.embed_dim),
+                return FeatureSet(_read_shards(folder, DEFAULT_SHARD_SIZE, rows, backbone.embed_dim),
                                   torch.zeros(rows, dtype=torch.long))
 
         splits = DatasetSplits("scaling", names, [], [], [], Path("."))

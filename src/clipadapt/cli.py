@@ -109,7 +109,7 @@ def _load_dataset(args: argparse.Namespace) -> tuple[DatasetSplits, list[str]]:
     splits = load_dataset(args.dataset)
     if not args.skip_bad_images:
         return splits, []
-    first_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank checks; one reports
+    first_rank = _first_rank()  # under torchrun every rank checks; one reports
     splits, bad = drop_unreadable_images(splits, progress=not args.no_progress and first_rank)
     for sample, reason in bad if first_rank else []:
         print(f"skipped unreadable image {sample.path}: {reason}", file=sys.stderr)
@@ -177,7 +177,7 @@ def _summary(metrics: dict) -> str:
 def cmd_extract(args: argparse.Namespace) -> int:
     splits, _ = _load_dataset(args)
     device = _init_distributed(args.device)  # under torchrun, each rank computes its share of the shards
-    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *_: None)
+    say = print if _first_rank() else (lambda *_: None)
     try:
         backbone = load_backbone(args.model, args.pretrained, device=device)
         for split in [s for s in args.splits.split(",") if s]:
@@ -194,6 +194,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def _first_rank() -> bool:
+    """Whether this process reports (and writes): the only one, or rank 0 under torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _init_distributed(device: str) -> str:
@@ -226,7 +231,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _first_rank():
         weights = Path(args.out) / "model.safetensors"
         backbone.save(weights, dtype=torch.float16 if args.save_dtype == "fp16" else None)
         write_metrics(args.out, {"data": args.data, "model": backbone.name, "pretrained": args.pretrained, **summary})

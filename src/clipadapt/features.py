@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from .engine import distributed_world
 from .errors import ClipadaptError
 
 DEFAULT_SHARD_SIZE = 2048
+T = TypeVar("T")
 
 
 def default_cache_dir() -> Path:
@@ -106,42 +107,37 @@ def extract_features(
     folder = Path(cache_dir or default_cache_dir()) / "features" / cache_key(backbone, samples, transform)
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
     rank, world_size = distributed_world()
+    device = backbone.device
     # Three phases; after each, all ranks learn whether any failed (instead of waiting at a collective for ever).
     # 1. Rank 0 alone looks at the folder: the shard size (a complete entry is read as written) and what is missing.
-    plan: tuple[int, list[int]] | None = None
-    failure: Exception | None = None
-    if rank == 0:
-        try:
-            plan = _plan_shards(folder, len(samples), shard_size)
-        except Exception as exc:  # noqa: BLE001  re-raised below, after the other ranks are told
-            failure = exc
+    plan = _collectively(rank == 0, lambda: _plan_shards(folder, len(samples), shard_size), world_size, device)
     if world_size > 1:
         shared = [plan]
         dist.broadcast_object_list(shared, src=0)
         plan = shared[0]
-    _agree(failure, world_size, backbone.device)
     shard_size, todo = plan
-    n_shards = (len(samples) + shard_size - 1) // shard_size
     # 2. Each rank encodes every world_size-th missing shard.
-    failure = None
-    try:
-        _extract_shards(backbone, samples, folder, todo[rank::world_size], shard_size, transform, batch_size,
-                        num_workers, progress and rank == 0, desc)
-    except Exception as exc:  # noqa: BLE001
-        failure = exc
-    _agree(failure, world_size, backbone.device)
+    _collectively(True, lambda: _extract_shards(backbone, samples, folder, todo[rank::world_size], shard_size,
+                                                transform, batch_size, num_workers, progress and rank == 0, desc),
+                  world_size, device)
     # 3. Rank 0 describes the complete entry.
-    failure = None
-    if rank == 0:
+    meta = {"num_samples": len(samples), "shard_size": shard_size, "dim": backbone.embed_dim, "model": backbone.name,
+            "transform": repr(transform)}
+    _collectively(rank == 0, lambda: _finish_entry(folder, shard_size, meta), world_size, device)
+    return FeatureSet(features=_read_shards(folder, shard_size, len(samples), backbone.embed_dim), labels=labels,
+                      samples=list(samples))
+
+
+def _collectively(here: bool, work: Callable[[], T], world_size: int, device: torch.device) -> T | None:
+    """`work()` where `here` holds, then every rank learns whether it failed on any rank (see `_agree`)."""
+    result, failure = None, None
+    if here:
         try:
-            _finish_entry(folder, shard_size, {"num_samples": len(samples), "shard_size": shard_size,
-                                               "dim": backbone.embed_dim, "model": backbone.name,
-                                               "transform": repr(transform)})
-        except Exception as exc:  # noqa: BLE001
+            result = work()
+        except Exception as exc:  # noqa: BLE001  re-raised by _agree, after the other ranks are told
             failure = exc
-    _agree(failure, world_size, backbone.device)
-    return FeatureSet(features=_read_shards(folder, n_shards, shard_size, len(samples), backbone.embed_dim),
-                      labels=labels, samples=list(samples))
+    _agree(failure, world_size, device)
+    return result
 
 
 def _agree(failure: Exception | None, world_size: int, device: torch.device) -> None:
@@ -216,12 +212,12 @@ def _extract_shards(backbone, samples: Sequence[Sample], folder: Path, indices: 
     bar.close()
 
 
-def _read_shards(folder: Path, n_shards: int, shard_size: int, rows: int, dim: int) -> torch.Tensor:
+def _read_shards(folder: Path, shard_size: int, rows: int, dim: int) -> torch.Tensor:
     """The float32 features [rows, dim], filled shard by shard from memory-mapped float16 files: the peak memory is
     the result plus one shard (concatenating first would hold the float16 copy and the float32 one at once)."""
     features = torch.empty(rows, dim, dtype=torch.float32)
     start = 0
-    for i in range(n_shards):
+    for i in range((rows + shard_size - 1) // shard_size):
         shard = np.load(_shard_path(folder, i, shard_size), mmap_mode="r")
         features[start:start + len(shard)] = torch.from_numpy(np.asarray(shard, dtype=np.float32))
         start += len(shard)

@@ -524,8 +524,8 @@ def _load_coop_imagenet(name: str, folder: Path, image_dir: str, parts: dict[str
             raise DataError(f"{directory} has no class folders")
         if name == "ImageNetV2":
             by_number = list(classnames)
-            if any(not f.isdecimal() or int(f) >= len(by_number) for f in classes):
-                bad = next(f for f in classes if not f.isdecimal() or int(f) >= len(by_number))
+            bad = next((f for f in classes if not f.isdecimal() or int(f) >= len(by_number)), None)
+            if bad is not None:
                 raise DataError(f"{directory / bad}: ImageNetV2 folders are labels 0..{len(by_number) - 1}")
             folders = by_number
             label_of = {f: int(f) for f in classes}
