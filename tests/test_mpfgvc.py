@@ -2,6 +2,7 @@
 every token is kept), the VLFM against a loop reference, both training stages on images, the ablation switches,
 closed-set scoring, and where the kept tokens land."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +163,14 @@ def test_full_protocol_on_the_world_badges_reports_part_overlap(backbone, tmp_pa
     assert overlap["tokens_kept"] == 4 and overlap["tokens"] == 16
     assert 0 <= overlap["kept_tokens_on_part"] <= 100 and 0 < overlap["random_tokens_on_part"] < 100
     assert method.superclass == "badge"
+    # Overlay examples: the first test image of each of the first six classes, with what SsVP kept and why.
+    examples = overlap["examples"]
+    assert [e["label"] for e in examples] == sorted({s.label for s in splits.test})[:6]
+    for example in examples:
+        assert Path(example["path"]).is_file() and example["class"] == splits.classnames[example["label"]]
+        assert len(example["scores"]) == 16 and max(example["scores"]) == 1.0
+        top = sorted(range(16), key=lambda i: -example["scores"][i])[:4]
+        assert example["kept"] == sorted(top) and len(example["part"]) == 4
 
 
 def test_part_boxes_follow_clips_resize_and_centre_crop():

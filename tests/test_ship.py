@@ -11,7 +11,7 @@ from clipadapt.engine import train_prompt_learner
 from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
 from clipadapt.methods.coop import CoOp
-from clipadapt.methods.ship import Ship, ShipConfig, nearest_class_accuracy
+from clipadapt.methods.ship import Ship, ShipConfig, load_synthesis_sample, nearest_class_accuracy
 from conftest import flip_last_byte
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,6 +133,13 @@ def test_coop_ship_base2new_run(colour_world, tmp_path):
     assert main(["interpret", str(out), "--pretrained", str(weights), "--top", "3"]) == 0
     (words,) = json.loads((out / "interpret.json").read_text()).values()
     assert len(words["prompts"]) == 4 and all(len(row) == 3 for row in words["mean_latent_prompts"])
+    # The sample of real and synthetic new-class features that `report` projects, and the report itself.
+    (sample_file,) = out.glob("synthesis-*.safetensors")
+    real, synthetic, names = load_synthesis_sample(sample_file)
+    assert len(names) == 2 and len(synthetic) == 2 * 8 and set(real.labels.tolist()) == {0, 1}
+    torch.testing.assert_close(synthetic.features.float().norm(dim=-1), torch.ones(16), atol=2e-3, rtol=0)
+    assert main(["report", str(out), "--out", str(tmp_path / "report.html")]) == 0
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "report_files").glob("*.png")) == ["base2new", "synthesis"]
     assert main(["interpret", str(tmp_path / "cache")]) == 2  # no SHIP weights there: a one-line error
 
 

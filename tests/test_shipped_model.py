@@ -23,14 +23,26 @@ def test_zero_shot_on_unseen_compositions_is_far_above_chance(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_prints_the_base_to_new_table(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, capsys, jobs):
+    from clipadapt import demo
     from clipadapt.cli import main
 
     monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path / "cache"))  # generates the default world afresh
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    # Three of the demo's rows (`make demo` runs them all): enough for a table, a curve and the comparison.
+    rows = (demo.DemoRow("zeroshot", "base2new", demo.TARGET),
+            *(demo.DemoRow("linear_probe", "fewshot", demo.TARGET, (("shots", k),), seeds=(1, 2)) for k in (1, 2)))
+    monkeypatch.setattr(demo, "ROWS", rows)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress", "--jobs", jobs]) == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("| zeroshot |"))
-    base, new, hm = (float(cell) for cell in row.split("|")[2:5])
+    base, new, hm = (float(cell) for cell in row.split("|")[5:8])
     assert new > 50.0 and base > 40.0 and hm > 45.0
+    assert "| linear_probe | world:objects | fewshot | 2 | 1,2 |" in table
+    assert "| unicl | 59.0 | 69.0 |" in table  # the recorded pretraining comparison
     assert (tmp_path / "demo" / "results.md").read_text().strip() in table
-    assert (tmp_path / "demo" / "zeroshot-base2new" / "metrics.json").is_file()
+    assert (tmp_path / "demo" / "zeroshot-base2new-objects" / "metrics.json").is_file()
+    assert (tmp_path / "demo" / "linear_probe-fewshot-objects-2shot" / "metrics.json").is_file()
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert page.count("<table>") == 3 and "report_files/base2new-world_objects.png" in page
+    assert "report_files/fewshot-world_objects.png" in page

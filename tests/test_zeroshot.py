@@ -101,6 +101,63 @@ def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
                        first.features) and calls == []
 
 
+def _extract_at_once(root, weights, cache, barrier, queue):
+    """A separate process (not a torchrun rank) extracting the same entry as another, started together."""
+    import time
+
+    backbone = load_backbone(None, weights)
+    original = backbone.encode_image
+    backbone.encode_image = lambda images: time.sleep(0.05) or original(images)  # long enough to overlap
+    barrier.wait()
+    try:
+        features = extract_features(backbone, load_dataset(f"imagefolder:{root}").test, cache_dir=cache,
+                                    shard_size=2, batch_size=2, progress=False)
+        queue.put(features.features.tolist())
+    except Exception as error:  # noqa: BLE001  reported to the test
+        queue.put(f"{type(error).__name__}: {error}")
+
+
+def test_processes_sharing_a_cache_compute_one_entry_at_once(colour_world, tmp_path):
+    import multiprocessing
+
+    root, weights = colour_world
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_extract_at_once, args=(str(root), str(weights), str(tmp_path), barrier, queue))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=180) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert all(isinstance(r, list) for r in results), results
+    assert results[0] == results[1] and len(results[0]) == 24
+    (entry,) = (tmp_path / "features").iterdir()
+    assert (entry / "meta.json").is_file() and not list(entry.glob("*.tmp"))
+
+
+def test_only_abandoned_temp_files_are_removed(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from clipadapt.features import _is_abandoned
+
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _is_abandoned(tmp_path / f"shard_8_00000.npy~{host}~{finished.stdout.strip()}.tmp")  # killed writer
+        assert _is_abandoned(tmp_path / f"meta.json~{host}~{os.getpid()}.tmp")  # this process: none in flight
+        assert _is_abandoned(tmp_path / "shard_8_00000.npy.tmp")  # an older version's fixed name
+        assert not _is_abandoned(tmp_path / f"shard_8_00000.npy~{host}~{running.pid}.tmp")  # still writing
+        assert not _is_abandoned(tmp_path / f"shard_8_00000.npy~another-host~{finished.stdout.strip()}.tmp")
+    finally:
+        running.kill()
+        running.wait()
+
+
 def _run(tmp_path, *argv):
     out = tmp_path / "run"
     code = main(["run", *argv, "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"])

@@ -26,6 +26,7 @@ from .methods import METHODS, build_method, method_config
 from .methods.ship import Ship
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
 from .protocols import PROTOCOLS, RunContext, aggregate_seeds, run_protocol, write_metrics
+from .report import write_report
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="every method and protocol on the world with the shipped model, as a table")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--cache", type=Path, default=None)
+    demo.add_argument("--jobs", type=int, default=None,
+                      help="rows run side by side in worker processes, one core each (default: 2 where there are 2 cores)")
     demo.add_argument("--no-progress", action="store_true")
+
+    report = sub.add_parser("report", help="tables (HTML and markdown) and PNG plots of the metrics.json files of runs")
+    report.add_argument("run_dirs", nargs="+", type=Path, help="run folders (searched recursively) or metrics.json files")
+    report.add_argument("--out", type=Path, default=Path("report.html"),
+                        help="the HTML file; the markdown goes beside it (.md), the plots to <stem>_files/")
 
     interpret = sub.add_parser("interpret", help="nearest vocabulary words to the prompt vectors SHIP learned in a run")
     interpret.add_argument("run_dir", type=Path, help="a `clipadapt run METHOD+ship` output folder")
@@ -253,8 +261,18 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(run_demo(args.out, cache_dir=args.cache, progress=not args.no_progress))
-    print(f"wrote {args.out / 'results.md'}")
+    if args.jobs is not None and args.jobs < 1:
+        raise ClipadaptError(f"--jobs must be at least 1, got {args.jobs}")
+    print(run_demo(args.out, cache_dir=args.cache, progress=not args.no_progress, jobs=args.jobs))
+    print(f"wrote {args.out / 'results.md'} and {args.out / 'report.html'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    tables, plots = write_report(args.run_dirs, args.out)
+    print("\n\n".join(table.markdown() for table in tables))
+    print(f"wrote {args.out} ({len(tables)} tables, {len(plots)} plots), {args.out.with_suffix('.md')} and "
+          f"{args.out.with_name(args.out.stem + '_files')}/")
     return 0
 
 
@@ -297,7 +315,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "interpret": cmd_interpret, "extract": cmd_extract, "pretrain": cmd_pretrain, "world": cmd_world, "demo": cmd_demo,
-            "models": cmd_models}
+            "report": cmd_report, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """Frozen image features, computed once and cached on disk.
 
 A cache entry is a folder named by a digest of (model weights, the samples' files, the transform). Features are
-written in float16 shards of `shard_size` images, each shard written to a temp file and renamed, so an
-interrupted extraction recomputes only the missing shards and never trusts a half-written one. `meta.json` is
+written in float16 shards of `shard_size` images, each shard written to a temp file of the writing process's own
+and renamed, so an interrupted extraction recomputes only the missing shards and never trusts a half-written one,
+and processes that share a cache may compute the same entry at once. `meta.json` is
 written last and describes the complete entry. Shards are memory-mapped when read.
 
 Under torchrun (a process group initialized), rank 0 lists the missing shards and rank r computes every
@@ -15,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -58,8 +60,35 @@ def cache_key(backbone, samples: Sequence[Sample], transform) -> str:
     return digest.hexdigest()[:20]
 
 
+def _tmp_path(path: Path) -> Path:
+    """A temp name of this process's own (host and pid in it): processes that share a cache and compute the same
+    entry at once never write into one file, and a finished entry can tell abandoned temp files from live ones."""
+    return path.with_name(f"{path.name}~{socket.gethostname()}~{os.getpid()}.tmp")
+
+
+def _is_abandoned(tmp: Path) -> bool:
+    """Whether a temp file's writer is gone: this process (between writes it has none open), a process of this
+    host that no longer runs (killed mid-write), or an older clipadapt's fixed `.tmp` name. Another host's temp
+    files are left alone: that host may still be writing."""
+    parts = tmp.name[:-len(".tmp")].split("~")
+    if len(parts) != 3:
+        return True
+    host, pid = parts[1], parts[2]
+    if host != socket.gethostname() or not pid.isdecimal():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
 def _write_atomic_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
         np.save(f, array)
         f.flush()
@@ -173,10 +202,13 @@ def _finish_entry(folder: Path, shard_size: int, meta: dict) -> None:
     meta_path = folder / "meta.json"
     if meta_path.is_file():
         return
-    for stale in [*folder.glob("shard_*.npy"), *folder.glob("*.tmp")]:
-        if stale.suffix == ".tmp" or not stale.name.startswith(f"shard_{shard_size}_"):
+    for stale in folder.glob("shard_*.npy"):
+        if not stale.name.startswith(f"shard_{shard_size}_"):
             stale.unlink(missing_ok=True)
-    tmp = meta_path.with_name("meta.json.tmp")
+    for tmp in folder.glob("*.tmp"):
+        if _is_abandoned(tmp):
+            tmp.unlink(missing_ok=True)
+    tmp = _tmp_path(meta_path)
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_path)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -186,10 +187,12 @@ def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | No
 
 def _with_synthesis(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
     """For methods that synthesize features (SHIP), how close they came to the real test features of the
-    classes they were made for, under `synthesis` (a diagnostic; nothing is selected on it)."""
+    classes they were made for, under `synthesis` (a diagnostic; nothing is selected on it); a sample of both
+    goes to `synthesis-<data set>.safetensors` in the run folder (the last seed's)."""
     if not hasattr(method, "synthesis_quality"):
         return result
-    quality = method.synthesis_quality(ctx.features(splits, "test"), splits.classnames)
+    sample = Path(ctx.out_dir) / f"synthesis-{re.sub(r'[^A-Za-z0-9._-]+', '_', splits.name)}.safetensors" if ctx.out_dir is not None else None
+    quality = method.synthesis_quality(ctx.features(splits, "test"), splits.classnames, sample_path=sample)
     return {**result, "synthesis": quality} if quality else result
 
 

@@ -11,8 +11,9 @@ Optional parts of the interface, which the protocols look for:
 - `scores_unseen_classes = False`: scores only its training classes (base2new reports base accuracy only).
 - `fit_images(splits, out_dir, progress, num_workers)` and `image_logits(samples, classnames, ...)` instead of
   `fit`/`logits`: the method tunes its image encoder, so it trains and predicts on images (MP-FGVC).
-- `synthesis_quality(real, classnames)`, `selects_tokens` with `kept_token_overlap(samples, parts)`:
-  diagnostics written to metrics.json.
+- `synthesis_quality(real, classnames, sample_path=None)`, `selects_tokens` with
+  `kept_token_overlap(samples, parts)`: diagnostics written to metrics.json (and a feature sample and overlay
+  examples that `clipadapt report` plots).
 """
 from __future__ import annotations
 

@@ -58,11 +58,15 @@ PRELOAD_BYTES = 2 << 30
 DEFAULT_SUPERCLASS = "object"
 
 
+def ssvp_scores(attention_per_head: torch.Tensor) -> torch.Tensor:
+    """Each patch token's score [B, N - 1]: the class token's attention to it summed over heads (sum_m A^m)."""
+    return attention_per_head.sum(dim=1)[:, 1:]
+
+
 def ssvp_tokens(attention_per_head: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [B, k] of the k patch tokens (index >= 1; 0 is the class token) with the largest class-token
     attention summed over heads: SsVP's id = TopK(sum_m A^m)."""
-    scores = attention_per_head.sum(dim=1)[:, 1:]
-    return scores.topk(k, dim=-1).indices + 1
+    return ssvp_scores(attention_per_head).topk(k, dim=-1).indices + 1
 
 
 class ClipTower(nn.Module):
@@ -310,11 +314,16 @@ class MPFGVC:
     def encode_images(self, images: torch.Tensor, return_kept: bool = False, ssvp: bool | None = None):
         """E_V [B, D] from the tuned encoder, with SsVP before the last block (and the kept token indices);
         `ssvp=False` runs every token (the config's `ssvp` by default)."""
+        embedding, kept, _ = self._encode(images, self.config.ssvp if ssvp is None else ssvp)
+        return (embedding, kept) if return_kept else embedding
+
+    def _encode(self, images: torch.Tensor, ssvp: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """E_V [B, D], SsVP's kept token indices [B, K] and every patch's score [B, N - 1] (None without SsVP)."""
         tower = self.model["visual"]
         blocks = tower.blocks
         x = tower.embed(images.to(self.backbone.device))
-        kept = None
-        if not (self.config.ssvp if ssvp is None else ssvp):
+        kept = scores = None
+        if not ssvp:
             for block in blocks:
                 x = block(x)
         else:
@@ -335,11 +344,11 @@ class MPFGVC:
             k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
             if k > x.shape[1] - 1:
                 raise ClipadaptError(f"top_k={k} is more than the {x.shape[1] - 1} patch tokens")
-            kept = ssvp_tokens(attention, k)
+            scores = ssvp_scores(attention)
+            kept = scores.topk(k, dim=-1).indices + 1
             selected = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
             x = blocks[-1](torch.cat([x[:, :1], selected], dim=1))
-        embedding = tower.pool(x)
-        return (embedding, kept) if return_kept else embedding
+        return tower.pool(x), kept, scores
 
     def text_embeddings(self) -> torch.Tensor:
         """E_T [C, D], unit norm: DaTP's prompts `[X^c_1..X^c_J] <superclass>`, or the frozen template."""
@@ -477,10 +486,12 @@ class MPFGVC:
 
     @torch.no_grad()
     def kept_token_overlap(self, samples: Sequence[Sample], parts: Sequence[tuple[int, int, int, int]],
-                           progress: bool = False) -> dict:
+                           progress: bool = False, examples: int = 6) -> dict:
         """Where SsVP looks (`part_overlap`): how many kept patch tokens overlap each image's discriminative part
         (a box in the image's own pixels, mapped through CLIP's resize of the shorter side and centre crop), and
-        how many of the part's patches are kept, each against randomly kept tokens."""
+        how many of the part's patches are kept, each against randomly kept tokens. Under `examples`, for the
+        first image of each of the first `examples` classes: its path, kept patches (0-based, row-major), every
+        patch's score scaled to a maximum of 1, and the part's box in the model's input, for overlays."""
         if self.model is None or not self.config.ssvp:
             raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
         size = self.model["visual"].image_size
@@ -488,7 +499,21 @@ class MPFGVC:
         _, kept = self._embed_samples(samples, progress, return_kept=True)
         grid = self.model["visual"].grid
         overlap = part_overlap(kept.cpu(), patch_boxes(grid, size), torch.tensor(mapped, dtype=torch.float32))
-        return {**overlap, "tokens_kept": kept.shape[1], "tokens": grid * grid}
+        first_of_class: dict[int, int] = {}
+        for i, sample in enumerate(samples):
+            first_of_class.setdefault(sample.label, i)
+        chosen = [first_of_class[label] for label in sorted(first_of_class)][:examples]
+        shown = []
+        if chosen:
+            images = torch.stack([self.model["visual"].transform()(load_image(samples[i].path)) for i in chosen])
+            _, chosen_kept, scores = self._encode(images, ssvp=True)
+            scores = scores / scores.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+            shown = [{"path": str(samples[i].path), "label": samples[i].label,
+                      "class": self.classnames[samples[i].label] if samples[i].label < len(self.classnames) else None,
+                      "kept": sorted((chosen_kept[j] - 1).tolist()), "scores": [round(v, 4) for v in scores[j].tolist()],
+                      "part": [round(v, 2) for v in mapped[i]]} for j, i in enumerate(chosen)]
+        return {**overlap, "tokens_kept": kept.shape[1], "tokens": grid * grid, "grid": grid, "image_size": size,
+                "examples": shown}
 
     @torch.no_grad()
     def image_logits(self, samples: Sequence[Sample], classnames: Sequence[str], batch_size: int = 64,

@@ -32,6 +32,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -350,10 +352,12 @@ class WithShip:
                template_key: str | None = None) -> torch.Tensor:
         return self.method.logits(features, classnames, template_key=template_key)
 
-    def synthesis_quality(self, real: FeatureSet, classnames: Sequence[str]) -> dict:
+    def synthesis_quality(self, real: FeatureSet, classnames: Sequence[str], sample_path: str | Path | None = None) -> dict:
         """How the synthetic features of the classes in `classnames` relate to those classes' real features (a
         diagnostic on test images: it selects nothing): nearest-class accuracy among these classes, and the mean
-        cosine of a synthetic feature to its own class's real mean vs to the other classes' means."""
+        cosine of a synthetic feature to its own class's real mean vs to the other classes' means. With
+        `sample_path`, up to 64 real and 64 synthetic features per class are written there (`report` projects
+        them)."""
         if self.synthetic is None:
             raise ClipadaptError(f"{self.name} has synthesized nothing yet: fit it first")
         index = {name: i for i, name in enumerate(self.synthetic_classnames)}
@@ -370,6 +374,8 @@ class WithShip:
         real_labels = torch.tensor([names.index(classnames[c]) if classnames[c] in index else -1
                                     for c in real.labels.tolist()], dtype=torch.long)
         real = FeatureSet(real.features[real_labels >= 0], real_labels[real_labels >= 0])
+        if sample_path is not None:
+            save_synthesis_sample(sample_path, real, synthetic, names)
         means = F.normalize(torch.stack([F.normalize(real.features[real.labels == c].float(), dim=-1).mean(0)
                                          for c in range(len(names))]), dim=-1)
         cosines = F.normalize(synthetic.features.float(), dim=-1) @ means.T
@@ -379,3 +385,39 @@ class WithShip:
                 "cosine_to_own_class": cosines[is_own].mean().item(),
                 "cosine_to_other_classes": cosines[~is_own].mean().item() if len(names) > 1 else None,
                 "classes": len(names)}
+
+
+def _first_per_class(features: FeatureSet, per_class: int) -> FeatureSet:
+    keep = torch.zeros(len(features), dtype=torch.bool)
+    for c in features.labels.unique():
+        keep[(features.labels == c).nonzero().flatten()[:per_class]] = True
+    return FeatureSet(features.features[keep], features.labels[keep])
+
+
+def save_synthesis_sample(path: str | Path, real: FeatureSet, synthetic: FeatureSet, classnames: Sequence[str],
+                          per_class: int = 64) -> None:
+    """Real and synthetic features of the same classes (labels index `classnames`), at most `per_class` of each
+    per class, unit-normalized, as one safetensors file (written atomically)."""
+    real, synthetic = _first_per_class(real, per_class), _first_per_class(synthetic, per_class)
+    tensors = {"real": F.normalize(real.features.float(), dim=-1).half(), "real_labels": real.labels,
+               "synthetic": F.normalize(synthetic.features.float(), dim=-1).half(),
+               "synthetic_labels": synthetic.labels}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"classnames": json.dumps(list(classnames))})
+    tmp.replace(path)
+
+
+def load_synthesis_sample(path: str | Path) -> tuple[FeatureSet, FeatureSet, list[str]]:
+    """What `save_synthesis_sample` wrote: real and synthetic features and their class names."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            names = json.loads((f.metadata() or {}).get("classnames", "null") or "null")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, json.JSONDecodeError) as e:
+        raise ClipadaptError(f"{path}: unreadable synthesis sample ({e})") from None
+    if names is None or set(tensors) != {"real", "real_labels", "synthetic", "synthetic_labels"}:
+        raise ClipadaptError(f"{path}: not a synthesis sample (written by a SHIP run's synthesis_quality)")
+    return (FeatureSet(tensors["real"], tensors["real_labels"]),
+            FeatureSet(tensors["synthetic"], tensors["synthetic_labels"]), names)

@@ -1,0 +1,447 @@
+"""`clipadapt report RUN_DIR... --out FILE.html`: every run's `metrics.json` under the given folders as tables
+(HTML, and markdown beside it) and PNG plots: base / new / HM bars per method, few-shot accuracy against shots
+with the seeds' spread, real vs SHIP-synthesized features projected to two dimensions, and where MP-FGVC's SsVP
+looks on example images. A plot is drawn only where the runs hold its data: a folder of base2new runs gives bars,
+fewshot runs at several `--shots` give curves, `METHOD+ship` runs leave a `synthesis-*.safetensors` sample, and
+MP-FGVC runs on data that knows its parts (the world's badges) list overlay examples under `part_overlap`."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .errors import ClipadaptError
+from .protocols import PROTOCOLS
+
+COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
+NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
+MAX_PROJECTED_CLASSES = 8  # more colours than this are not told apart in a scatter plot
+
+
+@dataclass
+class Run:
+    folder: Path
+    metrics: dict
+
+    @property
+    def method(self) -> str:
+        return str(self.metrics.get("method", self.folder.name))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.metrics.get("dataset", "?"))
+
+    @property
+    def seeds(self) -> list[int]:
+        seed = self.metrics.get("seed", 1)
+        return list(seed) if isinstance(seed, list) else [seed]
+
+    def per_seed(self) -> dict[int, dict]:
+        """Each seed's own numbers: `per_seed` of a multi-seed run, or the run itself."""
+        if isinstance(self.metrics.get("per_seed"), dict):
+            return {int(seed): result for seed, result in self.metrics["per_seed"].items()}
+        return {self.seeds[0]: self.metrics}
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", ""] + ([self.note, ""] if self.note else [])
+        lines += ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" if NUMERIC.match(v) else
+                                        f"<td class='text'>{html.escape(v)}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<h3>{html.escape(self.title)}</h3>{note}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@dataclass
+class Plot:
+    title: str
+    path: Path  # the PNG
+
+
+def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, dict]]]:
+    """The runs (`metrics.json` files with a protocol) and recorded comparisons (`comparison.json`) under
+    `paths`, folders searched recursively, in path order."""
+    runs, comparisons = [], []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ClipadaptError(f"{path}: no such run folder or file")
+        files = [path] if path.is_file() else sorted(path.rglob("metrics.json")) + sorted(path.rglob(COMPARISON_FILE))
+        for file in files:
+            try:
+                content = json.loads(file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ClipadaptError(f"{file}: not valid JSON ({e})") from None
+            if not isinstance(content, dict):
+                continue
+            if file.name == COMPARISON_FILE:
+                comparisons.append((file, _checked_comparison(file, content)))
+            elif content.get("protocol") in PROTOCOLS:
+                runs.append(Run(file.parent, content))
+    if not runs and not comparisons:
+        raise ClipadaptError("no metrics.json of a `clipadapt run` (nor a comparison.json) under "
+                             + ", ".join(map(str, paths)))
+    return runs, comparisons
+
+
+def _checked_comparison(file: Path, content: dict) -> dict:
+    if not isinstance(content.get("rows"), dict) or not isinstance(content.get("columns"), list):
+        raise ClipadaptError(f"{file}: a comparison needs 'columns' (a list) and 'rows' (name -> column -> value)")
+    return content
+
+
+# ---- tables --------------------------------------------------------------------------------------------------
+def _number(value) -> str:
+    return "-" if not isinstance(value, (int, float)) or isinstance(value, bool) else f"{value:.1f}"
+
+
+def _cell(metrics: dict, key: str) -> str:
+    """`mean ± std` where the run has several seeds, else the value; `-` where there is none."""
+    text = _number(metrics.get(key))
+    std = metrics.get(f"{key}_std")
+    return f"{text} ± {std:.1f}" if text != "-" and isinstance(std, (int, float)) else text
+
+
+def _seeds_text(run: Run) -> str:
+    return ",".join(map(str, run.seeds))
+
+
+def _shots_text(run: Run) -> str:
+    shots = run.metrics.get("shots")
+    if shots is None and run.metrics.get("protocol") == "base2new":
+        return "16"  # base2new's default
+    return "all" if shots is None else str(shots)
+
+
+def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] = ()) -> list[Table]:
+    """One table per protocol that has runs (and one per recorded comparison), rows in the order given."""
+    by_protocol = defaultdict(list)
+    for run in runs:
+        by_protocol[run.metrics["protocol"]].append(run)
+    tables = []
+    if by_protocol["base2new"]:
+        # Data sets that know their classes' attributes (the world's colour and shape) add how often the new
+        # classes' predictions got each attribute right.
+        attributes = list(dict.fromkeys(a for run in by_protocol["base2new"]
+                                        for a in (run.metrics.get("attribute_accuracy") or {}).get("new", {})))
+        table = Table("Base-to-new", ["method", "data set", "shots", "seeds", "base", "new", "HM",
+                                      *(f"new: {a}" for a in attributes)])
+        for run in by_protocol["base2new"]:
+            m = run.metrics
+            new_attributes = (m.get("attribute_accuracy") or {}).get("new", {})
+            table.rows.append([run.method, run.dataset, _shots_text(run), _seeds_text(run), _cell(m, "base_accuracy"),
+                               _cell(m, "new_accuracy"), _cell(m, "harmonic_mean"),
+                               *(_number(new_attributes.get(a)) for a in attributes)])
+        tables.append(table)
+    if by_protocol["gzsl"]:
+        table = Table("Generalized zero-shot", ["method", "data set", "seeds", "seen", "unseen", "H"],
+                      note="per-class mean accuracy over the joint label space of seen and unseen classes")
+        for run in by_protocol["gzsl"]:
+            m = run.metrics
+            table.rows.append([run.method, run.dataset, _seeds_text(run), _cell(m, "seen_accuracy"),
+                               _cell(m, "unseen_accuracy"), _cell(m, "harmonic_mean")])
+        tables.append(table)
+    if by_protocol["crossdataset"]:
+        targets = list(dict.fromkeys(t for run in by_protocol["crossdataset"] for t in run.metrics.get("targets", {})))
+        table = Table("Cross-data-set transfer", ["method", "source", "source accuracy", *targets, "average"])
+        for run in by_protocol["crossdataset"]:
+            m = run.metrics
+            table.rows.append([run.method, run.dataset, _cell(m, "accuracy"),
+                               *(_cell(m["targets"][t], "accuracy") if t in m.get("targets", {}) else "-" for t in targets),
+                               _cell(m, "average_target_accuracy")])
+        tables.append(table)
+    closed = by_protocol["full"] + by_protocol["fewshot"]
+    if closed:
+        table = Table("Accuracy on all classes (full and few-shot)",
+                      ["method", "data set", "protocol", "shots", "seeds", "accuracy", "per-class accuracy",
+                       "kept tokens on the part (random)", "part patches kept (random)"])
+        for run in closed:
+            m = run.metrics
+            overlap = m.get("part_overlap") or {}
+            table.rows.append([run.method, run.dataset, m["protocol"], _shots_text(run), _seeds_text(run),
+                               _cell(m, "accuracy"), _cell(m, "per_class_accuracy"),
+                               f"{_number(overlap.get('kept_tokens_on_part'))} ({_number(overlap.get('random_tokens_on_part'))})" if overlap else "-",
+                               f"{_number(overlap.get('part_patches_kept'))} ({_number(overlap.get('random_part_patches_kept'))})" if overlap else "-"])
+        tables.append(table)
+    # SHIP's diagnostics: the run's own (base2new, gzsl), and each cross-data-set target's.
+    synthesized = [(run, run.dataset, run.metrics["synthesis"]) for run in runs
+                   if isinstance(run.metrics.get("synthesis"), dict)]
+    synthesized += [(run, target, result["synthesis"]) for run in runs
+                    for target, result in (run.metrics.get("targets") or {}).items()
+                    if isinstance(result, dict) and isinstance(result.get("synthesis"), dict)]
+    if synthesized:
+        table = Table("SHIP's synthesized features against the real test features of their classes",
+                      ["method", "data set", "protocol", "classes", "nearest real class is own (%)",
+                       "cosine to own class", "cosine to other classes"])
+        for run, dataset, s in synthesized:
+            cosines = [f"{s[k]:.3f}" if isinstance(s.get(k), (int, float)) else "-"
+                       for k in ("cosine_to_own_class", "cosine_to_other_classes")]
+            table.rows.append([run.method, dataset, run.metrics["protocol"], str(s.get("classes", "-")),
+                               _number(s.get("nearest_class_accuracy")), *cosines])
+        tables.append(table)
+    for file, comparison in comparisons:
+        columns = comparison["columns"]
+        table = Table(comparison.get("title", file.parent.name), [comparison.get("row_label", ""), *columns],
+                      note=comparison.get("note", ""))
+        for name, values in comparison["rows"].items():
+            table.rows.append([name, *(_number(values.get(c)) for c in columns)])
+        tables.append(table)
+    return tables
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "plot"
+
+
+def _save(fig, folder: Path, name: str, taken: set[str]) -> Path:
+    stem, i = _slug(name), 1
+    while f"{stem}.png" in taken:  # two runs of the same name
+        i += 1
+        stem = f"{_slug(name)}-{i}"
+    taken.add(f"{stem}.png")
+    path = folder / f"{stem}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_base2new(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
+    """Per data set: base, new and HM bars for each method, with the seeds' standard deviation."""
+    plt = _pyplot()
+    plots = []
+    by_dataset = defaultdict(list)
+    for run in runs:
+        if run.metrics["protocol"] == "base2new":
+            by_dataset[run.dataset].append(run)
+    for dataset, group in by_dataset.items():
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(group) + 2), 3.6))
+        width = 0.27
+        for i, (key, label) in enumerate((("base_accuracy", "base"), ("new_accuracy", "new"), ("harmonic_mean", "HM"))):
+            values = [r.metrics.get(key) for r in group]
+            positions = [j + (i - 1) * width for j, v in enumerate(values) if v is not None]
+            shown = [v for v in values if v is not None]
+            errors = [r.metrics.get(f"{key}_std") or 0.0 for r in group if r.metrics.get(key) is not None]
+            ax.bar(positions, shown, width, yerr=errors if any(errors) else None, label=label, capsize=2)
+        ax.set_xticks(range(len(group)), [r.method for r in group], rotation=30, ha="right")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"base-to-new on {dataset}")
+        ax.legend(ncols=3, loc="upper left", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        plots.append(Plot(f"Base / new / HM on {dataset}", _save(fig, folder, f"base2new-{dataset}", taken)))
+    return plots
+
+
+def fewshot_points(runs: Sequence[Run]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """data set -> method -> shots -> the accuracies of its seeds (each seed once, whichever run it came from)."""
+    seen: dict[tuple[str, str, int], dict[int, float]] = defaultdict(dict)
+    for run in runs:
+        if run.metrics["protocol"] != "fewshot" or not isinstance(run.metrics.get("shots"), int):
+            continue
+        for seed, result in run.per_seed().items():
+            if isinstance(result.get("accuracy"), (int, float)):
+                seen[(run.dataset, run.method, run.metrics["shots"])][seed] = result["accuracy"]
+    points: dict = defaultdict(lambda: defaultdict(dict))
+    for (dataset, method, shots), by_seed in seen.items():
+        points[dataset][method][shots] = list(by_seed.values())
+    return points
+
+
+def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
+    """Per data set: accuracy against shots per method (mean over seeds, the band one standard deviation), with
+    zero-shot on the same data set as a dashed line."""
+    plt = _pyplot()
+    plots = []
+    zero_shot = {run.dataset: run.metrics["accuracy"] for run in runs
+                 if run.metrics["protocol"] == "full" and run.metrics.get("method") == "zeroshot"}
+    for dataset, methods in fewshot_points(runs).items():
+        if all(len(by_shots) < 2 for by_shots in methods.values()):
+            continue  # one number of shots is not a curve
+        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        all_shots = set()
+        for method, by_shots in methods.items():
+            shots = sorted(by_shots)
+            all_shots.update(shots)
+            means = [sum(by_shots[k]) / len(by_shots[k]) for k in shots]
+            stds = [math.sqrt(sum((v - m) ** 2 for v in by_shots[k]) / len(by_shots[k])) for k, m in zip(shots, means)]
+            seeds = max(len(by_shots[k]) for k in shots)
+            line, = ax.plot(shots, means, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
+            ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=line.get_color(), alpha=0.2)
+        if dataset in zero_shot:
+            ax.axhline(zero_shot[dataset], linestyle="--", color="gray", label="zero-shot")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(all_shots), [str(k) for k in sorted(all_shots)])
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"few-shot on {dataset}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots.append(Plot(f"Few-shot accuracy on {dataset}", _save(fig, folder, f"fewshot-{dataset}", taken)))
+    return plots
+
+
+def project_2d(features: torch.Tensor) -> torch.Tensor:
+    """The first two principal components [N, 2] of `features` [N, D] (centred; signs fixed so that each
+    component's largest coordinate is positive, for plots that do not flip between runs)."""
+    centred = features.float() - features.float().mean(dim=0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    components = v[:2].T
+    signs = torch.sign(components.gather(0, components.abs().argmax(dim=0, keepdim=True)))
+    return centred @ (components * signs)
+
+
+def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
+    """Real test features (dots) and SHIP's synthesized features (crosses) of up to eight classes, projected on
+    the two principal components of both together."""
+    from .methods.ship import load_synthesis_sample
+
+    plt = _pyplot()
+    plots = []
+    for run in runs:
+        for file in sorted(run.folder.glob("synthesis-*.safetensors")):
+            real, synthetic, names = load_synthesis_sample(file)
+            classes = list(range(min(len(names), MAX_PROJECTED_CLASSES)))
+            keep_real = torch.isin(real.labels, torch.tensor(classes))
+            keep_synthetic = torch.isin(synthetic.labels, torch.tensor(classes))
+            points = project_2d(torch.cat([real.features[keep_real], synthetic.features[keep_synthetic]])).numpy()
+            real_points, synthetic_points = points[:int(keep_real.sum())], points[int(keep_real.sum()):]
+            real_labels, synthetic_labels = real.labels[keep_real].numpy(), synthetic.labels[keep_synthetic].numpy()
+            fig, ax = plt.subplots(figsize=(6.4, 4.6))
+            colours = plt.get_cmap("tab10")
+            for c in classes:
+                ax.scatter(*real_points[real_labels == c].T, s=12, alpha=0.6, color=colours(c), label=names[c][:28])
+                ax.scatter(*synthetic_points[synthetic_labels == c].T, s=18, marker="x", color=colours(c))
+            ax.set_title(f"{run.method}: real (dots) vs synthesized (crosses), {file.stem.removeprefix('synthesis-')}",
+                         fontsize=9)
+            ax.set_xlabel("principal component 1")
+            ax.set_ylabel("principal component 2")
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            title = f"Real vs SHIP-synthesized features: {run.method} on {run.dataset}"
+            if len(names) > len(classes):
+                title += f" (the first {len(classes)} of {len(names)} classes)"
+            plots.append(Plot(title, _save(fig, folder, f"synthesis-{run.method}-{file.stem}", taken)))
+    return plots
+
+
+def _model_input(path: Path, size: int) -> Image.Image:
+    """The image as the model saw it: shorter side resized to `size`, centre `size` x `size` crop (as CLIP's
+    preprocessing and `box_in_crop`)."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _overlay_examples(run: Run) -> tuple[dict, list[dict]]:
+    """`part_overlap` with its examples: the run's own, or its first seed's (a multi-seed mean has none)."""
+    for result in [run.metrics, *run.per_seed().values()]:
+        overlap = result.get("part_overlap")
+        if isinstance(overlap, dict) and overlap.get("examples"):
+            return overlap, overlap["examples"]
+    return {}, []
+
+
+def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
+    """MP-FGVC's SsVP on example images: the class-token attention over patches as a heat map, the kept patches
+    outlined in white, the discriminative part's box in red."""
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    plots = []
+    for run in runs:
+        overlap, examples = _overlay_examples(run)
+        examples = [e for e in examples if Path(e["path"]).is_file()]  # images moved since the run: nothing to draw
+        if not examples:
+            continue
+        grid, size = overlap["grid"], overlap["image_size"]
+        cell = size / grid
+        fig, axes = plt.subplots(1, len(examples), figsize=(2.1 * len(examples), 2.5), squeeze=False)
+        for ax, example in zip(axes[0], examples):
+            ax.imshow(_model_input(Path(example["path"]), size), extent=(0, size, size, 0))
+            heat = torch.tensor(example["scores"]).reshape(grid, grid).numpy()
+            ax.imshow(heat, cmap="inferno", alpha=0.45, extent=(0, size, size, 0), interpolation="nearest")
+            for index in example["kept"]:
+                row, col = divmod(index, grid)
+                ax.add_patch(Rectangle((col * cell, row * cell), cell, cell, fill=False, edgecolor="white", linewidth=1))
+            x0, y0, x1, y1 = example["part"]
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
+            ax.set_title(str(example.get("class") or example["label"])[:22], fontsize=7)
+            ax.axis("off")
+        fig.suptitle(f"{run.method}: kept tokens (white), attention (heat), part (red)", fontsize=8)
+        plots.append(Plot(f"Where SsVP looks: {run.method} on {run.dataset} "
+                          f"({overlap.get('tokens_kept')} of {overlap.get('tokens')} patches kept)",
+                          _save(fig, folder, f"kept-tokens-{run.method}-{run.dataset}", taken)))
+    return plots
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right}
+td.text{text-align:left}thead{background:#f0f0f0}
+figure{margin:1em 0 2em}figcaption{font-size:0.9em;color:#555}img{max-width:100%}.note{color:#555;font-size:0.9em}"""
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Table], list[Plot]]:
+    """Read the runs under `paths` and write `out` (HTML), the same tables as markdown beside it (`.md`) and the
+    plots as PNG files in the folder `<out stem>_files/`. Returns what it wrote."""
+    out = Path(out)
+    runs, comparisons = find_runs(paths)
+    tables = build_tables(runs, comparisons)
+    folder = out.with_name(out.stem + "_files")
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # plots of an earlier report that this one may not draw again
+        old.unlink()
+    taken: set[str] = set()
+    plots = (plot_base2new(runs, folder, taken) + plot_fewshot(runs, folder, taken)
+             + plot_synthesis(runs, folder, taken) + plot_kept_tokens(runs, folder, taken))
+    parents = {Path(p).parent for p in paths}
+    sources = f"under {parents.pop()}" if len(paths) > 3 and len(parents) == 1 else "from " + ", ".join(map(str, paths))
+    figures = "".join(f"<figure><img src='{html.escape(folder.name)}/{html.escape(p.path.name)}' alt='{html.escape(p.title)}'>"
+                      f"<figcaption>{html.escape(p.title)}</figcaption></figure>" for p in plots)
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>clipadapt report</title>"
+            f"<style>{STYLE}</style></head><body><h1>clipadapt report</h1>"
+            f"<p>{len(runs)} run(s) {html.escape(sources)}. Accuracies in percent; ± is the standard deviation "
+            f"over seeds.</p><h2>Tables</h2>{''.join(t.html() for t in tables)}"
+            f"<h2>Plots</h2>{figures or '<p>No plot: these runs hold no data for one.</p>'}</body></html>\n")
+    markdown = "\n\n".join([f"# clipadapt report\n\n{len(runs)} run(s) {sources}.",
+                            *(t.markdown() for t in tables),
+                            *(f"![{p.title}]({folder.name}/{p.path.name})" for p in plots)]) + "\n"
+    for path, text in ((out, page), (out.with_suffix(".md"), markdown)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return tables, plots
