@@ -12,7 +12,7 @@ from clipadapt import CheckpointError, ClipadaptError
 from clipadapt.data import load_dataset
 from clipadapt.methods import build_method
 from clipadapt.methods.mpfgvc import (
-    VisionLanguageFusion, box_in_crop, part_overlap, patch_boxes, ssvp_tokens,
+    VisionLanguageFusion, box_in_crop, part_overlap, patch_boxes, resized_shorter_side, ssvp_tokens,
 )
 from clipadapt.protocols import RunContext, run_protocol
 
@@ -177,6 +177,30 @@ def test_part_boxes_follow_clips_resize_and_centre_crop():
     assert box_in_crop([16, 16, 24, 24], 64, 64, 32) == [8.0, 8.0, 12.0, 12.0]
     # 128 x 64: the shorter side goes to 32 (scale 0.5), the width to 64, of which the centre 32 are kept
     assert box_in_crop([40, 0, 48, 8], 128, 64, 32) == [4.0, 0.0, 8.0, 4.0]
+
+
+def test_part_boxes_follow_timms_resize_and_crop():
+    """timm's ViT transforms resize the shorter side to size / crop_pct (248 for 224) before the centre crop: the
+    box must land where the transform puts the part's pixels."""
+    import numpy as np
+    import timm
+    from PIL import Image
+    from torchvision import transforms
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    timm_transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    assert resized_shorter_side(timm_transform, 224) == 248
+    assert resized_shorter_side(transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32)]), 32) == 32
+    with pytest.raises(ClipadaptError, match="does not keep the aspect ratio"):
+        resized_shorter_side(transforms.Compose([transforms.Resize((32, 48))]), 32)
+    pixels = np.full((300, 400, 3), 128, dtype=np.uint8)
+    pixels[100:140, 250:300] = (255, 0, 0)
+    crop = np.asarray(transforms.Compose([transforms.Resize(248), transforms.CenterCrop(224)])(Image.fromarray(pixels)))
+    red = (crop[..., 0] > 200) & (crop[..., 1] < 60)
+    rows, cols = red.any(axis=1).nonzero()[0], red.any(axis=0).nonzero()[0]
+    x0, y0, x1, y1 = box_in_crop([250, 100, 300, 140], 400, 300, 224, 248)
+    assert abs(cols.min() - x0) <= 1.5 and abs(cols.max() + 1 - x1) <= 1.5
+    assert abs(rows.min() - y0) <= 1.5 and abs(rows.max() + 1 - y1) <= 1.5
 
 
 def test_datp_tokens_start_random_or_from_the_class_names(backbone):

@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -35,11 +36,11 @@ def runs_folder(tmp_path):
     """Runs of every protocol as `clipadapt run` writes them, a SHIP feature sample and MP-FGVC overlay examples."""
     root = tmp_path / "runs"
     write_run(root / "coop-b2n", {"method": "coop", "dataset": "world:objects", "protocol": "base2new", "shots": None,
-                                  "seed": [1, 2, 3], "base_accuracy": 64.71, "base_accuracy_std": 0.84,
+                                  "seed": [1, 2, 3], "training": {"steps": 8}, "base_accuracy": 64.71, "base_accuracy_std": 0.84,
                                   "new_accuracy": 75.1, "new_accuracy_std": 1.2, "harmonic_mean": 69.52,
                                   "attribute_accuracy": {"base": {"colour": 100.0}, "new": {"colour": 98.54, "shape": 74.8}}})
     write_run(root / "lp-b2n", {"method": "linear_probe", "dataset": "world:objects", "protocol": "base2new",
-                                "shots": 16, "seed": 1, "base_accuracy": 57.7, "new_accuracy": None,
+                                "shots": 16, "seed": 1, "training": {}, "base_accuracy": 57.7, "new_accuracy": None,
                                 "harmonic_mean": None})
     write_run(root / "ship-gzsl", {"method": "coop+ship", "dataset": "world:objects", "protocol": "gzsl", "seed": 1,
                                    "seen_accuracy": 60.0, "unseen_accuracy": 40.0, "harmonic_mean": 48.0,
@@ -49,18 +50,24 @@ def runs_folder(tmp_path):
                                   "seed": 1, "accuracy": 54.1, "average_target_accuracy": 19.65,
                                   "targets": {"world:patterns": {"accuracy": 13.5}, "world:scenes": {"accuracy": 25.8}}})
     write_run(root / "ship-cross", {"method": "coop+ship", "dataset": "world:objects", "protocol": "crossdataset",
-                                    "seed": 1, "accuracy": 54.0, "average_target_accuracy": 19.5,
+                                    "shots": 4, "seed": 1, "training": {}, "accuracy": 54.0,
+                                    "average_target_accuracy": 19.5,
                                     "targets": {"world:scenes": {"accuracy": 25.1, "synthesis": {
                                         "nearest_class_accuracy": 41.5, "cosine_to_own_class": 0.6,
                                         "cosine_to_other_classes": 0.1, "classes": 48}}}})
     # Few-shot: seeds 1 and 2 in one run per shot count, seed 3 at 4 shots in another; seed 2 at 4 shots twice.
     for shots, accuracies in ((1, (30.0, 34.0)), (2, (40.0, 44.0)), (4, (50.0, 52.0))):
         write_run(root / f"lp-{shots}", {"method": "linear_probe", "dataset": "world:objects", "protocol": "fewshot",
-                                         "shots": shots, "seed": [1, 2], "accuracy": sum(accuracies) / 2,
+                                         "shots": shots, "seed": [1, 2], "training": {}, "accuracy": sum(accuracies) / 2,
                                          "per_seed": {"1": {"accuracy": accuracies[0]}, "2": {"accuracy": accuracies[1]}}})
     write_run(root / "lp-4-more", {"method": "linear_probe", "dataset": "world:objects", "protocol": "fewshot",
-                                   "shots": 4, "seed": [2, 3], "accuracy": 53.0,
-                                   "per_seed": {"2": {"accuracy": 52.0}, "3": {"accuracy": 54.0}}})
+                                   "shots": 4, "seed": [2, 3], "training": {}, "accuracy": 52.5,
+                                   "per_seed": {"2": {"accuracy": 51.0}, "3": {"accuracy": 54.0}}})
+    # The same method with another setting is another curve.
+    for shots in (1, 2):
+        write_run(root / f"lp-other-{shots}", {"method": "linear_probe", "dataset": "world:objects",
+                                               "protocol": "fewshot", "shots": shots, "seed": 1, "config": {"c": 0.1}, "training": {},
+                                               "accuracy": 20.0 + shots})
     write_run(root / "zs-full", {"method": "zeroshot", "dataset": "world:objects", "protocol": "full", "seed": 1,
                                  "accuracy": 45.0, "per_class_accuracy": 44.0})
     generator = torch.Generator().manual_seed(0)
@@ -74,7 +81,7 @@ def runs_folder(tmp_path):
     examples = [{"path": str(image), "label": 0, "class": "red badge", "kept": [0, 5, 10, 15],
                  "scores": [round(i / 15, 4) for i in range(16)], "part": box_in_crop([40, 8, 56, 24], 128, 64, 32)}]
     write_run(root / "mpfgvc", {"method": "mpfgvc", "dataset": "world:fine", "protocol": "full", "seed": 1,
-                                "accuracy": 64.4, "per_class_accuracy": 64.0,
+                                "training": {}, "accuracy": 64.4, "per_class_accuracy": 64.0,
                                 "part_overlap": {"kept_tokens_on_part": 7.8, "random_tokens_on_part": 5.0,
                                                  "part_patches_kept": 38.9, "random_part_patches_kept": 25.0,
                                                  "tokens_kept": 4, "tokens": 16, "grid": 4, "image_size": 32,
@@ -96,9 +103,9 @@ def test_tables_hold_every_protocol_with_the_seed_spread(runs_folder):
     assert ["linear_probe", "world:objects", "16", "1", "57.7", "-", "-", "-", "-"] in base2new.rows
     assert tables["Generalized zero-shot"].rows == [["coop+ship", "world:objects", "1", "60.0", "40.0", "48.0"]]
     cross = tables["Cross-data-set transfer"]
-    assert cross.columns[3:5] == ["world:scenes", "world:patterns"]  # in the order the runs name them
-    assert cross.rows == [["coop+ship", "world:objects", "54.0", "25.1", "-", "19.5"],
-                          ["zeroshot", "world:objects", "54.1", "25.8", "13.5", "19.6"]]
+    assert cross.columns[5:7] == ["world:scenes", "world:patterns"]  # in the order the runs name them
+    assert cross.rows == [["coop+ship", "world:objects", "4", "1", "54.0", "25.1", "-", "19.5"],
+                          ["zeroshot", "world:objects", "-", "1", "54.1", "25.8", "13.5", "19.6"]]
     assert tables["SHIP's synthesized features against the real test features of their classes"].rows == [
         ["coop+ship", "world:objects", "gzsl", "3", "87.5", "0.900", "-0.030"],
         ["coop+ship", "world:scenes", "crossdataset", "48", "41.5", "0.600", "0.100"]]
@@ -111,9 +118,12 @@ def test_tables_hold_every_protocol_with_the_seed_spread(runs_folder):
 
 def test_fewshot_points_take_each_seed_once(runs_folder):
     runs, _ = find_runs([runs_folder])
-    points = fewshot_points(runs)["world:objects"]["linear_probe"]
+    curves = fewshot_points(runs)["world:objects"]
+    assert set(curves) == {"linear_probe", "linear_probe (2)"}
+    points = curves["linear_probe"]
     assert points[1] == [30.0, 34.0] and points[2] == [40.0, 44.0]
-    assert sorted(points[4]) == [50.0, 52.0, 54.0]  # seed 2 from the later run, seed 3 added
+    assert sorted(points[4]) == [50.0, 51.0, 54.0]  # seed 2 from the later run (51, not 52), seed 3 added
+    assert curves["linear_probe (2)"] == {1: [21.0], 2: [22.0]}
 
 
 def test_projection_is_the_top_two_principal_components():
@@ -129,15 +139,29 @@ def test_projection_is_the_top_two_principal_components():
     torch.testing.assert_close(project_2d(features[order]), projected[order], atol=1e-4, rtol=1e-4)
 
 
-def test_overlays_crop_the_image_as_the_model_saw_it(tmp_path):
+@pytest.mark.parametrize("resize", [32, 36])  # CLIP's transform resizes to the crop size; timm's to size / 0.9
+def test_overlays_crop_the_image_as_the_model_saw_it(tmp_path, resize):
     box = (40, 8, 56, 24)
-    crop = np.asarray(_model_input(badge_image(tmp_path / "b.png", box=box), 32))
+    crop = np.asarray(_model_input(badge_image(tmp_path / "b.png", box=box), 32, resize))
     red = (crop[..., 0] > 200) & (crop[..., 1] < 80)
     rows, cols = red.any(axis=1).nonzero()[0], red.any(axis=0).nonzero()[0]
-    x0, y0, x1, y1 = box_in_crop(box, 128, 64, 32)
+    x0, y0, x1, y1 = box_in_crop(box, 128, 64, 32, resize)
     assert crop.shape == (32, 32, 3)
     assert abs(cols.min() - x0) <= 1 and abs(cols.max() + 1 - x1) <= 1
     assert abs(rows.min() - y0) <= 1 and abs(rows.max() + 1 - y1) <= 1
+
+
+def test_tables_survive_missing_and_non_finite_values_and_show_target_spread(tmp_path):
+    write_run(tmp_path / "a", {"method": "coop", "dataset": "d", "protocol": "crossdataset", "seed": [1, 2],
+                               "training": {}, "accuracy": float("nan"), "average_target_accuracy": 15.0,
+                               "targets": {"t": {"accuracy": 15.0}},
+                               "per_seed": {"1": {"targets": {"t": {"accuracy": 14.0}}},
+                                            "2": {"targets": {"t": {"accuracy": 16.0}}}}})
+    write_run(tmp_path / "b", {"method": "zeroshot", "dataset": "d", "protocol": "crossdataset", "seed": 1,
+                               "accuracy": 50.0, "average_target_accuracy": None, "targets": None})
+    runs, _ = find_runs([tmp_path])
+    (cross,) = build_tables(runs)
+    assert cross.rows == [["coop", "d", "all", "1,2", "-", "15.0 ± 1.0", "15.0"], ["zeroshot", "d", "-", "1", "50.0", "-", "-"]]
 
 
 def test_report_writes_html_markdown_and_every_plot(runs_folder, tmp_path):
@@ -147,7 +171,7 @@ def test_report_writes_html_markdown_and_every_plot(runs_folder, tmp_path):
     assert [p.split("-")[0] for p in plots] == ["base2new", "fewshot", "kept", "synthesis"]
     page = out.read_text()
     assert page.count("<table>") == 6 and page.count("<img ") == 4
-    assert all(f"report_files/{name}" in page for name in plots)
+    assert all(f"report_files/{quote(name)}" in page for name in plots)  # "+" in a name is %2B in its link
     markdown = out.with_suffix(".md").read_text()
     assert len(re.findall(r"^\|(?:---\|)+$", markdown, flags=re.M)) == 6 and markdown.count("![") == 4
     # A second report into the same place does not keep plots it no longer draws.
@@ -161,6 +185,15 @@ def test_overlays_skip_images_that_moved(runs_folder, tmp_path):
     _, plots = write_report([runs_folder / "mpfgvc"], tmp_path / "r.html")
     assert plots == []
     assert "No plot" in (tmp_path / "r.html").read_text()
+
+
+def test_unreadable_plot_data_is_skipped_with_a_message(runs_folder, tmp_path, capsys):
+    (runs_folder / "ship-gzsl" / "synthesis-WorldObjects.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "badge.png").write_bytes(b"\x89PNG broken")
+    _, plots = write_report([runs_folder], tmp_path / "r.html")
+    assert [p.path.name.split("-")[0] for p in plots] == ["base2new", "fewshot"]
+    err = capsys.readouterr().err
+    assert "synthesis-WorldObjects.safetensors: unreadable synthesis sample" in err and "badge.png" in err
 
 
 def test_report_errors_name_the_problem(tmp_path, capsys):
@@ -177,6 +210,8 @@ def test_report_errors_name_the_problem(tmp_path, capsys):
     (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ClipadaptError, match="comparison needs 'columns'"):
         find_runs([tmp_path / "cmp"])
+    with pytest.raises(ClipadaptError, match="name an .html file"):
+        write_report([tmp_path / "cmp"], tmp_path / "report.md")
 
 
 def chromium() -> str | None:

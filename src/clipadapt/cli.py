@@ -22,10 +22,10 @@ from .demo import run_demo
 from .engine import skipping_nonfinite_steps
 from .errors import ClipadaptError
 from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
-from .methods import METHODS, build_method, method_config
+from .methods import METHODS
 from .methods.ship import Ship
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
-from .protocols import PROTOCOLS, RunContext, aggregate_seeds, run_protocol, write_metrics
+from .protocols import PROTOCOLS, RunContext, run_seeds, safe_name, write_metrics
 from .report import write_report
 
 
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--cache", type=Path, default=None)
     demo.add_argument("--jobs", type=int, default=None,
-                      help="rows run side by side in worker processes, one core each (default: 2 where there are 2 cores)")
+                      help="rows run side by side in worker processes that share the threads (default: 2 where there are 2 cores)")
     demo.add_argument("--no-progress", action="store_true")
 
     report = sub.add_parser("report", help="tables (HTML and markdown) and PNG plots of the metrics.json files of runs")
@@ -106,10 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(interpret)
     sub.add_parser("models", help="list model names")
     return parser
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:]
 
 
 def _load_dataset(args: argparse.Namespace) -> tuple[DatasetSplits, list[str]]:
@@ -142,19 +138,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = str(args.config or "overrides")
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
     seed_label = "-".join(map(str, seeds))
-    out = args.out or Path("runs") / _slug(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}")
+    out = args.out or Path("runs") / safe_name(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}", 60, keep_end=True)
     ctx = RunContext(backbone, cache_dir=args.cache, out_dir=out, batch_size=args.batch_size or 64,
                      num_workers=args.workers or 0, progress=not args.no_progress)
     targets = [t for t in args.targets.split(",") if t]
     start = time.time()
-    results = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        method = build_method(args.method, backbone, values, source=source, seed=seed)
-        results.append(run_protocol(args.protocol, method, ctx, splits, shots=args.shots, seed=seed,
-                                    targets=targets, unseen=args.unseen))
-    numbers = results[0] if len(seeds) == 1 else aggregate_seeds(results, seeds)
-    config = method_config(method)
+    numbers, config = run_seeds(args.method, values, args.protocol, ctx, splits, seeds, source=source,
+                                shots=args.shots, targets=targets, unseen=args.unseen)
     metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": args.shots,
                "seed": seeds[0] if len(seeds) == 1 else seeds, "seconds": round(time.time() - start, 3),
                "model": backbone.name, "pretrained": _weights_label(args), "config": config, **numbers}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 import shutil
 import sys
 import time
@@ -19,11 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import load_backbone
+from .backbone import DEFAULT_WEIGHTS, load_backbone
 from .data import load_dataset
 from .errors import CheckpointError
-from .methods import build_method, method_config
-from .protocols import RunContext, aggregate_seeds, run_protocol, write_metrics
+from .protocols import RunContext, run_seeds, safe_name, write_metrics
 from .report import write_report
 
 TARGET = "world:objects"
@@ -51,8 +49,7 @@ class DemoRow:
     def folder(self) -> str:
         """`<name>-<protocol>-<data set>[-<k>shot]`, e.g. `coop+ship-base2new-objects`."""
         shots = f"-{dict(self.options)['shots']}shot" if self.protocol == "fewshot" else ""
-        dataset = self.dataset.removeprefix("world:")
-        return re.sub(r"[^A-Za-z0-9+_-]+", "_", f"{self.name}-{self.protocol}-{dataset}{shots}")
+        return safe_name(f"{self.name}-{self.protocol}-{self.dataset.removeprefix('world:')}{shots}")
 
 
 # The shipped model's text context is 16 tokens: CoOp's default 16 context vectors leave no room for a class name,
@@ -89,15 +86,10 @@ ROWS = (
 
 
 def _run_row(row: DemoRow, ctx: RunContext) -> dict:
-    splits = load_dataset(row.dataset)
-    results = []
-    for seed in row.seeds:
-        torch.manual_seed(seed)  # as `clipadapt run` does: each row is the command it stands for, in any order
-        method = build_method(row.method, ctx.backbone, dict(row.config), seed=seed)
-        results.append(run_protocol(row.protocol, method, ctx, splits, seed=seed, **dict(row.options)))
-    numbers = results[0] if len(row.seeds) == 1 else aggregate_seeds(results, row.seeds)
-    return {"seed": row.seeds[0] if len(row.seeds) == 1 else list(row.seeds), "config": method_config(method),
-            **numbers}
+    numbers, config = run_seeds(row.method, dict(row.config), row.protocol, ctx, load_dataset(row.dataset), row.seeds,
+                                **dict(row.options))
+    return {"seed": row.seeds[0] if len(row.seeds) == 1 else list(row.seeds), "model": ctx.backbone.name,
+            "pretrained": DEFAULT_WEIGHTS.name, "config": config, **numbers}
 
 
 def _run_and_write(row: DemoRow, ctx: RunContext, folder: Path) -> float:
@@ -136,8 +128,9 @@ def _describe(row: DemoRow) -> str:
 
 
 def default_jobs() -> int:
-    """Rows run side by side, one core each, on up to two cores: the tiny model's small matrix products use a
-    second thread poorly (1.7x for two), so two rows at once finish sooner than one row on two threads."""
+    """Two rows side by side where there are two cores or more, each worker with half of this process's threads:
+    the tiny model's small matrix products use a second thread poorly (1.7x for two on 2 cores), so two rows at
+    once finish sooner than one row on two threads."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(2, cores))
 
@@ -165,23 +158,27 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
         order = sorted(range(len(rows)), key=lambda i: rows[i].method not in IMAGE_TRAINING_METHODS)
         threads = max(1, torch.get_num_threads() // jobs)
         spawn = multiprocessing.get_context("spawn")  # no forked copies of this process's torch threads
-        with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker,
-                                 initargs=(threads, cache_dir)) as pool:
-            pending = {pool.submit(_run_in_worker, rows[i], folders[i]): i for i in order}
-            waiting = set(pending)
+        pool = ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(threads, cache_dir))
+        pending = {pool.submit(_run_in_worker, rows[i], folders[i]): i for i in order}
+        waiting = set(pending)
+        try:
             with tqdm(total=len(rows), desc="demo rows", disable=not progress) as bar:
-                try:
-                    while waiting:
-                        done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            seconds = future.result()
-                            bar.write(f"done: {_describe(rows[pending[future]])} ({seconds:.0f} s)", file=sys.stderr)
-                            bar.update()
-                        # The rows the workers hold now, so that a long row does not look like a hang.
-                        bar.set_postfix_str(", ".join(rows[pending[f]].name for f in waiting if f.running()))
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)
-                    raise
+                while waiting:
+                    done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        seconds = future.result()
+                        bar.write(f"done: {_describe(rows[pending[future]])} ({seconds:.0f} s)", file=sys.stderr)
+                        bar.update()
+                    # The rows the workers hold now, so that a long row does not look like a hang.
+                    bar.set_postfix_str(", ".join(rows[pending[f]].name for f in waiting if f.running()))
+        except BaseException:
+            # A failed row (or Ctrl-C) ends the demo now: the other worker's row is stopped, not waited for; its
+            # checkpoints stay, so the next `make demo` resumes it.
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():
+                worker.terminate()
+            raise
+        pool.shutdown()
     write_report([comparison, *folders], out_dir / "report.html")
     (out_dir / "report.md").replace(out_dir / "results.md")
     return (out_dir / "results.md").read_text()

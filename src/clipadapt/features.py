@@ -188,7 +188,8 @@ def _plan_shards(folder: Path, n_samples: int, shard_size: int) -> tuple[int, li
     if written:
         shard_size = written
         for old in folder.glob("shard_[0-9][0-9][0-9][0-9][0-9].npy"):  # a cache from before sizes were in names
-            old.rename(_shard_path(folder, int(old.stem.removeprefix("shard_")), shard_size))
+            with contextlib.suppress(FileNotFoundError):  # another process sharing the cache renamed it first
+                old.rename(_shard_path(folder, int(old.stem.removeprefix("shard_")), shard_size))
     n_shards = (n_samples + shard_size - 1) // shard_size
     todo = [i for i in range(n_shards)
             if not _shard_is_complete(_shard_path(folder, i, shard_size), min(shard_size, n_samples - i * shard_size))]

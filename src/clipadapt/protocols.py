@@ -24,6 +24,7 @@ from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_c
 from .data.world import read_marks
 from .errors import ClipadaptError
 from .features import FeatureSet, default_cache_dir, extract_features
+from .methods import build_method, method_config
 
 PROTOCOLS = ("full", "fewshot", "base2new", "gzsl", "crossdataset")
 DEFAULT_BASE2NEW_SHOTS = 16
@@ -191,7 +192,7 @@ def _with_synthesis(result: dict, method, ctx: RunContext, splits: DatasetSplits
     goes to `synthesis-<data set>.safetensors` in the run folder (the last seed's)."""
     if not hasattr(method, "synthesis_quality"):
         return result
-    sample = Path(ctx.out_dir) / f"synthesis-{re.sub(r'[^A-Za-z0-9._-]+', '_', splits.name)}.safetensors" if ctx.out_dir is not None else None
+    sample = Path(ctx.out_dir) / f"synthesis-{safe_name(splits.name)}.safetensors" if ctx.out_dir is not None else None
     quality = method.synthesis_quality(ctx.features(splits, "test"), splits.classnames, sample_path=sample)
     return {**result, "synthesis": quality} if quality else result
 
@@ -279,6 +280,19 @@ def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, 
     return PROTOCOL_RUNNERS[protocol](method, ctx, splits, **options)
 
 
+def run_seeds(method_name: str, values: dict, protocol: str, ctx: RunContext, splits: DatasetSplits,
+              seeds: Sequence[int], source: str = "overrides", **options) -> tuple[dict, dict]:
+    """What `clipadapt run` does: for each seed, torch seeded, a fresh method built from `values`, run under the
+    protocol. Returns one seed's numbers (or the seeds' aggregate) and the method's resolved config."""
+    results = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        method = build_method(method_name, ctx.backbone, values, source=source, seed=seed)
+        results.append(run_protocol(protocol, method, ctx, splits, seed=seed, **options))
+    numbers = results[0] if len(seeds) == 1 else aggregate_seeds(results, seeds)
+    return numbers, method_config(method)
+
+
 def _mean_of(values: list):
     """Mean of numbers (every seed has one), or of dicts key by key (attribute accuracies, per-target results);
     anything else is kept when every seed has the same value and is None otherwise (a resumed seed's
@@ -308,6 +322,14 @@ def aggregate_seeds(results: list[dict], seeds: Sequence[int]) -> dict:
             merged["harmonic_mean"] = harmonic_mean(merged[a], merged[b])
     merged["per_seed"] = {str(seed): result for seed, result in zip(seeds, results)}
     return merged
+
+
+def safe_name(text: str, limit: int = 80, keep_end: bool = False) -> str:
+    """`text` as one file or folder name: each run of characters other than letters, digits and `._+-` becomes
+    `_`; at most `limit` characters, the first ones (the last with `keep_end`: a data set spec's path ends in
+    its name)."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
+    return (name[-limit:] if keep_end else name[:limit]) or "_"
 
 
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:

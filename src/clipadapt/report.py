@@ -10,16 +10,19 @@ import html
 import json
 import math
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import quote
 
 import torch
 from PIL import Image
 
+from .data import load_image
 from .errors import ClipadaptError
-from .protocols import PROTOCOLS
+from .protocols import DEFAULT_BASE2NEW_SHOTS, PROTOCOLS, safe_name
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
 NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
@@ -112,7 +115,13 @@ def _checked_comparison(file: Path, content: dict) -> dict:
 
 # ---- tables --------------------------------------------------------------------------------------------------
 def _number(value) -> str:
-    return "-" if not isinstance(value, (int, float)) or isinstance(value, bool) else f"{value:.1f}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return "-"
+    return f"{value:.1f}"
+
+
+def _count(value) -> str:
+    return str(int(value)) if isinstance(value, (int, float)) and float(value).is_integer() else "-"
 
 
 def _cell(metrics: dict, key: str) -> str:
@@ -122,14 +131,31 @@ def _cell(metrics: dict, key: str) -> str:
     return f"{text} ± {std:.1f}" if text != "-" and isinstance(std, (int, float)) else text
 
 
+def _target_cell(run: Run, target: str) -> str:
+    """A cross-data-set target's accuracy, with the spread of the seeds' own values for multi-seed runs."""
+    result = (run.metrics.get("targets") or {}).get(target)
+    if not isinstance(result, dict):
+        return "-"
+    values = [r["targets"][target].get("accuracy") for r in run.per_seed().values()
+              if isinstance((r.get("targets") or {}).get(target), dict)]
+    values = [v for v in values if isinstance(v, (int, float))]
+    if len(values) < 2:
+        return _number(result.get("accuracy"))
+    mean = sum(values) / len(values)
+    return _cell({"accuracy": result.get("accuracy"),
+                  "accuracy_std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}, "accuracy")
+
+
 def _seeds_text(run: Run) -> str:
     return ",".join(map(str, run.seeds))
 
 
 def _shots_text(run: Run) -> str:
+    if "training" not in run.metrics and not any("training" in result for result in run.per_seed().values()):
+        return "-"  # a method that trains nothing (zero-shot)
     shots = run.metrics.get("shots")
-    if shots is None and run.metrics.get("protocol") == "base2new":
-        return "16"  # base2new's default
+    if run.metrics.get("protocol") == "base2new":
+        return str(shots or DEFAULT_BASE2NEW_SHOTS)
     return "all" if shots is None else str(shots)
 
 
@@ -162,13 +188,14 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
                                _cell(m, "unseen_accuracy"), _cell(m, "harmonic_mean")])
         tables.append(table)
     if by_protocol["crossdataset"]:
-        targets = list(dict.fromkeys(t for run in by_protocol["crossdataset"] for t in run.metrics.get("targets", {})))
-        table = Table("Cross-data-set transfer", ["method", "source", "source accuracy", *targets, "average"])
+        targets = list(dict.fromkeys(t for run in by_protocol["crossdataset"]
+                                     for t in (run.metrics.get("targets") or {})))
+        table = Table("Cross-data-set transfer",
+                      ["method", "source", "shots", "seeds", "source accuracy", *targets, "average"])
         for run in by_protocol["crossdataset"]:
             m = run.metrics
-            table.rows.append([run.method, run.dataset, _cell(m, "accuracy"),
-                               *(_cell(m["targets"][t], "accuracy") if t in m.get("targets", {}) else "-" for t in targets),
-                               _cell(m, "average_target_accuracy")])
+            table.rows.append([run.method, run.dataset, _shots_text(run), _seeds_text(run), _cell(m, "accuracy"),
+                               *(_target_cell(run, t) for t in targets), _cell(m, "average_target_accuracy")])
         tables.append(table)
     closed = by_protocol["full"] + by_protocol["fewshot"]
     if closed:
@@ -196,7 +223,7 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
         for run, dataset, s in synthesized:
             cosines = [f"{s[k]:.3f}" if isinstance(s.get(k), (int, float)) else "-"
                        for k in ("cosine_to_own_class", "cosine_to_other_classes")]
-            table.rows.append([run.method, dataset, run.metrics["protocol"], str(s.get("classes", "-")),
+            table.rows.append([run.method, dataset, run.metrics["protocol"], _count(s.get("classes")),
                                _number(s.get("nearest_class_accuracy")), *cosines])
         tables.append(table)
     for file, comparison in comparisons:
@@ -219,15 +246,11 @@ def _pyplot():
     return plt
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "plot"
-
-
 def _save(fig, folder: Path, name: str, taken: set[str]) -> Path:
-    stem, i = _slug(name), 1
+    stem, i = safe_name(name), 1
     while f"{stem}.png" in taken:  # two runs of the same name
         i += 1
-        stem = f"{_slug(name)}-{i}"
+        stem = f"{safe_name(name)}-{i}"
     taken.add(f"{stem}.png")
     path = folder / f"{stem}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -262,18 +285,32 @@ def plot_base2new(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Pl
     return plots
 
 
+def _curve_key(run: Run) -> tuple[str, str, str, str]:
+    """What makes runs one curve: the method with its configuration (the seed aside) and weights."""
+    config = {k: v for k, v in (run.metrics.get("config") or {}).items() if k != "seed"}
+    return (run.method, str(run.metrics.get("model")), str(run.metrics.get("pretrained")),
+            json.dumps(config, sort_keys=True, default=str))
+
+
 def fewshot_points(runs: Sequence[Run]) -> dict[str, dict[str, dict[int, list[float]]]]:
-    """data set -> method -> shots -> the accuracies of its seeds (each seed once, whichever run it came from)."""
-    seen: dict[tuple[str, str, int], dict[int, float]] = defaultdict(dict)
+    """data set -> curve -> shots -> the accuracies of its seeds. A curve is one method with one configuration and
+    weights: the same method with other settings is another curve, named `method (2)`, .... Each seed counts once;
+    where two runs hold the same seed, the one given later wins."""
+    seen: dict[tuple, dict[int, float]] = defaultdict(dict)
     for run in runs:
         if run.metrics["protocol"] != "fewshot" or not isinstance(run.metrics.get("shots"), int):
             continue
         for seed, result in run.per_seed().items():
-            if isinstance(result.get("accuracy"), (int, float)):
-                seen[(run.dataset, run.method, run.metrics["shots"])][seed] = result["accuracy"]
-    points: dict = defaultdict(lambda: defaultdict(dict))
-    for (dataset, method, shots), by_seed in seen.items():
-        points[dataset][method][shots] = list(by_seed.values())
+            accuracy = result.get("accuracy")
+            if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):
+                seen[(run.dataset, _curve_key(run), run.metrics["shots"])][seed] = accuracy
+    names: dict[tuple, str] = {}
+    points: dict = defaultdict(dict)
+    for (dataset, key, shots), by_seed in seen.items():
+        if (dataset, key) not in names:
+            same = sum(1 for d, k in names if d == dataset and k[0] == key[0])
+            names[(dataset, key)] = key[0] if same == 0 else f"{key[0]} ({same + 1})"
+        points[dataset].setdefault(names[(dataset, key)], {})[shots] = list(by_seed.values())
     return points
 
 
@@ -330,7 +367,12 @@ def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[P
     plots = []
     for run in runs:
         for file in sorted(run.folder.glob("synthesis-*.safetensors")):
-            real, synthetic, names = load_synthesis_sample(file)
+            try:
+                real, synthetic, names = load_synthesis_sample(file)
+            except ClipadaptError as e:
+                _skip(f"no projection for {file}: {e}")
+                continue
+            source = file.stem.removeprefix("synthesis-")
             classes = list(range(min(len(names), MAX_PROJECTED_CLASSES)))
             keep_real = torch.isin(real.labels, torch.tensor(classes))
             keep_synthetic = torch.isin(synthetic.labels, torch.tensor(classes))
@@ -342,28 +384,30 @@ def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[P
             for c in classes:
                 ax.scatter(*real_points[real_labels == c].T, s=12, alpha=0.6, color=colours(c), label=names[c][:28])
                 ax.scatter(*synthetic_points[synthetic_labels == c].T, s=18, marker="x", color=colours(c))
-            ax.set_title(f"{run.method}: real (dots) vs synthesized (crosses), {file.stem.removeprefix('synthesis-')}",
-                         fontsize=9)
+            ax.set_title(f"{run.method}: real (dots) vs synthesized (crosses), {source}", fontsize=9)
             ax.set_xlabel("principal component 1")
             ax.set_ylabel("principal component 2")
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-            title = f"Real vs SHIP-synthesized features: {run.method} on {run.dataset}"
+            title = f"Real vs SHIP-synthesized features of {source}'s classes: {run.method} trained on {run.dataset}"
             if len(names) > len(classes):
                 title += f" (the first {len(classes)} of {len(names)} classes)"
             plots.append(Plot(title, _save(fig, folder, f"synthesis-{run.method}-{file.stem}", taken)))
     return plots
 
 
-def _model_input(path: Path, size: int) -> Image.Image:
-    """The image as the model saw it: shorter side resized to `size`, centre `size` x `size` crop (as CLIP's
-    preprocessing and `box_in_crop`)."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-    scale = size / min(image.size)
+def _model_input(path: Path, size: int, resize: int) -> Image.Image:
+    """The image as the model saw it: the shorter side resized to `resize`, the centre `size` x `size` crop (as
+    the run's transform and `box_in_crop`)."""
+    image = load_image(path)
+    scale = resize / min(image.size)
     width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((width, height), Image.BICUBIC)
     left, top = (width - size) // 2, (height - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def _skip(message: str) -> None:
+    print(f"clipadapt report: {message}; skipped", file=sys.stderr)
 
 
 def _overlay_examples(run: Run) -> tuple[dict, list[dict]]:
@@ -388,10 +432,15 @@ def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list
         if not examples:
             continue
         grid, size = overlap["grid"], overlap["image_size"]
-        cell = size / grid
+        resize, cell = overlap.get("resize", size), size / grid
+        try:
+            images = [_model_input(Path(e["path"]), size, resize) for e in examples]
+        except ClipadaptError as e:
+            _skip(f"no overlays for {run.folder}: {e}")
+            continue
         fig, axes = plt.subplots(1, len(examples), figsize=(2.1 * len(examples), 2.5), squeeze=False)
-        for ax, example in zip(axes[0], examples):
-            ax.imshow(_model_input(Path(example["path"]), size), extent=(0, size, size, 0))
+        for ax, example, image in zip(axes[0], examples, images):
+            ax.imshow(image, extent=(0, size, size, 0))
             heat = torch.tensor(example["scores"]).reshape(grid, grid).numpy()
             ax.imshow(heat, cmap="inferno", alpha=0.45, extent=(0, size, size, 0), interpolation="nearest")
             for index in example["kept"]:
@@ -419,18 +468,22 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
     """Read the runs under `paths` and write `out` (HTML), the same tables as markdown beside it (`.md`) and the
     plots as PNG files in the folder `<out stem>_files/`. Returns what it wrote."""
     out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ClipadaptError(f"--out {out}: name an .html file (the markdown goes beside it as .md)")
     runs, comparisons = find_runs(paths)
     tables = build_tables(runs, comparisons)
     folder = out.with_name(out.stem + "_files")
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):  # plots of an earlier report that this one may not draw again
-        old.unlink()
     taken: set[str] = set()
     plots = (plot_base2new(runs, folder, taken) + plot_fewshot(runs, folder, taken)
              + plot_synthesis(runs, folder, taken) + plot_kept_tokens(runs, folder, taken))
+    for old in folder.glob("*.png"):  # an earlier report's plots that this one did not draw again
+        if old.name not in taken:
+            old.unlink()
+    link = f"{quote(folder.name)}/"
     parents = {Path(p).parent for p in paths}
     sources = f"under {parents.pop()}" if len(paths) > 3 and len(parents) == 1 else "from " + ", ".join(map(str, paths))
-    figures = "".join(f"<figure><img src='{html.escape(folder.name)}/{html.escape(p.path.name)}' alt='{html.escape(p.title)}'>"
+    figures = "".join(f"<figure><img src='{html.escape(link + quote(p.path.name))}' alt='{html.escape(p.title)}'>"
                       f"<figcaption>{html.escape(p.title)}</figcaption></figure>" for p in plots)
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>clipadapt report</title>"
             f"<style>{STYLE}</style></head><body><h1>clipadapt report</h1>"
@@ -439,7 +492,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
             f"<h2>Plots</h2>{figures or '<p>No plot: these runs hold no data for one.</p>'}</body></html>\n")
     markdown = "\n\n".join([f"# clipadapt report\n\n{len(runs)} run(s) {sources}.",
                             *(t.markdown() for t in tables),
-                            *(f"![{p.title}]({folder.name}/{p.path.name})" for p in plots)]) + "\n"
+                            *(f"![{p.title}]({link}{quote(p.path.name)})" for p in plots)]) + "\n"
     for path, text in ((out, page), (out.with_suffix(".md"), markdown)):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

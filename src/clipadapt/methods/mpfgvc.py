@@ -344,8 +344,7 @@ class MPFGVC:
             k = self.config.top_k or max(1, (x.shape[1] - 1) // 4)
             if k > x.shape[1] - 1:
                 raise ClipadaptError(f"top_k={k} is more than the {x.shape[1] - 1} patch tokens")
-            scores = ssvp_scores(attention)
-            kept = scores.topk(k, dim=-1).indices + 1
+            scores, kept = ssvp_scores(attention), ssvp_tokens(attention, k)
             selected = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
             x = blocks[-1](torch.cat([x[:, :1], selected], dim=1))
         return tower.pool(x), kept, scores
@@ -495,7 +494,8 @@ class MPFGVC:
         if self.model is None or not self.config.ssvp:
             raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
         size = self.model["visual"].image_size
-        mapped = [box_in_crop(box, *load_image_size(sample.path), size) for sample, box in zip(samples, parts)]
+        resize = resized_shorter_side(self.model["visual"].transform(), size)
+        mapped = [box_in_crop(box, *load_image_size(sample.path), size, resize) for sample, box in zip(samples, parts)]
         _, kept = self._embed_samples(samples, progress, return_kept=True)
         grid = self.model["visual"].grid
         overlap = part_overlap(kept.cpu(), patch_boxes(grid, size), torch.tensor(mapped, dtype=torch.float32))
@@ -513,7 +513,7 @@ class MPFGVC:
                       "kept": sorted((chosen_kept[j] - 1).tolist()), "scores": [round(v, 4) for v in scores[j].tolist()],
                       "part": [round(v, 2) for v in mapped[i]]} for j, i in enumerate(chosen)]
         return {**overlap, "tokens_kept": kept.shape[1], "tokens": grid * grid, "grid": grid, "image_size": size,
-                "examples": shown}
+                "resize": resize, "examples": shown}
 
     @torch.no_grad()
     def image_logits(self, samples: Sequence[Sample], classnames: Sequence[str], batch_size: int = 64,
@@ -538,10 +538,22 @@ def patch_boxes(grid: int, image_size: int) -> torch.Tensor:
     return torch.stack([x0, y0, x0 + size, y0 + size], dim=1)
 
 
-def box_in_crop(box: Sequence[float], width: int, height: int, size: int) -> list[float]:
-    """`box` (x0, y0, x1, y1 in a width x height image) in the model's input after CLIP's preprocessing: the
-    shorter side resized to `size`, then the centre `size` x `size` crop."""
-    scale = size / min(width, height)
+def resized_shorter_side(transform, size: int) -> int:
+    """The length an image's shorter side is resized to before the centre `size` crop: open_clip's CLIP transform
+    resizes to the crop size itself, timm's ViT transforms to size / crop_pct (248 for 224)."""
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, transforms.Resize):
+            length = step.size if isinstance(step.size, int) else (step.size[0] if len(step.size) == 1 else None)
+            if length is None:
+                raise ClipadaptError(f"cannot map image boxes through {step}: it does not keep the aspect ratio")
+            return length
+    return size
+
+
+def box_in_crop(box: Sequence[float], width: int, height: int, size: int, resize: int | None = None) -> list[float]:
+    """`box` (x0, y0, x1, y1 in a width x height image) in the model's input after the preprocessing: the shorter
+    side resized to `resize` (default `size`, as CLIP's), then the centre `size` x `size` crop."""
+    scale = (resize or size) / min(width, height)
     dx, dy = (width * scale - size) / 2, (height * scale - size) / 2
     x0, y0, x1, y1 = box
     return [x0 * scale - dx, y0 * scale - dy, x1 * scale - dx, y1 * scale - dy]
