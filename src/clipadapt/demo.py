@@ -169,8 +169,10 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
                         seconds = future.result()
                         bar.write(f"done: {_describe(rows[pending[future]])} ({seconds:.0f} s)", file=sys.stderr)
                         bar.update()
-                    # The rows the workers hold now, so that a long row does not look like a hang.
-                    bar.set_postfix_str(", ".join(rows[pending[f]].name for f in waiting if f.running()))
+                    # The rows the workers hold now, so that a long row does not look like a hang (the pool marks
+                    # one more as running, queued for the next free worker: the first `jobs` in order are running).
+                    running = [f for f in pending if f in waiting and f.running()][:jobs]
+                    bar.set_postfix_str(", ".join(rows[pending[f]].name for f in running))
         except BaseException:
             # A failed row (or Ctrl-C) ends the demo now: the other worker's row is stopped, not waited for; its
             # checkpoints stay, so the next `make demo` resumes it.
