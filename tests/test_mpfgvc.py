@@ -191,8 +191,9 @@ def test_part_boxes_follow_timms_resize_and_crop():
     timm_transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     assert resized_shorter_side(timm_transform, 224) == 248
     assert resized_shorter_side(transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32)]), 32) == 32
-    with pytest.raises(ClipadaptError, match="does not keep the aspect ratio"):
-        resized_shorter_side(transforms.Compose([transforms.Resize((32, 48))]), 32)
+    # open_clip's squash mode resizes every image to a fixed [height, width]
+    assert resized_shorter_side(transforms.Compose([transforms.Resize((32, 48))]), 32) == [32, 48]
+    assert box_in_crop([40, 0, 48, 8], 128, 64, 32, [32, 48]) == [7.0, 0.0, 10.0, 4.0]  # x * 48/128 - 8, y / 2
     pixels = np.full((300, 400, 3), 128, dtype=np.uint8)
     pixels[100:140, 250:300] = (255, 0, 0)
     crop = np.asarray(transforms.Compose([transforms.Resize(248), transforms.CenterCrop(224)])(Image.fromarray(pixels)))

@@ -16,6 +16,7 @@ from clipadapt.errors import ClipadaptError
 from clipadapt.features import FeatureSet
 from clipadapt.methods.mpfgvc import box_in_crop
 from clipadapt.methods.ship import save_synthesis_sample
+from clipadapt.protocols import safe_name
 from clipadapt.report import _model_input, build_tables, fewshot_points, find_runs, project_2d, write_report
 
 
@@ -114,6 +115,18 @@ def test_tables_hold_every_protocol_with_the_seed_spread(runs_folder):
     assert tables["CE vs CLIP vs UniCL"].rows == [["unicl", "69.0", "62.3"], ["ce", "-", "65.6"]]
     assert "| coop | world:objects | 16 | 1,2,3 | 64.7 ± 0.8 | 75.1 ± 1.2 | 69.5 | 98.5 | 74.8 |" in base2new.markdown()
     assert "<td>64.7 ± 0.8</td>" in base2new.html()
+
+
+def test_folders_given_inside_one_another_count_each_run_once(runs_folder):
+    runs, _ = find_runs([runs_folder, runs_folder / "coop-b2n", runs_folder / "coop-b2n" / "metrics.json"])
+    assert sum(run.method == "coop" for run in runs) == 1
+
+
+def test_safe_names_keep_what_a_file_name_can_hold():
+    assert safe_name("coop+ship-base2new-world:objects") == "coop+ship-base2new-world_objects"
+    assert safe_name("run-imagefolder:/data/very/long/path/pets-seed1", 20, keep_end=True) == "ery_long_path_pets-seed1"[-20:]
+    assert safe_name("mpfgvc (paper's configuration)") == "mpfgvc_paper_s_configuration"
+    assert safe_name("???") == "_" and len(safe_name("x" * 200)) == 80
 
 
 def test_fewshot_points_take_each_seed_once(runs_folder):

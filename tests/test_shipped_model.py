@@ -46,3 +46,76 @@ def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, cap
     page = (tmp_path / "demo" / "report.html").read_text()
     assert page.count("<table>") == 3 and "report_files/base2new-world_objects.png" in page
     assert "report_files/fewshot-world_objects.png" in page
+
+
+def test_every_demo_row_names_the_command_that_reproduces_it():
+    import shlex
+
+    from clipadapt import demo
+    from clipadapt.cli import build_parser
+    from clipadapt.config import parse_overrides
+
+    for row in demo.ROWS:
+        args, extra = build_parser().parse_known_args(shlex.split(row.command)[1:])
+        options = dict(row.options)
+        assert (args.method, args.dataset, args.protocol) == (row.method, row.dataset, row.protocol)
+        assert args.shots == options.get("shots")
+        assert args.targets.split(",") == list(options.get("targets", [""]))
+        assert ([int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]) == list(row.seeds)
+        assert parse_overrides(extra) == dict(row.config)
+    assert len({row.folder for row in demo.ROWS}) == len(demo.ROWS)  # no two rows share a folder
+
+
+def test_a_failing_demo_row_stops_the_demo_and_names_the_row(colour_world, tmp_path):
+    import multiprocessing
+
+    from clipadapt import demo
+    from clipadapt.errors import ClipadaptError
+
+    root, _ = colour_world
+    rows = (demo.DemoRow("zeroshot", "full", f"imagefolder:{root}"),
+            demo.DemoRow("no_such_method", "full", f"imagefolder:{root}"))
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ClipadaptError, match="demo row 'no_such_method full on imagefolder:.*' failed: .*no_such_method"):
+        demo.run_demo(tmp_path / "demo", cache_dir=tmp_path / "cache", progress=False, rows=rows, jobs=2)
+    leftover = [p for p in multiprocessing.active_children() if p not in before]
+    for process in leftover:
+        process.join(timeout=30)
+    assert not [p for p in leftover if p.is_alive()]
+
+
+@pytest.mark.slow
+def test_demo_workers_end_when_the_demo_is_killed(colour_world, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = colour_world
+    script = (f"from clipadapt import demo\n"
+              f"rows = tuple(demo.DemoRow('finetune', 'full', 'imagefolder:{root}', config=(('stage1_epochs', 10**6),),\n"
+              f"                          label=f'long{{i}}') for i in range(2))\n"
+              f"demo.run_demo({str(tmp_path / 'demo')!r}, cache_dir={str(tmp_path / 'cache')!r}, progress=False,"
+              f" rows=rows, jobs=2)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        workers: list[int] = []
+        deadline = time.time() + 120
+        while len(workers) < 2 and time.time() < deadline:  # both workers started (their rows are training)
+            time.sleep(0.5)
+            found = subprocess.run(["pgrep", "-P", str(parent.pid), "-f", "multiprocessing-fork"],
+                                   capture_output=True, text=True).stdout.split()
+            workers = [int(pid) for pid in found]
+        assert len(workers) >= 2, "the demo's workers did not start"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 30
+        alive = workers
+        while alive and time.time() < deadline:
+            time.sleep(0.5)
+            alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+                     open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        assert not alive, f"workers {alive} outlived the killed demo"
+    finally:
+        parent.kill()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import shlex
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .backbone import DEFAULT_WEIGHTS, load_backbone
 from .data import load_dataset
-from .errors import CheckpointError
+from .errors import CheckpointError, ClipadaptError
 from .protocols import RunContext, run_seeds, safe_name, write_metrics
 from .report import write_report
 
@@ -44,6 +46,17 @@ class DemoRow:
     @property
     def name(self) -> str:
         return self.label or self.method
+
+    @property
+    def command(self) -> str:
+        """The `clipadapt run` command that gives this row's numbers (the demo's workers run on one thread each;
+        thread counts change the last digit)."""
+        words = ["clipadapt", "run", self.method, "--dataset", self.dataset, "--protocol", self.protocol]
+        for key, value in self.options:
+            words += [f"--{key}", ",".join(value) if isinstance(value, tuple) else str(value)]
+        words += ["--seeds", ",".join(map(str, self.seeds))] if len(self.seeds) > 1 else ["--seed", str(self.seeds[0])]
+        words += [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in self.config]
+        return shlex.join(words)
 
     @property
     def folder(self) -> str:
@@ -105,7 +118,8 @@ def _run_and_write(row: DemoRow, ctx: RunContext, folder: Path) -> float:
         metrics = _run_row(row, ctx)
     seconds = time.time() - start
     write_metrics(folder, {"method": row.name, "dataset": row.dataset, "protocol": row.protocol,
-                           "shots": dict(row.options).get("shots"), "seconds": round(seconds, 1), **metrics})
+                           "shots": dict(row.options).get("shots"), "seconds": round(seconds, 1),
+                           "command": row.command, **metrics})
     return seconds
 
 
@@ -114,6 +128,10 @@ _WORKER_CONTEXT: RunContext | None = None
 
 def _start_worker(threads: int, cache_dir: Path | None) -> None:
     global _WORKER_CONTEXT
+    # A worker ends with the demo, however the demo ends (Ctrl-C, kill): it would otherwise finish its row and
+    # then wait for work for ever. Its checkpoints are written atomically, so the next demo resumes the row.
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
     torch.set_num_threads(threads)
     _WORKER_CONTEXT = RunContext(load_backbone(), cache_dir=cache_dir, progress=False)
 
@@ -158,15 +176,21 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
         order = sorted(range(len(rows)), key=lambda i: rows[i].method not in IMAGE_TRAINING_METHODS)
         threads = max(1, torch.get_num_threads() // jobs)
         spawn = multiprocessing.get_context("spawn")  # no forked copies of this process's torch threads
+        others = set(multiprocessing.active_children())
         pool = ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(threads, cache_dir))
         pending = {pool.submit(_run_in_worker, rows[i], folders[i]): i for i in order}
+        workers = [child for child in multiprocessing.active_children() if child not in others]
         waiting = set(pending)
         try:
             with tqdm(total=len(rows), desc="demo rows", disable=not progress) as bar:
                 while waiting:
                     done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
                     for future in done:
-                        seconds = future.result()
+                        try:
+                            seconds = future.result()
+                        except Exception as e:  # noqa: BLE001  a row's failure, or a worker that died
+                            raise ClipadaptError(f"demo row '{_describe(rows[pending[future]])}' failed: "
+                                                 f"{type(e).__name__}: {e}") from e
                         bar.write(f"done: {_describe(rows[pending[future]])} ({seconds:.0f} s)", file=sys.stderr)
                         bar.update()
                     # The rows the workers hold now, so that a long row does not look like a hang (the pool marks
@@ -177,7 +201,7 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
             # A failed row (or Ctrl-C) ends the demo now: the other worker's row is stopped, not waited for; its
             # checkpoints stay, so the next `make demo` resumes it.
             pool.shutdown(wait=False, cancel_futures=True)
-            for worker in multiprocessing.active_children():
+            for worker in workers:
                 worker.terminate()
             raise
         pool.shutdown()

@@ -85,12 +85,15 @@ class Plot:
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, dict]]]:
     """The runs (`metrics.json` files with a protocol) and recorded comparisons (`comparison.json`) under
     `paths`, folders searched recursively, in path order."""
-    runs, comparisons = [], []
+    runs, comparisons, read = [], [], set()
     for path in map(Path, paths):
         if not path.exists():
             raise ClipadaptError(f"{path}: no such run folder or file")
         files = [path] if path.is_file() else sorted(path.rglob("metrics.json")) + sorted(path.rglob(COMPARISON_FILE))
         for file in files:
+            if file.resolve() in read:  # folders given inside one another: each file once
+                continue
+            read.add(file.resolve())
             try:
                 content = json.loads(file.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -319,11 +322,17 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
     zero-shot on the same data set as a dashed line."""
     plt = _pyplot()
     plots = []
-    zero_shot = {run.dataset: run.metrics["accuracy"] for run in runs
+    def weights(run: Run) -> tuple[str, str]:
+        return str(run.metrics.get("model")), str(run.metrics.get("pretrained"))
+
+    zero_shot = {(run.dataset, weights(run)): run.metrics.get("accuracy") for run in runs
                  if run.metrics["protocol"] == "full" and run.metrics.get("method") == "zeroshot"}
     for dataset, methods in fewshot_points(runs).items():
         if all(len(by_shots) < 2 for by_shots in methods.values()):
             continue  # one number of shots is not a curve
+        # Zero-shot's line where every curve used the weights it ran with.
+        models = {weights(run) for run in runs if run.metrics["protocol"] == "fewshot" and run.dataset == dataset}
+        line = zero_shot.get((dataset, models.pop())) if len(models) == 1 else None
         fig, ax = plt.subplots(figsize=(5.6, 3.8))
         all_shots = set()
         for method, by_shots in methods.items():
@@ -335,8 +344,8 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
             line, = ax.plot(shots, means, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
             ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=line.get_color(), alpha=0.2)
-        if dataset in zero_shot:
-            ax.axhline(zero_shot[dataset], linestyle="--", color="gray", label="zero-shot")
+        if isinstance(line, (int, float)) and math.isfinite(line):
+            ax.axhline(line, linestyle="--", color="gray", label="zero-shot")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(all_shots), [str(k) for k in sorted(all_shots)])
         ax.set_xlabel("shots per class")
@@ -395,12 +404,15 @@ def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[P
     return plots
 
 
-def _model_input(path: Path, size: int, resize: int) -> Image.Image:
-    """The image as the model saw it: the shorter side resized to `resize`, the centre `size` x `size` crop (as
-    the run's transform and `box_in_crop`)."""
+def _model_input(path: Path, size: int, resize: int | Sequence[int]) -> Image.Image:
+    """The image as the model saw it: the shorter side resized to `resize` (or squashed to [height, width]), the
+    centre `size` x `size` crop (as the run's transform and `box_in_crop`)."""
     image = load_image(path)
-    scale = resize / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    if isinstance(resize, (list, tuple)):
+        width, height = int(resize[1]), int(resize[0])
+    else:
+        scale = resize / min(image.size)
+        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((width, height), Image.BICUBIC)
     left, top = (width - size) // 2, (height - size) // 2
     return image.crop((left, top, left + size, top + size))
@@ -460,6 +472,7 @@ def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list
 # ---- the report ----------------------------------------------------------------------------------------------
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right}
+td{white-space:nowrap}
 td.text{text-align:left}thead{background:#f0f0f0}
 figure{margin:1em 0 2em}figcaption{font-size:0.9em;color:#555}img{max-width:100%}.note{color:#555;font-size:0.9em}"""
 

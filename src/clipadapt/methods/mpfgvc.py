@@ -538,25 +538,30 @@ def patch_boxes(grid: int, image_size: int) -> torch.Tensor:
     return torch.stack([x0, y0, x0 + size, y0 + size], dim=1)
 
 
-def resized_shorter_side(transform, size: int) -> int:
-    """The length an image's shorter side is resized to before the centre `size` crop: open_clip's CLIP transform
-    resizes to the crop size itself, timm's ViT transforms to size / crop_pct (248 for 224)."""
+def resized_shorter_side(transform, size: int) -> int | list[int]:
+    """How the transform resizes an image before the centre `size` crop: the length its shorter side goes to
+    (open_clip's CLIP transform: the crop size; timm's ViT transforms: size / crop_pct, 248 for 224), or the
+    fixed [height, width] it squashes every image to (open_clip's `resize_mode=squash`)."""
     for step in getattr(transform, "transforms", []):
         if isinstance(step, transforms.Resize):
-            length = step.size if isinstance(step.size, int) else (step.size[0] if len(step.size) == 1 else None)
-            if length is None:
-                raise ClipadaptError(f"cannot map image boxes through {step}: it does not keep the aspect ratio")
-            return length
+            if isinstance(step.size, int) or len(step.size) == 1:
+                return step.size if isinstance(step.size, int) else step.size[0]
+            return [int(step.size[0]), int(step.size[1])]
     return size
 
 
-def box_in_crop(box: Sequence[float], width: int, height: int, size: int, resize: int | None = None) -> list[float]:
+def box_in_crop(box: Sequence[float], width: int, height: int, size: int,
+                resize: int | Sequence[int] | None = None) -> list[float]:
     """`box` (x0, y0, x1, y1 in a width x height image) in the model's input after the preprocessing: the shorter
-    side resized to `resize` (default `size`, as CLIP's), then the centre `size` x `size` crop."""
-    scale = (resize or size) / min(width, height)
-    dx, dy = (width * scale - size) / 2, (height * scale - size) / 2
+    side resized to `resize` (default `size`, as CLIP's) or the image squashed to `resize` = [height, width], then
+    the centre `size` x `size` crop."""
+    if isinstance(resize, (list, tuple)):
+        sx, sy = resize[1] / width, resize[0] / height
+    else:
+        sx = sy = (resize or size) / min(width, height)
+    dx, dy = (width * sx - size) / 2, (height * sy - size) / 2
     x0, y0, x1, y1 = box
-    return [x0 * scale - dx, y0 * scale - dy, x1 * scale - dx, y1 * scale - dy]
+    return [x0 * sx - dx, y0 * sy - dy, x1 * sx - dx, y1 * sy - dy]
 
 
 def part_overlap(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -> dict[str, float]:
