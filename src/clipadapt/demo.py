@@ -153,6 +153,44 @@ def default_jobs() -> int:
     return max(1, min(2, cores))
 
 
+def _run_in_pool(rows: tuple[DemoRow, ...], folders: list[Path], jobs: int, cache_dir: Path | None,
+                 progress: bool) -> None:
+    """The rows in `jobs` spawned worker processes that share this process's threads; one progress bar over rows."""
+    # Rows that train an image encoder take the longest: started first, they do not end the demo alone.
+    order = sorted(range(len(rows)), key=lambda i: rows[i].method not in IMAGE_TRAINING_METHODS)
+    threads = max(1, torch.get_num_threads() // jobs)
+    spawn = multiprocessing.get_context("spawn")  # no forked copies of this process's torch threads
+    others = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(threads, cache_dir))
+    pending = {pool.submit(_run_in_worker, rows[i], folders[i]): i for i in order}
+    workers = [child for child in multiprocessing.active_children() if child not in others]
+    waiting = set(pending)
+    try:
+        with tqdm(total=len(rows), desc="demo rows", disable=not progress) as bar:
+            while waiting:
+                done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        seconds = future.result()
+                    except Exception as e:  # noqa: BLE001  a row's failure, or a worker that died
+                        raise ClipadaptError(f"demo row '{_describe(rows[pending[future]])}' failed: "
+                                             f"{type(e).__name__}: {e}") from e
+                    bar.write(f"done: {_describe(rows[pending[future]])} ({seconds:.0f} s)", file=sys.stderr)
+                    bar.update()
+                # The rows the workers hold now, so that a long row does not look like a hang (the pool marks
+                # one more as running, queued for the next free worker: the first `jobs` in order are running).
+                running = [f for f in pending if f in waiting and f.running()][:jobs]
+                bar.set_postfix_str(", ".join(rows[pending[f]].name for f in running))
+    except BaseException:
+        # A failed row (or Ctrl-C) ends the demo now: the other worker's row is stopped, not waited for; its
+        # checkpoints stay, so the next `make demo` resumes it.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        raise
+    pool.shutdown()
+
+
 def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, progress: bool = True,
              rows: tuple[DemoRow, ...] | None = None, jobs: int | None = None) -> str:
     """Run every demo row (rows resume from the checkpoints in their folders; a folder whose checkpoints belong to
@@ -172,39 +210,7 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
             print(f"[{i}/{len(rows)}] {_describe(row)}", file=sys.stderr, flush=True)
             _run_and_write(row, ctx, folder)
     else:
-        # Rows that train an image encoder take the longest: started first, they do not end the demo alone.
-        order = sorted(range(len(rows)), key=lambda i: rows[i].method not in IMAGE_TRAINING_METHODS)
-        threads = max(1, torch.get_num_threads() // jobs)
-        spawn = multiprocessing.get_context("spawn")  # no forked copies of this process's torch threads
-        others = set(multiprocessing.active_children())
-        pool = ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(threads, cache_dir))
-        pending = {pool.submit(_run_in_worker, rows[i], folders[i]): i for i in order}
-        workers = [child for child in multiprocessing.active_children() if child not in others]
-        waiting = set(pending)
-        try:
-            with tqdm(total=len(rows), desc="demo rows", disable=not progress) as bar:
-                while waiting:
-                    done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        try:
-                            seconds = future.result()
-                        except Exception as e:  # noqa: BLE001  a row's failure, or a worker that died
-                            raise ClipadaptError(f"demo row '{_describe(rows[pending[future]])}' failed: "
-                                                 f"{type(e).__name__}: {e}") from e
-                        bar.write(f"done: {_describe(rows[pending[future]])} ({seconds:.0f} s)", file=sys.stderr)
-                        bar.update()
-                    # The rows the workers hold now, so that a long row does not look like a hang (the pool marks
-                    # one more as running, queued for the next free worker: the first `jobs` in order are running).
-                    running = [f for f in pending if f in waiting and f.running()][:jobs]
-                    bar.set_postfix_str(", ".join(rows[pending[f]].name for f in running))
-        except BaseException:
-            # A failed row (or Ctrl-C) ends the demo now: the other worker's row is stopped, not waited for; its
-            # checkpoints stay, so the next `make demo` resumes it.
-            pool.shutdown(wait=False, cancel_futures=True)
-            for worker in workers:
-                worker.terminate()
-            raise
-        pool.shutdown()
+        _run_in_pool(rows, folders, jobs, cache_dir, progress)
     write_report([comparison, *folders], out_dir / "report.html")
     (out_dir / "report.md").replace(out_dir / "results.md")
     return (out_dir / "results.md").read_text()
