@@ -223,6 +223,9 @@ def test_report_errors_name_the_problem(tmp_path, capsys):
     (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ClipadaptError, match="comparison needs 'columns'"):
         find_runs([tmp_path / "cmp"])
+    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"columns": ["a"], "rows": {"x": [1.0]}}))
+    with pytest.raises(ClipadaptError, match="comparison needs 'columns'"):
+        find_runs([tmp_path / "cmp"])
     with pytest.raises(ClipadaptError, match="name an .html file"):
         write_report([tmp_path / "cmp"], tmp_path / "report.md")
 

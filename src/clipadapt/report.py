@@ -111,7 +111,9 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, 
 
 
 def _checked_comparison(file: Path, content: dict) -> dict:
-    if not isinstance(content.get("rows"), dict) or not isinstance(content.get("columns"), list):
+    rows = content.get("rows")
+    if (not isinstance(rows, dict) or not all(isinstance(v, dict) for v in rows.values())
+            or not isinstance(content.get("columns"), list)):
         raise ClipadaptError(f"{file}: a comparison needs 'columns' (a list) and 'rows' (name -> column -> value)")
     return content
 
