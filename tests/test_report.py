@@ -193,6 +193,20 @@ def test_report_writes_html_markdown_and_every_plot(runs_folder, tmp_path):
     assert not list((tmp_path / "out" / "report_files").glob("kept-*.png"))
 
 
+def test_fewshot_plot_draws_zero_shot_for_the_curves_weights(runs_folder, tmp_path):
+    def gray_pixels() -> int:
+        (plot,) = (tmp_path / "r_files").glob("fewshot-*.png")
+        pixels = np.asarray(Image.open(plot).convert("RGB")).astype(int)
+        return int((np.abs(pixels - 128).sum(axis=-1) < 6).sum())  # matplotlib's "gray": the dashed line
+
+    write_report([runs_folder], tmp_path / "r.html")
+    with_line = gray_pixels()
+    metrics = json.loads((runs_folder / "zs-full" / "metrics.json").read_text())
+    write_run(runs_folder / "zs-full", {**metrics, "model": "ViT-B-16"})  # zero-shot of other weights: no line
+    write_report([runs_folder], tmp_path / "r.html")
+    assert with_line > 200 and gray_pixels() < with_line / 4
+
+
 def test_overlays_skip_images_that_moved(runs_folder, tmp_path):
     (tmp_path / "badge.png").unlink()
     _, plots = write_report([runs_folder / "mpfgvc"], tmp_path / "r.html")

@@ -334,7 +334,7 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
             continue  # one number of shots is not a curve
         # Zero-shot's line where every curve used the weights it ran with.
         models = {weights(run) for run in runs if run.metrics["protocol"] == "fewshot" and run.dataset == dataset}
-        line = zero_shot.get((dataset, models.pop())) if len(models) == 1 else None
+        zero_shot_line = zero_shot.get((dataset, models.pop())) if len(models) == 1 else None
         fig, ax = plt.subplots(figsize=(5.6, 3.8))
         all_shots = set()
         for method, by_shots in methods.items():
@@ -346,8 +346,8 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
             line, = ax.plot(shots, means, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
             ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=line.get_color(), alpha=0.2)
-        if isinstance(line, (int, float)) and math.isfinite(line):
-            ax.axhline(line, linestyle="--", color="gray", label="zero-shot")
+        if isinstance(zero_shot_line, (int, float)) and math.isfinite(zero_shot_line):
+            ax.axhline(zero_shot_line, linestyle="--", color="gray", label="zero-shot")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(all_shots), [str(k) for k in sorted(all_shots)])
         ax.set_xlabel("shots per class")
