@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .backbone import DEFAULT_WEIGHTS, load_backbone
 from .data import load_dataset
+from .engine import available_cores
 from .errors import CheckpointError, ClipadaptError
 from .protocols import RunContext, run_seeds, safe_name, write_metrics
 from .report import write_report
@@ -149,8 +150,7 @@ def default_jobs() -> int:
     """Two rows side by side where there are two cores or more, each worker with half of this process's threads:
     the tiny model's small matrix products use a second thread poorly (1.7x for two on 2 cores), so two rows at
     once finish sooner than one row on two threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(2, cores))
+    return max(1, min(2, available_cores()))
 
 
 def _run_in_pool(rows: tuple[DemoRow, ...], folders: list[Path], jobs: int, cache_dir: Path | None,

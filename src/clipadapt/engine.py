@@ -9,6 +9,7 @@ import contextvars
 import copy
 import hashlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,11 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
         exempt = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
         (no_decay if exempt else decay).append(param)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def distributed_world() -> tuple[int, int]:

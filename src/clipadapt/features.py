@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Sample, split_fingerprint
-from .engine import distributed_world
+from .engine import available_cores, distributed_world
 from .errors import ClipadaptError
 
 DEFAULT_SHARD_SIZE = 2048
@@ -220,8 +220,7 @@ def _threads_beside_workers(device: torch.device, num_workers: int) -> Iterator[
     them all made extraction slower than one process: bench/extract_workers.py)."""
     threads = torch.get_num_threads()
     if num_workers and device.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, min(threads, cores - num_workers)))
+        torch.set_num_threads(max(1, min(threads, available_cores() - num_workers)))
     try:
         yield
     finally:

@@ -332,12 +332,17 @@ def safe_name(text: str, limit: int = 80, keep_end: bool = False) -> str:
     return (name[-limit:] if keep_end else name[:limit]) or "_"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` to `path` through a temp file that is renamed: a reader sees the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
     """`out_dir/metrics.json`, written to a temp file and renamed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
-    tmp = path.with_name("metrics.json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(metrics, indent=2, default=str) + "\n")
     return path

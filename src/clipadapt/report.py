@@ -22,7 +22,7 @@ from PIL import Image
 
 from .data import load_image
 from .errors import ClipadaptError
-from .protocols import DEFAULT_BASE2NEW_SHOTS, PROTOCOLS, safe_name
+from .protocols import DEFAULT_BASE2NEW_SHOTS, PROTOCOLS, safe_name, write_text_atomic
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
 NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
@@ -46,6 +46,11 @@ class Run:
     def seeds(self) -> list[int]:
         seed = self.metrics.get("seed", 1)
         return list(seed) if isinstance(seed, list) else [seed]
+
+    @property
+    def weights(self) -> tuple[str, str]:
+        """The model and weights the run used, as metrics.json names them."""
+        return str(self.metrics.get("model")), str(self.metrics.get("pretrained"))
 
     def per_seed(self) -> dict[int, dict]:
         """Each seed's own numbers: `per_seed` of a multi-seed run, or the run itself."""
@@ -136,6 +141,12 @@ def _cell(metrics: dict, key: str) -> str:
     return f"{text} ± {std:.1f}" if text != "-" and isinstance(std, (int, float)) else text
 
 
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (as `aggregate_seeds`)."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
 def _target_cell(run: Run, target: str) -> str:
     """A cross-data-set target's accuracy, with the spread of the seeds' own values for multi-seed runs."""
     result = (run.metrics.get("targets") or {}).get(target)
@@ -146,9 +157,7 @@ def _target_cell(run: Run, target: str) -> str:
     values = [v for v in values if isinstance(v, (int, float))]
     if len(values) < 2:
         return _number(result.get("accuracy"))
-    mean = sum(values) / len(values)
-    return _cell({"accuracy": result.get("accuracy"),
-                  "accuracy_std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}, "accuracy")
+    return _cell({"accuracy": result.get("accuracy"), "accuracy_std": _mean_std(values)[1]}, "accuracy")
 
 
 def _seeds_text(run: Run) -> str:
@@ -252,10 +261,11 @@ def _pyplot():
 
 
 def _save(fig, folder: Path, name: str, taken: set[str]) -> Path:
-    stem, i = safe_name(name), 1
+    base = stem = safe_name(name)
+    i = 1
     while f"{stem}.png" in taken:  # two runs of the same name
         i += 1
-        stem = f"{safe_name(name)}-{i}"
+        stem = f"{base}-{i}"
     taken.add(f"{stem}.png")
     path = folder / f"{stem}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -293,8 +303,7 @@ def plot_base2new(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Pl
 def _curve_key(run: Run) -> tuple[str, str, str, str]:
     """What makes runs one curve: the method with its configuration (the seed aside) and weights."""
     config = {k: v for k, v in (run.metrics.get("config") or {}).items() if k != "seed"}
-    return (run.method, str(run.metrics.get("model")), str(run.metrics.get("pretrained")),
-            json.dumps(config, sort_keys=True, default=str))
+    return (run.method, *run.weights, json.dumps(config, sort_keys=True, default=str))
 
 
 def fewshot_points(runs: Sequence[Run]) -> dict[str, dict[str, dict[int, list[float]]]]:
@@ -324,24 +333,20 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
     zero-shot on the same data set as a dashed line."""
     plt = _pyplot()
     plots = []
-    def weights(run: Run) -> tuple[str, str]:
-        return str(run.metrics.get("model")), str(run.metrics.get("pretrained"))
-
-    zero_shot = {(run.dataset, weights(run)): run.metrics.get("accuracy") for run in runs
+    zero_shot = {(run.dataset, run.weights): run.metrics.get("accuracy") for run in runs
                  if run.metrics["protocol"] == "full" and run.metrics.get("method") == "zeroshot"}
     for dataset, methods in fewshot_points(runs).items():
         if all(len(by_shots) < 2 for by_shots in methods.values()):
             continue  # one number of shots is not a curve
         # Zero-shot's line where every curve used the weights it ran with.
-        models = {weights(run) for run in runs if run.metrics["protocol"] == "fewshot" and run.dataset == dataset}
+        models = {run.weights for run in runs if run.metrics["protocol"] == "fewshot" and run.dataset == dataset}
         zero_shot_line = zero_shot.get((dataset, models.pop())) if len(models) == 1 else None
         fig, ax = plt.subplots(figsize=(5.6, 3.8))
         all_shots = set()
         for method, by_shots in methods.items():
             shots = sorted(by_shots)
             all_shots.update(shots)
-            means = [sum(by_shots[k]) / len(by_shots[k]) for k in shots]
-            stds = [math.sqrt(sum((v - m) ** 2 for v in by_shots[k]) / len(by_shots[k])) for k, m in zip(shots, means)]
+            means, stds = zip(*(_mean_std(by_shots[k]) for k in shots))
             seeds = max(len(by_shots[k]) for k in shots)
             line, = ax.plot(shots, means, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
             ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
@@ -508,8 +513,6 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
     markdown = "\n\n".join([f"# clipadapt report\n\n{len(runs)} run(s) {sources}.",
                             *(t.markdown() for t in tables),
                             *(f"![{p.title}]({link}{quote(p.path.name)})" for p in plots)]) + "\n"
-    for path, text in ((out, page), (out.with_suffix(".md"), markdown)):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+    write_text_atomic(out, page)
+    write_text_atomic(out.with_suffix(".md"), markdown)
     return tables, plots
