@@ -6,7 +6,8 @@ Each point runs in a fresh process (`--point WORKLOAD CLASSES`); the memory repo
 during the workload alone (the kernel's high-water mark, reset once the model and names are set up) minus the
 resident memory at that moment. CoOp runs
 its default `class_chunk=1024` (prompts in chunks, activations recomputed in the backward pass) and, for
-comparison, `class_chunk=0` (all prompts in one call). Writes `bench/results/scaling-<device>.json` and `.md`.
+comparison, `class_chunk=0` (all prompts in one call). Writes `scaling-<model>-<device>.json` and `.md` into
+`--out-dir` (default bench/results).
 
     python bench/scaling.py [--model tiny-vit] [--classes 10,1000,21000] [--rows 10000,100000,1000000]
 """
@@ -128,7 +129,11 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         gpu_base = torch.cuda.memory_allocated()
         torch.cuda.synchronize()
     start = time.perf_counter()
-    run()
+    try:
+        run()
+    except torch.cuda.OutOfMemoryError:  # a point of the curve too (e.g. all 21,000 prompts in one call)
+        return {"workload": workload, "classes": n_classes, "error": "out of GPU memory",
+                "gpu_total_mb": round(torch.cuda.get_device_properties(backbone.device).total_memory / 2**20)}
     if on_gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -140,6 +145,13 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
     return row
 
 
+def _cells(row: dict) -> str:
+    """seconds, peak MB, GPU peak MB (or the error and the GPU's size) of a point, comma-separated."""
+    if "error" in row:
+        return f"{row['error']}, -, ({row['gpu_total_mb']:,} MB on the GPU)"
+    return f"{row['seconds']} s, +{row['peak_mb_above_setup']:.0f}, {'+' if 'gpu_peak_mb_above_setup' in row else ''}{row.get('gpu_peak_mb_above_setup', '-')}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
@@ -147,11 +159,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rows", default="10000,100000,1000000", help="cached features read and scored")
     parser.add_argument("--workloads", default=",".join(WORKLOADS + DATA_WORKLOADS))
+    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
     parser.add_argument("--point", nargs=2, metavar=("WORKLOAD", "CLASSES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
         print(json.dumps(run_point(args.point[0], int(args.point[1]), args.model, args.device)))
         return
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu-{torch.get_num_threads()}threads"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"scaling-{args.model}-{device.replace(' ', '_')}"
     rows = []
     for workload in args.workloads.split(","):
         for n in map(int, (args.rows if workload in DATA_WORKLOADS else args.classes).split(",")):
@@ -161,21 +177,25 @@ def main() -> None:
                 print(f"{workload} {n}: failed: {result.stderr.strip()[-300:]}", flush=True)
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-            unit = "rows" if workload in DATA_WORKLOADS else "classes"
-            print(f"{workload:22s} {n:>8} {unit}: {rows[-1]['seconds']:8.2f} s, "
-                  f"peak +{rows[-1]['peak_mb_above_setup']:.0f} MB", flush=True)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu-{torch.get_num_threads()}threads"
-    out = HERE / "results" / f"scaling-{device.replace(' ', '_')}"
-    out.with_suffix(".json").write_text(json.dumps({"model": args.model, "device": device, "date": str(date.today()),
+            print(f"{workload:22s} {n:>8} {'rows' if workload in DATA_WORKLOADS else 'classes'}: "
+                  f"{_cells(rows[-1])}", flush=True)
+            write_tables(out, args.model, device, rows)  # after every point: a run cut short keeps what it measured
+    print(f"wrote {out}.json and .md")
+
+
+def write_tables(out: Path, model: str, device: str, rows: list[dict]) -> None:
+    out.with_suffix(".json").write_text(json.dumps({"model": model, "device": device, "date": str(date.today()),
                                                     "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Scaling with the number of classes: {args.model} (random weights), {device}, {date.today()}", "",
+    lines = [f"# Scaling with the number of classes: {model} (random weights), {device}, {date.today()}", "",
              "Peak memory: the process's peak resident memory above its size once the model and names are set up.",
              f"`score`: {TEST_FEATURES:,} test features scored in blocks. CoOp: one training step of 32 features.",
              "`cache_score`: that many cached features read from float16 shards and scored over 1,000 classes.", "",
-             "| workload | classes (rows for cache_score) | seconds | peak MB |", "|---|---|---|---|"]
-    lines += [f"| {r['workload']} | {r['classes']:,} | {r['seconds']} | {r['peak_mb_above_setup']} |" for r in rows]
+             "GPU peak MB: the largest GPU memory allocated during the workload above what was allocated at its start.",
+             "Each point is one call in a fresh process: its time includes first-call costs (on a GPU, lazily",
+             "loaded kernels and clock ramp-up), which can outweigh the differences between small points.",
+             "", "| workload | classes (rows for cache_score) | seconds | peak MB | GPU peak MB |", "|---|---|---|---|---|"]
+    lines += [f"| {r['workload']} | {r['classes']:,} | {' | '.join(_cells(r).split(', '))} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}.json and .md")
 
 
 if __name__ == "__main__":

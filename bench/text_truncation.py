@@ -21,7 +21,7 @@ def full_length_prompted_text(backbone, ctx: torch.Tensor, classnames: list[str]
     """The baseline: CoOp's official path, every prompt padded to the model's context length."""
     text = backbone.text
     prompts = [" ".join(["X"] * ctx.shape[0]) + f" {name}." for name in classnames]
-    ids = backbone.tokenize(prompts)
+    ids = backbone.tokenize(prompts).to(ctx.device)
     x = text.token_embedding(ids)
     x = torch.cat([x[:, :1], ctx.expand(len(classnames), -1, -1), x[:, 1 + ctx.shape[0]:]], dim=1)
     x = x + text.positional_embedding

@@ -4,9 +4,14 @@ training step on the same model and batch (`model(images, texts)`, open_clip's `
 
 Both start from the same random weights and take the same number of steps on one in-memory batch (half
 image-label samples with template prompts, half captions), after one warm-up step each; image decoding is left
-out of both. The ratio is the plain step time over ours (target 1.0: the unified loss costs nothing).
+out of both. The ratio is the plain step time over ours (target 1.0: the unified loss costs nothing). On a GPU,
+where ours autocasts to bf16, a third run times the plain step under bf16 autocast too (open_clip's
+`--precision amp_bf16`), printed beside the ratio.
 
-    python bench/unicl_step.py [--model tiny-vit] [--batch 128] [--steps 6] [--device cpu] [--peak-tflops T]
+    python bench/unicl_step.py [--model tiny-vit] [--batch 128] [--steps 6] [--device cpu] [--peak-tflops T] \
+        [--profile]
+
+`--profile` also prints the 15 operations that take the most device time in two of our steps (torch.profiler).
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ from timing import add_device_arg, clock
 CAPTION = "a small striped red star on a dark background"
 
 
-def our_seconds(backbone, images: torch.Tensor, steps: int, batch: int) -> tuple[float, UniCLPretrainer]:
-    """Seconds per step of `UniCLPretrainer.fit` over the `steps` steps after its first (which builds the optimizer
-    state), on the one batch (the loader replaced), timed from the trainer's after-step hook."""
+def our_trainer(backbone, images: torch.Tensor, steps: int, batch: int) -> UniCLPretrainer:
+    """A `UniCLPretrainer` of `steps` + 1 steps over the one batch (the loader replaced): half image-label samples,
+    half captions."""
     classes = [f"class {c}" for c in range(batch // 2)]
     data = PretrainData(classes, [Sample(Path("unused.png"), c) for c in range(batch // 2)],
                         [Sample(Path("unused.png"), -1, CAPTION) for _ in range(batch - batch // 2)])
@@ -35,14 +40,23 @@ def our_seconds(backbone, images: torch.Tensor, steps: int, batch: int) -> tuple
     trainer = UniCLPretrainer(backbone, config, data)
     indices = torch.arange(batch)
     trainer._batches = lambda epoch, offset: iter([(images, None, indices)])  # one step per epoch
+    return trainer
+
+
+def our_seconds(trainer: UniCLPretrainer) -> float:
+    """Seconds per step of `UniCLPretrainer.fit` over its steps after the first (which builds the optimizer state),
+    timed from the trainer's after-step hook."""
     stamps = []
     clamp = trainer._clamp_logit_scale
     trainer._clamp_logit_scale = lambda: (clamp(), stamps.append(clock()))
     trainer.fit(progress=False)
-    return (stamps[-1] - stamps[0]) / steps, trainer
+    trainer._clamp_logit_scale = clamp
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
-def plain_seconds(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, steps: int) -> float:
+def plain_seconds(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, steps: int,
+                  bf16: bool = False) -> float:
+    """Seconds per step of open_clip's own training step (fp32, or under bf16 autocast as its `--precision amp_bf16`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
     loss_fn = open_clip.loss.ClipLoss()
     model.train()
@@ -50,8 +64,9 @@ def plain_seconds(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Te
     for step in range(steps + 1):
         if step == 1:  # after the warm-up step
             start = clock()
-        image_features, text_features, scale = model(images, tokens)[:3]
-        loss = loss_fn(image_features, text_features, scale)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            image_features, text_features, scale = model(images, tokens)[:3]
+            loss = loss_fn(image_features, text_features, scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -64,6 +79,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6, help="timed steps in each run")
     add_device_arg(parser)
+    parser.add_argument("--profile", action="store_true", help="print our step's top operations by device time")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="the device's peak (e.g. 989 for an H100's dense bf16): prints MFU")
     args = parser.parse_args()
@@ -72,17 +88,40 @@ def main() -> None:
     initial = copy.deepcopy(backbone.model)
     images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=args.device)
 
-    ours, trainer = our_seconds(backbone, images, args.steps, args.batch)
+    trainer = our_trainer(backbone, images, args.steps, args.batch)
     tokens = trainer._texts(torch.arange(args.batch), 0)[0]  # the same texts, at full context length
+    # The plain fp32 step first: it also warms the device up (clocks, lazily loaded kernels), which the first run
+    # on a fresh GPU machine otherwise pays for (ViT-B-16 on an H200: up to twice the step time).
     plain = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps)
+    ours = our_seconds(trainer)
+    on_gpu = images.device.type == "cuda"  # our loop autocasts to bf16 there; so can open_clip's
+    plain_bf16 = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps, bf16=True) \
+        if on_gpu else None
     flops = step_flops(copy.deepcopy(initial).to(args.device), images, tokens)
     print(f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
           f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "
           f"plain open_clip {args.batch / plain:.0f} images/s ({plain * 1000:.0f} ms/step)")
+    if plain_bf16 is not None:
+        print(f"plain open_clip under bf16 autocast {args.batch / plain_bf16:.0f} images/s "
+              f"({plain_bf16 * 1000:.0f} ms/step): ours is {plain_bf16 / ours:.2f}x that")
     achieved = flops / ours / 1e12
     mfu = f", MFU {100 * achieved / args.peak_tflops:.1f}% of {args.peak_tflops:g}" if args.peak_tflops else ""
     print(f"a full-length step is {flops / 1e9:.1f} GFLOP: ours at {achieved:.3f} TFLOP/s{mfu}")
+    if args.profile:
+        print(profile_table(trainer, images))
     print(f"unicl_step ratio={plain / ours:.2f} target=1.0")
+
+
+def profile_table(trainer: UniCLPretrainer, images: torch.Tensor) -> str:
+    """The top operations of two steps of our loop (a fresh fit), by self device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if images.is_cuda else [])
+    trainer.config.epochs = 2
+    with profile(activities=activities) as prof:
+        trainer.fit(progress=False)
+    sort = "self_cuda_time_total" if images.is_cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60)
 
 
 def step_flops(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> float:

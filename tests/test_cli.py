@@ -213,3 +213,20 @@ def test_real_size_configs_build_their_methods():
         for key, value in values.items():
             assert built[key] == value, (name, key)
     assert load_config_file(configs / "coop_ship_vit_b16_base2new.yaml")["ship.batch_size"] == 256
+
+
+@pytest.mark.slow
+def test_device_smoke_script_runs_and_reports_failures():
+    """scripts/device_smoke.py (what bench/gpu.sh runs on a GPU) on the CPU: cases pass with their numbers, and a
+    failing case is reported with its error and counted in the exit code instead of stopping the rest."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "device_smoke.py"
+    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--only", "zeroshot-base2new,report"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "OK zeroshot-base2new" in run.stdout and "harmonic_mean=" in run.stdout
+    assert "OK report" in run.stdout and "2/2 cases ran on cpu" in run.stdout
+    bad = subprocess.run([sys.executable, str(script), "--device", "nonsense", "--only", "zeroshot-base2new"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "FAILED zeroshot-base2new" in bad.stdout and "0/1 cases" in bad.stdout

@@ -1,6 +1,7 @@
 """UniCL: the loss against a plain reference and CLIP's, the balanced sampler, the distributed loss, and
 pretraining that learns and resumes exactly."""
 import csv
+import functools
 import json
 import os
 import socket
@@ -152,8 +153,8 @@ def pretrain_data(tmp_path_factory):
     return f"imagefolder:{root},csv:{captions / 'captions.csv'}"
 
 
-def _pretrain(data, out, loss="unicl", *extra):
-    return main(["pretrain", "--data", data, "--model", "micro-vit", "--out", str(out), "--loss", loss,
+def _pretrain(data, out, loss="unicl", *extra, model="micro-vit"):
+    return main(["pretrain", "--data", data, "--model", model, "--out", str(out), "--loss", loss,
                  "--no-progress", "--batch-size", "16", "epochs=6", "lr=0.002", "warmup=0.1", "checkpoint_every=5",
                  *extra])
 
@@ -169,12 +170,22 @@ def test_pretraining_loss_falls(pretrain_data, tmp_path, loss):
     assert (tmp_path / "model.safetensors").is_file()
 
 
+def test_channels_last_only_for_convolutional_towers():
+    from clipadapt import load_backbone
+    from clipadapt.methods.unicl import channels_last_if_convolutional
+
+    assert channels_last_if_convolutional(load_backbone("micro-vit").model.visual) == torch.contiguous_format
+    assert channels_last_if_convolutional(load_backbone("tiny-rn").model.visual) == torch.channels_last
+
+
 @pytest.mark.slow
-def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["micro-vit", "tiny-rn"])  # tiny-rn: channels-last weights and their moments
+def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model):
     from safetensors.torch import load_file
 
     from clipadapt.methods.unicl import UniCLPretrainer
 
+    _pretrain = functools.partial(globals()["_pretrain"], model=model)
     assert _pretrain(pretrain_data, tmp_path / "straight") == 0
     original = UniCLPretrainer._loss
 
