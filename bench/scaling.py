@@ -129,11 +129,7 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         gpu_base = torch.cuda.memory_allocated()
         torch.cuda.synchronize()
     start = time.perf_counter()
-    try:
-        run()
-    except torch.cuda.OutOfMemoryError:  # a point of the curve too (e.g. all 21,000 prompts in one call)
-        return {"workload": workload, "classes": n_classes, "error": "out of GPU memory",
-                "gpu_total_mb": round(torch.cuda.get_device_properties(backbone.device).total_memory / 2**20)}
+    run()
     if on_gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -145,11 +141,10 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
     return row
 
 
-def _cells(row: dict) -> str:
-    """seconds, peak MB, GPU peak MB (or the error and the GPU's size) of a point, comma-separated."""
-    if "error" in row:
-        return f"{row['error']}, -, ({row['gpu_total_mb']:,} MB on the GPU)"
-    return f"{row['seconds']} s, +{row['peak_mb_above_setup']:.0f}, {'+' if 'gpu_peak_mb_above_setup' in row else ''}{row.get('gpu_peak_mb_above_setup', '-')}"
+def _cells(row: dict) -> tuple[str, str, str]:
+    """seconds, peak MB and GPU peak MB of a point."""
+    gpu = row.get("gpu_peak_mb_above_setup")
+    return str(row["seconds"]), f"+{row['peak_mb_above_setup']:.0f}", "-" if gpu is None else f"+{gpu:.0f}"
 
 
 def main() -> None:
@@ -178,7 +173,7 @@ def main() -> None:
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(f"{workload:22s} {n:>8} {'rows' if workload in DATA_WORKLOADS else 'classes'}: "
-                  f"{_cells(rows[-1])}", flush=True)
+                  "{} s, peak {} MB, GPU peak {} MB".format(*_cells(rows[-1])), flush=True)
             write_tables(out, args.model, device, rows)  # after every point: a run cut short keeps what it measured
     print(f"wrote {out}.json and .md")
 
@@ -194,7 +189,7 @@ def write_tables(out: Path, model: str, device: str, rows: list[dict]) -> None:
              "Each point is one call in a fresh process: its time includes first-call costs (on a GPU, lazily",
              "loaded kernels and clock ramp-up), which can outweigh the differences between small points.",
              "", "| workload | classes (rows for cache_score) | seconds | peak MB | GPU peak MB |", "|---|---|---|---|---|"]
-    lines += [f"| {r['workload']} | {r['classes']:,} | {' | '.join(_cells(r).split(', '))} |" for r in rows]
+    lines += [f"| {r['workload']} | {r['classes']:,} | {' | '.join(_cells(r))} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -1,12 +1,14 @@
 """UniCL pretraining steps: our loop (`UniCLPretrainer` in the shared `Trainer`: text truncated to the longest
-prompt, channels-last, fused AdamW, bf16 autocast on GPUs, the UniCL loss, checkpointing off) vs a plain open_clip
-training step on the same model and batch (`model(images, texts)`, open_clip's `ClipLoss`, default AdamW, fp32).
+prompt, channels-last for convolutional towers, fused AdamW, bf16 autocast on GPUs, the UniCL loss, checkpointing
+off) vs a plain open_clip training step on the same model and batch (`model(images, texts)`, open_clip's
+`ClipLoss`, default AdamW).
 
 Both start from the same random weights and take the same number of steps on one in-memory batch (half
 image-label samples with template prompts, half captions), after one warm-up step each; image decoding is left
-out of both. The ratio is the plain step time over ours (target 1.0: the unified loss costs nothing). On a GPU,
-where ours autocasts to bf16, a third run times the plain step under bf16 autocast too (open_clip's
-`--precision amp_bf16`), printed beside the ratio.
+out of both. The ratio is the plain step time over ours (target 1.0: the unified loss costs nothing). On a CPU the
+plain step is fp32, as ours. On a GPU, with the settings of open_clip's trainer (TF32, cuDNN autotuning) and after
+a few untimed steps, the plain step runs both in fp32 and under bf16 autocast (open_clip's `--precision
+amp_bf16`), and the ratio is against the bf16 one, since ours autocasts too.
 
     python bench/unicl_step.py [--model tiny-vit] [--batch 128] [--steps 6] [--device cpu] [--peak-tflops T] \
         [--profile]
@@ -24,10 +26,13 @@ import torch
 
 from clipadapt import load_backbone
 from clipadapt.data import Sample
+from clipadapt.engine import gpu_training_settings
 from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
 from timing import add_device_arg, clock
 
 CAPTION = "a small striped red star on a dark background"
+WARM_UP_STEPS = 5  # untimed, on a GPU
+PROFILED_STEPS = 2
 
 
 def our_trainer(backbone, images: torch.Tensor, steps: int, batch: int) -> UniCLPretrainer:
@@ -90,38 +95,49 @@ def main() -> None:
 
     trainer = our_trainer(backbone, images, args.steps, args.batch)
     tokens = trainer._texts(torch.arange(args.batch), 0)[0]  # the same texts, at full context length
-    # The plain fp32 step first: it also warms the device up (clocks, lazily loaded kernels), which the first run
-    # on a fresh GPU machine otherwise pays for (ViT-B-16 on an H200: up to twice the step time).
+    on_gpu = images.device.type == "cuda"  # our loop autocasts to bf16 there; so can open_clip's
+    if on_gpu:
+        gpu_training_settings()  # TF32 and cuDNN autotuning, as open_clip's trainer and `clipadapt pretrain` set
+        # Untimed steps first: a fresh GPU machine's first heavy run pays for clock ramp-up and lazily loaded
+        # kernels (on an H200 the first timed arm of a run took up to twice its later time).
+        plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, WARM_UP_STEPS, bf16=True)
     plain = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps)
     ours = our_seconds(trainer)
-    on_gpu = images.device.type == "cuda"  # our loop autocasts to bf16 there; so can open_clip's
     plain_bf16 = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps, bf16=True) \
         if on_gpu else None
     flops = step_flops(copy.deepcopy(initial).to(args.device), images, tokens)
     print(f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
           f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "
-          f"plain open_clip {args.batch / plain:.0f} images/s ({plain * 1000:.0f} ms/step)")
+          f"plain open_clip {'fp32 (TF32 matmuls) ' if on_gpu else ''}{args.batch / plain:.0f} images/s "
+          f"({plain * 1000:.0f} ms/step)")
     if plain_bf16 is not None:
         print(f"plain open_clip under bf16 autocast {args.batch / plain_bf16:.0f} images/s "
-              f"({plain_bf16 * 1000:.0f} ms/step): ours is {plain_bf16 / ours:.2f}x that")
+              f"({plain_bf16 * 1000:.0f} ms/step): the baseline of the ratio on a GPU, where ours autocasts too")
     achieved = flops / ours / 1e12
     mfu = f", MFU {100 * achieved / args.peak_tflops:.1f}% of {args.peak_tflops:g}" if args.peak_tflops else ""
     print(f"a full-length step is {flops / 1e9:.1f} GFLOP: ours at {achieved:.3f} TFLOP/s{mfu}")
     if args.profile:
         print(profile_table(trainer, images))
-    print(f"unicl_step ratio={plain / ours:.2f} target=1.0")
+    print(f"unicl_step ratio={(plain_bf16 or plain) / ours:.2f} target=1.0")
 
 
 def profile_table(trainer: UniCLPretrainer, images: torch.Tensor) -> str:
-    """The top operations of two steps of our loop (a fresh fit), by self device time."""
-    from torch.profiler import ProfilerActivity, profile
+    """The top operations of our loop by self device time, over PROFILED_STEPS steps of a fresh fit after its first
+    (which builds the optimizer state)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if images.is_cuda else [])
-    trainer.config.epochs = 2
-    with profile(activities=activities) as prof:
-        trainer.fit(progress=False)
+    trainer.config.epochs = 1 + PROFILED_STEPS
     sort = "self_cuda_time_total" if images.is_cuda else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60)
+    tables = []  # the profiler hands over its events when the active steps end
+    clamp = trainer._clamp_logit_scale
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=PROFILED_STEPS),
+                 on_trace_ready=lambda p: tables.append(p.key_averages().table(
+                     sort_by=sort, row_limit=15, max_name_column_width=60))) as prof:
+        trainer._clamp_logit_scale = lambda: (clamp(), prof.step())
+        trainer.fit(progress=False)
+    trainer._clamp_logit_scale = clamp
+    return f"our loop's top operations over {PROFILED_STEPS} steps:\n" + "".join(tables)
 
 
 def step_flops(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> float:

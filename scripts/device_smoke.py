@@ -2,7 +2,8 @@
 with the shipped model: extraction with DataLoader workers, each method and protocol the demo runs (fewer epochs),
 `augment=true` re-encoding, UniCL pretraining and its resume, and the report. One line per case: `OK` with the
 numbers from its metrics.json and the seconds, or `FAILED` with the error's last lines; the exit code is the
-number of failures. The tests run everything on the CPU; this is the check that nothing assumes it.
+number of failures (125 when the world could not be generated). The tests run everything on the CPU; this is the
+check that nothing assumes it.
 
     python scripts/device_smoke.py [--device cuda] [--out DIR] [--only NAME,...]
 """
@@ -23,6 +24,7 @@ from clipadapt.cli import main as clipadapt
 # Small enough to generate in seconds, big enough for every protocol (32 object classes, base/new halves).
 WORLD_SIZES = ["pretrain_train=2", "pretrain_val=1", "pretrain_test=1", "captions=2", "train=8", "val=2", "test=4"]
 FEW_EPOCHS = ["epochs=2"]
+WORLD_FAILED = 125
 
 
 def cases(world: Path, out: Path) -> dict[str, list[str]]:
@@ -51,22 +53,31 @@ def cases(world: Path, out: Path) -> dict[str, list[str]]:
     found["extract-workers"] = ["extract", "--dataset", objects, "--workers", "4", "--no-progress"]
     found["pretrain-unicl"] = ["pretrain", "--data", f"world:pretrain:{world},world:captions:{world}", "--out",
                                str(out / "pretrain-unicl"), "--config", str(out / "pretrain.yaml"), "--no-progress"]
-    # The same command again: loads its finished checkpoint (fused AdamW state, channels-last moments) and stops.
-    found["pretrain-unicl-again"] = found["pretrain-unicl"]
+    # The same command again: must load its finished checkpoint (fused AdamW state included) and stop.
+    found[RESUME_CASE] = found["pretrain-unicl"]
     found["report"] = ["report", str(out), "--out", str(out / "report.html")]
     return found
 
 
-def summary(folder: Path) -> str:
-    """The headline numbers of a run's metrics.json."""
-    path = folder / "metrics.json"
-    if not path.is_file():
+RESUME_CASE = "pretrain-unicl-again"
+
+
+def outcome(argv: list[str], name: str) -> str:
+    """The headline numbers of the metrics.json the command wrote (its --out folder); raises if the resume case
+    trained again instead of resuming."""
+    path = Path(argv[argv.index("--out") + 1]) / "metrics.json" if "--out" in argv and argv[0] != "report" else None
+    if path is None or not path.is_file():
         return ""
     metrics = json.loads(path.read_text())
+    if name == RESUME_CASE and metrics.get("resumed_from_step") != metrics["steps"]:
+        raise RuntimeError(f"not resumed from its finished checkpoint: resumed_from_step="
+                           f"{metrics.get('resumed_from_step')}, steps={metrics['steps']}")
+    if metrics.get("epoch_losses"):
+        metrics["final_loss"] = metrics["epoch_losses"][-1]
     keys = ("accuracy", "base_accuracy", "new_accuracy", "harmonic_mean", "seen_accuracy", "unseen_accuracy",
-            "average_target_accuracy", "final_loss")
+            "average_target_accuracy", "steps", "resumed_from_step", "final_loss")
     return " ".join(f"{key}={metrics[key]:.1f}" if isinstance(metrics[key], float) else f"{key}={metrics[key]}"
-                    for key in keys if key in metrics)
+                    for key in keys if metrics.get(key) is not None)
 
 
 def main() -> int:
@@ -86,7 +97,7 @@ def main() -> int:
         parser.error(f"unknown case(s) {', '.join(sorted(set(names) - set(chosen)))}; known: {', '.join(chosen)}")
     start = time.perf_counter()
     if clipadapt(["world", "--out", str(world), "--no-progress", *WORLD_SIZES]) != 0:
-        return 1
+        return WORLD_FAILED
     print(f"world in {time.perf_counter() - start:.1f} s", flush=True)
     failures = 0
     for name in names:
@@ -94,18 +105,20 @@ def main() -> int:
         if argv[0] != "report":
             argv = [*argv, "--device", args.device, "--cache", str(cache)]
         start = time.perf_counter()
+        numbers = ""
         try:
             with contextlib.redirect_stdout(io.StringIO()) if name == "report" else contextlib.nullcontext():
                 code = clipadapt(argv)  # (the report's tables would fill the log)
             error = "" if code == 0 else f"exit code {code}"
-        except BaseException:  # noqa: BLE001  a smoke test reports every failure and goes on
+            numbers = "" if error else outcome(argv, name)
+        except (Exception, SystemExit):  # a smoke test reports every failure and goes on (Ctrl-C still stops it)
             error = " | ".join(traceback.format_exc().strip().splitlines()[-6:])
         seconds = time.perf_counter() - start
         if error:
             failures += 1
             print(f"FAILED {name} ({seconds:.1f} s): {error}", flush=True)
         else:
-            print(f"OK {name} ({seconds:.1f} s) {summary(out / name)}", flush=True)
+            print(f"OK {name} ({seconds:.1f} s) {numbers}", flush=True)
     print(f"{len(names) - failures}/{len(names)} cases ran on {args.device}", flush=True)
     return failures
 

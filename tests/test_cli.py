@@ -222,11 +222,16 @@ def test_device_smoke_script_runs_and_reports_failures():
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "device_smoke.py"
-    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--only", "zeroshot-base2new,report"],
-                         capture_output=True, text=True, timeout=300)
+    def smoke(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+    run = smoke("--device", "cpu", "--only", "zeroshot-base2new,pretrain-unicl,pretrain-unicl-again,report")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "OK zeroshot-base2new" in run.stdout and "harmonic_mean=" in run.stdout
-    assert "OK report" in run.stdout and "2/2 cases ran on cpu" in run.stdout
-    bad = subprocess.run([sys.executable, str(script), "--device", "nonsense", "--only", "zeroshot-base2new"],
-                         capture_output=True, text=True, timeout=300)
+    assert "OK pretrain-unicl-again" in run.stdout and "resumed_from_step=12" in run.stdout
+    assert "OK report" in run.stdout and "4/4 cases ran on cpu" in run.stdout
+    bad = smoke("--device", "nonsense", "--only", "zeroshot-base2new")
     assert bad.returncode == 1 and "FAILED zeroshot-base2new" in bad.stdout and "0/1 cases" in bad.stdout
+    # Alone, the resume case trains from scratch: that is a failure, not a resume.
+    retrained = smoke("--device", "cpu", "--only", "pretrain-unicl-again")
+    assert retrained.returncode == 1 and "not resumed from its finished checkpoint" in retrained.stdout

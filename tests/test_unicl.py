@@ -185,8 +185,8 @@ def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model
 
     from clipadapt.methods.unicl import UniCLPretrainer
 
-    _pretrain = functools.partial(globals()["_pretrain"], model=model)
-    assert _pretrain(pretrain_data, tmp_path / "straight") == 0
+    pretrain = functools.partial(_pretrain, model=model)
+    assert pretrain(pretrain_data, tmp_path / "straight") == 0
     original = UniCLPretrainer._loss
 
     def crash_at_step_23(self, batch, step):
@@ -195,9 +195,9 @@ def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model
         return original(self, batch, step)
 
     monkeypatch.setattr(UniCLPretrainer, "_loss", crash_at_step_23)
-    assert _pretrain(pretrain_data, tmp_path / "resumed") == 130  # interrupted after the step-20 checkpoint
+    assert pretrain(pretrain_data, tmp_path / "resumed") == 130  # interrupted after the step-20 checkpoint
     monkeypatch.setattr(UniCLPretrainer, "_loss", original)
-    assert _pretrain(pretrain_data, tmp_path / "resumed") == 0
+    assert pretrain(pretrain_data, tmp_path / "resumed") == 0
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 20
     straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
@@ -205,7 +205,7 @@ def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0)
     # Another configuration in the same folder is refused instead of silently mixing runs.
-    assert _pretrain(pretrain_data, tmp_path / "resumed", "clip") == 2
+    assert pretrain(pretrain_data, tmp_path / "resumed", "clip") == 2
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
-from .engine import skipping_nonfinite_steps
+from .engine import gpu_training_settings, skipping_nonfinite_steps
 from .errors import ClipadaptError
 from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
@@ -221,6 +221,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             values[key] = getattr(args, key)
     config = build_config(PretrainConfig, values, source=str(args.config or "overrides"))
     device = _init_distributed(args.device)
+    if device.startswith("cuda"):
+        gpu_training_settings()
     torch.manual_seed(config.seed)
     backbone = load_backbone(args.model, args.pretrained, device=device)
     data = PretrainData.from_specs([s for s in args.data.split(",") if s])

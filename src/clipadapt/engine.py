@@ -70,6 +70,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def gpu_training_settings() -> None:
+    """What open_clip's trainer sets on a GPU: TF32 for the matmuls left in fp32 (outside bf16 autocast), and cuDNN
+    choosing convolution kernels by timing them for the (fixed) input size. Process-wide, so commands set it
+    (`clipadapt pretrain`, bench/unicl_step.py), not library calls."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
 def distributed_world() -> tuple[int, int]:
     """(rank, world size); (0, 1) when not running under torch.distributed."""
     if dist.is_available() and dist.is_initialized():
