@@ -235,3 +235,10 @@ def test_device_smoke_script_runs_and_reports_failures():
     # Alone, the resume case trains from scratch: that is a failure, not a resume.
     retrained = smoke("--device", "cpu", "--only", "pretrain-unicl-again")
     assert retrained.returncode == 1 and "not resumed from its finished checkpoint" in retrained.stdout
+
+
+def test_negative_workers_refused(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    assert main(["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache",
+                 str(tmp_path), "--workers", "-1", "--no-progress"]) == 2
+    assert "--workers must be 0 or more, got -1" in capsys.readouterr().err

@@ -170,6 +170,15 @@ def test_pretraining_loss_falls(pretrain_data, tmp_path, loss):
     assert (tmp_path / "model.safetensors").is_file()
 
 
+def test_default_workers_only_on_gpus(monkeypatch):
+    from clipadapt import engine
+
+    for cores, expected in ((16, 8), (4, 3), (1, 0)):
+        monkeypatch.setattr(engine, "available_cores", lambda: cores)
+        assert engine.default_workers("cuda") == expected and engine.default_workers("cuda:1") == expected
+        assert engine.default_workers("cpu") == 0
+
+
 def test_channels_last_only_for_convolutional_towers():
     from clipadapt import load_backbone
     from clipadapt.methods.unicl import channels_last_if_convolutional
@@ -197,7 +206,8 @@ def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model
     monkeypatch.setattr(UniCLPretrainer, "_loss", crash_at_step_23)
     assert pretrain(pretrain_data, tmp_path / "resumed") == 130  # interrupted after the step-20 checkpoint
     monkeypatch.setattr(UniCLPretrainer, "_loss", original)
-    assert pretrain(pretrain_data, tmp_path / "resumed") == 0
+    # Resumed with a decoding worker and another checkpoint frequency: neither changes what the run computes.
+    assert pretrain(pretrain_data, tmp_path / "resumed", "unicl", "--workers", "1", "checkpoint_every=7") == 0
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 20
     straight = load_file(str(tmp_path / "straight" / "model.safetensors"))

@@ -19,7 +19,7 @@ from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
-from .engine import gpu_training_settings, skipping_nonfinite_steps
+from .engine import default_workers, gpu_training_settings, skipping_nonfinite_steps
 from .errors import ClipadaptError
 from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
@@ -41,7 +41,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="feature/split cache (default $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per encoder call (feature extraction: 64) or per training step")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes for image decoding (0)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader worker processes for image decoding (default: up to 8 on a GPU, 0 on a CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="check every image first; leave out unreadable ones and report them instead of failing")
@@ -130,6 +131,13 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _workers(args: argparse.Namespace, device: str) -> int:
+    """--workers, or the device's default (engine.default_workers)."""
+    if args.workers is not None and args.workers < 0:
+        raise ClipadaptError(f"--workers must be 0 or more, got {args.workers}")
+    return default_workers(device) if args.workers is None else args.workers
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
@@ -140,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     seed_label = "-".join(map(str, seeds))
     out = args.out or Path("runs") / safe_name(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}", 60, keep_end=True)
     ctx = RunContext(backbone, cache_dir=args.cache, out_dir=out, batch_size=args.batch_size or 64,
-                     num_workers=args.workers or 0, progress=not args.no_progress)
+                     num_workers=_workers(args, args.device), progress=not args.no_progress)
     targets = [t for t in args.targets.split(",") if t]
     start = time.time()
     numbers, config = run_seeds(args.method, values, args.protocol, ctx, splits, seeds, source=source,
@@ -184,7 +192,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 say(f"{split}: no samples, skipped")
                 continue
             features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size or 64,
-                                        num_workers=args.workers or 0, shard_size=args.shard_size,
+                                        num_workers=_workers(args, device), shard_size=args.shard_size,
                                         progress=not args.no_progress, desc=f"{splits.name}/{split}")
             say(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
                 f"cached under {args.cache or default_cache_dir()}")
@@ -216,9 +224,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
     values["loss"] = args.loss
-    for key in ("batch_size", "workers"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
+    if args.batch_size is not None:
+        values["batch_size"] = args.batch_size
+    if args.workers is not None or "workers" not in values:  # a config file's value stands unless --workers
+        values["workers"] = _workers(args, args.device)
     config = build_config(PretrainConfig, values, source=str(args.config or "overrides"))
     device = _init_distributed(args.device)
     if device.startswith("cuda"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -171,8 +171,11 @@ class UniCLPretrainer:
                                       betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
         total = cfg.epochs * len(self.sampler)
         warmup = max(1, round(cfg.warmup * total))
+        # What a run computes: settings that do not change it (decoding processes, checkpoint frequency) are left
+        # out, at their defaults, so a run resumes with other ones and earlier runs' fingerprints stand.
+        computed = replace(cfg, workers=PretrainConfig.workers, checkpoint_every=PretrainConfig.checkpoint_every)
         fingerprint = hashlib.sha256(json.dumps(
-            [asdict(cfg), self.backbone.config, self.data.classnames, len(self.data.labelled),
+            [asdict(computed), self.backbone.config, self.data.classnames, len(self.data.labelled),
              len(self.data.captioned), self.world_size], sort_keys=True).encode()).hexdigest()[:16]
         trainer = Trainer(
             self.module, optimizer, total_steps=total, steps_per_epoch=len(self.sampler),
