@@ -9,7 +9,7 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.13
-# then: run(command="sh bench/gpu.sh", carry=[".whl"], timeout_s=540)
+# then: run(command="sh bench/gpu.sh", carry=[".whl"], timeout_s=600)
 # PEAK_TFLOPS: the card's dense bf16 peak for MFU (H100 SXM and H200: 989).
 out=${OUT:-bench/results}
 log="$out/gpu.log"

@@ -131,10 +131,10 @@ def profile_table(trainer: UniCLPretrainer, images: torch.Tensor) -> str:
     sort = "self_cuda_time_total" if images.is_cuda else "self_cpu_time_total"
     tables = []  # the profiler hands over its events when the active steps end
     clamp = trainer._clamp_logit_scale
-    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=PROFILED_STEPS),
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=PROFILED_STEPS, repeat=1),
                  on_trace_ready=lambda p: tables.append(p.key_averages().table(
                      sort_by=sort, row_limit=15, max_name_column_width=60))) as prof:
-        trainer._clamp_logit_scale = lambda: (clamp(), prof.step())
+        trainer._clamp_logit_scale = lambda: (clamp(), clock(), prof.step())  # (clock: a step's kernels finish in it)
         trainer.fit(progress=False)
     trainer._clamp_logit_scale = clamp
     return f"our loop's top operations over {PROFILED_STEPS} steps:\n" + "".join(tables)

@@ -237,8 +237,11 @@ def test_device_smoke_script_runs_and_reports_failures():
     assert retrained.returncode == 1 and "not resumed from its finished checkpoint" in retrained.stdout
 
 
-def test_negative_workers_refused(colour_world, tmp_path, capsys):
+def test_negative_workers_and_unknown_device_refused(colour_world, tmp_path, capsys):
     root, weights = colour_world
     assert main(["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache",
                  str(tmp_path), "--workers", "-1", "--no-progress"]) == 2
     assert "--workers must be 0 or more, got -1" in capsys.readouterr().err
+    assert main(["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache",
+                 str(tmp_path), "--device", "nonsense", "--no-progress"]) == 2
+    assert "--device nonsense:" in capsys.readouterr().err

@@ -177,6 +177,24 @@ def test_default_workers_only_on_gpus(monkeypatch):
         monkeypatch.setattr(engine, "available_cores", lambda: cores)
         assert engine.default_workers("cuda") == expected and engine.default_workers("cuda:1") == expected
         assert engine.default_workers("cpu") == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's processes on this node share its cores
+    for cores, expected in ((64, 8), (16, 3), (4, 0)):
+        monkeypatch.setattr(engine, "available_cores", lambda: cores)
+        assert engine.default_workers("cuda") == expected
+
+
+def test_pretrain_workers_from_config_file_flag_and_checks(pretrain_data, tmp_path, capsys):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("workers: 1\nepochs: 1\n")
+    assert _pretrain(pretrain_data, tmp_path / "file", "unicl", "--config", str(config)) == 0
+    assert json.loads((tmp_path / "file" / "metrics.json").read_text())["config"]["workers"] == 1
+    assert _pretrain(pretrain_data, tmp_path / "flag", "unicl", "--config", str(config), "--workers", "0") == 0
+    assert json.loads((tmp_path / "flag" / "metrics.json").read_text())["config"]["workers"] == 0
+    capsys.readouterr()
+    assert _pretrain(pretrain_data, tmp_path / "bad", "unicl", "workers=-1") == 2
+    assert "workers must be 0 or more" in capsys.readouterr().err
+    assert _pretrain(pretrain_data, tmp_path / "bad", "unicl", "checkpoint_every=0") == 2
+    assert "checkpoint_every 1 or more" in capsys.readouterr().err
 
 
 def test_channels_last_only_for_convolutional_towers():

@@ -42,7 +42,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per encoder call (feature extraction: 64) or per training step")
     parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader worker processes for image decoding (default: up to 8 on a GPU, 0 on a CPU)")
+                        help="DataLoader worker processes decoding images for feature extraction and pretraining "
+                        "(default: up to 8 on a GPU, 0 on a CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="check every image first; leave out unreadable ones and report them instead of failing")
@@ -131,16 +132,20 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _workers(args: argparse.Namespace, device: str) -> int:
-    """--workers, or the device's default (engine.default_workers)."""
+def _workers(args: argparse.Namespace) -> int:
+    """--workers, or the default for --device (engine.default_workers); checked before any work starts."""
     if args.workers is not None and args.workers < 0:
         raise ClipadaptError(f"--workers must be 0 or more, got {args.workers}")
-    return default_workers(device) if args.workers is None else args.workers
+    try:
+        return default_workers(args.device) if args.workers is None else args.workers
+    except RuntimeError as e:  # torch's own words for a device string it does not know
+        raise ClipadaptError(f"--device {args.device}: {e}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
+    workers = _workers(args)
     splits, skipped = _load_dataset(args)
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     source = str(args.config or "overrides")
@@ -148,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     seed_label = "-".join(map(str, seeds))
     out = args.out or Path("runs") / safe_name(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}", 60, keep_end=True)
     ctx = RunContext(backbone, cache_dir=args.cache, out_dir=out, batch_size=args.batch_size or 64,
-                     num_workers=_workers(args, args.device), progress=not args.no_progress)
+                     num_workers=workers, progress=not args.no_progress)
     targets = [t for t in args.targets.split(",") if t]
     start = time.time()
     numbers, config = run_seeds(args.method, values, args.protocol, ctx, splits, seeds, source=source,
@@ -181,6 +186,7 @@ def _summary(metrics: dict) -> str:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    workers = _workers(args)
     splits, _ = _load_dataset(args)
     device = _init_distributed(args.device)  # under torchrun, each rank computes its share of the shards
     say = print if _first_rank() else (lambda *_: None)
@@ -192,7 +198,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 say(f"{split}: no samples, skipped")
                 continue
             features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size or 64,
-                                        num_workers=_workers(args, device), shard_size=args.shard_size,
+                                        num_workers=workers, shard_size=args.shard_size,
                                         progress=not args.no_progress, desc=f"{splits.name}/{split}")
             say(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
                 f"cached under {args.cache or default_cache_dir()}")
@@ -227,7 +233,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         values["batch_size"] = args.batch_size
     if args.workers is not None or "workers" not in values:  # a config file's value stands unless --workers
-        values["workers"] = _workers(args, args.device)
+        values["workers"] = _workers(args)
     config = build_config(PretrainConfig, values, source=str(args.config or "overrides"))
     device = _init_distributed(args.device)
     if device.startswith("cuda"):

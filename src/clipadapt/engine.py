@@ -72,9 +72,13 @@ def available_cores() -> int:
 
 def default_workers(device: str | torch.device) -> int:
     """DataLoader worker processes for image decoding when none are asked for: on a GPU, up to 8 beside the main
-    process (8 workers extracted ViT-B-16 features 3x faster than one process on an H200: bench/extract_workers.py);
-    on a CPU none, since the encoder needs the cores itself."""
-    return min(8, available_cores() - 1) if torch.device(device).type == "cuda" else 0
+    process (8 workers extracted ViT-B-16 features 3x faster than one process on an H200: bench/extract_workers.py),
+    the node's cores shared among the processes torchrun started on it; on a CPU none, since the encoder needs the
+    cores itself."""
+    if torch.device(device).type != "cuda":
+        return 0
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, available_cores() // processes - 1))
 
 
 def gpu_training_settings() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -235,7 +236,9 @@ def _extract_shards(backbone, samples: Sequence[Sample], folder: Path, indices: 
     with _threads_beside_workers(backbone.device, num_workers):
         for index in indices:
             shard = samples[index * shard_size:(index + 1) * shard_size]
-            loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers)
+            # No more workers than the shard has batches: each costs a process start.
+            loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size,
+                                num_workers=min(num_workers, math.ceil(len(shard) / batch_size)))
             chunks = []
             for images, _, _ in loader:
                 chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))

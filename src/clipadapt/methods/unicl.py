@@ -98,6 +98,9 @@ class UniCLPretrainer:
             raise ClipadaptError(f"loss must be one of {', '.join(LOSSES)}, got '{config.loss}'")
         if config.loss == "ce" and not data.labelled:
             raise ClipadaptError("loss=ce needs image-label data")
+        if config.workers < 0 or config.checkpoint_every < 1:
+            raise ClipadaptError(f"workers must be 0 or more and checkpoint_every 1 or more, got {config.workers} "
+                                 f"and {config.checkpoint_every}")
         self.backbone, self.config, self.data = backbone, config, data
         self.rank, self.world_size = distributed_world()
         label_fraction = 1.0 if config.loss == "ce" else config.label_fraction
