@@ -7,7 +7,7 @@ no_grad). Both encode the text prompts the same way (truncated; see text_truncat
 the official step time over the cached step time; the one-time extraction is printed beside it, in official steps.
 Model weights are random (nothing can be downloaded): only the time is measured.
 
-    python bench/coop_cached.py [--model ViT-B-16] [--classes 8] [--steps 2] [--n-ctx 16]
+    python bench/coop_cached.py [--model ViT-B-16] [--classes 8] [--steps 2] [--n-ctx 16] [--workers 0]
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from PIL import Image
 
 from clipadapt import load_backbone
 from clipadapt.data import load_dataset
+from clipadapt.engine import decoding_workers
 from clipadapt.features import extract_features
 from clipadapt.methods import build_method
 from timing import add_device_arg, clock
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="training steps timed in each run")
     parser.add_argument("--n-ctx", type=int, default=16, help="context vectors (tiny models: 16-token context, use 4)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes decoding the official loop's images (its configs use 8; on a GPU, say so)")
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)
@@ -62,7 +65,8 @@ def main() -> None:
         def run(augment: bool) -> tuple[float, dict]:
             coop = build_method("coop", backbone, {"n_ctx": args.n_ctx, "epochs": 1, "batch_size": BATCH,
                                                    "augment": augment})
-            history = coop.fit(train, splits.classnames, progress=False)
+            with decoding_workers(args.workers if augment else 0):
+                history = coop.fit(train, splits.classnames, progress=False)
             assert history["steps"] == args.steps
             return history["seconds"] / history["steps"], history
 
@@ -71,7 +75,7 @@ def main() -> None:
         official, official_history = run(True)
     ratio = official / cached
     print(f"model {args.model}, {args.classes} classes, {len(train)} images, batch {BATCH}, {args.steps} steps, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, the official loop's images decoded in {args.workers} worker process(es)")
     print(f"cached step {cached * 1000:.1f} ms, official (re-encode) step {official * 1000:.1f} ms; "
           f"one-time extraction {extract_seconds:.1f} s = {extract_seconds / official:.1f} official steps")
     print(f"mean loss cached {cached_history['epoch_losses'][0]:.4f}, "

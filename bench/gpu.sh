@@ -1,8 +1,8 @@
 #!/bin/sh
 # The GPU part of the benchmarks as one device call: every command of the CLI on the GPU (scripts/device_smoke.py),
 # UniCL steps of a ViT-B-16 with images/s, step time and MFU, every ratio benchmark at ViT-B-16 size, extraction
-# with DataLoader workers, and the class-count scaling curves. Each step has its own time limit (490 s together;
-# on an H200 the steps took 44, 28, 63, 16, 36 and about 120 s), so one that hangs or fails leaves the others their
+# with DataLoader workers, and the class-count scaling curves. Each step has its own time limit (510 s together;
+# on an H200 the steps took 44, 28, 63, 16, 36 and about 120 s before the 8-worker CoOp step was added), so one that hangs or fails leaves the others their
 # time. Output: $OUT/gpu.log and the scaling tables ($OUT, or bench/results).
 #
 # The device image has PyTorch, timm and safetensors but not open_clip_torch; carry it as wheels. Once, here:
@@ -29,11 +29,13 @@ step() {  # step SECONDS TITLE COMMAND...: run with a time limit, its output app
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$log" 2>&1
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__,
 torch.cuda.get_device_name(), torch.get_num_threads(), 'threads')" >> "$log" 2>&1
-step 80 "every command on the GPU" python3 scripts/device_smoke.py --device "$device"
-step 70 "UniCL steps, ViT-B-16, batch 256" python3 bench/unicl_step.py --model ViT-B-16 --batch 256 --steps 10 \
+step 70 "every command on the GPU" python3 scripts/device_smoke.py --device "$device"
+step 60 "UniCL steps, ViT-B-16, batch 256" python3 bench/unicl_step.py --model ViT-B-16 --batch 256 --steps 10 \
     --device "$device" --peak-tflops "${PEAK_TFLOPS:-989}"
 step 100 "ratio benchmarks, ViT-B-16" python3 bench/run.py --device "$device" --model ViT-B-16 --verbose \
     --only text_truncation,coop_cached,cocoop_batched,ship_synthesis
+step 40 "CoOp cached vs the official loop decoding in 8 workers, ViT-B-16" python3 bench/coop_cached.py \
+    --classes 8 --steps 8 --workers 8 --device "$device"
 step 30 "CoCoOp, ViT-B-16, 4 classes" python3 bench/cocoop_batched.py --model ViT-B-16 --classes 4 --device "$device"
 step 60 "extraction with 8 workers, ViT-B-16" python3 bench/extract_workers.py --model ViT-B-16 --images 2048 \
     --workers 8 --device "$device"

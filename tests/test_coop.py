@@ -225,6 +225,41 @@ def test_augmented_training_reencodes_images(colour_world, tmp_path, monkeypatch
         build_method("coop", backbone, config).fit(FeatureSet(train.features, train.labels), splits.classnames)
 
 
+def test_augmented_batches_decoded_in_workers_train_identically(colour_world, tmp_path, monkeypatch):
+    """Batches decoded ahead in DataLoader workers are the main process's batches: the same context after training,
+    and after an interruption resumed from a mid-epoch checkpoint."""
+    from clipadapt.engine import decoding_workers
+
+    root, weights = colour_world
+    backbone = load_backbone(None, weights)
+    splits = load_dataset(f"imagefolder:{root}")
+    train = extract_features(backbone, splits.train, cache_dir=tmp_path, progress=False)
+    config = {"init": "a photo of a", "epochs": 2, "batch_size": 4, "augment": True, "checkpoint_every": 1}
+    in_process = build_method("coop", backbone, config)
+    in_process.fit(train, splits.classnames, progress=False)
+    with decoding_workers(2):
+        in_workers = build_method("coop", backbone, config)
+        in_workers.fit(train, splits.classnames, progress=False)
+    assert torch.equal(in_workers.ctx, in_process.ctx)
+
+    original, calls = backbone.encode_image, []
+
+    def interrupted(images, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # step 5 of 8, mid second epoch
+            raise KeyboardInterrupt
+        return original(images, **kwargs)
+
+    monkeypatch.setattr(backbone, "encode_image", interrupted)
+    with decoding_workers(2), pytest.raises(KeyboardInterrupt):
+        build_method("coop", backbone, config).fit(train, splits.classnames, out_dir=tmp_path / "run", progress=False)
+    monkeypatch.setattr(backbone, "encode_image", original)
+    with decoding_workers(2):
+        resumed = build_method("coop", backbone, config)
+        history = resumed.fit(train, splits.classnames, out_dir=tmp_path / "run", progress=False)
+    assert history["resumed_from_step"] == 5 and torch.equal(resumed.ctx, in_process.ctx)
+
+
 def test_context_must_leave_room_for_names(backbone):
     assert backbone.context_length == 16
     for method in ("coop", "cocoop"):

@@ -46,6 +46,22 @@ def skipping_nonfinite_steps(enabled: bool = True) -> Iterator[None]:
         _SKIP_NONFINITE.reset(token)
 
 
+# DataLoader worker processes that decode and augment the images of prompt learners trained with augment=true
+# (protocols set it from --workers around a method's fit).
+_DECODING_WORKERS: contextvars.ContextVar[int] = contextvars.ContextVar("decoding_workers", default=0)
+
+
+@contextlib.contextmanager
+def decoding_workers(count: int) -> Iterator[None]:
+    """Within this context, prompt learners that re-encode augmented images decode the coming batches in `count`
+    worker processes (each batch exactly as `load_batch` makes it in the main process)."""
+    token = _DECODING_WORKERS.set(count)
+    try:
+        yield
+    finally:
+        _DECODING_WORKERS.reset(token)
+
+
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Linear warm-up to `base_lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
     if step < warmup_steps:
@@ -264,6 +280,21 @@ def load_batch(samples: Sequence, indices: torch.Tensor, transform: Callable, se
         return torch.stack([transform(load_image(samples[i].path)) for i in indices.tolist()])
 
 
+class AugmentedBatches(torch.utils.data.Dataset):
+    """Item i: (indices, `load_batch(samples, indices, transform, seed)`) of task i = (indices, seed): whole
+    batches, so a DataLoader's workers make each exactly as the main process would, seeded the same way."""
+
+    def __init__(self, samples: Sequence, tasks: Sequence[tuple[torch.Tensor, int]], transform: Callable):
+        self.samples, self.tasks, self.transform = samples, tasks, transform
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        indices, seed = self.tasks[i]
+        return indices, load_batch(self.samples, indices, self.transform, seed)
+
+
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
     """`model`'s weights take no gradients inside the block (gradients still flow through it to learned inputs,
@@ -412,16 +443,27 @@ def train_prompt_learner(
             digest.update(synthetic.features.float().cpu().numpy().tobytes())
         run_fingerprint = digest.hexdigest()[:16]
 
-    def batches(epoch: int, offset: int) -> Iterable[torch.Tensor]:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-        for b in range(offset, steps_per_epoch):
-            yield order[b * config.batch_size:(b + 1) * config.batch_size]
+    workers = _DECODING_WORKERS.get() if transform is not None else 0
 
-    def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
+    def batches(epoch: int, offset: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(indices, their augmented images when decoded ahead in workers, else None) of each step."""
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+        chunks = [order[b * config.batch_size:(b + 1) * config.batch_size] for b in range(offset, steps_per_epoch)]
+        if not workers:
+            yield from ((indices, None) for indices in chunks)
+            return
+        first_step = epoch * steps_per_epoch + offset
+        tasks = [(indices, config.seed * 1_000_003 + first_step + i) for i, indices in enumerate(chunks)]
+        yield from torch.utils.data.DataLoader(AugmentedBatches(train.samples, tasks, transform), batch_size=None,
+                                               num_workers=min(workers, len(tasks)))
+
+    def step_fn(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
+        indices, images = batch
         if transform is None:
             features = train.features[indices].to(device)
         else:
-            images = load_batch(train.samples, indices, transform, seed=config.seed * 1_000_003 + step)
+            if images is None:
+                images = load_batch(train.samples, indices, transform, seed=config.seed * 1_000_003 + step)
             with torch.no_grad():
                 features = backbone.encode_image(images.to(device)).float()
         labels = train.labels[indices].to(device)

@@ -23,6 +23,7 @@ import torch
 from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_classes
 from .data.world import read_marks
 from .errors import ClipadaptError
+from .engine import decoding_workers
 from .features import FeatureSet, default_cache_dir, extract_features
 from .methods import build_method, method_config
 
@@ -100,8 +101,9 @@ def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = Non
     extra = {}
     if getattr(method, "uses_unseen_classnames", False):
         extra["unseen_classnames"] = [n for n in dict.fromkeys(unseen_classnames) if n not in splits.classnames]
-    return method.fit(ctx.features(splits, "train"), splits.classnames, val=val, template_key=splits.template_key,
-                      out_dir=out_dir, progress=ctx.progress, **extra)
+    with decoding_workers(ctx.num_workers):  # augment=true training decodes in workers too
+        return method.fit(ctx.features(splits, "train"), splits.classnames, val=val,
+                          template_key=splits.template_key, out_dir=out_dir, progress=ctx.progress, **extra)
 
 
 def _with_training(result: dict, summary: dict | None) -> dict:
