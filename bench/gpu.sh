@@ -1,7 +1,7 @@
 #!/bin/sh
 # The GPU part of the benchmarks as one device call: every command of the CLI on the GPU (scripts/device_smoke.py),
 # UniCL steps of a ViT-B-16 with images/s, step time and MFU, every ratio benchmark at ViT-B-16 size, extraction
-# with DataLoader workers, and the class-count scaling curves. Each step has its own time limit (510 s together;
+# with DataLoader workers, and the class-count scaling curves. Each step has its own time limit (520 s together;
 # on an H200 the steps took 44, 28, 63, 16, 36 and about 120 s before the 8-worker CoOp step was added), so one that hangs or fails leaves the others their
 # time. Output: $OUT/gpu.log and the scaling tables ($OUT, or bench/results).
 #
@@ -34,11 +34,11 @@ step 60 "UniCL steps, ViT-B-16, batch 256" python3 bench/unicl_step.py --model V
     --device "$device" --peak-tflops "${PEAK_TFLOPS:-989}"
 step 100 "ratio benchmarks, ViT-B-16" python3 bench/run.py --device "$device" --model ViT-B-16 --verbose \
     --only text_truncation,coop_cached,cocoop_batched,ship_synthesis
-step 40 "CoOp cached vs the official loop decoding in 8 workers, ViT-B-16" python3 bench/coop_cached.py \
-    --classes 8 --steps 8 --workers 8 --device "$device"
+step 60 "CoOp cached vs the official loop decoding in 8 workers, ViT-B-16" python3 bench/coop_cached.py \
+    --classes 8 --steps 64 --workers 8 --device "$device"
 step 30 "CoCoOp, ViT-B-16, 4 classes" python3 bench/cocoop_batched.py --model ViT-B-16 --classes 4 --device "$device"
 step 60 "extraction with 8 workers, ViT-B-16" python3 bench/extract_workers.py --model ViT-B-16 --images 2048 \
     --workers 8 --device "$device"
-step 150 "scaling, ViT-B-16" python3 bench/scaling.py --model ViT-B-16 --device "$device" --classes 1000,21000 \
+step 140 "scaling, ViT-B-16" python3 bench/scaling.py --model ViT-B-16 --device "$device" --classes 1000,21000 \
     --workloads coop_step,coop_step_unchunked,zeroshot,ship_synthesis --out-dir "$out"
 exit 0

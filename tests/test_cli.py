@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from clipadapt.cli import main
 from conftest import TEMPLATE
@@ -89,6 +90,31 @@ def test_run_coop_writes_training_summary_and_checkpoints(colour_world, tmp_path
     assert main(argv) == 0  # the same command again resumes from the finished checkpoint: nothing to redo
     again = json.loads((out / "metrics.json").read_text())
     assert again["training"]["resumed_from_step"] == 6 and again["accuracy"] == metrics["accuracy"]
+
+
+def test_run_workers_decode_augmented_batches_identically(colour_world, tmp_path, monkeypatch):
+    """`--workers` reaches augment=true training through the protocol (every batch decoded in a worker), and the
+    trained prompts are the same as with none."""
+    from safetensors.torch import load_file
+
+    from clipadapt import engine
+
+    root, weights = colour_world
+    trained = []
+    for workers in ("0", "2"):
+        if workers != "0":
+            decode = engine.load_batch
+            monkeypatch.setattr(engine, "load_batch", lambda *args, **kwargs: decode(*args, **kwargs)
+                                if torch.utils.data.get_worker_info() else pytest.fail("decoded in the main process"))
+        out = tmp_path / f"run{workers}"
+        assert main(["run", "coop", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol",
+                     "fewshot", "--shots", "4", "--cache", str(tmp_path / "cache"), "--out", str(out), "--workers",
+                     workers, "--no-progress", "init=a photo of a", "epochs=2", "batch_size=4", "augment=true"]) == 0
+        checkpoint = load_file(str(next(out.glob("train-*-seed1/checkpoint_last.safetensors"))))
+        trained.append({k: v for k, v in checkpoint.items() if k.startswith("module.")})
+    assert trained[0].keys() == trained[1].keys() and trained[0]
+    for key in trained[0]:  # (val_accuracy holds NaN for epochs not validated)
+        torch.testing.assert_close(trained[1][key], trained[0][key], atol=0, rtol=0, equal_nan=True, msg=key)
 
 
 def test_linear_probe_base2new_reports_base_only(colour_world, tmp_path):

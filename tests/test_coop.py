@@ -228,6 +228,7 @@ def test_augmented_training_reencodes_images(colour_world, tmp_path, monkeypatch
 def test_augmented_batches_decoded_in_workers_train_identically(colour_world, tmp_path, monkeypatch):
     """Batches decoded ahead in DataLoader workers are the main process's batches: the same context after training,
     and after an interruption resumed from a mid-epoch checkpoint."""
+    from clipadapt import engine
     from clipadapt.engine import decoding_workers
 
     root, weights = colour_world
@@ -237,9 +238,18 @@ def test_augmented_batches_decoded_in_workers_train_identically(colour_world, tm
     config = {"init": "a photo of a", "epochs": 2, "batch_size": 4, "augment": True, "checkpoint_every": 1}
     in_process = build_method("coop", backbone, config)
     in_process.fit(train, splits.classnames, progress=False)
+    original_load_batch = engine.load_batch
+
+    def in_a_worker_only(*args, **kwargs):
+        if torch.utils.data.get_worker_info() is None:
+            raise AssertionError("a batch was decoded in the main process")
+        return original_load_batch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "load_batch", in_a_worker_only)  # the forked workers inherit it
     with decoding_workers(2):
         in_workers = build_method("coop", backbone, config)
         in_workers.fit(train, splits.classnames, progress=False)
+    monkeypatch.setattr(engine, "load_batch", original_load_batch)
     assert torch.equal(in_workers.ctx, in_process.ctx)
 
     original, calls = backbone.encode_image, []

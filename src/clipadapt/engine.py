@@ -274,10 +274,23 @@ class Trainer:
 
 def load_batch(samples: Sequence, indices: torch.Tensor, transform: Callable, seed: int) -> torch.Tensor:
     """The images `samples[indices]` through `transform`, stacked; random transforms draw from `seed` (torchvision
-    uses the global RNG, which is left as it was), so a batch is a function of its seed."""
+    uses the global CPU RNG, which is left as it was), so a batch is a function of its seed."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: GPU generators are not forked here
         return torch.stack([transform(load_image(samples[i].path)) for i in indices.tolist()])
+
+
+@contextlib.contextmanager
+def threads_beside_workers(device: torch.device, num_workers: int) -> Iterator[None]:
+    """On a CPU, DataLoader workers decode images on cores of their own and the main process keeps the rest
+    (sharing them all made extraction slower than one process: bench/extract_workers.py)."""
+    threads = torch.get_num_threads()
+    if num_workers and device.type == "cpu":
+        torch.set_num_threads(max(1, min(threads, available_cores() - num_workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class AugmentedBatches(torch.utils.data.Dataset):
@@ -445,17 +458,28 @@ def train_prompt_learner(
 
     workers = _DECODING_WORKERS.get() if transform is not None else 0
 
+    def epoch_chunks(epoch: int, offset: int) -> list[torch.Tensor]:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+        return [order[b * config.batch_size:(b + 1) * config.batch_size] for b in range(offset, steps_per_epoch)]
+
+    decoded = None  # with workers: one stream of decoded batches over every remaining step, so workers start once
+
     def batches(epoch: int, offset: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
         """(indices, their augmented images when decoded ahead in workers, else None) of each step."""
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-        chunks = [order[b * config.batch_size:(b + 1) * config.batch_size] for b in range(offset, steps_per_epoch)]
+        nonlocal decoded
+        chunks = epoch_chunks(epoch, offset)
         if not workers:
             yield from ((indices, None) for indices in chunks)
             return
-        first_step = epoch * steps_per_epoch + offset
-        tasks = [(indices, config.seed * 1_000_003 + first_step + i) for i, indices in enumerate(chunks)]
-        yield from torch.utils.data.DataLoader(AugmentedBatches(train.samples, tasks, transform), batch_size=None,
-                                               num_workers=min(workers, len(tasks)))
+        if decoded is None:
+            first = epoch * steps_per_epoch + offset
+            remaining = chunks + [c for e in range(epoch + 1, epochs) for c in epoch_chunks(e, 0)]
+            tasks = [(indices, config.seed * 1_000_003 + first + i) for i, indices in enumerate(remaining)]
+            decoded = iter(torch.utils.data.DataLoader(
+                AugmentedBatches(train.samples, tasks, transform), batch_size=None,
+                num_workers=min(workers, len(tasks)), generator=torch.Generator()))  # global RNG left alone
+        for _ in chunks:
+            yield next(decoded)
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
         indices, images = batch
@@ -492,7 +516,7 @@ def train_prompt_learner(
         out_dir=out_dir, run_fingerprint=run_fingerprint, checkpoint_every=config.checkpoint_every,
         after_step=after_step, progress=progress, desc=desc,
     )
-    with frozen(backbone.model):
+    with frozen(backbone.model), threads_beside_workers(device, workers):
         trainer.fit(batches, step_fn)
     summary = {**trainer.summary(), "epochs": epochs}
     if validate is not None:

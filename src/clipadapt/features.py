@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Sample, split_fingerprint
-from .engine import available_cores, distributed_world
+from .engine import distributed_world, threads_beside_workers
 from .errors import ClipadaptError
 
 DEFAULT_SHARD_SIZE = 2048
@@ -215,25 +215,12 @@ def _finish_entry(folder: Path, shard_size: int, meta: dict) -> None:
     tmp.replace(meta_path)
 
 
-@contextlib.contextmanager
-def _threads_beside_workers(device: torch.device, num_workers: int) -> Iterator[None]:
-    """On a CPU, DataLoader workers decode images on cores of their own and the encoder keeps the rest (sharing
-    them all made extraction slower than one process: bench/extract_workers.py)."""
-    threads = torch.get_num_threads()
-    if num_workers and device.type == "cpu":
-        torch.set_num_threads(max(1, min(threads, available_cores() - num_workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _extract_shards(backbone, samples: Sequence[Sample], folder: Path, indices: Sequence[int], shard_size: int,
                     transform, batch_size: int, num_workers: int, progress: bool, desc: str) -> None:
     """Encode and write (atomically) the shards `indices` of `samples`."""
     bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in indices), desc=desc, unit="img",
                disable=not progress)
-    with _threads_beside_workers(backbone.device, num_workers):
+    with threads_beside_workers(backbone.device, num_workers):
         for index in indices:
             shard = samples[index * shard_size:(index + 1) * shard_size]
             # No more workers than the shard has batches: each costs a process start.
