@@ -104,6 +104,25 @@ def test_ssvp_starts_at_its_epoch(colour_world, backbone, monkeypatch):
         build_method("mpfgvc", backbone, {**config, "ssvp_start_epoch": 3})
 
 
+def test_augmented_training_decodes_in_workers_identically(colour_world, backbone, monkeypatch):
+    """augment=true decodes every step's images; in DataLoader workers (each batch there) the tuned weights are
+    the same as decoding in this process."""
+    from clipadapt import engine
+
+    root, _ = colour_world
+    config = {**FAST, "stage1_epochs": 2, "stage2_epochs": 1, "augment": True}
+    splits = load_dataset(f"imagefolder:{root}")
+    here = build_method("mpfgvc", backbone, config)
+    here.fit_images(splits, progress=False)
+    decode = engine.load_batch
+    monkeypatch.setattr(engine, "load_batch", lambda *args, **kwargs: decode(*args, **kwargs)
+                        if torch.utils.data.get_worker_info() else pytest.fail("decoded in the main process"))
+    in_workers = build_method("mpfgvc", backbone, config)
+    in_workers.fit_images(splits, progress=False, num_workers=2)
+    for (key, tensor), (_, other) in zip(here.model.state_dict().items(), in_workers.model.state_dict().items()):
+        assert torch.equal(tensor, other), key
+
+
 @pytest.mark.parametrize("name,config", [
     ("mpfgvc", {}),
     ("mpfgvc", {"datp": False, "fusion": "concat"}),

@@ -42,8 +42,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per encoder call (feature extraction: 64) or per training step")
     parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader worker processes decoding images for feature extraction, pretraining and "
-                        "augment=true training (default: up to 8 on a GPU, 0 on a CPU)")
+                        help="DataLoader worker processes decoding images: feature extraction, pretraining, training on "
+                        "images (default: up to 8 on a GPU, 0 on a CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="check every image first; leave out unreadable ones and report them instead of failing")

@@ -293,6 +293,43 @@ def threads_beside_workers(device: torch.device, num_workers: int) -> Iterator[N
         torch.set_num_threads(threads)
 
 
+def training_batches(n: int, batch_size: int, steps_per_epoch: int, epochs: int, seed: int,
+                     samples: Sequence | None = None, transform: Callable | None = None, workers: int = 0
+                     ) -> Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """`batches(epoch, offset)` for `Trainer.fit`: the steps of `epoch` from `offset` on, as (indices, images).
+    Indices: a permutation of the n samples seeded by (seed, epoch), cut into `batch_size` slices. Images, with a
+    `transform`: `samples[indices]` through it as `load_batch` makes them with the step's seed (so a resumed run
+    draws the same crops), decoded at the step, or ahead in `workers` DataLoader processes over every remaining
+    step (started once, not per epoch); without a transform, None."""
+
+    def epoch_chunks(epoch: int, offset: int) -> list[torch.Tensor]:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        return [order[b * batch_size:(b + 1) * batch_size] for b in range(offset, steps_per_epoch)]
+
+    decoded = None
+
+    def batches(epoch: int, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        nonlocal decoded
+        chunks = epoch_chunks(epoch, offset)
+        first = epoch * steps_per_epoch + offset
+        if transform is None:
+            yield from ((indices, None) for indices in chunks)
+        elif not workers:
+            yield from ((indices, load_batch(samples, indices, transform, seed * 1_000_003 + first + i))
+                        for i, indices in enumerate(chunks))
+        else:
+            if decoded is None:
+                remaining = chunks + [c for e in range(epoch + 1, epochs) for c in epoch_chunks(e, 0)]
+                tasks = [(indices, seed * 1_000_003 + first + i) for i, indices in enumerate(remaining)]
+                decoded = iter(torch.utils.data.DataLoader(
+                    AugmentedBatches(samples, tasks, transform), batch_size=None,
+                    num_workers=min(workers, len(tasks)), generator=torch.Generator()))  # global RNG left alone
+            for _ in chunks:
+                yield next(decoded)
+
+    return batches
+
+
 class AugmentedBatches(torch.utils.data.Dataset):
     """Item i: (indices, `load_batch(samples, indices, transform, seed)`) of task i = (indices, seed): whole
     batches, so a DataLoader's workers make each exactly as the main process would, seeded the same way."""
@@ -457,37 +494,14 @@ def train_prompt_learner(
         run_fingerprint = digest.hexdigest()[:16]
 
     workers = _DECODING_WORKERS.get() if transform is not None else 0
-
-    def epoch_chunks(epoch: int, offset: int) -> list[torch.Tensor]:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-        return [order[b * config.batch_size:(b + 1) * config.batch_size] for b in range(offset, steps_per_epoch)]
-
-    decoded = None  # with workers: one stream of decoded batches over every remaining step, so workers start once
-
-    def batches(epoch: int, offset: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(indices, their augmented images when decoded ahead in workers, else None) of each step."""
-        nonlocal decoded
-        chunks = epoch_chunks(epoch, offset)
-        if not workers:
-            yield from ((indices, None) for indices in chunks)
-            return
-        if decoded is None:
-            first = epoch * steps_per_epoch + offset
-            remaining = chunks + [c for e in range(epoch + 1, epochs) for c in epoch_chunks(e, 0)]
-            tasks = [(indices, config.seed * 1_000_003 + first + i) for i, indices in enumerate(remaining)]
-            decoded = iter(torch.utils.data.DataLoader(
-                AugmentedBatches(train.samples, tasks, transform), batch_size=None,
-                num_workers=min(workers, len(tasks)), generator=torch.Generator()))  # global RNG left alone
-        for _ in chunks:
-            yield next(decoded)
+    batches = training_batches(n, config.batch_size, steps_per_epoch, epochs, config.seed,
+                               train.samples if transform is not None else None, transform, workers)
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
         indices, images = batch
-        if transform is None:
+        if images is None:
             features = train.features[indices].to(device)
         else:
-            if images is None:
-                images = load_batch(train.samples, indices, transform, seed=config.seed * 1_000_003 + step)
             with torch.no_grad():
                 features = backbone.encode_image(images.to(device)).float()
         labels = train.labels[indices].to(device)

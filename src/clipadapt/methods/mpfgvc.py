@@ -34,7 +34,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import open_clip
 import torch
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from ..backbone import block_attention, read_state_dict
 from ..data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
-from ..engine import Trainer, cosine_lr, frozen, load_batch, param_groups
+from ..engine import Trainer, cosine_lr, frozen, param_groups, threads_beside_workers, training_batches
 from ..errors import CheckpointError, ClipadaptError
 from ..text import TextClassifier
 from . import register_method
@@ -373,14 +373,14 @@ class MPFGVC:
         return max(1, math.ceil(n / self.config.batch_size))  # the last, partial batch included
 
     def _run_stage(self, name: str, trainable: nn.Module, groups: list[dict], epochs: int, n: int, step_fn,
-                   out_dir: Path | None, progress: bool) -> dict:
-        """One training stage: AdamW over `groups` (their `lr_scale` times the head lr), a warm-up epoch, cosine."""
+                   out_dir: Path | None, progress: bool, transform: Callable | None = None,
+                   num_workers: int = 0) -> dict:
+        """One training stage: AdamW over `groups` (their `lr_scale` times the head lr), a warm-up epoch, cosine.
+        `step_fn((indices, images), step)`: images are the training images through `transform` (decoded in
+        `num_workers` processes), or None without a transform."""
         steps_per_epoch = self._steps_per_epoch(n)
-
-        def batches(epoch: int, offset: int):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
-            for b in range(offset, steps_per_epoch):
-                yield order[b * self.config.batch_size:(b + 1) * self.config.batch_size]
+        batches = training_batches(n, self.config.batch_size, steps_per_epoch, epochs, self.config.seed,
+                                   self._train_samples, transform, num_workers)
 
         data = hashlib.sha256("\n".join(f"{s.path}\t{s.label}" for s in self._train_samples).encode()).hexdigest()
         fingerprint = json.dumps([asdict(self.config), self.classnames, self.superclass, name,
@@ -393,7 +393,8 @@ class MPFGVC:
                           checkpoint_every=self.config.checkpoint_every, progress=progress,
                           desc=f"{type(self).__name__.lower()} {name}")
         trainable.train()
-        trainer.fit(batches, step_fn)
+        with threads_beside_workers(self.backbone.device, num_workers if transform is not None else 0):
+            trainer.fit(batches, step_fn)
         trainable.eval()
         return {**trainer.summary(), "epochs": epochs}
 
@@ -414,14 +415,15 @@ class MPFGVC:
         # Without augmentation every epoch sees the same tensors: decode and transform each image once, when they
         # fit in PRELOAD_BYTES (a world data set does; Food-101 at 224 px would take 45 GB).
         size = len(samples) * 3 * self.model["visual"].image_size ** 2 * 4
-        fixed = None if config.augment or size > PRELOAD_BYTES else torch.stack([
-            transform(load_image(s.path)) for s in tqdm(samples, desc="mpfgvc load", disable=not progress)])
+        fixed = None if config.augment or size > PRELOAD_BYTES else torch.cat([images for images, _, _ in tqdm(
+            DataLoader(ImageDataset(samples, transform), batch_size=64, num_workers=num_workers),
+            desc="mpfgvc load", unit="batch", disable=not progress)])
 
         ssvp_start_step = config.ssvp_start_epoch * self._steps_per_epoch(len(samples))
 
-        def stage1_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
-            images = fixed[indices] if fixed is not None else load_batch(samples, indices, transform,
-                                                                         seed=config.seed * 1_000_003 + step)
+        def stage1_loss(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
+            indices, images = batch
+            images = fixed[indices] if fixed is not None else images
             target = labels[indices].to(self.backbone.device)
             # SsVP from `ssvp_start_epoch` on: before, the encoder learns with every token where the parts are.
             embedding = self.encode_images(images, ssvp=config.ssvp and step >= ssvp_start_step)
@@ -439,7 +441,8 @@ class MPFGVC:
         groups = [g for g in groups if g["params"]]
         with frozen(self.backbone.model):
             self.history = {"stage1": self._run_stage("stage1", stage1, groups, config.stage1_epochs, len(samples),
-                                                      stage1_loss, out_dir, progress)}
+                                                      stage1_loss, out_dir, progress,
+                                                      transform if fixed is None else None, num_workers)}
         if config.fusion == "none":
             return self.history
         # Stage 2: the encoder and the prompts are frozen, so their embeddings are computed once.
@@ -447,7 +450,8 @@ class MPFGVC:
             visual = self._embed_samples(samples, progress, num_workers, decoded=fixed)  # same transform
             text = self.text_embeddings().detach()
 
-        def stage2_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
+        def stage2_loss(batch: tuple[torch.Tensor, None], step: int) -> torch.Tensor:
+            indices = batch[0]
             target = labels[indices].to(self.backbone.device)
             return F.cross_entropy(model["fusion"](visual[indices], text), target)
 
