@@ -415,9 +415,8 @@ class MPFGVC:
         # Without augmentation every epoch sees the same tensors: decode and transform each image once, when they
         # fit in PRELOAD_BYTES (a world data set does; Food-101 at 224 px would take 45 GB).
         size = len(samples) * 3 * self.model["visual"].image_size ** 2 * 4
-        fixed = None if config.augment or size > PRELOAD_BYTES else torch.cat([images for images, _, _ in tqdm(
-            DataLoader(ImageDataset(samples, transform), batch_size=64, num_workers=num_workers),
-            desc="mpfgvc load", unit="batch", disable=not progress)])
+        fixed = None if config.augment or size > PRELOAD_BYTES else self._preload(samples, transform, num_workers,
+                                                                                 progress)
 
         ssvp_start_step = config.ssvp_start_epoch * self._steps_per_epoch(len(samples))
 
@@ -459,6 +458,18 @@ class MPFGVC:
         self.history["stage2"] = self._run_stage("stage2", model["fusion"], groups, config.stage2_epochs,
                                                  len(samples), stage2_loss, out_dir, progress)
         return self.history
+
+    @staticmethod
+    def _preload(samples: Sequence[Sample], transform: Callable, num_workers: int, progress: bool) -> torch.Tensor:
+        """The transformed images of `samples`, decoded in `num_workers` processes and copied into one tensor
+        batch by batch (a worker's batch sits in shared memory until it is copied)."""
+        loader = DataLoader(ImageDataset(samples, transform), batch_size=64, num_workers=num_workers)
+        images = None
+        for batch, _, indices in tqdm(loader, desc="mpfgvc load", unit="batch", disable=not progress):
+            if images is None:
+                images = torch.empty(len(samples), *batch.shape[1:], dtype=batch.dtype)
+            images[indices] = batch
+        return images
 
     # ---- prediction --------------------------------------------------------------------------------------
     @torch.no_grad()
