@@ -18,8 +18,10 @@ amp_bf16`), and the ratio is against the bf16 one, since ours autocasts too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 from pathlib import Path
+from typing import Callable, Iterator
 
 import open_clip
 import torch
@@ -48,14 +50,23 @@ def our_trainer(backbone, images: torch.Tensor, steps: int, batch: int) -> UniCL
     return trainer
 
 
+@contextlib.contextmanager
+def after_each_step(trainer: UniCLPretrainer, hook: Callable[[], object]) -> Iterator[None]:
+    """`hook` runs after each of the trainer's steps (beside its own after-step work, the logit-scale clamp)."""
+    clamp = trainer._clamp_logit_scale
+    trainer._clamp_logit_scale = lambda: (clamp(), hook())
+    try:
+        yield
+    finally:
+        trainer._clamp_logit_scale = clamp
+
+
 def our_seconds(trainer: UniCLPretrainer) -> float:
     """Seconds per step of `UniCLPretrainer.fit` over its steps after the first (which builds the optimizer state),
-    timed from the trainer's after-step hook."""
+    timed after each step."""
     stamps = []
-    clamp = trainer._clamp_logit_scale
-    trainer._clamp_logit_scale = lambda: (clamp(), stamps.append(clock()))
-    trainer.fit(progress=False)
-    trainer._clamp_logit_scale = clamp
+    with after_each_step(trainer, lambda: stamps.append(clock())):
+        trainer.fit(progress=False)
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
@@ -91,6 +102,7 @@ def main() -> None:
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)
     initial = copy.deepcopy(backbone.model)
+    fresh = lambda: copy.deepcopy(initial).to(args.device)  # noqa: E731  each open_clip arm from the same weights
     images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=args.device)
 
     trainer = our_trainer(backbone, images, args.steps, args.batch)
@@ -100,12 +112,12 @@ def main() -> None:
         gpu_training_settings()  # TF32 and cuDNN autotuning, as open_clip's trainer and `clipadapt pretrain` set
         # Untimed steps first: a fresh GPU machine's first heavy run pays for clock ramp-up and lazily loaded
         # kernels (on an H200 the first timed arm of a run took up to twice its later time).
-        plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, WARM_UP_STEPS, bf16=True)
-    plain = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps)
+        plain_seconds(fresh(), images, tokens, WARM_UP_STEPS, bf16=True)
+    plain = plain_seconds(fresh(), images, tokens, args.steps)
     ours = our_seconds(trainer)
-    plain_bf16 = plain_seconds(copy.deepcopy(initial).to(args.device), images, tokens, args.steps, bf16=True) \
+    plain_bf16 = plain_seconds(fresh(), images, tokens, args.steps, bf16=True) \
         if on_gpu else None
-    flops = step_flops(copy.deepcopy(initial).to(args.device), images, tokens)
+    flops = step_flops(fresh(), images, tokens)
     print(f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
           f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "
           f"plain open_clip {'fp32 (TF32 matmuls) ' if on_gpu else ''}{args.batch / plain:.0f} images/s "
@@ -130,13 +142,11 @@ def profile_table(trainer: UniCLPretrainer, images: torch.Tensor) -> str:
     trainer.config.epochs = 1 + PROFILED_STEPS
     sort = "self_cuda_time_total" if images.is_cuda else "self_cpu_time_total"
     tables = []  # the profiler hands over its events when the active steps end
-    clamp = trainer._clamp_logit_scale
     with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=PROFILED_STEPS, repeat=1),
                  on_trace_ready=lambda p: tables.append(p.key_averages().table(
-                     sort_by=sort, row_limit=15, max_name_column_width=60))) as prof:
-        trainer._clamp_logit_scale = lambda: (clamp(), clock(), prof.step())  # (clock: a step's kernels finish in it)
+                     sort_by=sort, row_limit=15, max_name_column_width=60))) as prof, \
+            after_each_step(trainer, lambda: (clock(), prof.step())):  # (clock: a step's kernels finish in it)
         trainer.fit(progress=False)
-    trainer._clamp_logit_scale = clamp
     return f"our loop's top operations over {PROFILED_STEPS} steps:\n" + "".join(tables)
 
 

@@ -494,8 +494,8 @@ def train_prompt_learner(
         run_fingerprint = digest.hexdigest()[:16]
 
     workers = _DECODING_WORKERS.get() if transform is not None else 0
-    batches = training_batches(n, config.batch_size, steps_per_epoch, epochs, config.seed,
-                               train.samples if transform is not None else None, transform, workers)
+    batches = training_batches(n, config.batch_size, steps_per_epoch, epochs, config.seed, train.samples, transform,
+                               workers)
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
         indices, images = batch
