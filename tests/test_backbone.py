@@ -77,6 +77,21 @@ def test_per_sample_contexts_with_class_index_match_per_item_calls(micro):
         micro.encode_prompted_text(ctx, NAMES, class_index=torch.tensor([0, 4, 1, 1, 1, 1]))
 
 
+def test_text_encoding_from_cpu_ids_never_waits_for_the_device():
+    """Lengths are read from CPU ids and the prompt layout stays on the device, so nothing reads a device value:
+    on the meta device (where such a read raises) a prompt learner's and SHIP's text encodings run."""
+    meta = load_backbone("micro-vit")
+    meta.model.to("meta")
+    ctx = torch.randn(4, meta.text_width, device="meta", requires_grad=True)
+    for _ in range(2):  # the second call takes the layout from the cache
+        meta.encode_prompted_text(ctx, NAMES).sum().backward()
+    per_sample = torch.randn(3, 4, meta.text_width, device="meta")
+    assert meta.encode_prompted_text(per_sample, NAMES, class_index=torch.tensor([3, 0, 2])).device.type == "meta"
+    assert meta.encode_text(meta.tokenize(["a photo of a cat.", "hi"])).shape == (2, meta.embed_dim)
+    with pytest.raises(RuntimeError, match="meta"):  # the probe works: reading a length on the device fails
+        meta.encode_prompted_text(per_sample, NAMES, class_index=torch.tensor([3, 0, 2], device="meta"))
+
+
 def test_nearest_words_of_token_embeddings_are_the_tokens(micro):
     vectors = micro.embed_words("photo star")
     nearest = micro.nearest_words(vectors, k=2)

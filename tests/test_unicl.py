@@ -205,6 +205,32 @@ def test_channels_last_only_for_convolutional_towers():
     assert channels_last_if_convolutional(load_backbone("tiny-rn").model.visual) == torch.channels_last
 
 
+@pytest.mark.parametrize("loss", ["unicl", "clip", "ce"])
+def test_a_pretraining_step_never_waits_for_the_device(loss):
+    """On a GPU, reading a device value (`.item()`, `int()`, a boolean mask) mid-step makes the host wait for the
+    queued kernels, and the GPU idles while it queues the rest. On the meta device such a read raises, so a step
+    that runs there reads nothing (the Trainer's one `.item()` per step comes after the backward pass)."""
+    from pathlib import Path
+
+    from clipadapt import load_backbone
+    from clipadapt.data import Sample
+    from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
+
+    backbone = load_backbone("micro-vit")
+    data = PretrainData(["red", "blue"], [Sample(Path("r.png"), 0), Sample(Path("b.png"), 1)],
+                        [Sample(Path("c.png"), -1, "a red square filling the picture")])
+    indices = torch.tensor([0, 1]) if loss == "ce" else torch.tensor([0, 2, 1])  # CE: image-label samples only
+    pretrainer = UniCLPretrainer(backbone, PretrainConfig(loss=loss, batch_size=len(indices)), data)
+    pretrainer.module.to("meta")
+    images = torch.randn(len(indices), 3, backbone.image_size, backbone.image_size)
+    loss_value = pretrainer._loss((images, None, indices), step=0)
+    loss_value.backward()
+    assert loss_value.device.type == "meta"
+    assert backbone.model.visual.conv1.weight.grad is not None
+    with pytest.raises(RuntimeError, match="meta"):  # the probe works: a read of a value fails there
+        loss_value.item()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["micro-vit", "tiny-rn"])  # tiny-rn: channels-last weights and their moments
 def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model):

@@ -249,7 +249,7 @@ class Backbone(nn.Module):
         self.text = model.text if hasattr(model, "text") else model  # CustomTextCLIP keeps its tower in .text
         self.context_length = int(self.text.positional_embedding.shape[0])
         self.tokenizer = SimpleTokenizer(context_length=self.context_length)
-        self._suffix_cache: dict[tuple[tuple[str, ...], int, str], tuple[torch.Tensor, ...]] = {}
+        self._suffix_cache: dict[tuple[tuple[str, ...], int, str, torch.device], tuple[torch.Tensor, ...]] = {}
         self._fingerprint: str | None = None
 
     # ---- sizes and preprocessing -------------------------------------------------------------------------
@@ -269,6 +269,15 @@ class Backbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on this backbone's device. From the CPU to a GPU the copy is pinned and asynchronous: a plain
+        copy waits for every kernel already queued, so a training step that copies between its kernels would leave
+        the GPU idle while the host launches the rest of the step."""
+        device = self.device
+        if tensor.device.type != "cpu" or device.type != "cuda":
+            return tensor.to(device)
+        return (tensor if tensor.is_pinned() else tensor.pin_memory()).to(device, non_blocking=True)
 
     def image_transform(self, train: bool = False) -> Any:
         """CLIP preprocessing (resize, centre crop, normalize) for this model; random resized crop when training."""
@@ -324,23 +333,25 @@ class Backbone(nn.Module):
 
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Text features [N, embed_dim], running only over the positions the longest text needs."""
-        token_ids = token_ids.to(self.device)
         if not (self._runs_causal() and self._pool_type() == "argmax"):
-            return self.model.encode_text(token_ids, normalize=normalize)
+            return self.model.encode_text(self.to_device(token_ids), normalize=normalize)
+        # The length is found where the ids are: ids on the CPU need no wait for a GPU's queued work.
         eot_index = token_ids.argmax(dim=-1)  # EOT has the largest id, as open_clip's argmax pooling assumes
         length = int(eot_index.max()) + 1
-        x = self.text.token_embedding(token_ids[:, :length])
-        features = self._run_text_transformer(x, eot_index)
+        x = self.text.token_embedding(self.to_device(token_ids[:, :length]))
+        features = self._run_text_transformer(x, self.to_device(eot_index))
         return F.normalize(features, dim=-1) if normalize else features
 
     def _prompt_layout(
         self, classnames: Sequence[str], n_ctx: int, class_token_position: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids, context mask, context index and EOT index of `[SOS] ctx name . [EOS]` prompts.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, context mask, context index and EOT index of `[SOS] ctx name . [EOS]` prompts on this
+        backbone's device, and the EOT index again on the CPU (to find a length without waiting for the device).
 
-        Cached per class list: prompt learners call this every step with the same names.
+        Cached per class list and device: prompt learners call this every step with the same names, and copying
+        to a GPU every step would make each step wait for the one before.
         """
-        key = (tuple(classnames), n_ctx, class_token_position)
+        key = (tuple(classnames), n_ctx, class_token_position, self.device)
         if key not in self._suffix_cache:
             if class_token_position not in CLASS_TOKEN_POSITIONS:
                 raise ClipadaptError(
@@ -370,8 +381,9 @@ class Backbone(nn.Module):
             ctx_mask = ids == -1
             ctx_index = (ctx_mask.cumsum(dim=1) - 1).clamp(min=0)  # which context vector sits at each slot
             eot_index = torch.tensor([len(r) - 1 for r in rows])
-            self._suffix_cache[key] = (ids.clamp(min=0), ctx_mask, ctx_index, eot_index)
-        return tuple(t.to(self.device) for t in self._suffix_cache[key])  # type: ignore[return-value]
+            on_device = tuple(t.to(self.device) for t in (ids.clamp(min=0), ctx_mask, ctx_index, eot_index))
+            self._suffix_cache[key] = (*on_device, eot_index)
+        return self._suffix_cache[key]  # type: ignore[return-value]
 
     def encode_prompted_text(
         self,
@@ -410,16 +422,17 @@ class Backbone(nn.Module):
         if ctx.ndim < 2 or ctx.shape[-1] != self.text_width:
             raise ClipadaptError(f"ctx must end in [n_ctx, {self.text_width}], got shape {tuple(ctx.shape)}")
         n_cls, n_ctx = len(classnames), ctx.shape[-2]
-        ids, ctx_mask, ctx_index, eot_index = self._prompt_layout(classnames, n_ctx, class_token_position)
+        ids, ctx_mask, ctx_index, eot_index, eot_on_cpu = self._prompt_layout(classnames, n_ctx, class_token_position)
         if class_index is not None:
             if class_index.ndim != 1:
                 raise ClipadaptError(f"class_index must be 1-D, got shape {tuple(class_index.shape)}")
             low, high = (int(class_index.min()), int(class_index.max())) if len(class_index) else (0, 0)
             if low < 0 or high >= n_cls:
                 raise ClipadaptError(f"class_index values must lie in [0, {n_cls}), got {low}..{high}")
-            class_index = class_index.to(self.device)
+            # The longest of these names only, read on the CPU (free when class_index is there).
+            length = int(eot_on_cpu[class_index.cpu()].max()) + 1 if len(class_index) else 1
+            class_index = self.to_device(class_index)
             eot_index = eot_index[class_index]
-            length = int(eot_index.max()) + 1 if len(class_index) else 1  # the longest of these names only
             ids, ctx_mask, ctx_index = (t[class_index, :length] for t in (ids, ctx_mask, ctx_index))
             n_cls = len(class_index)
         if ctx.ndim == 2:
@@ -451,7 +464,7 @@ class Backbone(nn.Module):
     # ---- images ----------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Image features [B, embed_dim]."""
-        return self.model.encode_image(images.to(self.device), normalize=normalize)
+        return self.model.encode_image(self.to_device(images), normalize=normalize)
 
     def encode_image_tokens(self, images: torch.Tensor, layer: int) -> ImageTokens:
         """The token sequence entering vision block `layer` (negative counts from the end) and its class-token

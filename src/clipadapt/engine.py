@@ -230,10 +230,13 @@ class Trainer:
                     group["lr"] = lr * group.get("lr_scale", 1.0)  # groups may train at a multiple of the lr
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
                     loss = step_fn(batch, self.step)
-                value = loss.detach().float().item()  # one wait for the device (under torchrun, one more below)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # The step's one wait for the device (under torchrun, one more below), after the backward pass is
+                # queued: a GPU that is left idle only while the host queues the optimizer step and the next
+                # forward pass. The gradients of a loss that is not finite are dropped, the weights untouched.
+                value = loss.detach().float().item()
                 if self._finite_everywhere(value, loss.device):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
                     self._sync_gradients()
                     if self.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -241,6 +244,7 @@ class Trainer:
                     self._epoch_loss_sum += value
                     self._epoch_loss_count += 1
                 elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
+                    self.optimizer.zero_grad(set_to_none=True)
                     self.skipped_steps.append(self.step)
                     tqdm.write(f"{self.desc}: {self._nonfinite(value)} at step {self.step}; step skipped",
                                file=sys.stderr)
@@ -499,17 +503,18 @@ def train_prompt_learner(
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
         indices, images = batch
+        # Copies through `to_device`: asynchronous to a GPU, so the host need not wait for the previous step.
         if images is None:
-            features = train.features[indices].to(device)
+            features = backbone.to_device(train.features[indices])
         else:
             with torch.no_grad():
-                features = backbone.encode_image(images.to(device)).float()
-        labels = train.labels[indices].to(device)
+                features = backbone.encode_image(images).float()
+        labels = backbone.to_device(train.labels[indices])
         if synthetic is not None:
             draw = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 500_009)
             picked = torch.randint(len(synthetic), (max(1, round(synthetic_ratio * len(indices))),), generator=draw)
-            features = torch.cat([features, synthetic.features[picked].to(features)])
-            labels = torch.cat([labels, synthetic.labels[picked].to(device)])
+            features = torch.cat([features, backbone.to_device(synthetic.features[picked]).to(features.dtype)])
+            labels = torch.cat([labels, backbone.to_device(synthetic.labels[picked])])
         return batch_loss(features, labels)
 
     def after_step() -> None:

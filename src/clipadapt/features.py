@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -225,7 +225,8 @@ def _extract_shards(backbone, samples: Sequence[Sample], folder: Path, indices: 
             shard = samples[index * shard_size:(index + 1) * shard_size]
             # No more workers than the shard has batches: each costs a process start.
             loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size,
-                                num_workers=min(num_workers, math.ceil(len(shard) / batch_size)))
+                                num_workers=min(num_workers, math.ceil(len(shard) / batch_size)),
+                                pin_memory=backbone.device.type == "cuda")  # pinned in the loader, beside encoding
             chunks = []
             for images, _, _ in loader:
                 chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))

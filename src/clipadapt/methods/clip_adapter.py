@@ -68,7 +68,7 @@ class ClipAdapter:
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         """The residual mix of the adapted and the original image features (not normalized)."""
-        features = features.to(self.backbone.device).float()
+        features = self.backbone.to_device(features).float()
         return self.config.ratio * self.adapter(features) + (1 - self.config.ratio) * features
 
     def _logits(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

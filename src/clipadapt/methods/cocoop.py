@@ -100,7 +100,7 @@ class CoCoOp:
 
     def _logits(self, features: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         """[B, n_cls]: each image against its own prompted class texts, all in one text-encoder call."""
-        image = F.normalize(features.to(self.backbone.device, torch.float32), dim=-1)
+        image = F.normalize(self.backbone.to_device(features).float(), dim=-1)
         text = self.backbone.encode_prompted_text(self.prompt(image), classnames, normalize=True)  # [B, n_cls, D]
         return self.backbone.model.logit_scale.exp() * torch.einsum("bd,bcd->bc", image, text)
 

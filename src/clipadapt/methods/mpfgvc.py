@@ -321,7 +321,7 @@ class MPFGVC:
         """E_V [B, D], SsVP's kept token indices [B, K] and every patch's score [B, N - 1] (None without SsVP)."""
         tower = self.model["visual"]
         blocks = tower.blocks
-        x = tower.embed(images.to(self.backbone.device))
+        x = tower.embed(self.backbone.to_device(images))
         kept = scores = None
         if not ssvp:
             for block in blocks:
@@ -423,7 +423,7 @@ class MPFGVC:
         def stage1_loss(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
             indices, images = batch
             images = fixed[indices] if fixed is not None else images
-            target = labels[indices].to(self.backbone.device)
+            target = self.backbone.to_device(labels[indices])
             # SsVP from `ssvp_start_epoch` on: before, the encoder learns with every token where the parts are.
             embedding = self.encode_images(images, ssvp=config.ssvp and step >= ssvp_start_step)
             loss = F.cross_entropy(model["head"](embedding), target)
@@ -451,7 +451,7 @@ class MPFGVC:
 
         def stage2_loss(batch: tuple[torch.Tensor, None], step: int) -> torch.Tensor:
             indices = batch[0]
-            target = labels[indices].to(self.backbone.device)
+            target = self.backbone.to_device(labels[indices])
             return F.cross_entropy(model["fusion"](visual[indices], text), target)
 
         groups = param_groups(model["fusion"], config.weight_decay)
@@ -480,7 +480,7 @@ class MPFGVC:
             batches = decoded.split(batch_size)
         else:
             loader = DataLoader(ImageDataset(samples, self.model["visual"].transform()), batch_size=batch_size,
-                                num_workers=num_workers)
+                                num_workers=num_workers, pin_memory=self.backbone.device.type == "cuda")
             batches = (images for images, _, _ in loader)
         embeddings, kept = [], []
         for images in tqdm(batches, desc="mpfgvc encode", disable=not progress,

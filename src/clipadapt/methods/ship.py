@@ -134,9 +134,8 @@ class Ship:
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         """Unit-norm features [n, D] for latents `z` [n, latent] of the classes `classnames[labels]`."""
-        labels = labels.to(self.backbone.device)
         if self.config.generator == "mlp":
-            condition = self._class_embedding(classnames)[labels].to(z)
+            condition = self._class_embedding(classnames)[self.backbone.to_device(labels)].to(z)
             return F.normalize(self.model.generator(torch.cat([z, condition], dim=-1)), dim=-1)
         bias = self.model.generator(z)
         ctx = self.model.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [n, L, width]: r added to every prompt vector
@@ -163,7 +162,7 @@ class Ship:
         gradient penalty at random interpolates, the generator untouched; generator step: -D(fake), the critic
         untouched. D scores [feature, the class's text embedding]."""
         x = F.normalize(features.float(), dim=-1)
-        condition = self._class_embedding(classnames)[labels.to(x.device)].to(x)
+        condition = self._class_embedding(classnames)[self.backbone.to_device(labels)].to(x)
         z = torch.randn(len(x), self.model.latent_dim, generator=noise).to(x)
 
         def critic(sample: torch.Tensor) -> torch.Tensor:
@@ -217,7 +216,7 @@ class Ship:
 
         def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
             noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step + 700_001)  # exact on resume
-            features = train.features[indices].to(self.backbone.device)
+            features = self.backbone.to_device(train.features[indices])
             if self.config.objective == "gan":
                 return self.gan_loss(features, train.labels[indices], classnames,
                                      critic_step=step % repeats < self.config.critic_steps, noise=noise)

@@ -88,7 +88,7 @@ class TipAdapter:
 
     def _cache_logits(self, features: torch.Tensor, classnames: Sequence[str], beta: float) -> torch.Tensor:
         """[B, len(classnames)]: the cache's vote for each requested class (0 for classes it has no entry of)."""
-        affinity = F.normalize(features.to(self.backbone.device).float(), dim=-1) @ self.cache["cache_keys"].T
+        affinity = F.normalize(self.backbone.to_device(features).float(), dim=-1) @ self.cache["cache_keys"].T
         votes = torch.exp(-beta * (1 - affinity)) @ self.values
         index = {name: i for i, name in enumerate(self.classnames)}
         columns = torch.tensor([index.get(name, -1) for name in classnames], device=votes.device)

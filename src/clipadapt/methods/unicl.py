@@ -108,47 +108,48 @@ class UniCLPretrainer:
         self.sampler = BalancedBatchSampler(len(data.labelled), n_text, config.batch_size, label_fraction,
                                             seed=config.seed, rank=self.rank, world_size=self.world_size)
         self.dataset = ImageDataset(data.labelled + data.captioned[:n_text], backbone.image_transform(train=False))
-        device = backbone.device
-        # Every label text is tokenized once: [n_classes, 80 templates, context] and [n_captions, context].
+        # Every label text is tokenized once: [n_classes, 80 templates, context] and [n_captions, context]. They
+        # stay on the CPU, where a batch's texts are put together and cut to the longest without waiting for a GPU.
         self.label_tokens = torch.stack([backbone.tokenize([t(name) for t in IMAGENET_TEMPLATES])
-                                         for name in data.classnames]).to(device) if data.classnames else None
-        self.caption_tokens = backbone.tokenize([s.caption for s in data.captioned[:n_text]]).to(device) \
-            if n_text else None
-        self.head = nn.Linear(backbone.embed_dim, len(data.classnames)).to(device) if config.loss == "ce" else None
+                                         for name in data.classnames]) if data.classnames else None
+        self.caption_tokens = backbone.tokenize([s.caption for s in data.captioned[:n_text]]) if n_text else None
+        self.label_of_sample = torch.tensor([s.label for s in data.labelled], dtype=torch.long)
+        self.head = nn.Linear(backbone.embed_dim, len(data.classnames)).to(backbone.device) \
+            if config.loss == "ce" else None
         self._memory_format = channels_last_if_convolutional(backbone.model.visual)
         self.module = nn.ModuleDict({"clip": backbone.model, **({"head": self.head} if self.head else {})})
 
     def _texts(self, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and UniCL labels for a batch: a random template per image-label sample (seeded by step, so a
-        resumed run draws the same ones), the caption for image-text samples with a label of its own."""
+        """Token ids and UniCL labels for a batch (on the CPU): a random template per image-label sample (seeded by
+        step, so a resumed run draws the same ones), the caption for image-text samples with a label of its own."""
         n_label, n_classes = len(self.data.labelled), len(self.data.classnames)
         is_label = indices < n_label
         labels = torch.empty_like(indices)
-        tokens = torch.empty(len(indices), self.backbone.context_length, dtype=torch.long,
-                             device=self.backbone.device)
+        tokens = torch.empty(len(indices), self.backbone.context_length, dtype=torch.long)
         if is_label.any():
-            classes = torch.tensor([self.data.labelled[i].label for i in indices[is_label].tolist()])
+            classes = self.label_of_sample[indices[is_label]]
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step * 8191 + self.rank)
             templates = torch.randint(len(IMAGENET_TEMPLATES), (len(classes),), generator=generator)
-            tokens[is_label.to(tokens.device)] = self.label_tokens[classes, templates]
+            tokens[is_label] = self.label_tokens[classes, templates]
             labels[is_label] = classes
         if (~is_label).any():
             caption_index = indices[~is_label] - n_label
-            tokens[(~is_label).to(tokens.device)] = self.caption_tokens[caption_index.to(tokens.device)]
+            tokens[~is_label] = self.caption_tokens[caption_index]
             labels[~is_label] = n_classes + caption_index
         return tokens, labels
 
     def _loss(self, batch, step: int) -> torch.Tensor:
+        # Nothing here waits for the GPU (texts and labels are made on the CPU and copied asynchronously), so the
+        # host queues the whole step while the GPU runs, as a plain open_clip step does.
         images, _, indices = batch
         model = self.backbone.model
         image_features = self.backbone.encode_image(images.to(memory_format=self._memory_format))
         if self.config.loss == "ce":
-            classes = torch.tensor([self.data.labelled[i].label for i in indices.tolist()], device=image_features.device)
-            return F.cross_entropy(self.head(image_features), classes)
+            return F.cross_entropy(self.head(image_features), self.backbone.to_device(self.label_of_sample[indices]))
         tokens, labels = self._texts(indices, step)
         text_features = self.backbone.encode_text(tokens)
-        image_features, text_features, labels = gather_batch(
-            F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), labels.to(image_features.device))
+        image_features, text_features, labels = gather_batch(  # the losses normalize the features
+            image_features, text_features, self.backbone.to_device(labels))
         scale = model.logit_scale.exp()
         if self.config.loss == "clip":
             return clip_loss(image_features, text_features, scale)
@@ -160,7 +161,8 @@ class UniCLPretrainer:
 
     def _batches(self, epoch: int, offset: int):
         return DataLoader(self.dataset, batch_sampler=list(self.sampler.batches(epoch, offset)),
-                          num_workers=self.config.workers, persistent_workers=False)
+                          num_workers=self.config.workers, persistent_workers=False,
+                          pin_memory=self.backbone.device.type == "cuda")  # for asynchronous copies
 
     def fit(self, out_dir=None, progress: bool = True) -> dict:
         cfg = self.config
