@@ -89,7 +89,9 @@ def device_waits(trainer: UniCLPretrainer, steps: int = 3) -> Counter[str]:
 
     waits: Counter[str] = Counter()
 
-    def record(*_args, **_kwargs) -> None:
+    def record(message, *_args, **_kwargs) -> None:
+        if "synchroniz" not in str(message):  # torch's words for a wait: "called a synchronizing CUDA operation"
+            return
         ours = [f for f in traceback.extract_stack() if f"{os.sep}clipadapt{os.sep}" in f.filename]
         waits[f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "outside clipadapt"] += 1
 
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="the device's peak (e.g. 989 for an H100's dense bf16): prints MFU")
     args = parser.parse_args()
+    if args.steps < 1 or args.batch < 2:
+        parser.error("--steps must be 1 or more and --batch 2 or more")
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)
     initial = copy.deepcopy(backbone.model)

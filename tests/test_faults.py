@@ -48,6 +48,21 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_pa
     assert load_checkpoint(tmp_path / "checkpoint_last.safetensors")[1]["step"] == 4  # the checkpoint before the bad step, untouched by it
 
 
+def test_the_loss_is_read_once_a_step_after_its_backward_pass(monkeypatch):
+    """On a GPU, reading a value waits for every queued kernel: read after the backward pass, it finds the host
+    done queueing the step, so the GPU idles only while the host queues the optimizer step and the next forward."""
+    events = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: (events.append("read"), item(self))[1])
+    model = nn.Linear(1, 1)
+    model.weight.register_hook(lambda grad: events.append("backward"))
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=3, steps_per_epoch=3,
+                      lr_at=lambda step: 0.1, progress=False)
+    trainer.fit(lambda epoch, offset: (torch.ones(2, 1) for _ in range(offset, 3)),
+                lambda batch, step: model(batch).pow(2).mean())
+    assert events == ["backward", "read"] * 3
+
+
 def test_skipped_step_changes_nothing_and_is_reported(tmp_path, capsys):
     with skipping_nonfinite_steps():  # what --skip-nonfinite sets around a command
         skipped = _fit_line(tmp_path / "skip", bad_step=5, loss_at_bad_step=float("inf"))

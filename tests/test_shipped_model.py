@@ -87,6 +87,7 @@ def _running_after(pids: list[int], seconds: float) -> list[int]:
 
 def test_a_failing_demo_row_stops_the_demo_and_names_the_row(colour_world, tmp_path):
     import multiprocessing
+    import signal
 
     from clipadapt import demo
     from clipadapt.errors import ClipadaptError
@@ -96,8 +97,19 @@ def test_a_failing_demo_row_stops_the_demo_and_names_the_row(colour_world, tmp_p
     rows = (demo.DemoRow("finetune", "full", f"imagefolder:{root}", config=(("stage1_epochs", 10**6),)),
             demo.DemoRow("no_such_method", "full", f"imagefolder:{root}"))
     before = set(multiprocessing.active_children())
-    with pytest.raises(ClipadaptError, match="demo row 'no_such_method full on imagefolder:.*' failed: .*no_such_method"):
-        demo.run_demo(tmp_path / "demo", cache_dir=tmp_path / "cache", progress=False, rows=rows, jobs=2)
+
+    def waited_for_the_other_row(signum, frame):
+        raise TimeoutError("the demo waited for the row that trains for ever")
+
+    previous = signal.signal(signal.SIGALRM, waited_for_the_other_row)
+    signal.alarm(120)  # a demo that waits for the other row fails here instead of hanging
+    try:
+        with pytest.raises(ClipadaptError,
+                           match="demo row 'no_such_method full on imagefolder:.*' failed: .*no_such_method"):
+            demo.run_demo(tmp_path / "demo", cache_dir=tmp_path / "cache", progress=False, rows=rows, jobs=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     leftover = [p.pid for p in multiprocessing.active_children() if p not in before]
     # Asked of the OS, not of Process.is_alive(): the pool's own thread may reap a worker while this thread waits
     # for it, and the Process object that loses that race reports a dead worker as alive.

@@ -271,13 +271,16 @@ class Backbone(nn.Module):
         return next(self.model.parameters()).device
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` on this backbone's device. From the CPU to a GPU the copy is pinned and asynchronous: a plain
-        copy waits for every kernel already queued, so a training step that copies between its kernels would leave
-        the GPU idle while the host launches the rest of the step."""
+        """`tensor` on this backbone's device. From the CPU to a GPU the copy is asynchronous, from pinned memory
+        (a contiguous pinned copy is made unless `tensor` is one: the copy from anything else can wait for every
+        kernel already queued, and a training step that copied between its kernels would leave the GPU idle while
+        the host queued the rest of the step). A pinned `tensor` must not be changed until the copy is done."""
         device = self.device
         if tensor.device.type != "cpu" or device.type != "cuda":
             return tensor.to(device)
-        return (tensor if tensor.is_pinned() else tensor.pin_memory()).to(device, non_blocking=True)
+        if not (tensor.is_pinned() and tensor.is_contiguous()):
+            tensor = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
+        return tensor.to(device, non_blocking=True)
 
     def image_transform(self, train: bool = False) -> Any:
         """CLIP preprocessing (resize, centre crop, normalize) for this model; random resized crop when training."""

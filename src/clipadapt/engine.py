@@ -197,13 +197,17 @@ class Trainer:
                     dist.all_reduce(param.grad)
                     param.grad /= self.world_size
 
-    def _finite_everywhere(self, value: float, device: torch.device) -> bool:
-        """Whether the loss is finite on every rank: all ranks must skip a step together or none does."""
+    def _read_loss(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """The loss's value and whether it is finite on every rank (all ranks must skip a step together or none
+        does), in one read of the device: the step's one wait for it."""
+        loss = loss.detach().float().reshape(1)
         if self.world_size == 1:
-            return math.isfinite(value)
-        finite = torch.tensor([int(math.isfinite(value))], device=device)
+            value = loss.item()
+            return value, math.isfinite(value)
+        finite = torch.isfinite(loss).float()
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite.item())
+        value, finite_everywhere = torch.cat([loss, finite]).tolist()
+        return value, bool(finite_everywhere)
 
     @staticmethod
     def _nonfinite(value: float) -> str:
@@ -232,11 +236,11 @@ class Trainer:
                     loss = step_fn(batch, self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                # The step's one wait for the device (under torchrun, one more below), after the backward pass is
-                # queued: a GPU that is left idle only while the host queues the optimizer step and the next
-                # forward pass. The gradients of a loss that is not finite are dropped, the weights untouched.
-                value = loss.detach().float().item()
-                if self._finite_everywhere(value, loss.device):
+                # The loss is read (the step's one wait for the device) after the backward pass is queued: the GPU
+                # is left idle only while the host queues the optimizer step and the next forward pass. The
+                # gradients of a loss that is not finite are dropped, the weights untouched.
+                value, finite = self._read_loss(loss)
+                if finite:
                     self._sync_gradients()
                     if self.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)

@@ -452,7 +452,7 @@ class MPFGVC:
         def stage2_loss(batch: tuple[torch.Tensor, None], step: int) -> torch.Tensor:
             indices = batch[0]
             target = self.backbone.to_device(labels[indices])
-            return F.cross_entropy(model["fusion"](visual[indices], text), target)
+            return F.cross_entropy(model["fusion"](visual[self.backbone.to_device(indices)], text), target)
 
         groups = param_groups(model["fusion"], config.weight_decay)
         self.history["stage2"] = self._run_stage("stage2", model["fusion"], groups, config.stage2_epochs,

@@ -149,7 +149,7 @@ class Ship:
         x = F.normalize(features.float(), dim=-1)
         hidden = self.model.encoder(x)
         mean, log_var = self.model.mean(hidden), self.model.log_var(hidden)
-        eps = torch.randn(mean.shape, generator=noise).to(mean)
+        eps = self.backbone.to_device(torch.randn(mean.shape, generator=noise)).to(mean.dtype)
         z = mean + eps * torch.exp(0.5 * log_var)
         reconstruction = self.generate(z, labels, classnames)
         squared_error = (reconstruction - x).pow(2).sum(dim=1).mean()
@@ -163,7 +163,7 @@ class Ship:
         untouched. D scores [feature, the class's text embedding]."""
         x = F.normalize(features.float(), dim=-1)
         condition = self._class_embedding(classnames)[self.backbone.to_device(labels)].to(x)
-        z = torch.randn(len(x), self.model.latent_dim, generator=noise).to(x)
+        z = self.backbone.to_device(torch.randn(len(x), self.model.latent_dim, generator=noise)).to(x.dtype)
 
         def critic(sample: torch.Tensor) -> torch.Tensor:
             return self.model.critic(torch.cat([sample, condition], dim=-1))
@@ -173,7 +173,7 @@ class Ship:
                 return -critic(self.generate(z, labels, classnames)).mean()
         with torch.no_grad():
             fake = self.generate(z, labels, classnames)
-        mix = torch.rand(len(x), 1, generator=noise).to(x)
+        mix = self.backbone.to_device(torch.rand(len(x), 1, generator=noise)).to(x.dtype)
         interpolates = (mix * x + (1 - mix) * fake).requires_grad_(True)
         gradient, = torch.autograd.grad(critic(interpolates).sum(), interpolates, create_graph=True)
         penalty = (gradient.norm(dim=1) - 1).pow(2).mean()

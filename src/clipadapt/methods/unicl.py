@@ -143,7 +143,9 @@ class UniCLPretrainer:
         # host queues the whole step while the GPU runs, as a plain open_clip step does.
         images, _, indices = batch
         model = self.backbone.model
-        image_features = self.backbone.encode_image(images.to(memory_format=self._memory_format))
+        # Channels-last on the device: on the CPU it would copy the pinned batch into unpinned memory.
+        image_features = self.backbone.encode_image(
+            self.backbone.to_device(images).to(memory_format=self._memory_format))
         if self.config.loss == "ce":
             return F.cross_entropy(self.head(image_features), self.backbone.to_device(self.label_of_sample[indices]))
         tokens, labels = self._texts(indices, step)
