@@ -5,7 +5,8 @@ default (`augment=false`) scores the features extracted once beforehand; `augmen
 does, decoding, randomly cropping/flipping and encoding every batch of images again (image encoder frozen, under
 no_grad). Both encode the text prompts the same way (truncated; see text_truncation.py for that gain). The ratio is
 the official step time over the cached step time; the one-time extraction is printed beside it, in official steps.
-Model weights are random (nothing can be downloaded): only the time is measured.
+Model weights are random (nothing can be downloaded): only the time is measured. On a GPU it also prints where the
+cached steps make the host wait for the GPU (one wait a step is expected: the loss, read after the backward pass).
 
     python bench/coop_cached.py [--model ViT-B-16] [--classes 8] [--steps 2] [--n-ctx 16] [--workers 0]
 """
@@ -24,7 +25,7 @@ from clipadapt.data import load_dataset
 from clipadapt.engine import decoding_workers
 from clipadapt.features import extract_features
 from clipadapt.methods import build_method
-from timing import add_device_arg, clock
+from timing import add_device_arg, clock, device_waits
 
 BATCH = 32
 
@@ -73,6 +74,8 @@ def main() -> None:
         run(False)  # warm-up: first-call allocations and the prompt layout cache
         cached, cached_history = run(False)
         official, official_history = run(True)
+        if backbone.device.type == "cuda":
+            waits = device_waits(lambda: run(False))
     ratio = official / cached
     print(f"model {args.model}, {args.classes} classes, {len(train)} images, batch {BATCH}, {args.steps} steps, "
           f"{torch.get_num_threads()} threads, the official loop's images decoded in {args.workers} worker process(es)")
@@ -80,6 +83,8 @@ def main() -> None:
           f"one-time extraction {extract_seconds:.1f} s = {extract_seconds / official:.1f} official steps")
     print(f"mean loss cached {cached_history['epoch_losses'][0]:.4f}, "
           f"augmented {official_history['epoch_losses'][0]:.4f}")
+    if backbone.device.type == "cuda":
+        print(f"host waits for the GPU in {args.steps} cached steps, fit's start and end included: {waits}")
     print(f"coop_cached ratio={ratio:.1f} target=20")
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
-from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -34,7 +32,7 @@ from clipadapt import load_backbone
 from clipadapt.data import Sample
 from clipadapt.engine import gpu_training_settings
 from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
-from timing import add_device_arg, clock
+from timing import add_device_arg, clock, device_waits
 
 CAPTION = "a small striped red star on a dark background"
 WARM_UP_STEPS = 5  # untimed, on a GPU
@@ -79,32 +77,6 @@ def our_seconds(trainer: UniCLPretrainer) -> float:
     with after_each_step(trainer, stamp):
         trainer.fit(progress=False)
     return (stamps[1] - stamps[0]) / (steps - 1)
-
-
-def device_waits(trainer: UniCLPretrainer, steps: int = 3) -> Counter[str]:
-    """Where `steps` of our loop make the host wait for the GPU (torch's CUDA sync debug mode: value reads, blocking
-    copies), counted by the innermost line of clipadapt's code on the stack. One wait a step is the loop's loss read."""
-    import traceback
-    import warnings
-
-    waits: Counter[str] = Counter()
-
-    def record(message, *_args, **_kwargs) -> None:
-        if "synchroniz" not in str(message):  # torch's words for a wait: "called a synchronizing CUDA operation"
-            return
-        ours = [f for f in traceback.extract_stack() if f"{os.sep}clipadapt{os.sep}" in f.filename]
-        waits[f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "outside clipadapt"] += 1
-
-    trainer.config.epochs = steps
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = record
-            trainer.fit(progress=False)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    return waits
 
 
 def plain_seconds(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, steps: int,
@@ -168,9 +140,9 @@ def main() -> None:
     mfu = f", MFU {100 * achieved / args.peak_tflops:.1f}% of {args.peak_tflops:g}" if args.peak_tflops else ""
     print(f"a full-length step is {flops / 1e9:.1f} GFLOP: ours at {achieved:.3f} TFLOP/s{mfu}")
     if on_gpu:
-        waits = device_waits(trainer)
-        print("host waits for the GPU in 3 of our steps (end of fit included): "
-              + ", ".join(f"{where} x{n}" for where, n in waits.most_common()))
+        trainer.config.epochs = 3  # one step each
+        print(f"host waits for the GPU in 3 of our steps, fit's start and end included: "
+              f"{device_waits(lambda: trainer.fit(progress=False))}")
     if args.profile:
         print(profile_table(trainer, images))
     print(f"unicl_step ratio={(plain_bf16 or plain) / ours:.2f} target=1.0")

@@ -53,6 +53,69 @@ def test_skip_bad_images_reports_and_runs(colour_world, tmp_path, capsys):
     assert metrics["accuracy"] == 100.0
 
 
+def test_skip_bad_images_covers_crossdataset_targets(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    target = _copy_with_bad_image(root, tmp_path)
+    out = tmp_path / "run"
+    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol",
+                 "crossdataset", "--targets", f"imagefolder:{target}", "--cache", str(tmp_path / "cache"),
+                 "--out", str(out), "--skip-bad-images", "--no-progress", f"templates={TEMPLATE}"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [p.endswith("broken.png") for p in metrics["skipped_images"]] == [True]
+    assert metrics["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--protocol", "full", "--shots", "4"], "protocol full trains on every train image"),
+    (["--protocol", "gzsl", "--shots", "4"], "protocol gzsl trains on every train image"),
+    (["--protocol", "fewshot"], "protocol fewshot needs --shots K"),
+    (["--protocol", "crossdataset", "--targets", "x:y", "--shots", "0"], "--shots must be 1 or more"),
+    (["--protocol", "base2new", "--targets", "x:y"], "--targets is for protocol crossdataset, not base2new"),
+    (["--protocol", "base2new", "--unseen", "red"], "--unseen is for protocol gzsl, not base2new"),
+])
+def test_options_a_protocol_would_ignore_are_refused_before_any_work(tmp_path, capsys, argv, problem):
+    # The data set does not exist: the options are checked before it is read.
+    code = main(["run", "coop", "--dataset", f"imagefolder:{tmp_path / 'nowhere'}", "--model", "micro-vit",
+                 "--out", str(tmp_path / "run"), "--no-progress", *argv])
+    assert code == 2 and problem in capsys.readouterr().err
+
+
+def test_default_run_folders_keep_runs_apart(monkeypatch, tmp_path):
+    import argparse
+
+    from clipadapt.cli import _default_run_folder
+
+    def folder(method="coop", protocol="fewshot", shots=4, targets=(), unseen=None, seeds=(1,)):
+        dataset = f"imagefolder:{tmp_path}/{'a_rather_long_folder_name_' * 3}colours"
+        args = argparse.Namespace(method=method, protocol=protocol, dataset=dataset, unseen=unseen)
+        return _default_run_folder(args, shots, list(targets), list(seeds))
+
+    folders = [folder(), folder(method="zeroshot"), folder(protocol="base2new"), folder(shots=8),
+               folder(protocol="crossdataset", targets=["world:scenes"]),
+               folder(protocol="crossdataset", targets=["world:patterns"]),
+               folder(protocol="gzsl", shots=None, unseen="red"), folder(protocol="gzsl", shots=None, unseen="blue"),
+               folder(seeds=(1, 2, 3))]
+    assert len(set(folders)) == len(folders)
+    assert folder().name.startswith("coop-fewshot-4shot-") and folder().name.endswith("colours-seed1")
+    assert all(len(f.name) <= 100 for f in folders)
+
+
+def test_shots_recorded_are_the_shots_trained_with_and_untrained_models_follow_the_seed(colour_world, tmp_path):
+    root, _ = colour_world
+    runs = {}
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["run", "coop", "--dataset", f"imagefolder:{root}", "--model", "micro-vit", "--protocol",
+                     "base2new", "--shots", "2", "--out", str(out), "--cache", str(tmp_path / "cache"),
+                     "--no-progress", "epochs=1", "n_ctx=4"]) == 0
+        runs[name] = json.loads((out / "metrics.json").read_text())
+    assert runs["a"]["shots"] == 2
+    # Random weights (no --pretrained) are drawn after seeding: the same command gives the same numbers.
+    assert runs["a"]["base_accuracy"] == runs["b"]["base_accuracy"]
+    assert runs["a"]["training"]["epoch_losses"] == runs["b"]["training"]["epoch_losses"]
+
+
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "clipadapt", "models"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0

@@ -331,6 +331,16 @@ def test_csv_with_and_without_label(tmp_path):
     assert labelled.classnames == ["cat", "sea lion"]
     assert [(s.label, s.caption) for s in labelled.train] == [(1, "first"), (0, "second")]
 
+    # Images outside the CSV's folder (here through '..'; absolute paths alike) are sampled but not cached: a split
+    # file holds paths under its root only.
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "up.csv").write_text("image,caption,label\n../imgs/a.png,a,cat\n../elsewhere/b.png,b,dog\n")
+    outside = load_dataset(f"csv:{tmp_path / 'meta' / 'up.csv'}")
+    assert len(fewshot(outside, shots=1, seed=0, cache_dir=tmp_path / "cache").train) == 2
+    assert not (tmp_path / "cache").exists()
+    assert len(fewshot(labelled, shots=1, seed=0, cache_dir=tmp_path / "cache").train) == 2  # inside: cached
+    assert [p.name for p in (tmp_path / "cache").rglob("*.json")] == ["shot_1-seed_0.json"]
+
 
 @pytest.mark.parametrize(
     "content, problem",
@@ -340,6 +350,7 @@ def test_csv_with_and_without_label(tmp_path):
         ("image,caption\nimgs/a.png,ok\nimgs/missing.png,x\n", "row 3: image file .*missing.png does not exist"),
         ("image,caption,label\nimgs/a.png,ok,\n", "row 2: empty label"),
         ("image,caption\n", "no rows"),
+        ("image,caption,label\nimgs/a.png,a dog, running,dog\n", "row 2: 4 fields but the header has 3; put fields"),
     ],
 )
 def test_csv_errors_name_file_and_row(tmp_path, content, problem):
@@ -396,7 +407,7 @@ def test_fewshot_cache_written_reused_and_regenerated_when_stale(data_toy, tmp_p
     cache_file = cache / "Toy" / "shot_2-seed_3.json"
 
     data = json.loads(cache_file.read_text())
-    assert set(data) == {"train", "val"}
+    assert set(data) == {"train", "val", "pool"}
     assert [e[0] for e in data["train"]] == names(first.train, data_toy.root)
     assert all(isinstance(e[1], int) and e[2] == f"class {e[1]}" for e in data["train"] + data["val"])
     assert not [p for p in cache_file.parent.iterdir() if p != cache_file]  # no temp files left
@@ -415,6 +426,15 @@ def test_fewshot_cache_written_reused_and_regenerated_when_stale(data_toy, tmp_p
     cache_file.write_text(json.dumps(data))
     assert fewshot(data_toy, shots=2, seed=3, cache_dir=cache) == first
     assert json.loads(cache_file.read_text())["train"][0][0] == names(first.train, data_toy.root)[0]
+
+    # Drawn from a pool that has changed since (images added), the subset is drawn again: the same as without a
+    # cache. A file without a pool (written by hand, or another tool's subset) is used as it is.
+    grown = DatasetSplits(**{**vars(data_toy), "train": data_toy.train + data_toy.test})
+    assert fewshot(grown, shots=2, seed=3, cache_dir=cache) == fewshot(grown, shots=2, seed=3) != first
+    del data["pool"]
+    cache_file.write_text(json.dumps(data))
+    assert names(fewshot(grown, shots=2, seed=3, cache_dir=cache).train[:2], data_toy.root) == ["c0/test0.png",
+                                                                                                 "c0/train6.png"]
 
 
 def test_base_new_split_relabels_from_zero(tmp_path):

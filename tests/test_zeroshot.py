@@ -229,9 +229,9 @@ def test_run_base2new_gzsl_crossdataset(colour_world, tmp_path):
 
 def test_closed_set_methods_refuse_gzsl_and_crossdataset_before_training(colour_world, tmp_path, capsys):
     root, weights = colour_world
-    for protocol in ("gzsl", "crossdataset"):
+    for protocol, targets in (("gzsl", []), ("crossdataset", ["--targets", f"imagefolder:{root}"])):
         code, _ = _run(tmp_path, "linear_probe", "--protocol", protocol, "--dataset", f"imagefolder:{root}",
-                       "--pretrained", str(weights), "--targets", f"imagefolder:{root}")
+                       "--pretrained", str(weights), *targets)
         assert code == 2
         assert f"linearprobe scores only the classes it was trained on: it has no {protocol} numbers" in \
             capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
 from .methods.ship import Ship
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
-from .protocols import PROTOCOLS, RunContext, run_seeds, safe_name, write_metrics
+from .protocols import PROTOCOLS, RunContext, protocol_shots, run_seeds, safe_name, write_metrics
 from .report import write_report
 
 
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "features (ship.KEY=VALUE configures it)")
     run.add_argument("--dataset", required=True, help="imagefolder:PATH, coop:NAME:ROOT, csv:PATH, ...")
     run.add_argument("--protocol", default="full", choices=PROTOCOLS)
-    run.add_argument("--shots", type=int, default=None, help="k images per class for fewshot/base2new (base2new default 16)")
+    run.add_argument("--shots", type=int, default=None,
+                     help="k images per class for fewshot, base2new and crossdataset (the last two: default 16)")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 1,2,3): run each, report mean and std")
     run.add_argument("--targets", default="", help="crossdataset: comma-separated target data set specs")
@@ -110,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_dataset(args: argparse.Namespace) -> tuple[DatasetSplits, list[str]]:
-    """The data set of `--dataset`; with `--skip-bad-images`, without unreadable images, reported on stderr."""
-    splits = load_dataset(args.dataset)
+def _load_dataset(args: argparse.Namespace, spec: str | None = None) -> tuple[DatasetSplits, list[str]]:
+    """The data set `spec` (default `--dataset`); with `--skip-bad-images`, without unreadable images, reported on
+    stderr."""
+    splits = load_dataset(spec or args.dataset)
     if not args.skip_bad_images:
         return splits, []
     first_rank = _first_rank()  # under torchrun every rank checks; one reports
@@ -142,23 +145,42 @@ def _workers(args: argparse.Namespace) -> int:
         raise ClipadaptError(f"--device {args.device}: {e}") from None
 
 
+def _default_run_folder(args: argparse.Namespace, shots: int | None, targets: list[str], seeds: list[int]) -> Path:
+    """runs/<method>-<protocol>[-<k>shot][-<digest of targets / unseen>]-<data set>-seed<S>: runs that differ in
+    any of these never share a folder (one would resume or overwrite the other); only the data set's spec is cut
+    (to its last 40 characters: a path ends in the data set's name)."""
+    parts = [args.method, args.protocol, *([f"{shots}shot"] if shots else [])]
+    if targets or args.unseen:
+        parts.append(hashlib.sha256(json.dumps([targets, args.unseen]).encode()).hexdigest()[:8])
+    seed_label = "-".join(map(str, seeds))
+    return Path("runs") / f"{safe_name('-'.join(parts))}-{safe_name(args.dataset, 40, keep_end=True)}-seed{seed_label}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
     workers = _workers(args)
+    seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
+    targets = [t for t in args.targets.split(",") if t]
+    shots = protocol_shots(args.protocol, args.shots, targets, args.unseen)  # checked before any work
     splits, skipped = _load_dataset(args)
+    if args.model is not None and args.pretrained is None:
+        torch.manual_seed(seeds[0])  # a model without weights: its random ones follow the seed too
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     source = str(args.config or "overrides")
-    seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
-    seed_label = "-".join(map(str, seeds))
-    out = args.out or Path("runs") / safe_name(f"{args.method}-{args.protocol}-{args.dataset}-seed{seed_label}", 60, keep_end=True)
+    out = args.out or _default_run_folder(args, shots, targets, seeds)
+
+    def load_target(spec: str) -> DatasetSplits:
+        target, bad = _load_dataset(args, spec)
+        skipped.extend(bad)
+        return target
+
     ctx = RunContext(backbone, cache_dir=args.cache, out_dir=out, batch_size=args.batch_size or 64,
-                     num_workers=workers, progress=not args.no_progress)
-    targets = [t for t in args.targets.split(",") if t]
+                     num_workers=workers, progress=not args.no_progress, dataset_loader=load_target)
     start = time.time()
     numbers, config = run_seeds(args.method, values, args.protocol, ctx, splits, seeds, source=source,
                                 shots=args.shots, targets=targets, unseen=args.unseen)
-    metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": args.shots,
+    metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": shots,
                "seed": seeds[0] if len(seeds) == 1 else seeds, "seconds": round(time.time() - start, 3),
                "model": backbone.name, "pretrained": _weights_label(args), "config": config, **numbers}
     if args.skip_bad_images:

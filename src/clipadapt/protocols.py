@@ -28,7 +28,9 @@ from .features import FeatureSet, default_cache_dir, extract_features
 from .methods import build_method, method_config
 
 PROTOCOLS = ("full", "fewshot", "base2new", "gzsl", "crossdataset")
-DEFAULT_BASE2NEW_SHOTS = 16
+# The shots a protocol trains with when --shots is not given: CoOp, CoCoOp and SHIP train base-to-new and
+# cross-data-set sources on 16 shots per class; full and gzsl train on every image (of the seen classes).
+DEFAULT_SHOTS = {"base2new": 16, "crossdataset": 16}
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
@@ -73,6 +75,9 @@ class RunContext:
     batch_size: int = 64
     num_workers: int = 0
     progress: bool = True
+    # How a protocol loads the other data sets it names (cross-data-set targets): the CLI's loader also drops
+    # unreadable images under --skip-bad-images, as it does for --dataset.
+    dataset_loader: Callable[[str], DatasetSplits] = load_dataset
 
     def features(self, splits: DatasetSplits, split: str) -> FeatureSet:
         samples = splits.split(split)
@@ -159,16 +164,14 @@ def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSpl
     return {**result, "part_overlap": overlap}
 
 
-def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
-    if not shots:
-        raise ClipadaptError("protocol fewshot needs --shots K")
+def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     summary = _fit(method, ctx, splits, shots, seed)
     return _with_training(_with_part_overlap(_test_accuracy(method, ctx, splits), method, ctx, splits), summary)
 
 
-def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int, **_) -> dict:
+def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
-    summary = _fit(method, ctx, base, shots or DEFAULT_BASE2NEW_SHOTS, seed, unseen_classnames=new.classnames)
+    summary = _fit(method, ctx, base, shots, seed, unseen_classnames=new.classnames)
     base_result = _test_accuracy(method, ctx, base)
     base_acc = base_result["accuracy"]
     counts = {"num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
@@ -248,12 +251,12 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: 
     return _with_training(_with_synthesis(result, method, ctx, splits), summary)
 
 
-def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int | None, seed: int,
+def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int,
                      targets: Sequence[str] = (), **_) -> dict:
     if not targets:
         raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
     _check_scores_unseen(method, "crossdataset")
-    target_splits = {spec: load_dataset(spec) for spec in dict.fromkeys(targets)}  # each target once
+    target_splits = {spec: ctx.dataset_loader(spec) for spec in dict.fromkeys(targets)}  # each target once
     target_names = [name for target in target_splits.values() for name in target.classnames]
     summary = _fit(method, ctx, splits, shots, seed, unseen_classnames=target_names)
     result = _with_training(_test_accuracy(method, ctx, splits), summary)
@@ -273,13 +276,32 @@ def _split_cache(ctx: RunContext) -> Path:
     return Path(ctx.cache_dir or default_cache_dir()) / "splits"
 
 
-def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, **options) -> dict:
-    """The protocol's numbers for `method` on `splits` (options: shots, seed, targets, unseen)."""
+def protocol_shots(protocol: str, shots: int | None = None, targets: Sequence[str] = (),
+                   unseen: str | Sequence[str] | None = None) -> int | None:
+    """The shots per class `protocol` trains with (None: every train image), once the options are checked against
+    it: an option the protocol would ignore is an error, not a number in metrics.json that did not happen."""
     if protocol not in PROTOCOL_RUNNERS:
         raise ClipadaptError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
-    options.setdefault("seed", 1)
-    options.setdefault("shots", None)
-    return PROTOCOL_RUNNERS[protocol](method, ctx, splits, **options)
+    if shots is not None and protocol in ("full", "gzsl"):
+        raise ClipadaptError(f"protocol {protocol} trains on every train image (of the seen classes); --shots is for "
+                             f"fewshot, base2new and crossdataset")
+    if shots is not None and shots < 1:
+        raise ClipadaptError(f"--shots must be 1 or more, got {shots}")
+    if protocol == "fewshot" and shots is None:
+        raise ClipadaptError("protocol fewshot needs --shots K")
+    if targets and protocol != "crossdataset":
+        raise ClipadaptError(f"--targets is for protocol crossdataset, not {protocol}")
+    if unseen and protocol != "gzsl":
+        raise ClipadaptError(f"--unseen is for protocol gzsl, not {protocol}")
+    return shots if shots is not None else DEFAULT_SHOTS.get(protocol)
+
+
+def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, seed: int = 1,
+                 shots: int | None = None, targets: Sequence[str] = (), unseen: str | Sequence[str] | None = None
+                 ) -> dict:
+    """The protocol's numbers for `method` on `splits` (`protocol_shots` checks the options)."""
+    shots = protocol_shots(protocol, shots, targets, unseen)
+    return PROTOCOL_RUNNERS[protocol](method, ctx, splits, seed=seed, shots=shots, targets=targets, unseen=unseen)
 
 
 def run_seeds(method_name: str, values: dict, protocol: str, ctx: RunContext, splits: DatasetSplits,

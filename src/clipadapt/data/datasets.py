@@ -231,15 +231,17 @@ def read_split_file(
     return splits, [names[label] for label in range(len(names))]
 
 
-def save_split_file(path: Path, splits: Mapping[str, Sequence[Sample]], root: Path, classnames: Sequence[str]) -> None:
-    """Write samples as a split_zhou JSON file with paths relative to `root`, atomically."""
-    root = Path(root).absolute()
-    data: dict[str, list[list[Any]]] = {}
+def save_split_file(path: Path, splits: Mapping[str, Sequence[Sample]], root: Path, classnames: Sequence[str],
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Write samples as a split_zhou JSON file with paths relative to `root`, atomically; `extra` adds keys beside
+    the splits (readers of the format ignore them)."""
+    root = Path(os.path.abspath(root))
+    data: dict[str, Any] = dict(extra or {})
     for key, samples in splits.items():
         entries = []
         for sample in samples:
-            try:
-                rel = Path(sample.path).absolute().relative_to(root)
+            try:  # abspath also folds '..', which a reader of the file refuses
+                rel = Path(os.path.abspath(sample.path)).relative_to(root)
             except ValueError:
                 raise DataError(f"cannot write split file {path}: image {sample.path} is not under {root}") from None
             entries.append([rel.as_posix(), sample.label, classnames[sample.label]])
@@ -570,6 +572,9 @@ def load_csv(arg: str) -> DatasetSplits:
     has_label = "label" in header
     parsed = []
     for line, row in rows:
+        if None in row:  # csv.DictReader files surplus fields under None: a comma in an unquoted caption
+            raise DataError(f"CSV file {path}, row {line}: {len(header) + len(row[None])} fields but the header has "
+                            f"{len(header)}; put fields that contain commas in double quotes")
         image, caption, label = (row.get("image") or "").strip(), row.get("caption"), row.get("label")
         if not image or caption is None:
             raise DataError(f"CSV file {path}, row {line}: empty image path or missing caption")
