@@ -81,13 +81,14 @@ def test_options_a_protocol_would_ignore_are_refused_before_any_work(tmp_path, c
     assert code == 2 and problem in capsys.readouterr().err
 
 
-def test_default_run_folders_keep_runs_apart(monkeypatch, tmp_path):
+def test_default_run_folders_keep_runs_apart():
     import argparse
 
     from clipadapt.cli import _default_run_folder
 
-    def folder(method="coop", protocol="fewshot", shots=4, targets=(), unseen=None, seeds=(1,)):
-        dataset = f"imagefolder:{tmp_path}/{'a_rather_long_folder_name_' * 3}colours"
+    long = "imagefolder:/mnt/a/experiments/2026/shared/datasets/colours"
+
+    def folder(method="coop", protocol="fewshot", shots=4, targets=(), unseen=None, seeds=(1,), dataset=long):
         args = argparse.Namespace(method=method, protocol=protocol, dataset=dataset, unseen=unseen)
         return _default_run_folder(args, shots, list(targets), list(seeds))
 
@@ -95,25 +96,38 @@ def test_default_run_folders_keep_runs_apart(monkeypatch, tmp_path):
                folder(protocol="crossdataset", targets=["world:scenes"]),
                folder(protocol="crossdataset", targets=["world:patterns"]),
                folder(protocol="gzsl", shots=None, unseen="red"), folder(protocol="gzsl", shots=None, unseen="blue"),
-               folder(seeds=(1, 2, 3))]
+               folder(seeds=(1, 2, 3)), folder(seeds=range(1, 71)), folder(seeds=[1, *range(3, 72)]),
+               folder(dataset=long.replace("/mnt/a/", "/mnt/b/")), folder(dataset="imagefolder:/data/猫"),
+               folder(dataset="imagefolder:/data/犬"), folder(dataset="imagefolder:data/a_b"),
+               folder(dataset="imagefolder:data/a/b")]
     assert len(set(folders)) == len(folders)
-    assert folder().name.startswith("coop-fewshot-4shot-") and folder().name.endswith("colours-seed1")
-    assert all(len(f.name) <= 100 for f in folders)
+    assert all(len(f.name) <= 100 and "/" not in f.name for f in folders)
+    assert folder().name.startswith("coop-fewshot-4shot-") and "datasets_colours-seed1-" in folder().name
+    assert folder() == folder()  # the same command finds its folder again (to resume)
 
 
 def test_shots_recorded_are_the_shots_trained_with_and_untrained_models_follow_the_seed(colour_world, tmp_path):
-    root, _ = colour_world
-    runs = {}
-    for name in ("a", "b"):
+    root, weights = colour_world
+
+    def run(name, *argv):
         out = tmp_path / name
-        assert main(["run", "coop", "--dataset", f"imagefolder:{root}", "--model", "micro-vit", "--protocol",
-                     "base2new", "--shots", "2", "--out", str(out), "--cache", str(tmp_path / "cache"),
-                     "--no-progress", "epochs=1", "n_ctx=4"]) == 0
-        runs[name] = json.loads((out / "metrics.json").read_text())
-    assert runs["a"]["shots"] == 2
+        assert main(["run", *argv, "--dataset", f"imagefolder:{root}", "--out", str(out), "--cache",
+                     str(tmp_path / "cache"), "--no-progress"]) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    untrained = ["coop", "--model", "micro-vit", "--protocol", "base2new", "--shots", "2", "epochs=1", "n_ctx=4"]
+    a, b = run("a", *untrained), run("b", *untrained)
+    assert a["shots"] == 2
     # Random weights (no --pretrained) are drawn after seeding: the same command gives the same numbers.
-    assert runs["a"]["base_accuracy"] == runs["b"]["base_accuracy"]
-    assert runs["a"]["training"]["epoch_losses"] == runs["b"]["training"]["epoch_losses"]
+    assert a["base_accuracy"] == b["base_accuracy"] and a["training"]["epoch_losses"] == b["training"]["epoch_losses"]
+    # Without --shots: the protocol's default for a run that trains, nothing for a zero-shot run (no image trained).
+    assert run("zs", "zeroshot", "--pretrained", str(weights), "--protocol", "base2new")["shots"] is None
+    from clipadapt.protocols import protocol_shots, shots_trained
+
+    assert protocol_shots("base2new") == protocol_shots("crossdataset", targets=["x:y"]) == 16
+    assert protocol_shots("full") is None and protocol_shots("fewshot", 2) == 2
+    assert shots_trained({"training": {}}, 16) == shots_trained({"per_seed": {"1": {"training": {}}}}, 16) == 16
+    assert shots_trained({"accuracy": 50.0}, 16) is None
 
 
 def test_python_dash_m_entry_point():

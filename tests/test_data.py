@@ -339,7 +339,7 @@ def test_csv_with_and_without_label(tmp_path):
     assert len(fewshot(outside, shots=1, seed=0, cache_dir=tmp_path / "cache").train) == 2
     assert not (tmp_path / "cache").exists()
     assert len(fewshot(labelled, shots=1, seed=0, cache_dir=tmp_path / "cache").train) == 2  # inside: cached
-    assert [p.name for p in (tmp_path / "cache").rglob("*.json")] == ["shot_1-seed_0.json"]
+    assert [p.name[:14] for p in (tmp_path / "cache").rglob("*.json")] == ["shot_1-seed_0-"]
 
 
 @pytest.mark.parametrize(
@@ -404,13 +404,13 @@ def test_fewshot_too_many_shots(data_toy):
 def test_fewshot_cache_written_reused_and_regenerated_when_stale(data_toy, tmp_path):
     cache = tmp_path / "cache"
     first = fewshot(data_toy, shots=2, seed=3, cache_dir=cache)
-    cache_file = cache / "Toy" / "shot_2-seed_3.json"
+    [cache_file] = (cache / "Toy").iterdir()  # no temp files left
+    assert cache_file.name.startswith("shot_2-seed_3-") and cache_file.suffix == ".json"
 
     data = json.loads(cache_file.read_text())
-    assert set(data) == {"train", "val", "pool"}
+    assert set(data) == {"train", "val"}  # CoOp's split format
     assert [e[0] for e in data["train"]] == names(first.train, data_toy.root)
     assert all(isinstance(e[1], int) and e[2] == f"class {e[1]}" for e in data["train"] + data["val"])
-    assert not [p for p in cache_file.parent.iterdir() if p != cache_file]  # no temp files left
 
     assert fewshot(data_toy, shots=2, seed=3, cache_dir=cache) == first
 
@@ -427,15 +427,17 @@ def test_fewshot_cache_written_reused_and_regenerated_when_stale(data_toy, tmp_p
     assert fewshot(data_toy, shots=2, seed=3, cache_dir=cache) == first
     assert json.loads(cache_file.read_text())["train"][0][0] == names(first.train, data_toy.root)[0]
 
-    # Drawn from a pool that has changed since (images added), the subset is drawn again: the same as without a
-    # cache. A file without a pool (written by hand, or another tool's subset) is used as it is.
+    # Another pool (images added since, or another data set of the same name) gets its own file, never this
+    # one's subset: the same subset as without a cache.
     grown = DatasetSplits(**{**vars(data_toy), "train": data_toy.train + data_toy.test})
     assert fewshot(grown, shots=2, seed=3, cache_dir=cache) == fewshot(grown, shots=2, seed=3) != first
-    del data["pool"]
-    cache_file.write_text(json.dumps(data))
-    assert names(fewshot(grown, shots=2, seed=3, cache_dir=cache).train[:2], data_toy.root) == ["c0/test0.png",
-                                                                                                 "c0/train6.png"]
+    assert len(list((cache / "Toy").iterdir())) == 2 and fewshot(data_toy, shots=2, seed=3, cache_dir=cache) == first
 
+    # The digest is of paths relative to the root: the same images elsewhere (a moved data set) keep their subsets.
+    for where in ("one", "two"):
+        write_split_json(tmp_path / where / "split_zhou_Toy.json", tmp_path / where, toy_split(3, 8, 5, 2))
+        fewshot(load_dataset(f"coop:Toy:{tmp_path / where}"), shots=2, seed=3, cache_dir=tmp_path / "shared")
+    assert len(list((tmp_path / "shared" / "Toy").iterdir())) == 1
 
 def test_base_new_split_relabels_from_zero(tmp_path):
     write_split_json(tmp_path / "split_zhou_Five.json", tmp_path, toy_split(5, 2, 1, 1))

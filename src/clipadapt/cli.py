@@ -26,7 +26,7 @@ from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
 from .methods.ship import Ship
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
-from .protocols import PROTOCOLS, RunContext, protocol_shots, run_seeds, safe_name, write_metrics
+from .protocols import PROTOCOLS, RunContext, protocol_shots, run_seeds, safe_name, shots_trained, write_metrics
 from .report import write_report
 
 
@@ -146,14 +146,17 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def _default_run_folder(args: argparse.Namespace, shots: int | None, targets: list[str], seeds: list[int]) -> Path:
-    """runs/<method>-<protocol>[-<k>shot][-<digest of targets / unseen>]-<data set>-seed<S>: runs that differ in
-    any of these never share a folder (one would resume or overwrite the other); only the data set's spec is cut
-    (to its last 40 characters: a path ends in the data set's name)."""
+    """runs/<method>-<protocol>[-<k>shot]-<data set>-seed<S>-<digest>: the digest covers the whole data set spec,
+    targets, unseen classes and seeds, so runs that differ in any of them never share a folder (one would resume
+    or overwrite the other); what is shown of the data set (the end of its spec: a path ends in the data set's
+    name) and of many seeds is cut, to keep the name short."""
     parts = [args.method, args.protocol, *([f"{shots}shot"] if shots else [])]
-    if targets or args.unseen:
-        parts.append(hashlib.sha256(json.dumps([targets, args.unseen]).encode()).hexdigest()[:8])
     seed_label = "-".join(map(str, seeds))
-    return Path("runs") / f"{safe_name('-'.join(parts))}-{safe_name(args.dataset, 40, keep_end=True)}-seed{seed_label}"
+    if len(seed_label) > 20:
+        seed_label = f"{seeds[0]}-to-{seeds[-1]}-{len(seeds)}seeds"
+    digest = hashlib.sha256(json.dumps([args.dataset, targets, args.unseen, seeds]).encode()).hexdigest()[:8]
+    return Path("runs") / (f"{safe_name('-'.join(parts))}-{safe_name(args.dataset, 30, keep_end=True)}"
+                           f"-seed{seed_label}-{digest}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -180,7 +183,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     start = time.time()
     numbers, config = run_seeds(args.method, values, args.protocol, ctx, splits, seeds, source=source,
                                 shots=args.shots, targets=targets, unseen=args.unseen)
-    metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol, "shots": shots,
+    metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol,
+               "shots": shots_trained(numbers, shots),
                "seed": seeds[0] if len(seeds) == 1 else seeds, "seconds": round(time.time() - start, 3),
                "model": backbone.name, "pretrained": _weights_label(args), "config": config, **numbers}
     if args.skip_bad_images:

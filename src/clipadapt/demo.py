@@ -24,7 +24,7 @@ from .backbone import DEFAULT_WEIGHTS, load_backbone
 from .data import load_dataset
 from .engine import available_cores
 from .errors import CheckpointError, ClipadaptError
-from .protocols import RunContext, protocol_shots, run_seeds, safe_name, write_metrics
+from .protocols import RunContext, protocol_shots, run_seeds, safe_name, shots_trained, write_metrics
 from .report import write_report
 
 TARGET = "world:objects"
@@ -119,7 +119,8 @@ def _run_and_write(row: DemoRow, ctx: RunContext, folder: Path) -> float:
         metrics = _run_row(row, ctx)
     seconds = time.time() - start
     write_metrics(folder, {"method": row.name, "dataset": row.dataset, "protocol": row.protocol,
-                           "shots": protocol_shots(row.protocol, **dict(row.options)), "seconds": round(seconds, 1),
+                           "shots": shots_trained(metrics, protocol_shots(row.protocol, **dict(row.options))),
+                           "seconds": round(seconds, 1),
                            "command": row.command, **metrics})
     return seconds
 

@@ -296,6 +296,13 @@ def protocol_shots(protocol: str, shots: int | None = None, targets: Sequence[st
     return shots if shots is not None else DEFAULT_SHOTS.get(protocol)
 
 
+def shots_trained(numbers: dict, shots: int | None) -> int | None:
+    """`shots` for a run that trained (its numbers, or a seed's, hold a training summary), else None: a zero-shot
+    method trains on nothing, whatever the protocol's default."""
+    seeds = numbers.get("per_seed", {}).values()
+    return shots if "training" in numbers or any("training" in result for result in seeds) else None
+
+
 def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, seed: int = 1,
                  shots: int | None = None, targets: Sequence[str] = (), unseen: str | Sequence[str] | None = None
                  ) -> dict:

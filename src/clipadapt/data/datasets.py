@@ -231,12 +231,10 @@ def read_split_file(
     return splits, [names[label] for label in range(len(names))]
 
 
-def save_split_file(path: Path, splits: Mapping[str, Sequence[Sample]], root: Path, classnames: Sequence[str],
-                    extra: Mapping[str, Any] | None = None) -> None:
-    """Write samples as a split_zhou JSON file with paths relative to `root`, atomically; `extra` adds keys beside
-    the splits (readers of the format ignore them)."""
+def save_split_file(path: Path, splits: Mapping[str, Sequence[Sample]], root: Path, classnames: Sequence[str]) -> None:
+    """Write samples as a split_zhou JSON file with paths relative to `root`, atomically."""
     root = Path(os.path.abspath(root))
-    data: dict[str, Any] = dict(extra or {})
+    data: dict[str, list[list[Any]]] = {}
     for key, samples in splits.items():
         entries = []
         for sample in samples:

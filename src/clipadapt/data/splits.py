@@ -56,28 +56,23 @@ def _sample_val(splits: DatasetSplits, shots: int, rng: random.Random) -> list[S
     return chosen
 
 
-def _pool_digest(splits: DatasetSplits, allow_repeat: bool) -> str:
-    """What a subset is drawn from: the train and val images with their labels, and whether images may repeat."""
+def _pool_digest(splits: DatasetSplits, root: Path, allow_repeat: bool) -> str:
+    """What a subset is drawn from: the train and val images (paths relative to `root`, so that a moved data set
+    keeps its subsets) with their labels, and whether images may repeat."""
     digest = hashlib.sha256(json.dumps([splits.classnames, allow_repeat]).encode())
     for samples in (splits.train, splits.val):
-        for path, label in sorted((str(s.path), s.label) for s in samples):
-            digest.update(f"{path}\0{label}\n".encode())
-        digest.update(b"|")
-    return digest.hexdigest()[:16]
+        entries = sorted((Path(os.path.abspath(s.path)).relative_to(root).as_posix(), s.label) for s in samples)
+        digest.update(json.dumps(entries).encode())
+    return digest.hexdigest()[:12]
 
 
-def _read_cached(path: Path, splits: DatasetSplits, pool: str, allow_repeat: bool
-                 ) -> tuple[list[Sample], list[Sample]] | None:
-    """The cached subset, or None when it is missing, lists images the data set lacks, or was drawn (by this
-    function's caller) from another pool: images added or removed since. A file without a pool (written by hand,
-    or another tool's subset) is used as it is."""
+def _read_cached(path: Path, splits: DatasetSplits, allow_repeat: bool) -> tuple[list[Sample], list[Sample]] | None:
+    """The cached subset, or None when it is missing or no longer fits the data set."""
     if not path.is_file():
         return None
     try:
-        if json.loads(path.read_text(encoding="utf-8")).get("pool", pool) != pool:
-            return None
         cached, classnames = read_split_file(path, splits.root, keys=("train", "val"))
-    except (DataError, OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except DataError:
         return None
     if classnames != splits.classnames:
         return None
@@ -99,8 +94,10 @@ def fewshot(
 ) -> DatasetSplits:
     """CoOp's k-shot subset: `shots` train and min(shots, 4) val images per class; test unchanged.
 
-    With `cache_dir`, the subset is stored in cache_dir/<name>/shot_<k>-seed_<s>.json and reused while the images
-    it was drawn from stay the same (not cached when images lie outside the data set's root).
+    With `cache_dir`, the subset is stored in cache_dir/<name>/shot_<k>-seed_<s>-<pool>.json, `pool` a digest of
+    the images it is drawn from: it is reused while they stay the same, and data sets that share a name, or a data
+    set whose images changed, never get another pool's subset. Subsets of images outside the data set's root are
+    not cached (a split file holds paths under its root).
     """
     if shots < 1:
         raise DataError(f"few-shot sampling needs at least 1 shot per class, got {shots}")
@@ -110,9 +107,9 @@ def fewshot(
     root = Path(os.path.abspath(splits.root))
     cacheable = cache_dir is not None and all(Path(os.path.abspath(s.path)).is_relative_to(root)
                                               for s in (*splits.train, *splits.val))
-    cache_file = Path(cache_dir) / splits.name / f"shot_{shots}-seed_{seed}.json" if cacheable else None
-    pool = _pool_digest(splits, allow_repeat) if cache_file is not None else ""
-    cached = _read_cached(cache_file, splits, pool, allow_repeat) if cache_file is not None else None
+    pool = _pool_digest(splits, root, allow_repeat) if cacheable else ""
+    cache_file = Path(cache_dir) / splits.name / f"shot_{shots}-seed_{seed}-{pool}.json" if cacheable else None
+    cached = _read_cached(cache_file, splits, allow_repeat) if cache_file is not None else None
     if cached is not None:
         train, val = cached
     else:
@@ -120,7 +117,7 @@ def fewshot(
         train = _sample_train(splits, shots, rng, allow_repeat)
         val = _sample_val(splits, min(shots, MAX_VAL_SHOTS), rng)
         if cache_file is not None:
-            save_split_file(cache_file, {"train": train, "val": val}, splits.root, splits.classnames, {"pool": pool})
+            save_split_file(cache_file, {"train": train, "val": val}, splits.root, splits.classnames)
     return replace(splits, train=train, val=val)
 
 
