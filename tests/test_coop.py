@@ -94,9 +94,35 @@ def test_schedule_is_dassls(epochs, warmup):
 
 def test_epochs_by_shots(backbone):
     assert [epochs_for_shots(k) for k in (1, 2, 4, 8, 16, 100)] == [50, 100, 100, 200, 200, 200]
+    assert [epochs_for_shots(k, "ImageNet") for k in (1, 4, 16)] == [50, 50, 50]  # COOP.md: ep50 for ImageNet
     coop = build_method("coop", backbone, {"n_ctx": 4})
     history = coop.fit(synthetic(1, seed=1), NAMES, progress=False)  # one shot: one step an epoch
     assert history["epochs"] == 50 and history["steps"] == 50
+    on_imagenet = build_method("coop", backbone, {"n_ctx": 4, "batch_size": 32})
+    assert on_imagenet.fit(synthetic(16, seed=1), NAMES, template_key="ImageNet", progress=False)["epochs"] == 50
+
+
+def test_ships_coop_recipe_keeps_the_last_batch_and_steps_a_cosine_every_batch(backbone, monkeypatch):
+    """mrflogs/SHIP trains CoOp with plain SGD, a cosine over all steps without warm-up, and the last partial batch
+    kept (configs/coop_ship_vit_b16_base2new.yaml)."""
+    from clipadapt import engine
+
+    rates = []
+    step = engine.Trainer.fit
+
+    def recording_fit(trainer, batches, step_fn):
+        rates.extend(trainer.lr_at(s) for s in range(trainer.total_steps))
+        return step(trainer, batches, step_fn)
+
+    monkeypatch.setattr(engine.Trainer, "fit", recording_fit)
+    config = {**FAST, "epochs": 3, "batch_size": 12, "momentum": 0.0, "weight_decay": 0.0, "schedule": "cosine_steps",
+              "drop_last": False}
+    history = build_method("coop", backbone, config).fit(synthetic(8, seed=1), NAMES, progress=False)
+    assert history["steps_per_epoch"] == 3 and history["steps"] == 9  # 32 features: 12 + 12 + 8
+    assert rates[0] == pytest.approx(0.002) and rates == sorted(rates, reverse=True) and rates[-1] < 1e-4
+    dassl = build_method("coop", backbone, {**FAST, "epochs": 3, "batch_size": 12}).fit(
+        synthetic(8, seed=1), NAMES, progress=False)
+    assert dassl["steps_per_epoch"] == 2  # Dassl drops the last partial batch
 
 
 def test_learns_and_is_deterministic(backbone):

@@ -31,10 +31,11 @@ from . import register_method
 SELECTIONS = ("last", "val")
 
 
-def epochs_for_shots(shots: int) -> int:
+def epochs_for_shots(shots: int, dataset: str | None = None) -> int:
     """The official schedule by shots per class (COOP.md: rn50_ep50 for 1 shot, rn50_ep100 for 2 and 4, the
-    200-epoch rn50 config for 8 and 16). More shots than 16 keep 200 epochs."""
-    return 50 if shots <= 1 else 100 if shots <= 4 else 200
+    200-epoch rn50 config for 8 and 16; "for ImageNet, we use *_ep50 for all settings"). More shots than 16 keep
+    200 epochs. `dataset`: the data set's template key (ImageNet's is "ImageNet")."""
+    return 50 if shots <= 1 or dataset == "ImageNet" else 100 if shots <= 4 else 200
 
 
 @register_method("coop")
@@ -55,7 +56,12 @@ class CoOp:
         weight_decay: float = 5e-4
         warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr before the cosine
         warmup_lr: float = 1e-5
+        # dassl: the warm-up, then a cosine stepped per epoch; cosine_steps: a cosine stepped per batch down to 0,
+        # no warm-up (mrflogs/SHIP's CoOp training)
+        schedule: str = "dassl"
+        drop_last: bool = True  # Dassl drops the last partial batch of an epoch; SHIP's loader keeps it
         augment: bool = False  # re-encode random-crop/flip views of the train images every step (official)
+        crop_scale: float = 0.08  # the smallest random-resized-crop area with augment (SHIP's CoOp: 0.5)
         select: str = "last"  # last | val: keep the epoch with the best validation accuracy
         seed: int = 1
         checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
@@ -118,20 +124,24 @@ class CoOp:
     def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
             template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
             synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
-        """Learn the context on `train` (the learned prompt replaces any template, so `template_key` is unused).
+        """Learn the context on `train` (the learned prompt replaces any template; `template_key` names the data
+        set for the epochs by shots).
         With `out_dir`, checkpoints go there and a rerun with the same arguments resumes. `synthetic` features
         (labelled in `classnames`, e.g. SHIP's for classes without data) join every batch."""
         self.classnames = list(classnames)
         self.prompt = nn.ParameterDict({"ctx": self._initial_context(len(classnames) if self.config.csc else None)})
         self._scoring_text = None
-        epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()))
+        epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()), template_key)
 
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             # Every class prompt once per step, scored against the batch's image features.
             return F.cross_entropy(self._logits(features, self._text_features(self.classnames)), labels)
 
-        # class_chunk changes how prompts are batched, not what is learned (and runs from before it still resume)
-        settings = {k: v for k, v in asdict(self.config).items() if k != "class_chunk"}
+        # class_chunk changes how prompts are batched, not what is learned, and options added since are left out at
+        # their defaults: runs from before them still resume.
+        defaults = asdict(CoOp.Config())
+        settings = {k: v for k, v in asdict(self.config).items()
+                    if k != "class_chunk" and not (k in ("schedule", "drop_last", "crop_scale") and v == defaults[k])}
         fingerprint = json.dumps([settings, self.classnames, "coop"], sort_keys=True)
         self.history = train_prompt_learner(
             self.prompt, batch_loss, self.backbone, train, self.config, epochs=epochs,
