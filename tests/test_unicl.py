@@ -232,15 +232,47 @@ def test_a_pretraining_step_reads_no_device_value(loss):
         loss_value.item()
 
 
+def test_augmented_batches_are_a_function_of_their_step(pretrain_data):
+    """With augment=true (microsoft/UniCL's timm pipeline) a batch's views are drawn from its step's seed: the
+    same from any offset and with decoding workers (so a resumed run sees the same views), other at other steps,
+    and the global RNGs are left as they were."""
+    import random
+
+    from clipadapt import load_backbone
+    from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
+
+    data = PretrainData.from_specs(pretrain_data.split(","))
+    backbone = load_backbone("micro-vit")
+
+    def batches(epoch, offset, **options):
+        trainer = UniCLPretrainer(backbone, PretrainConfig(batch_size=16, **options), data)
+        return list(trainer._batches(epoch, offset))
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist()
+    from_one = batches(1, 1, augment=True)
+    assert (random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist()) == states
+    from_zero, in_a_worker = batches(1, 0, augment=True), batches(1, 1, augment=True, workers=1)
+    plain = batches(1, 1)
+    for (images, _, indices), (zero_images, _, zero_indices), (worker_images, _, _), (plain_images, _, plain_indices) \
+            in zip(from_one, from_zero[1:], in_a_worker, plain):
+        assert torch.equal(indices, zero_indices) and torch.equal(indices, plain_indices)
+        assert torch.equal(images, zero_images) and torch.equal(images, worker_images)
+        assert images.shape == plain_images.shape and not torch.equal(images, plain_images)
+    assert not torch.equal(from_zero[0][0], from_zero[1][0])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["micro-vit", "tiny-rn"])  # tiny-rn: channels-last weights and their moments
-def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model):
+@pytest.mark.parametrize("model, extra", [("micro-vit", ()), ("tiny-rn", ()),  # tiny-rn: channels-last moments
+                                          ("micro-vit", ("augment=true",))])  # augmented views seeded by step
+def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model, extra):
     from safetensors.torch import load_file
 
     from clipadapt.methods.unicl import UniCLPretrainer
 
     pretrain = functools.partial(_pretrain, model=model)
-    assert pretrain(pretrain_data, tmp_path / "straight") == 0
+    assert pretrain(pretrain_data, tmp_path / "straight", "unicl", *extra) == 0
     original = UniCLPretrainer._loss
 
     def crash_at_step_23(self, batch, step):
@@ -249,10 +281,10 @@ def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model
         return original(self, batch, step)
 
     monkeypatch.setattr(UniCLPretrainer, "_loss", crash_at_step_23)
-    assert pretrain(pretrain_data, tmp_path / "resumed") == 130  # interrupted after the step-20 checkpoint
+    assert pretrain(pretrain_data, tmp_path / "resumed", "unicl", *extra) == 130  # after the step-20 checkpoint
     monkeypatch.setattr(UniCLPretrainer, "_loss", original)
     # Resumed with a decoding worker and another checkpoint frequency: neither changes what the run computes.
-    assert pretrain(pretrain_data, tmp_path / "resumed", "unicl", "--workers", "1", "checkpoint_every=7") == 0
+    assert pretrain(pretrain_data, tmp_path / "resumed", "unicl", *extra, "--workers", "1", "checkpoint_every=7") == 0
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 20
     straight = load_file(str(tmp_path / "straight" / "model.safetensors"))

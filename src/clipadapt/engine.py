@@ -10,11 +10,13 @@ import copy
 import hashlib
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
+import numpy as np
 import open_clip
 import torch
 import torch.distributed as dist
@@ -282,10 +284,18 @@ class Trainer:
 
 def load_batch(samples: Sequence, indices: torch.Tensor, transform: Callable, seed: int) -> torch.Tensor:
     """The images `samples[indices]` through `transform`, stacked; random transforms draw from `seed` (torchvision
-    uses the global CPU RNG, which is left as it was), so a batch is a function of its seed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # the CPU generator only: GPU generators are not forked here
-        return torch.stack([transform(load_image(samples[i].path)) for i in indices.tolist()])
+    uses the global CPU RNG, timm's augmentations Python's `random` and NumPy's; all are left as they were), so a
+    batch is a function of its seed."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # the CPU generator only: GPU generators are not forked here
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            return torch.stack([transform(load_image(samples[i].path)) for i in indices.tolist()])
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 @contextlib.contextmanager

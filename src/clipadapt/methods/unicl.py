@@ -15,16 +15,18 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from timm.data import create_transform
 from torch.utils.data import DataLoader
 
 from ..data import DatasetSplits, ImageDataset, Sample, load_dataset
 from ..data.samplers import BalancedBatchSampler
-from ..engine import Trainer, cosine_lr, distributed_world, param_groups
+from ..engine import AugmentedBatches, Trainer, cosine_lr, distributed_world, param_groups
 from ..errors import ClipadaptError
 from ..losses import clip_loss, gather_batch, unicl_loss
 from ..text import IMAGENET_TEMPLATES
@@ -47,6 +49,9 @@ class PretrainConfig:
     grad_clip: float = 0.0  # 0: off
     max_logit_scale: float = 100.0
     seed: int = 0
+    # microsoft/UniCL's training augmentation (`official_train_transform`); off by default: the shipped model and
+    # the README's loss comparison were trained on the plain resized centre crops
+    augment: bool = False
     workers: int = 0
     checkpoint_every: int = 200
 
@@ -83,6 +88,17 @@ class PretrainData:
         return cls(classnames, labelled, captioned)
 
 
+def official_train_transform(backbone) -> Callable:
+    """microsoft/UniCL's training pipeline (data/build.py: timm's create_transform with its config defaults) at the
+    backbone's size and normalization: random resized crop (scale 0.08-1), horizontal flip, colour jitter 0.4,
+    RandAugment rand-m9-mstd0.5-inc1, bicubic, random erasing with probability 0.25 (per-pixel noise)."""
+    pre = backbone.config.get("preprocess", {})
+    return create_transform(backbone.image_size, is_training=True, color_jitter=0.4,
+                            auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25,
+                            re_mode="pixel", re_count=1, mean=tuple(pre.get("mean") or OPENAI_DATASET_MEAN),
+                            std=tuple(pre.get("std") or OPENAI_DATASET_STD))
+
+
 def channels_last_if_convolutional(tower: nn.Module) -> torch.memory_format:
     """`torch.channels_last` for an image tower built of convolutions, else `torch.contiguous_format` (a ViT has
     one convolution, its patch embedding)."""
@@ -108,6 +124,7 @@ class UniCLPretrainer:
         self.sampler = BalancedBatchSampler(len(data.labelled), n_text, config.batch_size, label_fraction,
                                             seed=config.seed, rank=self.rank, world_size=self.world_size)
         self.dataset = ImageDataset(data.labelled + data.captioned[:n_text], backbone.image_transform(train=False))
+        self.train_transform = official_train_transform(backbone) if config.augment else None
         # Every label text is tokenized once: [n_classes, 80 templates, context] and [n_captions, context]. They
         # stay on the CPU, where a batch's texts are put together and cut to the longest without waiting for a GPU.
         self.label_tokens = torch.stack([backbone.tokenize([t(name) for t in IMAGENET_TEMPLATES])
@@ -162,9 +179,19 @@ class UniCLPretrainer:
             self.backbone.model.logit_scale.clamp_(0, math.log(self.config.max_logit_scale))
 
     def _batches(self, epoch: int, offset: int):
-        return DataLoader(self.dataset, batch_sampler=list(self.sampler.batches(epoch, offset)),
-                          num_workers=self.config.workers, persistent_workers=False,
-                          pin_memory=self.backbone.device.type == "cuda")  # for asynchronous copies
+        pin = self.backbone.device.type == "cuda"  # for asynchronous copies
+        batches = list(self.sampler.batches(epoch, offset))
+        if self.train_transform is None:
+            return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.config.workers,
+                              persistent_workers=False, pin_memory=pin)
+        # Augmented: each batch drawn from a seed of its step (and rank), so a resumed run, or one with other
+        # workers, sees the same views.
+        first = epoch * len(self.sampler) + offset
+        tasks = [(torch.tensor(indices), self.config.seed * 1_000_003 + (first + i) * 8191 + self.rank + 500_009)
+                 for i, indices in enumerate(batches)]
+        loader = DataLoader(AugmentedBatches(self.dataset.samples, tasks, self.train_transform), batch_size=None,
+                            num_workers=self.config.workers, pin_memory=pin, generator=torch.Generator())
+        return ((images, None, indices) for indices, images in loader)
 
     def fit(self, out_dir=None, progress: bool = True) -> dict:
         cfg = self.config
@@ -180,9 +207,11 @@ class UniCLPretrainer:
         warmup = max(1, round(cfg.warmup * total))
         # What a run computes: settings that do not change it (decoding processes, checkpoint frequency) are left
         # out, at their defaults, so a run resumes with other ones and earlier runs' fingerprints stand.
-        computed = replace(cfg, workers=PretrainConfig.workers, checkpoint_every=PretrainConfig.checkpoint_every)
+        computed = asdict(replace(cfg, workers=PretrainConfig.workers, checkpoint_every=PretrainConfig.checkpoint_every))
+        if not cfg.augment:  # added since: runs from before it keep their fingerprint
+            del computed["augment"]
         fingerprint = hashlib.sha256(json.dumps(
-            [asdict(computed), self.backbone.config, self.data.classnames, len(self.data.labelled),
+            [computed, self.backbone.config, self.data.classnames, len(self.data.labelled),
              len(self.data.captioned), self.world_size], sort_keys=True).encode()).hexdigest()[:16]
         trainer = Trainer(
             self.module, optimizer, total_steps=total, steps_per_epoch=len(self.sampler),
