@@ -104,6 +104,9 @@ def test_tip_adapter_f_follows_the_official_loop(backbone, monkeypatch):
     assert tip.fit(train, NAMES, progress=False)["finetune"]["steps"] == 6
     assert lrs[0] == 1e-3 and lrs[3] == pytest.approx(0.5e-3) and 0 < lrs[-1] < lrs[-2]
     assert dassl_train_transform(backbone, tip.config.crop_scale).transforms[0].scale == (0.5, 1.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ClipadaptError, match="crop_scale must lie in"):
+            dassl_train_transform(backbone, bad)
     assert build_method("tip_adapter", backbone).config.augment  # by default, as the official code
 
 

@@ -64,6 +64,14 @@ def test_skip_bad_images_covers_crossdataset_targets(colour_world, tmp_path, cap
     metrics = json.loads((out / "metrics.json").read_text())
     assert [p.endswith("broken.png") for p in metrics["skipped_images"]] == [True]
     assert metrics["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0
+    # Several seeds load (and check) each target once: the bad image is reported once.
+    capsys.readouterr()
+    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol",
+                 "crossdataset", "--targets", f"imagefolder:{target}", "--cache", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "seeds"), "--seeds", "1,2", "--skip-bad-images", "--no-progress",
+                 f"templates={TEMPLATE}"])
+    assert code == 0 and capsys.readouterr().err.count("skipped unreadable image") == 1
+    assert len(json.loads((tmp_path / "seeds" / "metrics.json").read_text())["skipped_images"]) == 1
 
 
 @pytest.mark.parametrize("argv, problem", [
@@ -73,6 +81,7 @@ def test_skip_bad_images_covers_crossdataset_targets(colour_world, tmp_path, cap
     (["--protocol", "crossdataset", "--targets", "x:y", "--shots", "0"], "--shots must be 1 or more"),
     (["--protocol", "base2new", "--targets", "x:y"], "--targets is for protocol crossdataset, not base2new"),
     (["--protocol", "base2new", "--unseen", "red"], "--unseen is for protocol gzsl, not base2new"),
+    (["--protocol", "crossdataset"], "protocol crossdataset needs --targets"),
 ])
 def test_options_a_protocol_would_ignore_are_refused_before_any_work(tmp_path, capsys, argv, problem):
     # The data set does not exist: the options are checked before it is read.
@@ -90,7 +99,7 @@ def test_default_run_folders_keep_runs_apart():
 
     def folder(method="coop", protocol="fewshot", shots=4, targets=(), unseen=None, seeds=(1,), dataset=long):
         args = argparse.Namespace(method=method, protocol=protocol, dataset=dataset, unseen=unseen)
-        return _default_run_folder(args, shots, list(targets), list(seeds))
+        return _default_run_folder(args, dataset.rstrip("/").split("/")[-1], shots, list(targets), list(seeds))
 
     folders = [folder(), folder(method="zeroshot"), folder(protocol="base2new"), folder(shots=8),
                folder(protocol="crossdataset", targets=["world:scenes"]),
@@ -102,7 +111,7 @@ def test_default_run_folders_keep_runs_apart():
                folder(dataset="imagefolder:data/a/b")]
     assert len(set(folders)) == len(folders)
     assert all(len(f.name) <= 100 and "/" not in f.name for f in folders)
-    assert folder().name.startswith("coop-fewshot-4shot-") and "datasets_colours-seed1-" in folder().name
+    assert folder().name.startswith("coop-fewshot-4shot-colours-seed1-")
     assert folder() == folder()  # the same command finds its folder again (to resume)
 
 

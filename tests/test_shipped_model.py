@@ -68,7 +68,6 @@ def test_every_demo_row_names_the_command_that_reproduces_it():
 
 def _running_after(pids: list[int], seconds: float) -> list[int]:
     """The processes among `pids` still running (neither gone nor a zombie) after waiting up to `seconds`."""
-    import os
     import time
 
     def running(pid: int) -> bool:

@@ -145,18 +145,17 @@ def _workers(args: argparse.Namespace) -> int:
         raise ClipadaptError(f"--device {args.device}: {e}") from None
 
 
-def _default_run_folder(args: argparse.Namespace, shots: int | None, targets: list[str], seeds: list[int]) -> Path:
-    """runs/<method>-<protocol>[-<k>shot]-<data set>-seed<S>-<digest>: the digest covers the whole data set spec,
-    targets, unseen classes and seeds, so runs that differ in any of them never share a folder (one would resume
-    or overwrite the other); what is shown of the data set (the end of its spec: a path ends in the data set's
-    name) and of many seeds is cut, to keep the name short."""
+def _default_run_folder(args: argparse.Namespace, dataset_name: str, shots: int | None, targets: list[str],
+                        seeds: list[int]) -> Path:
+    """runs/<method>-<protocol>[-<k>shot]-<data set name>-seed<S>-<digest>: the digest covers the whole data set
+    spec, targets, unseen classes and seeds, so runs that differ in any of them never share a folder (one would
+    resume or overwrite the other); the name and many seeds are cut short."""
     parts = [args.method, args.protocol, *([f"{shots}shot"] if shots else [])]
     seed_label = "-".join(map(str, seeds))
     if len(seed_label) > 20:
         seed_label = f"{seeds[0]}-to-{seeds[-1]}-{len(seeds)}seeds"
     digest = hashlib.sha256(json.dumps([args.dataset, targets, args.unseen, seeds]).encode()).hexdigest()[:8]
-    return Path("runs") / (f"{safe_name('-'.join(parts))}-{safe_name(args.dataset, 30, keep_end=True)}"
-                           f"-seed{seed_label}-{digest}")
+    return Path("runs") / f"{safe_name('-'.join(parts))}-{safe_name(dataset_name, 30)}-seed{seed_label}-{digest}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -171,12 +170,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         torch.manual_seed(seeds[0])  # a model without weights: its random ones follow the seed too
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     source = str(args.config or "overrides")
-    out = args.out or _default_run_folder(args, shots, targets, seeds)
+    out = args.out or _default_run_folder(args, splits.name, shots, targets, seeds)
+    loaded_targets: dict[str, DatasetSplits] = {}
 
-    def load_target(spec: str) -> DatasetSplits:
-        target, bad = _load_dataset(args, spec)
-        skipped.extend(bad)
-        return target
+    def load_target(spec: str) -> DatasetSplits:  # once, however many seeds ask
+        if spec not in loaded_targets:
+            loaded_targets[spec], bad = _load_dataset(args, spec)
+            skipped.extend(path for path in bad if path not in skipped)
+        return loaded_targets[spec]
 
     ctx = RunContext(backbone, cache_dir=args.cache, out_dir=out, batch_size=args.batch_size or 64,
                      num_workers=workers, progress=not args.no_progress, dataset_loader=load_target)

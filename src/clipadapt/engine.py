@@ -410,6 +410,8 @@ def dassl_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: 
 
 
 def dassl_train_transform(backbone, crop_scale: float = 0.08) -> Callable:
+    if not 0 < crop_scale <= 1:
+        raise ClipadaptError(f"crop_scale must lie in (0, 1], got {crop_scale}")
     """CoOp's train augmentation (Dassl `random_resized_crop`, `random_flip`, `normalize` with its default
     RRCROP_SCALE (0.08, 1); Tip-Adapter crops (0.5, 1)), at the backbone's size and normalization. open_clip's own
     train transform crops 0.9-1 and does not flip."""

@@ -252,9 +252,7 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: 
 
 
 def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int,
-                     targets: Sequence[str] = (), **_) -> dict:
-    if not targets:
-        raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
+                     targets: Sequence[str], **_) -> dict:
     _check_scores_unseen(method, "crossdataset")
     target_splits = {spec: ctx.dataset_loader(spec) for spec in dict.fromkeys(targets)}  # each target once
     target_names = [name for target in target_splits.values() for name in target.classnames]
@@ -291,16 +289,22 @@ def protocol_shots(protocol: str, shots: int | None = None, targets: Sequence[st
         raise ClipadaptError("protocol fewshot needs --shots K")
     if targets and protocol != "crossdataset":
         raise ClipadaptError(f"--targets is for protocol crossdataset, not {protocol}")
+    if protocol == "crossdataset" and not targets:
+        raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
     if unseen and protocol != "gzsl":
         raise ClipadaptError(f"--unseen is for protocol gzsl, not {protocol}")
     return shots if shots is not None else DEFAULT_SHOTS.get(protocol)
 
 
+def trained(numbers: dict) -> bool:
+    """Whether a run trained: its numbers, or one of its seeds', hold a training summary (a zero-shot run's do not)."""
+    return "training" in numbers or any("training" in result for result in numbers.get("per_seed", {}).values())
+
+
 def shots_trained(numbers: dict, shots: int | None) -> int | None:
-    """`shots` for a run that trained (its numbers, or a seed's, hold a training summary), else None: a zero-shot
-    method trains on nothing, whatever the protocol's default."""
-    seeds = numbers.get("per_seed", {}).values()
-    return shots if "training" in numbers or any("training" in result for result in seeds) else None
+    """`shots` for a run that trained, else None: a zero-shot method trains on nothing, whatever the protocol's
+    default."""
+    return shots if trained(numbers) else None
 
 
 def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, seed: int = 1,

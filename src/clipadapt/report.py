@@ -22,7 +22,7 @@ from PIL import Image
 
 from .data import load_image
 from .errors import ClipadaptError
-from .protocols import DEFAULT_SHOTS, PROTOCOLS, safe_name, write_text_atomic
+from .protocols import DEFAULT_SHOTS, PROTOCOLS, safe_name, trained, write_text_atomic
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
 NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
@@ -165,7 +165,7 @@ def _seeds_text(run: Run) -> str:
 
 
 def _shots_text(run: Run) -> str:
-    if "training" not in run.metrics and not any("training" in result for result in run.per_seed().values()):
+    if not trained(run.metrics):
         return "-"  # a method that trains nothing (zero-shot)
     shots = run.metrics.get("shots")
     if run.metrics.get("protocol") == "base2new":  # runs written before metrics.json held the default

@@ -56,13 +56,20 @@ def _sample_val(splits: DatasetSplits, shots: int, rng: random.Random) -> list[S
     return chosen
 
 
-def _pool_digest(splits: DatasetSplits, root: Path, allow_repeat: bool) -> str:
-    """What a subset is drawn from: the train and val images (paths relative to `root`, so that a moved data set
-    keeps its subsets) with their labels, and whether images may repeat."""
+def _pool_digest(splits: DatasetSplits, allow_repeat: bool) -> str | None:
+    """What a subset is drawn from: the train and val images (paths relative to the data set's root, so that a
+    moved data set keeps its subsets) with their labels, and whether images may repeat. None when an image lies
+    outside the root: a split file holds paths under its root only."""
+    root = Path(os.path.abspath(splits.root))
     digest = hashlib.sha256(json.dumps([splits.classnames, allow_repeat]).encode())
     for samples in (splits.train, splits.val):
-        entries = sorted((Path(os.path.abspath(s.path)).relative_to(root).as_posix(), s.label) for s in samples)
-        digest.update(json.dumps(entries).encode())
+        entries = []
+        for sample in samples:
+            try:
+                entries.append((Path(os.path.abspath(sample.path)).relative_to(root).as_posix(), sample.label))
+            except ValueError:
+                return None
+        digest.update(json.dumps(sorted(entries)).encode())
     return digest.hexdigest()[:12]
 
 
@@ -104,11 +111,8 @@ def fewshot(
     if not splits.classnames:
         raise DataError(f"data set {splits.name} has no class labels; few-shot sampling needs them")
 
-    root = Path(os.path.abspath(splits.root))
-    cacheable = cache_dir is not None and all(Path(os.path.abspath(s.path)).is_relative_to(root)
-                                              for s in (*splits.train, *splits.val))
-    pool = _pool_digest(splits, root, allow_repeat) if cacheable else ""
-    cache_file = Path(cache_dir) / splits.name / f"shot_{shots}-seed_{seed}-{pool}.json" if cacheable else None
+    pool = _pool_digest(splits, allow_repeat) if cache_dir is not None else None
+    cache_file = Path(cache_dir) / splits.name / f"shot_{shots}-seed_{seed}-{pool}.json" if pool else None
     cached = _read_cached(cache_file, splits, allow_repeat) if cache_file is not None else None
     if cached is not None:
         train, val = cached

@@ -79,7 +79,7 @@ class ClipAdapter:
             synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
         classnames = list(classnames)
         weights = self.text(classnames, template_key)
-        epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()))
+        epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()), template_key)
 
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(self._logits(features, weights), labels)

@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from timm.data import create_transform
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DatasetSplits, ImageDataset, Sample, load_dataset
