@@ -63,6 +63,50 @@ def test_the_loss_is_read_once_a_step_after_its_backward_pass(monkeypatch):
     assert events == ["backward", "read"] * 3
 
 
+def _skipping_rank(rank: int, port: int, queue) -> None:
+    """One of two gloo ranks fitting y = 2x for 8 steps with --skip-nonfinite; only rank 1's loss is NaN at step 5."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    x = torch.linspace(-1, 1, 8)[:, None] + rank
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=8, steps_per_epoch=4,
+                      lr_at=lambda step: 0.1, progress=False, skip_nonfinite=True)
+
+    def step_fn(batch: torch.Tensor, step: int) -> torch.Tensor:
+        loss = ((model(x[batch]) - 2 * x[batch]) ** 2).mean()
+        return loss * float("nan") if step == 5 and rank == 1 else loss
+
+    trainer.fit(lambda epoch, offset: (torch.tensor([2 * b, 2 * b + 1]) for b in range(offset, 4)), step_fn)
+    queue.put((rank, trainer.skipped_steps, [p.detach().tolist() for p in model.parameters()]))
+    dist.destroy_process_group()
+
+
+def test_a_loss_that_is_not_finite_on_one_rank_is_skipped_on_every_rank():
+    """Under torchrun the ranks average their gradients every step: a step skipped on one rank only would leave
+    the other waiting in that exchange (or the weights apart). The Trainer's one read carries every rank's verdict."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    queue = mp.get_context("spawn").Queue()
+    ranks = mp.start_processes(_skipping_rank, args=(port, queue), nprocs=2, start_method="spawn", join=False)
+    try:
+        results = sorted(queue.get(timeout=120) for _ in range(2))
+    finally:
+        for process in ranks.processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    assert [skipped for _, skipped, _ in results] == [[5], [5]]
+    assert results[0][2] == results[1][2]  # the same weights on both ranks
+
+
 def test_skipped_step_changes_nothing_and_is_reported(tmp_path, capsys):
     with skipping_nonfinite_steps():  # what --skip-nonfinite sets around a command
         skipped = _fit_line(tmp_path / "skip", bad_step=5, loss_at_bad_step=float("inf"))
