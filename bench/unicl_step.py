@@ -126,8 +126,7 @@ def main() -> None:
         plain_seconds(fresh(), images, tokens, WARM_UP_STEPS, bf16=True)
     plain = plain_seconds(fresh(), images, tokens, args.steps)
     ours = our_seconds(trainer)
-    plain_bf16 = plain_seconds(fresh(), images, tokens, args.steps, bf16=True) \
-        if on_gpu else None
+    plain_bf16 = plain_seconds(fresh(), images, tokens, args.steps, bf16=True) if on_gpu else None
     flops = step_flops(fresh(), images, tokens)
     print(f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
           f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "

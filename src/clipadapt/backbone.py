@@ -282,6 +282,12 @@ class Backbone(nn.Module):
             tensor = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
         return tensor.to(device, non_blocking=True)
 
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) images are normalized with: the config's, else OpenAI CLIP's."""
+        pre = self.config.get("preprocess", {})
+        return (tuple(pre.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+                tuple(pre.get("std") or open_clip.OPENAI_DATASET_STD))
+
     def image_transform(self, train: bool = False) -> Any:
         """CLIP preprocessing (resize, centre crop, normalize) for this model; random resized crop when training."""
         pre = self.config.get("preprocess", {})

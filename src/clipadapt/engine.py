@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
-import open_clip
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -38,14 +37,18 @@ _SKIP_NONFINITE: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_non
 
 
 @contextlib.contextmanager
-def skipping_nonfinite_steps(enabled: bool = True) -> Iterator[None]:
-    """Within this context, training steps whose loss is NaN or infinite are skipped (and reported) instead of
-    stopping the run."""
-    token = _SKIP_NONFINITE.set(enabled)
+def _set_within(variable: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    token = variable.set(value)
     try:
         yield
     finally:
-        _SKIP_NONFINITE.reset(token)
+        variable.reset(token)
+
+
+def skipping_nonfinite_steps(enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Within this context, training steps whose loss is NaN or infinite are skipped (and reported) instead of
+    stopping the run."""
+    return _set_within(_SKIP_NONFINITE, enabled)
 
 
 # DataLoader worker processes that decode and augment the images of prompt learners trained with augment=true
@@ -53,15 +56,10 @@ def skipping_nonfinite_steps(enabled: bool = True) -> Iterator[None]:
 _DECODING_WORKERS: contextvars.ContextVar[int] = contextvars.ContextVar("decoding_workers", default=0)
 
 
-@contextlib.contextmanager
-def decoding_workers(count: int) -> Iterator[None]:
+def decoding_workers(count: int) -> contextlib.AbstractContextManager:
     """Within this context, prompt learners that re-encode augmented images decode the coming batches in `count`
     worker processes (each batch exactly as `load_batch` makes it in the main process)."""
-    token = _DECODING_WORKERS.set(count)
-    try:
-        yield
-    finally:
-        _DECODING_WORKERS.reset(token)
+    return _set_within(_DECODING_WORKERS, count)
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -339,13 +337,20 @@ def training_batches(n: int, batch_size: int, steps_per_epoch: int, epochs: int,
             if decoded is None:
                 remaining = chunks + [c for e in range(epoch + 1, epochs) for c in epoch_chunks(e, 0)]
                 tasks = [(indices, seed * 1_000_003 + first + i) for i, indices in enumerate(remaining)]
-                decoded = iter(torch.utils.data.DataLoader(
-                    AugmentedBatches(samples, tasks, transform), batch_size=None,
-                    num_workers=min(workers, len(tasks)), generator=torch.Generator()))  # global RNG left alone
+                decoded = iter(decoded_batches(samples, tasks, transform, min(workers, len(tasks))))
             for _ in chunks:
                 yield next(decoded)
 
     return batches
+
+
+def decoded_batches(samples: Sequence, tasks: Sequence[tuple[torch.Tensor, int]], transform: Callable, workers: int,
+                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """(indices, images) of each task = (indices, seed), as `load_batch` makes them, decoded ahead in `workers`
+    DataLoader processes (none: in this one, when iterated)."""
+    return torch.utils.data.DataLoader(AugmentedBatches(samples, tasks, transform), batch_size=None,
+                                       num_workers=workers, pin_memory=pin_memory,
+                                       generator=torch.Generator())  # the global RNG left alone
 
 
 class AugmentedBatches(torch.utils.data.Dataset):
@@ -410,15 +415,13 @@ def dassl_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: 
 
 
 def dassl_train_transform(backbone, crop_scale: float = 0.08) -> Callable:
-    if not 0 < crop_scale <= 1:
-        raise ClipadaptError(f"crop_scale must lie in (0, 1], got {crop_scale}")
     """CoOp's train augmentation (Dassl `random_resized_crop`, `random_flip`, `normalize` with its default
     RRCROP_SCALE (0.08, 1); Tip-Adapter crops (0.5, 1)), at the backbone's size and normalization. open_clip's own
     train transform crops 0.9-1 and does not flip."""
-    pre = backbone.config.get("preprocess", {})
-    mean = pre.get("mean") or open_clip.OPENAI_DATASET_MEAN
-    std = pre.get("std") or open_clip.OPENAI_DATASET_STD
-    bilinear = pre.get("interpolation") == "bilinear"
+    if not 0 < crop_scale <= 1:
+        raise ClipadaptError(f"crop_scale must lie in (0, 1], got {crop_scale}")
+    mean, std = backbone.normalization()
+    bilinear = backbone.config.get("preprocess", {}).get("interpolation") == "bilinear"
     mode = transforms.InterpolationMode.BILINEAR if bilinear else transforms.InterpolationMode.BICUBIC
     return transforms.Compose([
         transforms.RandomResizedCrop(backbone.image_size, scale=(crop_scale, 1.0), interpolation=mode),

@@ -19,14 +19,13 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from timm.data import create_transform
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DatasetSplits, ImageDataset, Sample, load_dataset
 from ..data.samplers import BalancedBatchSampler
-from ..engine import AugmentedBatches, Trainer, cosine_lr, distributed_world, param_groups
+from ..engine import Trainer, cosine_lr, decoded_batches, distributed_world, param_groups
 from ..errors import ClipadaptError
 from ..losses import clip_loss, gather_batch, unicl_loss
 from ..text import IMAGENET_TEMPLATES
@@ -92,11 +91,10 @@ def official_train_transform(backbone) -> Callable:
     """microsoft/UniCL's training pipeline (data/build.py: timm's create_transform with its config defaults) at the
     backbone's size and normalization: random resized crop (scale 0.08-1), horizontal flip, colour jitter 0.4,
     RandAugment rand-m9-mstd0.5-inc1, bicubic, random erasing with probability 0.25 (per-pixel noise)."""
-    pre = backbone.config.get("preprocess", {})
+    mean, std = backbone.normalization()
     return create_transform(backbone.image_size, is_training=True, color_jitter=0.4,
                             auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25,
-                            re_mode="pixel", re_count=1, mean=tuple(pre.get("mean") or OPENAI_DATASET_MEAN),
-                            std=tuple(pre.get("std") or OPENAI_DATASET_STD))
+                            re_mode="pixel", re_count=1, mean=mean, std=std)
 
 
 def channels_last_if_convolutional(tower: nn.Module) -> torch.memory_format:
@@ -189,8 +187,7 @@ class UniCLPretrainer:
         first = epoch * len(self.sampler) + offset
         tasks = [(torch.tensor(indices), self.config.seed * 1_000_003 + (first + i) * 8191 + self.rank + 500_009)
                  for i, indices in enumerate(batches)]
-        loader = DataLoader(AugmentedBatches(self.dataset.samples, tasks, self.train_transform), batch_size=None,
-                            num_workers=self.config.workers, pin_memory=pin, generator=torch.Generator())
+        loader = decoded_batches(self.dataset.samples, tasks, self.train_transform, self.config.workers, pin)
         return ((images, None, indices) for indices, images in loader)
 
     def fit(self, out_dir=None, progress: bool = True) -> dict:
