@@ -1,14 +1,30 @@
 """The image world: procedurally generated data sets, the embedded default data.
 
-Every image shows one object (a shape with a colour, a fill pattern and a size, jittered in position, radius and
-rotation) on a textured background, plus pixel noise. Class names compose words ("red star", "striped star",
-"star on sand"), so a text encoder that learned the words can name compositions it never saw:
+Every photo-like image shows one object (a shape with a colour, a fill pattern and a size, jittered in position,
+radius and rotation) on a textured background, plus pixel noise. Class names compose words ("red star", "striped
+star", "star on sand"), so a text encoder that learned the words can name compositions it never saw.
 
-- `pretrain` (image-label) and `captions` (image-text) show only the 48 "seen" colour-shape compositions.
-- `objects` is the base-to-new target: labels 0-15 are seen compositions (base), 16-31 the 16 held-out ones
-  (new), so CoOp's base/new split (`base_new_split`) separates seen from unseen compositions. Every colour and
-  every shape is in exactly two classes of each half, so no single attribute names a class.
-- `patterns` ("striped star") and `scenes` ("star on sand") are cross-data-set targets with other name forms.
+Pretraining is web-like: image-label data and noisy image-text pairs, photos of single objects.
+- `pretrain` (image-label) and `captions` (image-text) show only the 48 "seen" colour-shape compositions. Captions
+  run from 4 to 40 tokens, as web alt-texts do (mostly short, a long tail), so a text tower pretrained on them
+  has used every position a 16-word learned prompt plus a class name needs; 3% of them are line drawings called
+  "a drawing of ..." / "a sketch of ...", as the web holds a few sketches of everything.
+
+Downstream targets sit at graded distances from that pretraining, as the CoOp benchmarks sit from CLIP's web data
+(ImageNet and Caltech101 near; DTD, EuroSAT, FGVCAircraft far). Each far target models one property of a real one:
+- near, drawn exactly as pretraining: `objects`, the base-to-new target: labels 0-15 are seen compositions (base),
+  16-31 the 16 held-out ones (new), so CoOp's base/new split (`base_new_split`) separates seen from unseen
+  compositions. Every colour and every shape is in exactly two classes of each half, so no single attribute names
+  a class. `patterns` ("striped star") and `scenes` ("star on sand") are cross-data-set targets whose name words
+  appear only in captions.
+- the objects' 32 classes seen through a shift (as ImageNet's classes in its variants):
+  `sensor`, another camera (colour cast, low light, blur and sensor noise; as ImageNet-C's corruptions or a new
+  camera's photos); `clutter`, the object among two or three smaller distractor objects (as ObjectNet's and
+  ImageNet-A's cluttered, non-iconic views); `sketch`, coloured line drawings on paper, which pretraining saw
+  rarely (as ImageNet-Sketch).
+- new tasks pretraining never showed: `textures` ("striped red": the whole frame one coloured surface at a random
+  scale and angle, no object; as DTD's texture classes) and `aerial` ("star on grass": a top-down view of many
+  tiny objects over a ground cover; as EuroSAT's 64-pixel land-cover tiles).
 - `fine` is one superclass ("badge") whose 9 subcategories differ only in the colour of a small spot, drawn at
   the badge's top, left, right or bottom (per image); `marks.json` holds each image's spot box.
 
@@ -48,7 +64,7 @@ from clipadapt.data.datasets import (
 from clipadapt.errors import DataError
 
 # Bump when the images, the layout or DEFAULT_SIZES change: the default world's cache folder is named by it.
-VERSION = 3
+VERSION = 4
 
 # Saturated colours, far from each other and from the muted or dark backgrounds.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -75,8 +91,15 @@ BACKGROUNDS: dict[str, tuple[str, ...]] = {
     "stone": ("on stone", "on a stone floor"),
 }
 
-WORLD_DATASETS = ("pretrain", "captions", "objects", "patterns", "scenes", "fine")
-TARGET_DATASETS = ("objects", "patterns", "scenes", "fine")
+# The objects' classes seen through a shift of rendering, camera or scene (each with the objects' base/new split).
+SHIFTED_DATASETS = ("sensor", "clutter", "sketch")
+WORLD_DATASETS = ("pretrain", "captions", "objects", "patterns", "scenes", *SHIFTED_DATASETS, "textures", "aerial",
+                  "fine")
+TARGET_DATASETS = tuple(name for name in WORLD_DATASETS if name not in ("pretrain", "captions"))
+# `textures` classes are pattern x colour (a plain "solid" surface has no texture); `aerial` ground covers are the
+# backgrounds one can look down on (not a wall, not the night sky).
+TEXTURE_PATTERNS = ("striped", "dotted", "checkered")
+AERIAL_BACKGROUNDS = ("grass", "sand", "water", "stone")
 
 # Colour i is held out of pretraining with shapes i and i+3, and `objects` takes colour i with shapes i+1 and i+5
 # as its base classes (indices mod 8): each colour and each shape is in exactly two classes of either half.
@@ -102,11 +125,13 @@ MARK_POSITIONS: dict[str, float] = {"top": -90.0, "left": 180.0, "right": 0.0, "
 
 # Images per class (`captions`: per seen composition); override with generate_world(..., NAME=count).
 DEFAULT_SIZES: dict[str, int] = {
-    "pretrain_train": 150,
+    # 300 labelled images and 300 captioned ones per seen composition (v3: 150 each): the tiny CLIP's validation
+    # loss stopped falling at 150 (README "The shipped model").
+    "pretrain_train": 300,
     "pretrain_val": 10,
     "pretrain_test": 10,
-    "captions": 150,
-    "train": 40,  # the four target data sets
+    "captions": 300,
+    "train": 40,  # the target data sets (CoOp's 16 shots, and room for its 1-8 shot subsets)
     "val": 10,
     "test": 30,
     # The badges' train split: at 40 a class, fine-tuning the tiny model varies by +-4 points across seeds and
@@ -122,6 +147,15 @@ _MARK_DISTANCE = 0.55  # spot centre from the badge centre, in badge radii (insi
 _OUTLINE = (25, 25, 25)
 _PATTERN_SHADE = 0.35  # pattern marks are the object's colour darkened: the hue stays visible
 _NOISE_STD = 5.0
+_PAPER = (236, 230, 214)
+_GRAPHITE = (60, 60, 66)
+_AERIAL_RADIUS = 0.07  # 4.5 pixels at 64: objects a few pixels across, as buildings in a 10 m/pixel EuroSAT tile
+# The `sensor` camera: a warm white balance (tungsten light uncorrected), a third to half the light, a soft lens
+# (blur sigma in pixels at 64) and high-ISO noise on top of the usual; each image jitters within these ranges.
+_SENSOR_CAST = (1.2, 0.95, 0.6)
+_SENSOR_GAIN = (0.35, 0.55)
+_SENSOR_BLUR = (0.7, 1.2)
+_SENSOR_NOISE_STD = 6.0
 
 _CAPTION_TEMPLATES = (
     "a {size} {pattern} {colour} {shape} {where}",
@@ -136,7 +170,20 @@ _CAPTION_TEMPLATES = (
     "an image of a {colour} {pattern} {shape}",
     "a {colour} {shape}, {size} and {pattern}, {where}",
     "close-up of a {size} {colour} {shape} {where}",
+    # The long tail of web alt-texts: 25-40 tokens (the shipped model's text context is 40).
+    "a photo taken outside of a {size} {colour} {shape} with a {pattern} fill, seen {where}; the {shape} has a "
+    "dark outline around its edge and sits off the centre of the frame",
+    "this is a picture of a {colour} {shape} that has a {pattern} fill; it is {size} and it was photographed {where}",
+    "here you can see one {size} {colour} {shape}, {pattern}, {where}, in the middle of the frame, slightly turned",
 )
+# Captions of the few line drawings in pretraining (`SKETCH_CAPTION_SHARE` of them).
+_SKETCH_CAPTION_TEMPLATES = (
+    "a drawing of a {colour} {shape}",
+    "a sketch of a {colour} {shape}",
+    "a {colour} pencil drawing of a {shape}",
+    "a line drawing of a {size} {colour} {shape}",
+)
+SKETCH_CAPTION_SHARE = 0.03
 
 
 # ---------------------------------------------------------------- classes
@@ -158,12 +205,16 @@ def _class_list(name: str) -> list[dict[str, str]]:
     """The defining attribute values of each class of data set `name` (index = label)."""
     if name in ("pretrain", "captions"):
         return [{"colour": c, "shape": s} for c, s in SEEN]
-    if name == "objects":
+    if name == "objects" or name in SHIFTED_DATASETS:
         return [{"colour": c, "shape": s} for c, s in _compositions(BASE_OFFSETS) + HELD_OUT]
     if name == "patterns":
         return [{"pattern": p, "shape": s} for p in PATTERNS for s in SHAPES]
     if name == "scenes":
         return [{"shape": s, "background": b} for s in SHAPES for b in BACKGROUNDS]
+    if name == "textures":
+        return [{"pattern": p, "colour": c} for p in TEXTURE_PATTERNS for c in COLOURS]
+    if name == "aerial":
+        return [{"shape": s, "background": b} for s in SHAPES for b in AERIAL_BACKGROUNDS]
     return [{"mark_colour": c} for c in MARK_COLOURS]  # fine: the spot's position is drawn per image
 
 
@@ -172,6 +223,8 @@ def _class_name(attributes: dict[str, str]) -> str:
         return f"{FINE_SUPERCLASS} with {attributes['mark_colour']} spot"
     if "background" in attributes:
         return f"{attributes['shape']} {BACKGROUNDS[attributes['background']][0]}"
+    if "shape" not in attributes:  # textures
+        return f"{attributes['pattern']} {attributes['colour']}"
     return f"{attributes.get('colour') or attributes['pattern']} {attributes['shape']}"
 
 
@@ -179,9 +232,24 @@ def _split_file_name(name: str) -> str:
     return f"split_zhou_World{name.capitalize()}.json"
 
 
+# How each data set draws its images: "style" (photo, sketch, or a photo through the `sensor` camera) and "layout"
+# (one object, one among distractors, a full-frame texture, or a top-down view of many tiny objects).
+_RENDERING: dict[str, dict[str, str]] = {
+    "sensor": {"style": "sensor"},
+    "clutter": {"layout": "clutter"},
+    "sketch": {"style": "sketch"},
+    "textures": {"layout": "texture"},
+    "aerial": {"layout": "aerial"},
+}
+
+
 def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
     """All attribute values of one image: the class's own, the others drawn uniformly (in a fixed key order)."""
-    if dataset == "fine":
+    if dataset == "textures":
+        free = {"colour": tuple(COLOURS), "pattern": TEXTURE_PATTERNS}
+    elif dataset == "aerial":  # each tiny object's colour and heading are drawn as it is drawn
+        free = {"shape": SHAPES, "background": AERIAL_BACKGROUNDS}
+    elif dataset == "fine":
         # Everything but the spot has the same distribution in every subcategory.
         free = {"colour": BADGE_COLOURS, "shape": (FINE_SUPERCLASS,), "pattern": ("solid",), "size": ("large",),
                 "background": tuple(BACKGROUNDS), "mark_position": tuple(MARK_POSITIONS)}
@@ -189,11 +257,14 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
         free = {"colour": tuple(COLOURS), "shape": SHAPES, "pattern": PATTERNS, "size": SIZES,
                 "background": tuple(BACKGROUNDS)}
     drawn = {key: fixed[key] if key in fixed else values[rng.integers(len(values))] for key, values in free.items()}
-    return {**drawn, **{key: value for key, value in fixed.items() if key not in drawn}}
+    if dataset == "captions" and rng.uniform() < SKETCH_CAPTION_SHARE:
+        drawn["style"] = "sketch"
+    return {**drawn, **{key: value for key, value in fixed.items() if key not in drawn}, **_RENDERING.get(dataset, {})}
 
 
 def _caption(attributes: dict[str, str], rng: np.random.Generator) -> str:
-    template = _CAPTION_TEMPLATES[rng.integers(len(_CAPTION_TEMPLATES))]
+    templates = _SKETCH_CAPTION_TEMPLATES if attributes.get("style") == "sketch" else _CAPTION_TEMPLATES
+    template = templates[rng.integers(len(templates))]
     phrases = BACKGROUNDS[attributes["background"]]
     text = template.format(where=phrases[rng.integers(len(phrases))], **attributes)
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
@@ -337,33 +408,131 @@ def _dilate(alpha: np.ndarray) -> np.ndarray:
     return np.max([padded[dy : dy + n_y, dx : dx + n_x] for dy in range(3) for dx in range(3)], axis=0)
 
 
+def _erode(alpha: np.ndarray) -> np.ndarray:
+    return 1.0 - _dilate(1.0 - alpha)
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of [n, n, 3] (separable, edges repeated)."""
+    taps = np.arange(-math.ceil(3 * sigma), math.ceil(3 * sigma) + 1)
+    kernel = np.exp(-0.5 * (taps / sigma) ** 2).astype(np.float32)
+    kernel /= kernel.sum()
+    for axis in (0, 1):
+        padded = np.pad(image, [(len(taps) // 2,) * 2 if a == axis else (0, 0) for a in range(3)], mode="edge")
+        image = sum(w * np.take(padded, range(i, i + image.shape[axis]), axis=axis) for i, w in enumerate(kernel))
+    return image
+
+
+def _paper(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Cream drawing paper with a soft brightness variation and grain, [n, n, 3]."""
+    shade = 8 * _smooth_noise(rng, n, 2, 2) + 4 * rng.standard_normal((n, n), dtype=np.float32)
+    return np.array(_PAPER, np.float32) + shade[..., None]
+
+
+def _draw_object(image: np.ndarray, shape: str, colour: str, pattern: str, cx: float, cy: float, radius: float,
+                 angle: float, sketch: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`image` with the object drawn on it, and the object's coverage [n, n]."""
+    n = image.shape[0]
+    alpha = _shape_alpha(shape, cx, cy, radius, angle, n)
+    rgb = np.array(COLOURS[colour], np.float32)
+    shade = _pattern_amount(pattern, cx, cy, radius, angle, n)
+    if sketch:
+        # A coloured-pencil drawing: a graphite outline, the colour laid in loose diagonal hatching, the pattern
+        # pencilled over it.
+        ys, xs = _pixel_grid(n)
+        turn = math.radians(float(rng.uniform(20, 70)))
+        period = max(2.0, n / 16)
+        hatch = np.clip(1.5 * np.sin(2 * np.pi * (xs * math.cos(turn) + ys * math.sin(turn)) / period), 0.0, 1.0)
+        colour_ink = (alpha * (0.35 + 0.5 * hatch))[..., None]
+        image = image * (1.0 - colour_ink) + rgb * colour_ink
+        graphite = np.clip(_dilate(alpha) - _erode(alpha) + 0.45 * shade * alpha, 0.0, 1.0)[..., None]
+        return image * (1.0 - graphite) + np.array(_GRAPHITE, np.float32) * graphite, alpha
+    fill = rgb * (1.0 - shade[..., None] * (1.0 - _PATTERN_SHADE))
+    # A one-pixel dark outline keeps the silhouette readable on any background.
+    outer = _dilate(alpha)[..., None]
+    a = alpha[..., None]
+    return image * (1.0 - outer) + np.array(_OUTLINE, np.float32) * (outer - a) + fill * a, alpha
+
+
+def _free_spot(rng: np.random.Generator, n: int, radius: float, taken: list[tuple[float, float, float]],
+               tries: int = 20) -> tuple[float, float]:
+    """A centre for an object of `radius` inside the image, clear of the `taken` (x, y, r) discs if one is found
+    in `tries` draws (else the last draw: a crowded image may overlap)."""
+    margin = 1.05 * radius + 1.0
+    for _ in range(tries):
+        cx, cy = (float(v) for v in rng.uniform(margin, n - margin, 2))
+        if all(math.hypot(cx - x, cy - y) > radius + r for x, y, r in taken):
+            break
+    return cx, cy
+
+
+def _sensor(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The photo as another camera takes it: warm white balance, low light, a soft lens and high-ISO noise."""
+    n = image.shape[0]
+    cast = np.array(_SENSOR_CAST, np.float32) * rng.uniform(0.93, 1.07, 3).astype(np.float32)
+    image = _blur(image, float(rng.uniform(*_SENSOR_BLUR)) * n / 64) * cast * float(rng.uniform(*_SENSOR_GAIN))
+    return image + _SENSOR_NOISE_STD * rng.standard_normal(image.shape, dtype=np.float32)
+
+
 def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[np.ndarray, dict[str, list[int]]]:
-    """The image [n, n, 3] uint8 and its boxes ("box": the object; "mark_box": the spot, for badges).
+    """The image [n, n, 3] uint8 and its boxes ("box": the object, the whole frame for textures and aerial views;
+    "mark_box": the spot, for badges).
 
     The spot uses no random draws, so the same seed with another spot gives the same image outside the spot.
     """
     rng = np.random.default_rng(seed)
-    image = _background(attributes["background"], n, rng)
-    radius = n * _RADIUS[attributes["size"]] * float(rng.uniform(0.9, 1.1))
-    angle = float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
-    margin = 1.05 * radius + 1.0
-    cx, cy = (float(v) for v in rng.uniform(margin, n - margin, 2))
-    alpha = _shape_alpha(attributes["shape"], cx, cy, radius, angle, n)
-    colour = np.array(COLOURS[attributes["colour"]], np.float32)
-    shade = _pattern_amount(attributes["pattern"], cx, cy, radius, angle, n)[..., None]
-    fill = colour * (1.0 - shade * (1.0 - _PATTERN_SHADE))
-    # A one-pixel dark outline keeps the silhouette readable on any background.
-    outer = _dilate(alpha)[..., None]
-    a = alpha[..., None]
-    image = image * (1.0 - outer) + np.array(_OUTLINE, np.float32) * (outer - a) + fill * a
-    boxes = {"box": _box(alpha, 0.5)}
-    if "mark_colour" in attributes:
-        direction = math.radians(MARK_POSITIONS[attributes["mark_position"]] + angle)
-        mx, my = cx + _MARK_DISTANCE * radius * math.cos(direction), cy + _MARK_DISTANCE * radius * math.sin(direction)
-        mark = _disc(n, mx, my, _MARK_RADIUS * n)[..., None]
-        image = image * (1.0 - mark) + np.array(MARK_COLOURS[attributes["mark_colour"]], np.float32) * mark
-        boxes["mark_box"] = _box(mark[..., 0], 0.0)
+    style, layout = attributes.get("style", "photo"), attributes.get("layout", "single")
+    frame = [0, 0, n, n]
+    if layout == "texture":
+        # The surface at a random scale (stripe period 4-12 pixels at 64) and angle, lit from one side.
+        scale, angle = n * float(rng.uniform(0.15, 0.4)), float(rng.uniform(0, 180))
+        centre = rng.uniform(0, n, 2)
+        shade = _pattern_amount(attributes["pattern"], *centre, scale, angle, n)[..., None]
+        ys, xs = _pixel_grid(n)
+        light = 1.0 + 0.3 * ((xs - n / 2) * math.cos(math.radians(angle)) + (ys - n / 2) * math.sin(math.radians(angle))) / n
+        image = np.array(COLOURS[attributes["colour"]], np.float32) * (1.0 - shade * (1.0 - _PATTERN_SHADE))
+        image = image * light[..., None]
+        boxes = {"box": frame}
+    elif layout == "aerial":
+        # Seen from above: 6-12 tiny objects of the class's shape (any colour, any heading) over the ground cover.
+        image = _background(attributes["background"], n, rng)
+        taken: list[tuple[float, float, float]] = []
+        for _ in range(int(rng.integers(6, 13))):
+            radius = n * _AERIAL_RADIUS * float(rng.uniform(0.85, 1.15))
+            cx, cy = _free_spot(rng, n, radius, taken)
+            taken.append((cx, cy, radius))
+            colour = list(COLOURS)[rng.integers(len(COLOURS))]
+            image, _ = _draw_object(image, attributes["shape"], colour, "solid", cx, cy, radius,
+                                    float(rng.uniform(0, 360)), False, rng)
+        boxes = {"box": frame}
+    else:
+        sketch = style == "sketch"
+        image = _paper(n, rng) if sketch else _background(attributes["background"], n, rng)
+        radius = n * _RADIUS[attributes["size"]] * float(rng.uniform(0.9, 1.1))
+        angle = float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
+        cx, cy = _free_spot(rng, n, radius, [])
+        if layout == "clutter":
+            # Two or three smaller objects of any composition, around (and partly under) the class's object.
+            for _ in range(int(rng.integers(2, 4))):
+                small = radius * float(rng.uniform(0.5, 0.7))
+                dx, dy = _free_spot(rng, n, small, [(cx, cy, 0.8 * radius)])
+                image, _ = _draw_object(
+                    image, SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))],
+                    PATTERNS[rng.integers(len(PATTERNS))], dx, dy, small,
+                    float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)), False, rng)
+        image, alpha = _draw_object(image, attributes["shape"], attributes["colour"], attributes["pattern"], cx, cy,
+                                    radius, angle, sketch, rng)
+        boxes = {"box": _box(alpha, 0.5)}
+        if "mark_colour" in attributes:
+            direction = math.radians(MARK_POSITIONS[attributes["mark_position"]] + angle)
+            mx = cx + _MARK_DISTANCE * radius * math.cos(direction)
+            my = cy + _MARK_DISTANCE * radius * math.sin(direction)
+            mark = _disc(n, mx, my, _MARK_RADIUS * n)[..., None]
+            image = image * (1.0 - mark) + np.array(MARK_COLOURS[attributes["mark_colour"]], np.float32) * mark
+            boxes["mark_box"] = _box(mark[..., 0], 0.0)
     image = image + _NOISE_STD * rng.standard_normal(image.shape, dtype=np.float32)
+    if style == "sensor":
+        image = _sensor(image, rng)
     return (np.clip(image, 0, 255) + 0.5).astype(np.uint8), boxes
 
 
