@@ -141,7 +141,7 @@ def test_distributed_loss_equals_global_batch_loss():
 # ---- pretraining end to end ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pretrain_data(tmp_path_factory):
-    root = colour_images(tmp_path_factory.mktemp("labelled"), {"train": 12}, seed=1)
+    root = colour_images(tmp_path_factory.mktemp("labelled"), {"train": 12, "val": 4}, seed=1)
     captions = tmp_path_factory.mktemp("captions")
     colour_images(captions, {"train": 12}, seed=2)
     with open(captions / "captions.csv", "w", newline="") as f:
@@ -167,6 +167,10 @@ def test_pretraining_loss_falls(pretrain_data, tmp_path, loss):
     samples = 48 if loss == "ce" else 96  # CE learns from the image-label half only
     assert metrics["steps"] == 6 * samples // 16 and metrics["loss"] == loss
     assert metrics["epoch_losses"][-1] < 0.7 * metrics["epoch_losses"][0]
+    # The convergence curve: loss and accuracy on the labelled data's held-out val images after every epoch.
+    validation = metrics["validation"]
+    assert len(validation) == 6 and validation[-1]["val_loss"] < validation[0]["val_loss"]
+    assert validation[-1]["val_accuracy"] >= 75.0  # 4 colours: chance is 25%
     assert (tmp_path / "model.safetensors").is_file()
 
 
@@ -287,6 +291,10 @@ def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model
     assert pretrain(pretrain_data, tmp_path / "resumed", "unicl", *extra, "--workers", "1", "checkpoint_every=7") == 0
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 20
+    # The validation curve of the epochs before the interruption came back with the checkpoint.
+    straight_validation = json.loads((tmp_path / "straight" / "metrics.json").read_text())["validation"]
+    assert [v["val_accuracy"] for v in metrics["validation"]] == [v["val_accuracy"] for v in straight_validation]
+    assert metrics["validation"][0] == straight_validation[0]
     straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     for key in straight:

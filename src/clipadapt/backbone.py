@@ -191,6 +191,10 @@ def load_backbone(
     clip = build_model(config)
     if state_dict is not None:
         state_dict = convert_state_dict(clip, state_dict)
+        # As open_clip's load_checkpoint: position embeddings of another length (image size, text context) are
+        # interpolated to the model's (e.g. a 16-token checkpoint into a 40-token model, which then trains on).
+        open_clip.model.resize_pos_embed(state_dict, clip)
+        open_clip.model.resize_text_pos_embed(state_dict, clip)
         _check_state_dict(clip, state_dict, Path(pretrained), name)
         clip.load_state_dict(state_dict)
     return Backbone(clip, config, name=name).to(device).eval()

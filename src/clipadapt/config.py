@@ -40,6 +40,11 @@ def build_config(config_class: type[ConfigT], values: dict[str, Any] | None = No
         default = getattr(config, key)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(default, float) and isinstance(value, str):
+            try:  # YAML 1.1 reads exponents without a dot ("5e-4") as strings
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(default, str) and not isinstance(value, str):
             value = str(value)  # e.g. a template typed without quotes that YAML read as something else
         if default is not None and not isinstance(value, type(default)):

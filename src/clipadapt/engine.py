@@ -129,6 +129,7 @@ class Trainer:
         grad_clip: float | None = None,
         skip_nonfinite: bool | None = None,
         after_step: Callable[[], None] | None = None,
+        validate: Callable[[], dict[str, float]] | None = None,
         progress: bool = True,
         desc: str = "train",
     ):
@@ -140,10 +141,11 @@ class Trainer:
         self.run_fingerprint = run_fingerprint
         self.checkpoint_every, self.grad_clip = checkpoint_every, grad_clip
         self.skip_nonfinite = _SKIP_NONFINITE.get() if skip_nonfinite is None else skip_nonfinite
-        self.after_step, self.progress, self.desc = after_step, progress, desc
+        self.after_step, self.validate, self.progress, self.desc = after_step, validate, progress, desc
         self.rank, self.world_size = distributed_world()
         self.step = 0
         self.losses: list[float | None] = []  # mean loss of each completed epoch
+        self.validation: list[dict[str, float]] = []  # `validate()` after each completed epoch
         self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
         self.seconds = 0.0
         self.resumed_from: int | None = None
@@ -168,7 +170,7 @@ class Trainer:
         state = {"step": self.step, "run": self.run_fingerprint, "optimizer": optim_state, "rng": rng_state,
                  "epoch_losses": self.losses, "epoch_loss_sum": self._epoch_loss_sum,
                  "epoch_loss_count": self._epoch_loss_count, "seconds": self.seconds,
-                 "skipped_steps": self.skipped_steps}
+                 "skipped_steps": self.skipped_steps, "validation": self.validation}
         save_checkpoint(self.checkpoint_path, tensors, state)
 
     def _resume(self) -> None:
@@ -185,7 +187,8 @@ class Trainer:
         self.losses = state["epoch_losses"]
         self._epoch_loss_sum, self._epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
         self.seconds = state["seconds"]
-        self.skipped_steps = state.get("skipped_steps", [])  # absent from checkpoints written before it existed
+        # Absent from checkpoints written before they existed.
+        self.skipped_steps, self.validation = state.get("skipped_steps", []), state.get("validation", [])
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _sync_gradients(self) -> None:
@@ -217,7 +220,7 @@ class Trainer:
         """What every training summary reports about the loop."""
         return {"steps": self.step, "steps_per_epoch": self.steps_per_epoch, "epoch_losses": self.losses,
                 "seconds": self.seconds, "resumed_from_step": self.resumed_from,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, **({"validation": self.validation} if self.validate else {})}
 
     def fit(self, epoch_batches: Callable[[int, int], Iterable[Any]], step_fn: Callable[[Any, int], torch.Tensor]) -> "Trainer":
         """`epoch_batches(epoch, offset)` yields the batches of `epoch` from batch `offset` on."""
@@ -267,6 +270,9 @@ class Trainer:
                     count = self._epoch_loss_count
                     self.losses.append(self._epoch_loss_sum / count if count else None)  # None: every step skipped
                     self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+                    if self.validate is not None:
+                        self.validation.append(self.validate())
+                        bar.set_postfix(loss=f"{value:.4f}", **{k: f"{v:.4f}" for k, v in self.validation[-1].items()})
                 self.seconds = time.time() - start
                 if self.step % self.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0 \
                         or self.step == self.total_steps:

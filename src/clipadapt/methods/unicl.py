@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -28,7 +28,7 @@ from ..data.samplers import BalancedBatchSampler
 from ..engine import Trainer, cosine_lr, decoded_batches, distributed_world, param_groups
 from ..errors import ClipadaptError
 from ..losses import clip_loss, gather_batch, unicl_loss
-from ..text import IMAGENET_TEMPLATES
+from ..text import IMAGENET_TEMPLATES, zeroshot_weights
 
 LOSSES = ("unicl", "clip", "ce")
 
@@ -57,17 +57,19 @@ class PretrainConfig:
 
 @dataclass
 class PretrainData:
-    """Image-label samples (labels into `classnames`) followed by image-text samples (captions)."""
+    """Image-label samples (labels into `classnames`) followed by image-text samples (captions); `val`: the
+    image-label data sets' validation images (labels into `classnames`), for the convergence curve."""
 
     classnames: list[str]
     labelled: list[Sample]
     captioned: list[Sample]
+    val: list[Sample] = field(default_factory=list)
 
     @classmethod
     def from_specs(cls, specs: Sequence[str]) -> "PretrainData":
         """Merge data sets; classes with the same name in several data sets share one label."""
         classnames: list[str] = []
-        labelled, captioned = [], []
+        labelled, captioned, val = [], [], []
         for spec in specs:
             splits: DatasetSplits = load_dataset(spec)
             index = {}
@@ -82,9 +84,10 @@ class PretrainData:
                     captioned.append(sample)
                 else:
                     raise ClipadaptError(f"{sample.path} in '{spec}' has neither a label nor a caption")
+            val += [Sample(s.path, index[splits.classnames[s.label]]) for s in splits.val if s.label >= 0]
         if not labelled and not captioned:
             raise ClipadaptError(f"no training samples in {', '.join(specs)}")
-        return cls(classnames, labelled, captioned)
+        return cls(classnames, labelled, captioned, val)
 
 
 def official_train_transform(backbone) -> Callable:
@@ -132,6 +135,7 @@ class UniCLPretrainer:
         self.head = nn.Linear(backbone.embed_dim, len(data.classnames)).to(backbone.device) \
             if config.loss == "ce" else None
         self._memory_format = channels_last_if_convolutional(backbone.model.visual)
+        self._val_images: torch.Tensor | None = None
         self.module = nn.ModuleDict({"clip": backbone.model, **({"head": self.head} if self.head else {})})
 
     def _texts(self, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +175,38 @@ class UniCLPretrainer:
         if self.config.loss == "clip":
             return clip_loss(image_features, text_features, scale)
         return unicl_loss(image_features, text_features, labels, scale)
+
+    def _validate(self) -> dict[str, float]:
+        """The loss (a fixed template per image, batches of the training size) and the zero-shot accuracy (the
+        80-template ensemble; CE: its head) on the held-out validation images: the curve that says when pretraining
+        has converged."""
+        cfg, model = self.config, self.backbone.model
+        if self._val_images is None:  # decoded once
+            dataset = ImageDataset(self.data.val, self.backbone.image_transform(train=False))
+            self._val_images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        labels = torch.tensor([s.label for s in self.data.val])
+        model.eval()
+        with torch.no_grad():
+            features = torch.cat([self.backbone.encode_image(self.backbone.to_device(chunk))
+                                  for chunk in self._val_images.split(cfg.batch_size)])
+            if self.head is not None:
+                logits = self.head(features)
+                loss = F.cross_entropy(logits, self.backbone.to_device(labels)).item()
+            else:
+                tokens = self.label_tokens[labels, torch.arange(len(labels)) % len(IMAGENET_TEMPLATES)]
+                text = self.backbone.encode_text(tokens)
+                scale, losses = model.logit_scale.exp(), []
+                for i in range(0, len(labels), cfg.batch_size):
+                    part = slice(i, i + cfg.batch_size)
+                    y = self.backbone.to_device(labels[part])
+                    losses.append(clip_loss(features[part], text[part], scale) if cfg.loss == "clip"
+                                  else unicl_loss(features[part], text[part], y, scale))
+                loss = torch.stack(losses).mean().item()
+                weights = zeroshot_weights(self.backbone, self.data.classnames, IMAGENET_TEMPLATES)
+                logits = F.normalize(features, dim=-1) @ weights.T
+            accuracy = (logits.argmax(-1).cpu() == labels).float().mean().item() * 100
+        model.train()
+        return {"val_loss": round(loss, 5), "val_accuracy": round(accuracy, 2)}
 
     def _clamp_logit_scale(self) -> None:
         with torch.no_grad():
@@ -214,7 +250,8 @@ class UniCLPretrainer:
             self.module, optimizer, total_steps=total, steps_per_epoch=len(self.sampler),
             lr_at=lambda step: cosine_lr(step, total, warmup, cfg.lr), out_dir=out_dir,
             run_fingerprint=fingerprint, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip or None,
-            after_step=self._clamp_logit_scale, progress=progress, desc=f"pretrain ({cfg.loss})",
+            after_step=self._clamp_logit_scale, validate=self._validate if self.data.val else None,
+            progress=progress, desc=f"pretrain ({cfg.loss})",
         )
         trainer.fit(self._batches, self._loss)
         self.backbone.model.eval()
