@@ -8,7 +8,9 @@
 shipped one).
 
 Held-out means never seen as a label in pretraining: the 16 new compositions of world:objects (never drawn in
-pretraining at all) and the world:patterns / world:scenes data sets. Zero-shot uses the 80-template ensemble;
+pretraining at all), the world:patterns / world:scenes data sets, and the far targets (world:sensor, clutter,
+sketch: all 32 objects classes through a shift; world:textures, world:aerial: tasks pretraining never showed).
+Any run folder holding a model.safetensors works, e.g. to compare two pretrainings of the same loss. Zero-shot uses the 80-template ensemble;
 the linear probe is lpclip's, 16 shots, seed 1. CE trains no text tower, so it has no zero-shot numbers.
 """
 from __future__ import annotations
@@ -22,12 +24,14 @@ from clipadapt.data import base_new_split, load_dataset
 from clipadapt.methods import build_method
 from clipadapt.protocols import RunContext, run_protocol
 
+FAR_TARGETS = ("patterns", "scenes", "sensor", "clutter", "sketch", "textures", "aerial")
+
 
 def evaluate(weights: Path, zero_shot: bool) -> dict[str, float]:
     backbone = load_backbone(None, weights)
     ctx = RunContext(backbone, progress=False)
     base, new = base_new_split(load_dataset("world:objects"))
-    targets = {"objects-new": new, "patterns": load_dataset("world:patterns"), "scenes": load_dataset("world:scenes")}
+    targets = {"objects-new": new, **{name: load_dataset(f"world:{name}") for name in FAR_TARGETS}}
     row = {}
     if zero_shot:  # the base classes were labels in pretraining: not held out, shown for contrast
         row["zero-shot objects-base"] = run_protocol("full", build_method("zeroshot", backbone), ctx, base)["accuracy"]
@@ -58,7 +62,7 @@ def main(argv: list[str]) -> None:
         json_path.write_text(json.dumps({
             "title": "UniCL vs CLIP vs CE pretraining: zero-shot (80 templates) and linear probe (16 shots) on the world",
             "row_label": "loss", "columns": columns, "rows": rows,
-            "note": "Held out: objects-new, patterns and scenes were never labels in pretraining; CE has no text "
+            "note": "Held out: objects-new and the other targets were never labels in pretraining; CE has no text "
                     "tower to do zero-shot with. Made by scripts/compare_losses.py from three pretraining runs "
                     "identical but for --loss."}, indent=2) + "\n")
         print(f"wrote {json_path}")

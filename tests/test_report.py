@@ -91,7 +91,8 @@ def runs_folder(tmp_path):
     comparison.mkdir()
     (comparison / "comparison.json").write_text(json.dumps({
         "title": "CE vs CLIP vs UniCL", "row_label": "loss", "columns": ["zero-shot new", "linear probe new"],
-        "rows": {"unicl": {"zero-shot new": 69.0, "linear probe new": 62.3}, "ce": {"linear probe new": 65.6}}}))
+        "rows": {"unicl": {"zero-shot new": 69.0, "linear probe new": 62.3}, "ce": {"linear probe new": 65.6},
+                 "seeds": {"zero-shot new": [70.25, 1.04]}}}))
     return root
 
 
@@ -112,7 +113,8 @@ def test_tables_hold_every_protocol_with_the_seed_spread(runs_folder):
         ["coop+ship", "world:scenes", "crossdataset", "48", "41.5", "0.600", "0.100"]]
     closed = tables["Accuracy on all classes (full and few-shot)"]
     assert ["mpfgvc", "world:fine", "full", "all", "1", "64.4", "64.0", "7.8 (5.0)", "38.9 (25.0)"] in closed.rows
-    assert tables["CE vs CLIP vs UniCL"].rows == [["unicl", "69.0", "62.3"], ["ce", "-", "65.6"]]
+    assert tables["CE vs CLIP vs UniCL"].rows == [["unicl", "69.0", "62.3"], ["ce", "-", "65.6"],
+                                                  ["seeds", "70.2 ± 1.0", "-"]]  # [mean, std] over seeds
     assert "| coop | world:objects | 16 | 1,2,3 | 64.7 ± 0.8 | 75.1 ± 1.2 | 69.5 | 98.5 | 74.8 |" in base2new.markdown()
     assert "<td>64.7 ± 0.8</td>" in base2new.html()
 

@@ -130,6 +130,13 @@ def _number(value) -> str:
     return f"{value:.1f}"
 
 
+def _comparison_cell(value) -> str:
+    """A recorded comparison's cell: a number, or [mean, std] over seeds."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return f"{value[0]:.1f} ± {value[1]:.1f}"
+    return _number(value)
+
+
 def _count(value) -> str:
     return str(int(value)) if isinstance(value, (int, float)) and float(value).is_integer() else "-"
 
@@ -245,7 +252,7 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
         table = Table(comparison.get("title", file.parent.name), [comparison.get("row_label", ""), *columns],
                       note=comparison.get("note", ""))
         for name, values in comparison["rows"].items():
-            table.rows.append([name, *(_number(values.get(c)) for c in columns)])
+            table.rows.append([name, *(_comparison_cell(values.get(c)) for c in columns)])
         tables.append(table)
     return tables
 
