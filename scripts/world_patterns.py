@@ -101,12 +101,12 @@ def comparisons(out: Path, world: str, parts: tuple[str, ...], seeds: tuple[int,
     tables = []
     if "fewshot" in parts:
         zero = _mean_std(averaged("zeroshot", "full", "accuracy"))
-        columns = [f"{k} shots" for k in SHOTS] + [f"paper {k} shots" for k in SHOTS]
-        table_rows = {"zero-shot": {**{c: zero for c in columns[:len(SHOTS)]},
-                                    **{f"paper {k} shots": PAPER_FEWSHOT_ZEROSHOT for k in SHOTS}}}
+        ours, paper = [f"{k}-shot" for k in SHOTS], [f"paper {k}-shot" for k in SHOTS]
+        columns = ours + paper
+        table_rows = {"zero-shot": {**dict.fromkeys(ours, zero), **dict.fromkeys(paper, PAPER_FEWSHOT_ZEROSHOT)}}
         for name, label in (("linear_probe", "linear probe"), ("coop", "CoOp"), ("tip_adapter_f", "Tip-Adapter-F")):
-            table_rows[label] = {**{f"{k} shots": _mean_std(averaged(name, "fewshot", "accuracy", k)) for k in SHOTS},
-                                 **{f"paper {k} shots": PAPER_FEWSHOT[name][k] for k in SHOTS}}
+            table_rows[label] = {**{f"{k}-shot": _mean_std(averaged(name, "fewshot", "accuracy", k)) for k in SHOTS},
+                                 **{f"paper {k}-shot": PAPER_FEWSHOT[name][k] for k in SHOTS}}
         tables.append({"title": "Few-shot on the world vs in the paper", "row_label": "method", "columns": columns,
                        "rows": table_rows, "note": f"All classes of each target; {where}. Paper: Tip-Adapter's "
                        "Table 2 (ImageNet, RN50), the one table that gives all four methods."})

@@ -273,3 +273,33 @@ def test_default_is_the_shipped_world_model():
 
     shipped = load_backbone()
     assert shipped.name == "tiny-vit" and DEFAULT_WEIGHTS.stat().st_size < 15e6
+
+
+def test_the_shipped_model_runs_coops_defaults_with_every_coop_class_name():
+    from clipadapt.methods import build_method
+
+    shipped = load_backbone()
+    for method in ("coop", "cocoop", "coop+ship"):
+        build_method(method, shipped)  # the official defaults: 16 context vectors for CoOp, 4 for CoCoOp
+    # StanfordCars' longest name is the longest of the 11 CoOp data sets: 16 BPE tokens, 35 with 16 context
+    # vectors, '.', SOS and EOS; nothing of it may be cut.
+    name = "2012 Lamborghini Gallardo LP 570-4 Superleggera"
+    ids, ctx_mask, _, eot, _ = shipped._prompt_layout([name, "red star"], 16, "end")
+    assert eot.tolist() == [34, 20] and shipped.context_length >= 35 and ctx_mask[0, 1:17].all()
+    assert ids[0, 17:34].tolist() == shipped.tokenizer.encode(f"{name}.")
+
+
+def test_a_checkpoint_of_another_text_context_is_interpolated_as_open_clip_does(tmp_path):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    short = load_backbone("micro-vit")  # context 16
+    path = tmp_path / "short.safetensors"
+    short.save(path)
+    config = {**short.config, "text_cfg": {**short.config["text_cfg"], "context_length": 24}}
+    long = load_backbone(config, path)
+    old = short.model.positional_embedding.detach()
+    expected = F.interpolate(old.T[None], size=24, mode="linear", align_corners=False)[0].T
+    torch.testing.assert_close(long.model.positional_embedding.detach(), expected)
+    assert long.context_length == 24
+    torch.testing.assert_close(long.model.token_embedding.weight, short.model.token_embedding.weight)

@@ -40,11 +40,13 @@ def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, cap
     assert new > 50.0 and base > 40.0 and hm > 45.0
     assert "| linear_probe | world:objects | fewshot | 2 | 1,2 |" in table
     assert "| unicl | 59.0 | 69.2 | 69.2 |" in table  # the recorded pretraining comparison
+    for title in ("Few-shot", "Base-to-new", "Cross-data-set transfer"):  # the recorded patterns, papers beside
+        assert f"### {title} on the world vs in the paper" in table
     assert (tmp_path / "demo" / "results.md").read_text().strip() in table
     assert (tmp_path / "demo" / "zeroshot-base2new-objects" / "metrics.json").is_file()
     assert (tmp_path / "demo" / "linear_probe-fewshot-objects-2shot" / "metrics.json").is_file()
     page = (tmp_path / "demo" / "report.html").read_text()
-    assert page.count("<table>") == 3 and "report_files/base2new-world_objects.png" in page
+    assert page.count("<table>") == 6 and "report_files/base2new-world_objects.png" in page
     assert "report_files/fewshot-world_objects.png" in page
 
 
@@ -144,3 +146,29 @@ def test_demo_workers_end_when_the_demo_is_killed(colour_world, tmp_path):
         assert not alive, f"workers {alive} outlived the killed demo"
     finally:
         parent.kill()
+
+
+@pytest.fixture(scope="module")
+def fresh_world(tmp_path_factory):
+    """A world of another seed than the pretraining one, with 16 shots per class to learn from."""
+    return generate_world(tmp_path_factory.mktemp("world") / "w", seed=11, progress=False, pretrain_train=1,
+                          pretrain_val=1, pretrain_test=1, captions=1, train=16, val=2, test=6, fine_train=1)
+
+
+@pytest.mark.slow
+def test_targets_sit_at_graded_distances_where_few_shots_pay_off(fresh_world, tmp_path):
+    """The near target is read well zero-shot; on the far ones zero-shot falls towards chance while 16 labelled
+    images per class teach a linear probe what the prompts cannot say (the papers' few-shot premise)."""
+    backbone = load_backbone()
+    ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)
+    accuracy = {}
+    for name in ("objects", "sketch", "textures"):
+        splits = load_dataset(f"world:{name}:{fresh_world}")
+        zero = run_protocol("full", build_method("zeroshot", backbone), ctx, splits)["accuracy"]
+        probe = run_protocol("fewshot", build_method("linear_probe", backbone), ctx, splits, shots=16, seed=1)
+        accuracy[name] = zero, probe["accuracy"]
+    assert accuracy["objects"][0] > 50.0  # near: 32 classes, chance 3.1%
+    for far in ("sketch", "textures"):
+        zero, probe = accuracy[far]
+        assert zero < accuracy["objects"][0] - 25.0, accuracy
+        assert probe > zero + 20.0, accuracy

@@ -193,8 +193,11 @@ def load_backbone(
         state_dict = convert_state_dict(clip, state_dict)
         # As open_clip's load_checkpoint: position embeddings of another length (image size, text context) are
         # interpolated to the model's (e.g. a 16-token checkpoint into a 40-token model, which then trains on).
-        open_clip.model.resize_pos_embed(state_dict, clip)
-        open_clip.model.resize_text_pos_embed(state_dict, clip)
+        for resize in (open_clip.model.resize_pos_embed, open_clip.model.resize_text_pos_embed):
+            try:
+                resize(state_dict, clip)
+            except (AssertionError, RuntimeError):  # another width: the shape check below names the mismatch
+                pass
         _check_state_dict(clip, state_dict, Path(pretrained), name)
         clip.load_state_dict(state_dict)
     return Backbone(clip, config, name=name).to(device).eval()
