@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .backbone import DEFAULT_WEIGHTS, load_backbone
 from .data import load_dataset
+from .data.world import default_world
 from .engine import available_cores
 from .errors import CheckpointError, ClipadaptError
 from .protocols import RunContext, protocol_shots, run_seeds, safe_name, shots_trained, write_metrics
@@ -208,8 +209,10 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
         recorded.append(out_dir / name)
         recorded[-1].mkdir(exist_ok=True)
         (recorded[-1] / "comparison.json").write_text(json.dumps(table, indent=1) + "\n")
+    if any(row.dataset.count(":") == 1 and row.dataset.startswith("world:") for row in rows):
+        default_world(progress=progress)  # generated here, once, before any worker needs it
     for dataset in dict.fromkeys(row.dataset for row in rows):
-        load_dataset(dataset)  # the world is generated here, once, before any worker needs it
+        load_dataset(dataset)
     folders = [out_dir / row.folder for row in rows]
     if jobs == 1:
         ctx = RunContext(load_backbone(), cache_dir=cache_dir, progress=progress)
