@@ -197,15 +197,16 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
              rows: tuple[DemoRow, ...] | None = None, jobs: int | None = None, with_recorded: bool = True) -> str:
     """Run every demo row (rows resume from the checkpoints in their folders; a folder whose checkpoints belong to
     another version starts over), `jobs` at a time in worker processes (default: `default_jobs()`), then write
-    `results.md` and `report.html` (with the recorded tables first, unless `with_recorded` is false) and return
+    `results.md` and `report.html` (with the recorded tables too, unless `with_recorded` is false) and return
     the markdown tables."""
     out_dir, rows = Path(out_dir), ROWS if rows is None else rows
     jobs = jobs or default_jobs()
     out_dir.mkdir(parents=True, exist_ok=True)
-    recorded = []  # the recorded tables' folders: the pretraining comparison, then the papers' patterns
-    tables = [json.loads(LOSS_COMPARISON.read_text()), *json.loads(WORLD_PATTERNS.read_text())] if with_recorded else []
-    for name, table in zip(["pretraining-comparison", "world-patterns-fewshot", "world-patterns-base2new",
-                            "world-patterns-crossdataset"], tables):
+    recorded = []  # the recorded tables' folders: the pretraining comparison, then each of the papers' patterns
+    tables = {"pretraining-comparison": json.loads(LOSS_COMPARISON.read_text()),
+              **{f"world-patterns-{i}": table for i, table in enumerate(json.loads(WORLD_PATTERNS.read_text()), 1)}
+              } if with_recorded else {}
+    for name, table in tables.items():
         recorded.append(out_dir / name)
         recorded[-1].mkdir(exist_ok=True)
         (recorded[-1] / "comparison.json").write_text(json.dumps(table, indent=1) + "\n")
