@@ -168,20 +168,29 @@ def test_part_overlap_counts_patches_on_the_part():
     overlap = part_overlap(kept, boxes, parts)
     assert overlap["kept_tokens_on_part"] == 50.0 and overlap["random_tokens_on_part"] == pytest.approx(300 / 32)
     assert overlap["part_patches_kept"] == pytest.approx(200 / 3) and overlap["random_part_patches_kept"] == 12.5
+    # Several parts an image (birds: crown, wing, breast): a patch is on a part if it meets any of them; an image
+    # with fewer parts is padded with empty boxes, which meet no patch.
+    several = torch.tensor([[[9.0, 9.0, 12.0, 12.0], [1.0, 1.0, 2.0, 2.0]], [[6.0, 9.0, 12.0, 12.0], [0, 0, 0, 0]]])
+    overlap = part_overlap(kept, boxes, several)
+    assert overlap["kept_tokens_on_part"] == 75.0 and overlap["random_tokens_on_part"] == pytest.approx(400 / 32)
+    assert overlap["part_patches_kept"] == 75.0
+    assert part_overlap(kept, boxes, parts[:, None]) == part_overlap(kept, boxes, parts)
 
 
-def test_full_protocol_on_the_world_badges_reports_part_overlap(backbone, tmp_path):
+@pytest.mark.parametrize("name, superclass, parts", [("fine", "badge", 1), ("birds", "bird", 3)])
+def test_full_protocol_on_the_world_fine_grained_sets_reports_part_overlap(backbone, tmp_path, name, superclass,
+                                                                           parts):
     from clipadapt.data.world import DEFAULT_SIZES, generate_world
 
     root = generate_world(tmp_path / "w", image_size=32, progress=False, **{k: 1 for k in DEFAULT_SIZES})
-    splits = load_dataset(f"world:fine:{root}")
-    assert splits.superclass == "badge"
+    splits = load_dataset(f"world:{name}:{root}")
+    assert splits.superclass == superclass
     method = build_method("mpfgvc", backbone, {**FAST, "stage1_epochs": 1, "stage2_epochs": 1, "top_k": 4})
     result = run_protocol("full", method, RunContext(backbone, cache_dir=tmp_path / "cache", progress=False), splits)
     overlap = result["part_overlap"]
     assert overlap["tokens_kept"] == 4 and overlap["tokens"] == 16
     assert 0 <= overlap["kept_tokens_on_part"] <= 100 and 0 < overlap["random_tokens_on_part"] < 100
-    assert method.superclass == "badge"
+    assert method.superclass == superclass
     # Overlay examples: the first test image of each of the first six classes, with what SsVP kept and why.
     examples = overlap["examples"]
     assert [e["label"] for e in examples] == sorted({s.label for s in splits.test})[:6]
@@ -189,7 +198,7 @@ def test_full_protocol_on_the_world_badges_reports_part_overlap(backbone, tmp_pa
         assert Path(example["path"]).is_file() and example["class"] == splits.classnames[example["label"]]
         assert len(example["scores"]) == 16 and max(example["scores"]) == 1.0
         top = sorted(range(16), key=lambda i: -example["scores"][i])[:4]
-        assert example["kept"] == sorted(top) and len(example["part"]) == 4
+        assert example["kept"] == sorted(top) and [len(box) for box in example["parts"]] == [4] * parts
 
 
 def test_part_boxes_follow_clips_resize_and_centre_crop():

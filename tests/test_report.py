@@ -80,7 +80,7 @@ def runs_folder(tmp_path):
                           ["red star", "blue ring", "green cross"])
     image = badge_image(tmp_path / "badge.png")
     examples = [{"path": str(image), "label": 0, "class": "red badge", "kept": [0, 5, 10, 15],
-                 "scores": [round(i / 15, 4) for i in range(16)], "part": box_in_crop([40, 8, 56, 24], 128, 64, 32)}]
+                 "scores": [round(i / 15, 4) for i in range(16)], "parts": [box_in_crop([40, 8, 56, 24], 128, 64, 32)]}]
     write_run(root / "mpfgvc", {"method": "mpfgvc", "dataset": "world:fine", "protocol": "full", "seed": 1,
                                 "training": {}, "accuracy": 64.4, "per_class_accuracy": 64.0,
                                 "part_overlap": {"kept_tokens_on_part": 7.8, "random_tokens_on_part": 5.0,

@@ -16,7 +16,8 @@ from clipadapt.data import base_new_split, load_dataset
 from clipadapt.data import world
 from clipadapt.errors import DataError
 
-SMALL = dict(pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2, fine_train=4)
+SMALL = dict(pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2, fine_train=4,
+             birds_train=2)
 TINY = {key: 1 for key in world.DEFAULT_SIZES}
 SIZE = 32
 
@@ -37,7 +38,7 @@ def files(root: Path) -> dict[str, bytes]:
 
 def test_same_seed_same_bytes_and_another_seed_other_images(tmp_path):
     first = files(world.generate_world(tmp_path / "a", image_size=SIZE, progress=False, **TINY))
-    # One process here, a pool there (555 images): the images must not depend on who drew them.
+    # One process here, a pool there (747 images): the images must not depend on who drew them.
     again = files(world.generate_world(tmp_path / "b", image_size=SIZE, progress=False, workers=1, **TINY))
     other = files(world.generate_world(tmp_path / "c", seed=1, image_size=SIZE, progress=False, **TINY))
     assert first == again
@@ -52,14 +53,15 @@ def test_world_json_and_counts(world_dir):
     assert (meta["version"], meta["seed"], meta["image_size"]) == (world.VERSION, 0, SIZE)
     assert meta["sizes"] == {**world.DEFAULT_SIZES, **SMALL}
     assert meta["datasets"]["fine"]["superclass"] == world.FINE_SUPERCLASS
+    assert meta["datasets"]["birds"]["superclass"] == world.BIRD_SUPERCLASS == "bird"
     assert set(meta["datasets"]) == set(world.WORLD_DATASETS)
     for name in world.TARGET_DATASETS + ("pretrain",):
         splits = load_dataset(f"world:{name}:{world_dir}")
         per_split = {"train": SMALL["train"], "val": SMALL["val"], "test": SMALL["test"]}
         if name == "pretrain":
             per_split = {split: SMALL[f"pretrain_{split}"] for split in per_split}
-        if name == "fine":
-            per_split["train"] = SMALL["fine_train"]
+        if name in ("fine", "birds"):
+            per_split["train"] = SMALL[f"{name}_train"]
         for split, count in per_split.items():
             labels = Counter(s.label for s in splits.split(split))
             assert labels == {label: count for label in range(len(splits.classnames))}
@@ -88,7 +90,7 @@ def test_class_sets_of_the_targets_and_what_pretraining_covers(world_dir):
     for name in world.SHIFTED_DATASETS:
         assert classes[name] == classes["objects"], name
     assert set(classes["aerial"]) < set(classes["scenes"]) and len(classes["aerial"]) == 32
-    distinct = ("objects", "patterns", "scenes", "textures", "fine")
+    distinct = ("objects", "patterns", "scenes", "textures", "fine", "birds")
     for a, b in combinations(distinct, 2):
         assert not set(classes[a]) & set(classes[b]), (a, b)
     base, new = base_new_split(load_dataset(f"world:objects:{world_dir}"))
@@ -152,13 +154,13 @@ def test_fine_subcategories_differ_only_in_the_spot(world_dir):
     assert len(fine.classnames) == 9
     assert [a["mark_colour"] for a in fine.class_attributes] == list(world.MARK_COLOURS)
     assert all(set(a) == {"mark_colour"} for a in fine.class_attributes)
-    marks = world.read_marks(world_dir)
+    parts = world.read_parts(world_dir / "fine")
     samples = fine.train + fine.val + fine.test
-    assert set(marks) == {s.path for s in samples}
+    assert set(parts) == {s.path for s in samples} and all(set(p) == {"spot"} for p in parts.values())
     mark_rgb = np.array(list(world.MARK_COLOURS.values()), dtype=np.float32)
     attributes = image_attributes(world_dir, "fine")
     for sample in samples:
-        x0, y0, x1, y1 = marks[sample.path]
+        x0, y0, x1, y1 = parts[sample.path]["spot"]
         assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE and (x1 - x0) * (y1 - y0) <= 36
         # The rest of the image is drawn from the same distribution in every subcategory.
         a = attributes[sample.path]
@@ -175,10 +177,74 @@ def test_the_same_badge_with_another_spot_differs_only_inside_the_spots():
     a, boxes_a = world._render({**badge, "mark_colour": "black", "mark_position": "top"}, (3, 1), 64)
     b, boxes_b = world._render({**badge, "mark_colour": "yellow", "mark_position": "left"}, (3, 1), 64)
     spots = np.zeros((64, 64), dtype=bool)
-    for x0, y0, x1, y1 in (boxes_a["mark_box"], boxes_b["mark_box"]):
+    for x0, y0, x1, y1 in (boxes_a["parts"]["spot"], boxes_b["parts"]["spot"]):
         spots[y0:y1, x0:x1] = True
     differs = (a != b).any(axis=2)
     assert differs.any() and not (differs & ~spots).any()
+
+
+def test_birds_are_cub_shaped_species_decided_by_three_small_parts(world_dir):
+    """64 species of one superclass, each a combination of crown colour, wing pattern and breast colour: every
+    value shared by 16 species, every species with 9 one-part neighbours; names made of words pretraining taught."""
+    birds = load_dataset(f"world:birds:{world_dir}")
+    assert birds.superclass == "bird" and len(birds.classnames) == 64
+    combos = [(a["crown"], a["wing"], a["breast"]) for a in birds.class_attributes]
+    assert len(set(combos)) == 64 and all(set(a) == set(world.BIRD_PARTS) for a in birds.class_attributes)
+    for k in range(3):
+        assert set(Counter(c[k] for c in combos).values()) == {16}
+    for combo in combos:
+        neighbours = [other for other in combos if sum(x != y for x, y in zip(combo, other)) == 1]
+        assert len(neighbours) == 9
+    taught = {word for a in image_attributes(world_dir, "captions").values() for word in (a["colour"], a["pattern"])}
+    for name, (crown, wing, breast) in zip(birds.classnames, combos):
+        assert name == f"{crown}-crowned {wing}-winged {breast}-breasted bird" and {crown, wing, breast} <= taught
+    # Part boxes for every image, inside the image and the bird, each a small part of the frame.
+    parts = world.read_parts(world_dir / "birds")
+    attributes = image_attributes(world_dir, "birds")
+    samples = birds.train + birds.val + birds.test
+    assert set(parts) == {s.path for s in samples}
+    for sample in samples:
+        bx0, by0, bx1, by1 = attributes[sample.path]["box"]
+        assert list(parts[sample.path]) == list(world.BIRD_PARTS)
+        for x0, y0, x1, y1 in parts[sample.path].values():
+            # (the bird's box holds its pixels over half covered; a part's box every pixel it touches)
+            assert bx0 - 1 <= x0 < x1 <= bx1 + 1 and by0 - 1 <= y0 < y1 <= by1 + 1
+            assert (x1 - x0) * (y1 - y0) <= 0.08 * SIZE * SIZE
+
+
+@pytest.mark.parametrize("part, other", [("crown", "blue"), ("wing", "dotted"), ("breast", "yellow")])
+def test_a_bird_of_another_species_differs_only_inside_the_part(part, other):
+    """Same seed, one part changed: the pixels differ inside that part's box only (the nuisances, the plumage and
+    the other parts do not depend on the species)."""
+    bird = {"crown": "red", "wing": "striped", "breast": "white", "background": "grass", "plumage": "brown",
+            "facing": "left", "layout": "bird"}
+    differs = np.zeros((64, 64), dtype=bool)
+    for seed in range(5):
+        a, boxes_a = world._render(bird, (seed, 2), 64)
+        b, boxes_b = world._render({**bird, part: other}, (seed, 2), 64)
+        assert boxes_a == boxes_b
+        x0, y0, x1, y1 = boxes_a["parts"][part]
+        inside = np.zeros((64, 64), dtype=bool)
+        inside[y0:y1, x0:x1] = True
+        changed = (a != b).any(axis=2)
+        differs |= changed
+        assert changed.sum() >= 4 and not (changed & ~inside).any(), seed
+
+
+def test_birds_vary_in_pose_place_and_light_within_a_species():
+    bird = {"crown": "yellow", "wing": "solid", "breast": "blue", "background": "stone", "plumage": "grey",
+            "layout": "bird"}
+    boxes = [world._render({**bird, "facing": facing}, (seed, 7), 64)[1]["box"]
+             for seed in range(12) for facing in ("left", "right")]
+    widths = [x1 - x0 for x0, _, x1, _ in boxes]
+    centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
+    assert max(widths) - min(widths) >= 8 and np.ptp([c[0] for c in centres]) >= 6
+    left = world._render({**bird, "facing": "left"}, (0, 7), 64)[1]["parts"]
+    right = world._render({**bird, "facing": "right"}, (0, 7), 64)[1]["parts"]
+    # The head leads: the crown lies beyond the wing on the side the bird faces.
+    assert left["crown"][0] < left["wing"][0] and right["crown"][2] > right["wing"][2]
+    brightness = [_mean_rgb(world._render(bird | {"facing": "right"}, (seed, 9), 64)[0]).mean() for seed in range(12)]
+    assert max(brightness) / min(brightness) > 1.3
 
 
 def test_world_spec_generates_the_default_world_once_into_the_cache(tmp_path, monkeypatch):
@@ -194,8 +260,8 @@ def test_world_spec_generates_the_default_world_once_into_the_cache(tmp_path, mo
 
 def test_world_spec_errors(tmp_path, world_dir):
     with pytest.raises(DataError, match="pretrain, captions, objects, patterns, scenes, sensor, clutter, sketch, "
-                                        "textures, aerial, fine"):
-        load_dataset(f"world:birds:{world_dir}")
+                                        "textures, aerial, fine, birds"):
+        load_dataset(f"world:cats:{world_dir}")
     with pytest.raises(DataError, match="no world.json"):
         load_dataset(f"world:objects:{tmp_path}")
     with pytest.raises(DataError, match="unknown world size"):

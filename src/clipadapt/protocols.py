@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_classes
-from .data.world import read_marks
+from .data.world import read_parts
 from .errors import ClipadaptError
 from .engine import decoding_workers
 from .features import FeatureSet, default_cache_dir, extract_features
@@ -151,16 +151,15 @@ def run_full(method, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> 
 
 
 def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
-    """For token-selecting methods (MP-FGVC's SsVP) on data sets that know where each image's discriminative part
-    is (the world's badges), how often the kept tokens land on it, under `part_overlap`."""
-    marks = splits.root / "marks.json"
-    if not getattr(method, "selects_tokens", False) or not marks.is_file():
+    """For token-selecting methods (MP-FGVC's SsVP) on data sets that know where each image's discriminative parts
+    are (the world's badges and birds, `parts.json`), how often the kept tokens land on them, under `part_overlap`."""
+    if not getattr(method, "selects_tokens", False) or not (splits.root / "parts.json").is_file():
         return result
-    boxes = read_marks(splits.root.parent)
-    test = [s for s in splits.test if s.path in boxes]
+    parts = read_parts(splits.root)
+    test = [s for s in splits.test if s.path in parts]
     if not test:
         return result
-    overlap = method.kept_token_overlap(test, [boxes[s.path] for s in test], progress=ctx.progress)
+    overlap = method.kept_token_overlap(test, [list(parts[s.path].values()) for s in test], progress=ctx.progress)
     return {**result, "part_overlap": overlap}
 
 

@@ -3,7 +3,7 @@
 with the seeds' spread, real vs SHIP-synthesized features projected to two dimensions, and where MP-FGVC's SsVP
 looks on example images. A plot is drawn only where the runs hold its data: a folder of base2new runs gives bars,
 fewshot runs at several `--shots` give curves, `METHOD+ship` runs leave a `synthesis-*.safetensors` sample, and
-MP-FGVC runs on data that knows its parts (the world's badges) list overlay examples under `part_overlap`."""
+MP-FGVC runs on data that knows its parts (the world's badges and birds) list overlay examples under `part_overlap`."""
 from __future__ import annotations
 
 import html
@@ -447,7 +447,7 @@ def _overlay_examples(run: Run) -> tuple[dict, list[dict]]:
 
 def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
     """MP-FGVC's SsVP on example images: the class-token attention over patches as a heat map, the kept patches
-    outlined in white, the discriminative part's box in red."""
+    outlined in white, the discriminative parts' boxes in red."""
     from matplotlib.patches import Rectangle
 
     plt = _pyplot()
@@ -472,11 +472,12 @@ def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list
             for index in example["kept"]:
                 row, col = divmod(index, grid)
                 ax.add_patch(Rectangle((col * cell, row * cell), cell, cell, fill=False, edgecolor="white", linewidth=1))
-            x0, y0, x1, y1 = example["part"]
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
+            # (runs written before the birds recorded their one part's box as `part`)
+            for x0, y0, x1, y1 in example.get("parts") or [example["part"]]:
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
             ax.set_title(str(example.get("class") or example["label"])[:22], fontsize=7)
             ax.axis("off")
-        fig.suptitle(f"{run.method}: kept tokens (white), attention (heat), part (red)", fontsize=8)
+        fig.suptitle(f"{run.method}: kept tokens (white), attention (heat), parts (red)", fontsize=8)
         plots.append(Plot(f"Where SsVP looks: {run.method} on {run.dataset} "
                           f"({overlap.get('tokens_kept')} of {overlap.get('tokens')} patches kept)",
                           _save(fig, folder, f"kept-tokens-{run.method}-{run.dataset}", taken)))

@@ -26,7 +26,21 @@ Downstream targets sit at graded distances from that pretraining, as the CoOp be
   scale and angle, no object; as DTD's texture classes) and `aerial` ("star on grass": a top-down view of many
   tiny objects over a ground cover; as EuroSAT's 64-pixel land-cover tiles).
 - `fine` is one superclass ("badge") whose 9 subcategories differ only in the colour of a small spot, drawn at
-  the badge's top, left, right or bottom (per image); `marks.json` holds each image's spot box.
+  the badge's top, left, right or bottom (per image); `parts.json` holds each image's spot box. A diagnostic set:
+  one part, one attribute, many clean images.
+- `birds` is fine-grained recognition in CUB-200-2011's regime (its regime, not its look). CUB has 200 species of
+  one superclass, about 30 training and 29 test images a species; species differ in small parts (crown, wing bars,
+  breast) under large variation that does not name a species (pose, scale, background, light, the rest of the
+  plumage); its species names are made of words CLIP knows ("Red-winged Blackbird"). Here: 64 species of "bird",
+  each a combination of three small parts, the crown's colour, the wing's pattern and the breast's colour (4 x 4 x
+  4, every combination: each part value is shared by 16 species, each pair of values by 4, and every species has
+  9 nearest neighbours that differ in one part only, as CUB's sparrows and warblers do); 30 training images a
+  species, the world's 10 val and 30 test. Per image, shared by every species: facing left or right, tilted by up
+  to 30 degrees, the bird's length 50-75% of the frame, anywhere in it, on any of the 6 backgrounds, brown, grey or
+  olive plumage elsewhere, daylight from 60% to 115% with a white-balance tint of up to 8% per channel. Names are
+  "red-crowned striped-winged white-breasted bird": the colour and pattern words are the ones pretraining taught
+  (the part words and "bird" it never saw), so the text encoder knows something about each part. Pretraining never
+  shows a bird. `parts.json` holds each image's crown, wing and breast boxes (CUB's part locations).
 
 The world is written in the formats the loaders of `datasets.py` read (CoOp split JSON, image-text CSV), to a
 temp folder renamed into place at the end, and is byte-identical for the same seed and sizes.
@@ -64,7 +78,7 @@ from clipadapt.data.datasets import (
 from clipadapt.errors import DataError
 
 # Bump when the images, the layout or DEFAULT_SIZES change: the default world's cache folder is named by it.
-VERSION = 4
+VERSION = 5
 
 # Saturated colours, far from each other and from the muted or dark backgrounds.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -93,8 +107,10 @@ BACKGROUNDS: dict[str, tuple[str, ...]] = {
 
 # The objects' classes seen through a shift of rendering, camera or scene (each with the objects' base/new split).
 SHIFTED_DATASETS = ("sensor", "clutter", "sketch")
+# Each image's random draws are seeded by its data set's place in this tuple: new data sets go at the end, so the
+# images of the others stay the same (v5 added `birds`; the rest is byte-identical to v4).
 WORLD_DATASETS = ("pretrain", "captions", "objects", "patterns", "scenes", *SHIFTED_DATASETS, "textures", "aerial",
-                  "fine")
+                  "fine", "birds")
 TARGET_DATASETS = tuple(name for name in WORLD_DATASETS if name not in ("pretrain", "captions"))
 # `textures` classes are pattern x colour (a plain "solid" surface has no texture); `aerial` ground covers are the
 # backgrounds one can look down on (not a wall, not the night sky).
@@ -123,6 +139,15 @@ MARK_COLOURS: dict[str, tuple[int, int, int]] = {
 # Direction of the spot from the badge centre (degrees, image y axis down), before the badge's rotation.
 MARK_POSITIONS: dict[str, float] = {"top": -90.0, "left": 180.0, "right": 0.0, "bottom": 90.0}
 
+BIRD_SUPERCLASS = "bird"
+# The crown and breast take the same four colours (so a colour word alone says nothing about which part it is on),
+# four of the palette's that stay apart under the lighting and from the plumage; the wing takes the four patterns.
+BIRD_COLOURS = ("red", "yellow", "blue", "white")
+BIRD_PARTS = ("crown", "wing", "breast")
+# The rest of the plumage, drawn per image: dull colours, as most of CUB's species are mainly brown, grey or olive.
+PLUMAGE: dict[str, tuple[int, int, int]] = {"brown": (125, 90, 55), "grey": (120, 120, 116), "olive": (112, 112, 58)}
+SUPERCLASSES = {"fine": FINE_SUPERCLASS, "birds": BIRD_SUPERCLASS}
+
 # Images per class (`captions`: per seen composition); override with generate_world(..., NAME=count).
 DEFAULT_SIZES: dict[str, int] = {
     # 300 labelled images and 300 captioned ones per seen composition (v3: 150 each): the tiny CLIP's validation
@@ -137,6 +162,7 @@ DEFAULT_SIZES: dict[str, int] = {
     # The badges' train split: at 40 a class, fine-tuning the tiny model varies by +-4 points across seeds and
     # reaches 33%; at 120 it reaches 77%, where the fine-grained methods' differences can be seen.
     "fine_train": 120,
+    "birds_train": 30,  # CUB-200-2011: 5,994 training images of 200 species, 30 a species
 }
 
 _SUPERSAMPLE = 4  # polygons are drawn at 4x and box-filtered down: antialiased edges
@@ -146,9 +172,15 @@ _MARK_RADIUS = 0.05
 _MARK_DISTANCE = 0.55  # spot centre from the badge centre, in badge radii (inside the hexagon's inner circle)
 _OUTLINE = (25, 25, 25)
 _PATTERN_SHADE = 0.35  # pattern marks are the object's colour darkened: the hue stays visible
+_PATTERN_PERIOD = 0.45  # in object radii, so a small object carries the same pattern as a large one
 _NOISE_STD = 5.0
 _PAPER = (236, 230, 214)
 _GRAPHITE = (60, 60, 66)
+# Birds: length as a fraction of the frame, tilt, daylight gain and white-balance tint (see the module docstring).
+_BIRD_LENGTH = (0.5, 0.75)
+_BIRD_TILT = 30.0
+_DAYLIGHT_GAIN = (0.6, 1.15)
+_DAYLIGHT_TINT = 0.08
 _AERIAL_RADIUS = 0.07  # 4.5 pixels at 64: objects a few pixels across, as buildings in a 10 m/pixel EuroSAT tile
 # The `sensor` camera: a warm white balance (tungsten light uncorrected), a third to half the light, a soft lens
 # (blur sigma in pixels at 64) and high-ISO noise on top of the usual; each image jitters within these ranges.
@@ -215,12 +247,17 @@ def _class_list(name: str) -> list[dict[str, str]]:
         return [{"pattern": p, "colour": c} for p in TEXTURE_PATTERNS for c in COLOURS]
     if name == "aerial":
         return [{"shape": s, "background": b} for s in SHAPES for b in AERIAL_BACKGROUNDS]
+    if name == "birds":
+        return [{"crown": c, "wing": w, "breast": b} for c in BIRD_COLOURS for w in PATTERNS for b in BIRD_COLOURS]
     return [{"mark_colour": c} for c in MARK_COLOURS]  # fine: the spot's position is drawn per image
 
 
 def _class_name(attributes: dict[str, str]) -> str:
     if "mark_colour" in attributes:
         return f"{FINE_SUPERCLASS} with {attributes['mark_colour']} spot"
+    if "crown" in attributes:
+        return (f"{attributes['crown']}-crowned {attributes['wing']}-winged {attributes['breast']}-breasted "
+                f"{BIRD_SUPERCLASS}")
     if "background" in attributes:
         return f"{attributes['shape']} {BACKGROUNDS[attributes['background']][0]}"
     if "shape" not in attributes:  # textures
@@ -240,6 +277,7 @@ _RENDERING: dict[str, dict[str, str]] = {
     "sketch": {"style": "sketch"},
     "textures": {"layout": "texture"},
     "aerial": {"layout": "aerial"},
+    "birds": {"layout": "bird"},
 }
 
 
@@ -253,6 +291,8 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
         # Everything but the spot has the same distribution in every subcategory.
         free = {"colour": BADGE_COLOURS, "shape": (FINE_SUPERCLASS,), "pattern": ("solid",), "size": ("large",),
                 "background": tuple(BACKGROUNDS), "mark_position": tuple(MARK_POSITIONS)}
+    elif dataset == "birds":  # the nuisances; the tilt, size, place and light are drawn as the image is drawn
+        free = {"background": tuple(BACKGROUNDS), "plumage": tuple(PLUMAGE), "facing": ("left", "right")}
     else:
         free = {"colour": tuple(COLOURS), "shape": SHAPES, "pattern": PATTERNS, "size": SIZES,
                 "background": tuple(BACKGROUNDS)}
@@ -329,10 +369,23 @@ def _shape_alpha(shape: str, cx: float, cy: float, radius: float, angle: float, 
     if shape == "moon":
         dx, dy = _rotate(np.array([[0.45, -0.3]]), angle)[0] * radius
         return _disc(n, cx, cy, radius) * (1.0 - _disc(n, cx + dx, cy + dy, 0.8 * radius))
-    points = (_rotate(np.array(_POLYGONS[shape]), angle) * radius + (cx, cy)) * _SUPERSAMPLE
+    return _polygon(_rotate(np.array(_POLYGONS[shape]), angle) * radius + (cx, cy), n)
+
+
+def _polygon(points: np.ndarray, n: int) -> np.ndarray:
+    """Coverage [n, n] of the polygon with pixel-space vertices [V, 2]."""
     canvas = Image.new("L", (n * _SUPERSAMPLE, n * _SUPERSAMPLE), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=255)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points * _SUPERSAMPLE], fill=255)
     return np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32) / 255.0
+
+
+def _ellipse(n: int, cx: float, cy: float, a: float, b: float, angle: float) -> np.ndarray:
+    """Coverage [n, n] of the ellipse with semi-axes a (along its own x) and b, turned by `angle` degrees."""
+    ys, xs = _pixel_grid(n)
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    u, v = (xs - cx) * c + (ys - cy) * s, -(xs - cx) * s + (ys - cy) * c
+    # Edge softened over about a pixel (distance to the rim measured along the shorter axis).
+    return np.clip(0.5 + (1.0 - np.hypot(u / a, v / b)) * min(a, b), 0.0, 1.0)
 
 
 def _pattern_amount(pattern: str, cx: float, cy: float, radius: float, angle: float, n: int) -> np.ndarray:
@@ -343,7 +396,7 @@ def _pattern_amount(pattern: str, cx: float, cy: float, radius: float, angle: fl
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     u = ((xs - cx) * c + (ys - cy) * s) / radius
     v = (-(xs - cx) * s + (ys - cy) * c) / radius
-    period = 0.45  # in object radii, so a small object carries the same pattern as a large one
+    period = _PATTERN_PERIOD
     if pattern == "striped":
         # A steep sine rather than a square wave: stripe edges stay soft instead of aliasing.
         return np.clip(0.5 + 2.0 * np.sin(2 * np.pi * v / period), 0.0, 1.0)
@@ -466,6 +519,74 @@ def _free_spot(rng: np.random.Generator, n: int, radius: float, taken: list[tupl
     return cx, cy
 
 
+# The bird in its own frame: facing right, y down, the body's centre at the origin, lengths in bird lengths.
+# Ellipses: centre, semi-axes and tilt in degrees; the crown is the head's upper half.
+_BIRD_ELLIPSES: dict[str, tuple[tuple[float, float], float, float, float]] = {
+    "body": ((0.0, 0.0), 0.30, 0.17, 0.0),
+    "breast": ((0.13, 0.06), 0.15, 0.11, 0.0),
+    "wing": ((-0.09, -0.04), 0.19, 0.085, 8.0),
+    "head": ((0.30, -0.17), 0.12, 0.12, 0.0),
+    "eye": ((0.345, -0.16), 0.025, 0.025, 0.0),
+}
+_BIRD_POLYGONS = {
+    "tail": [(-0.24, -0.03), (-0.52, -0.13), (-0.50, 0.05)],
+    "bill": [(0.39, -0.205), (0.53, -0.155), (0.39, -0.115)],
+}
+_BIRD_EXTENT = ((0.0, -0.05), 0.56)  # a disc holding the whole bird under any tilt
+_WING_PATTERN_PERIOD = 0.11  # in bird lengths: 4-5 pixels at 64, three or four periods along the wing
+_BILL = (70, 62, 52)
+_EYE = (15, 15, 15)
+
+
+def _draw_bird(image: np.ndarray, attributes: dict[str, str], rng: np.random.Generator
+               ) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """`image` with the bird drawn on it, the bird's box and its parts' boxes (the visible pixels of each)."""
+    n = image.shape[0]
+    length = n * float(rng.uniform(*_BIRD_LENGTH))
+    angle = float(rng.uniform(-_BIRD_TILT, _BIRD_TILT))
+    flip = -1.0 if attributes["facing"] == "left" else 1.0
+    (ex, ey), extent = _BIRD_EXTENT
+    cx, cy = _free_spot(rng, n, extent * length, [])
+    origin = np.array([cx, cy]) - _rotate(np.array([[flip * ex, ey]]), angle)[0] * length
+
+    def place(points: list[tuple[float, float]]) -> np.ndarray:  # bird frame -> pixels
+        return _rotate(np.array(points) * (flip, 1.0), angle) * length + origin
+
+    alpha = {name: _ellipse(n, *place([centre])[0], a * length, b * length, flip * tilt + angle)
+             for name, (centre, a, b, tilt) in _BIRD_ELLIPSES.items()}
+    alpha.update({name: _polygon(place(points), n) for name, points in _BIRD_POLYGONS.items()})
+    hx, hy = place([_BIRD_ELLIPSES["head"][0]])[0]
+    ys, xs = _pixel_grid(n)
+    above = np.clip(0.5 - (-(xs - hx) * math.sin(math.radians(angle)) + (ys - hy) * math.cos(math.radians(angle))),
+                    0.0, 1.0)
+    alpha["crown"] = alpha["head"] * above
+    alpha["breast"] = alpha["breast"] * alpha["body"] * (1.0 - alpha["wing"]) * (1.0 - alpha["head"])
+
+    plumage = np.array(PLUMAGE[attributes["plumage"]], np.float32) * float(rng.uniform(0.92, 1.08))
+    wing_centre = place([_BIRD_ELLIPSES["wing"][0]])[0]
+    marks = _pattern_amount(attributes["wing"], *wing_centre, _WING_PATTERN_PERIOD / _PATTERN_PERIOD * length, angle,
+                            n)
+    wing = plumage * 0.85 * (1.0 - marks[..., None] * (1.0 - _PATTERN_SHADE))
+    silhouette = np.max([alpha[name] for name in ("body", "head", "tail", "bill")], axis=0)
+    outline = _dilate(silhouette)[..., None]
+    image = image * (1.0 - outline) + np.array(_OUTLINE, np.float32) * outline
+    for name, fill in (("tail", plumage * 0.8), ("body", plumage), ("breast", COLOURS[attributes["breast"]]),
+                       ("wing", wing), ("head", plumage), ("crown", COLOURS[attributes["crown"]]), ("eye", _EYE),
+                       ("bill", _BILL)):
+        a = alpha[name][..., None]
+        image = image * (1.0 - a) + np.asarray(fill, np.float32) * a
+    wing_edge = 0.6 * (_dilate(alpha["wing"]) - alpha["wing"])[..., None] * alpha["body"][..., None]
+    image = image * (1.0 - wing_edge) + np.array(_OUTLINE, np.float32) * wing_edge
+    boxes = {"box": _box(silhouette, 0.5), "parts": {part: _box(alpha[part], 0.0) for part in BIRD_PARTS}}
+    return image, boxes
+
+
+def _daylight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The scene in another daylight: overall brightness and a white-balance tint."""
+    tint = rng.uniform(1.0 - _DAYLIGHT_TINT, 1.0 + _DAYLIGHT_TINT, 3).astype(np.float32)
+    return image * tint * float(rng.uniform(*_DAYLIGHT_GAIN))
+
+
 def _sensor(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The photo as another camera takes it: warm white balance, low light, a soft lens and high-ISO noise."""
     n = image.shape[0]
@@ -476,7 +597,7 @@ def _sensor(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[np.ndarray, dict[str, list[int]]]:
     """The image [n, n, 3] uint8 and its boxes ("box": the object, the whole frame for textures and aerial views;
-    "mark_box": the spot, for badges).
+    "parts": the named boxes of the parts that decide the class, for badges and birds).
 
     The spot uses no random draws, so the same seed with another spot gives the same image outside the spot.
     """
@@ -505,6 +626,9 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
             image, _ = _draw_object(image, attributes["shape"], colour, "solid", cx, cy, radius,
                                     float(rng.uniform(0, 360)), False, rng)
         boxes = {"box": frame}
+    elif layout == "bird":
+        image, boxes = _draw_bird(_background(attributes["background"], n, rng), attributes, rng)
+        image = _daylight(image, rng)
     else:
         sketch = style == "sketch"
         image = _paper(n, rng) if sketch else _background(attributes["background"], n, rng)
@@ -529,7 +653,7 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
             my = cy + _MARK_DISTANCE * radius * math.sin(direction)
             mark = _disc(n, mx, my, _MARK_RADIUS * n)[..., None]
             image = image * (1.0 - mark) + np.array(MARK_COLOURS[attributes["mark_colour"]], np.float32) * mark
-            boxes["mark_box"] = _box(mark[..., 0], 0.0)
+            boxes["parts"] = {"spot": _box(mark[..., 0], 0.0)}
     image = image + _NOISE_STD * rng.standard_normal(image.shape, dtype=np.float32)
     if style == "sensor":
         image = _sensor(image, rng)
@@ -558,8 +682,8 @@ def _counts(name: str, sizes: dict[str, int]) -> dict[str, int]:
         return {split: sizes[f"pretrain_{split}"] for split in SPLIT_NAMES}
     if name == "captions":
         return {"train": sizes["captions"]}
-    if name == "fine":
-        return {"train": sizes["fine_train"], "val": sizes["val"], "test": sizes["test"]}
+    if name in ("fine", "birds"):
+        return {"train": sizes[f"{name}_train"], "val": sizes["val"], "test": sizes["test"]}
     return {split: sizes[split] for split in SPLIT_NAMES}
 
 
@@ -627,8 +751,8 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
         folder = root / name
         mine = [(spec, box) for spec, box in zip(specs, boxes) if spec.path.startswith(f"{name}/")]
         # Paths relative to the data set folder, which holds the split file: what `coop:NAME:DIR` expects.
-        _write_json(folder / "image_attributes.json",
-                    {spec.path[len(name) + 1 :]: {**spec.attributes, **box} for spec, box in mine})
+        _write_json(folder / "image_attributes.json", {spec.path[len(name) + 1 :]: {
+            **spec.attributes, **{key: value for key, value in box.items() if key != "parts"}} for spec, box in mine})
         classes = _class_list(name)
         classnames = [_class_name(attributes) for attributes in classes]
         if name == "captions":
@@ -643,9 +767,9 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
         save_split_file(folder / _split_file_name(name), splits, folder, classnames)
         _write_json(folder / "attributes.json", dict(zip(classnames, classes)))
         datasets[name] = {"split_file": f"{name}/{_split_file_name(name)}", "classes": classnames, "images": len(mine)}
-        if name == "fine":
-            _write_json(folder / "marks.json", {spec.path[len(name) + 1 :]: box["mark_box"] for spec, box in mine})
-            datasets[name]["superclass"] = FINE_SUPERCLASS
+        if name in SUPERCLASSES:
+            _write_json(folder / "parts.json", {spec.path[len(name) + 1 :]: box["parts"] for spec, box in mine})
+            datasets[name]["superclass"] = SUPERCLASSES[name]
     new_classes = [_name(c, s) for c, s in HELD_OUT]
     (root / "objects" / "unseen_classes.txt").write_text("".join(f"{c}\n" for c in new_classes), encoding="utf-8")
     datasets["objects"].update(base_classes=[_name(c, s) for c, s in _compositions(BASE_OFFSETS)],
@@ -655,7 +779,8 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
         **_world_config(seed, image_size, sizes),
         "vocabulary": {
             "colour": COLOURS, "shape": SHAPES, "pattern": PATTERNS, "size": SIZES, "background": BACKGROUNDS,
-            "mark_colour": MARK_COLOURS, "mark_position": list(MARK_POSITIONS),
+            "mark_colour": MARK_COLOURS, "mark_position": list(MARK_POSITIONS), "bird_colour": BIRD_COLOURS,
+            "bird_part": BIRD_PARTS, "plumage": PLUMAGE,
         },
         "seen_compositions": [_name(c, s) for c, s in SEEN],
         "held_out_compositions": new_classes,
@@ -764,16 +889,17 @@ def load_world(arg: str) -> DatasetSplits:
         raise DataError(f"cannot read the class attributes of {folder}: {exc!r}") from exc
     return DatasetSplits(
         f"World{name.capitalize()}", classnames, root=folder, class_attributes=class_attributes,
-        superclass=FINE_SUPERCLASS if name == "fine" else None, **splits,
+        superclass=SUPERCLASSES.get(name), **splits,
     )
 
 
-def read_marks(world_dir: Path) -> dict[Path, tuple[int, int, int, int]]:
-    """The spot box (x0, y0, x1, y1; x1, y1 exclusive, in pixels) of every `fine` image, by absolute path
-    (the same path as the loaded Sample.path)."""
-    folder = Path(world_dir).expanduser().absolute() / "fine"
+def read_parts(folder: Path) -> dict[Path, dict[str, list[int]]]:
+    """The boxes (x0, y0, x1, y1; x1, y1 exclusive, in pixels) of the parts that decide each image's class, by part
+    name, for every image of the data set in `folder` (keys: absolute paths, as the loaded Sample.path), from its
+    `parts.json`: the world's badges (the spot) and birds (crown, wing, breast)."""
+    folder = Path(folder).expanduser().absolute()
     try:
-        marks = json.loads((folder / "marks.json").read_text(encoding="utf-8"))
+        parts = json.loads((folder / "parts.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the spot boxes of {folder}: {exc}") from exc
-    return {folder / rel: tuple(box) for rel, box in marks.items()}
+        raise DataError(f"cannot read the part boxes of {folder}: {exc}") from exc
+    return {folder / rel: boxes for rel, boxes in parts.items()}

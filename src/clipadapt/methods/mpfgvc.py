@@ -499,21 +499,27 @@ class MPFGVC:
         return self.config.ssvp
 
     @torch.no_grad()
-    def kept_token_overlap(self, samples: Sequence[Sample], parts: Sequence[tuple[int, int, int, int]],
+    def kept_token_overlap(self, samples: Sequence[Sample], parts: Sequence[Sequence[Sequence[float]]],
                            progress: bool = False, examples: int = 6) -> dict:
-        """Where SsVP looks (`part_overlap`): how many kept patch tokens overlap each image's discriminative part
-        (a box in the image's own pixels, mapped through CLIP's resize of the shorter side and centre crop), and
-        how many of the part's patches are kept, each against randomly kept tokens. Under `examples`, for the
-        first image of each of the first `examples` classes: its path, kept patches (0-based, row-major), every
-        patch's score scaled to a maximum of 1, and the part's box in the model's input, for overlays."""
+        """Where SsVP looks (`part_overlap`): how many kept patch tokens overlap each image's discriminative parts
+        (boxes x0, y0, x1, y1 in the image's own pixels, one or more an image, mapped through CLIP's resize of the
+        shorter side and centre crop), and how many of the parts' patches are kept, each against randomly kept
+        tokens. Under `examples`, for the first image of each of the first `examples` classes: its path, kept
+        patches (0-based, row-major), every patch's score scaled to a maximum of 1, and the parts' boxes in the
+        model's input, for overlays."""
         if self.model is None or not self.config.ssvp:
             raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
         size = self.model["visual"].image_size
         resize = resized_shorter_side(self.model["visual"].transform(), size)
-        mapped = [box_in_crop(box, *load_image_size(sample.path), size, resize) for sample, box in zip(samples, parts)]
+        mapped = [[box_in_crop(box, *load_image_size(sample.path), size, resize) for box in boxes]
+                  for sample, boxes in zip(samples, parts)]
+        # Images with fewer parts are padded with empty boxes, which no patch intersects.
+        padded = torch.zeros(len(mapped), max(map(len, mapped), default=1), 4)
+        for i, boxes in enumerate(mapped):
+            padded[i, : len(boxes)] = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         _, kept = self._embed_samples(samples, progress, return_kept=True)
         grid = self.model["visual"].grid
-        overlap = part_overlap(kept.cpu(), patch_boxes(grid, size), torch.tensor(mapped, dtype=torch.float32))
+        overlap = part_overlap(kept.cpu(), patch_boxes(grid, size), padded)
         first_of_class: dict[int, int] = {}
         for i, sample in enumerate(samples):
             first_of_class.setdefault(sample.label, i)
@@ -526,7 +532,7 @@ class MPFGVC:
             shown = [{"path": str(samples[i].path), "label": samples[i].label,
                       "class": self.classnames[samples[i].label] if samples[i].label < len(self.classnames) else None,
                       "kept": sorted((chosen_kept[j] - 1).tolist()), "scores": [round(v, 4) for v in scores[j].tolist()],
-                      "part": [round(v, 2) for v in mapped[i]]} for j, i in enumerate(chosen)]
+                      "parts": [[round(v, 2) for v in box] for box in mapped[i]]} for j, i in enumerate(chosen)]
         return {**overlap, "tokens_kept": kept.shape[1], "tokens": grid * grid, "grid": grid, "image_size": size,
                 "resize": resize, "examples": shown}
 
@@ -580,12 +586,15 @@ def box_in_crop(box: Sequence[float], width: int, height: int, size: int,
 
 
 def part_overlap(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -> dict[str, float]:
-    """Where kept patch tokens [N, K] (1-based, as `ssvp_tokens`) lie relative to each image's part box [N, 4],
-    given the patch boxes [P, 4], in percent: `kept_tokens_on_part`, the kept tokens whose patch intersects the
-    part (precision; `random_tokens_on_part`: the same over all patches), and `part_patches_kept`, the part's
-    patches that were kept (recall; `random_part_patches_kept`: K / P for tokens kept at random)."""
-    hits = ((boxes[None, :, 0] < parts[:, None, 2]) & (boxes[None, :, 2] > parts[:, None, 0])
-            & (boxes[None, :, 1] < parts[:, None, 3]) & (boxes[None, :, 3] > parts[:, None, 1]))  # [N, P]
+    """Where kept patch tokens [N, K] (1-based, as `ssvp_tokens`) lie relative to each image's part boxes [N, M, 4]
+    (or one box an image, [N, 4]), given the patch boxes [P, 4], in percent: `kept_tokens_on_part`, the kept tokens
+    whose patch intersects a part (precision; `random_tokens_on_part`: the same over all patches), and
+    `part_patches_kept`, the parts' patches that were kept (recall; `random_part_patches_kept`: K / P for tokens
+    kept at random)."""
+    parts = parts[:, None] if parts.dim() == 2 else parts
+    patch, part = boxes[None, :, None], parts[:, None]  # [1, P, 1, 4], [N, 1, M, 4]
+    hits = ((patch[..., 0] < part[..., 2]) & (patch[..., 2] > part[..., 0])
+            & (patch[..., 1] < part[..., 3]) & (patch[..., 3] > part[..., 1])).any(dim=-1)  # [N, P]
     kept_hits = torch.gather(hits, 1, kept - 1)
     return {"kept_tokens_on_part": 100.0 * kept_hits.float().mean().item(),
             "random_tokens_on_part": 100.0 * hits.float().mean().item(),

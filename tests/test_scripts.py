@@ -1,0 +1,44 @@
+"""The measurement scripts' tables, from run folders written here (no training): the numbers they print are the
+runs' numbers, averaged as the README says."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_metrics(folder: Path, metrics: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_path):
+    script = load_script("fine_grained")
+    accuracy = {1: {"finetune": 40.0, "mpfgvc": 44.0}, 2: {"finetune": 50.0, "mpfgvc": 52.0}}
+    for seed in (1, 2):
+        for row in script.rows("world:birds", seed):
+            metrics = {"accuracy": accuracy[seed].get(row.name, 10.0 * seed)}
+            if row.method == "mpfgvc" and dict(row.config).get("ssvp", True):
+                metrics["part_overlap"] = {"kept_tokens_on_part": 30.0 + seed, "random_tokens_on_part": 20.0}
+            write_metrics(tmp_path / f"seed{seed}" / row.folder, metrics)
+    # Seed 3 is incomplete: left out of every cell.
+    write_metrics(tmp_path / "seed3" / script.rows("world:birds", 3)[0].folder, {"accuracy": 99.0})
+    table = script.comparison(tmp_path, "world:birds", (1, 2, 3))
+    rows = table["rows"]
+    assert rows["finetune"]["accuracy"] == [45.0, 5.0] and rows["mpfgvc"]["accuracy"] == [48.0, 4.0]
+    assert rows["mpfgvc"]["minus finetune (per seed)"] == [3.0, 1.0]  # +4 and +2
+    assert rows["mpfgvc"]["kept tokens on a part"] == [31.5, 0.5] and rows["mpfgvc"]["paper, CUB"] == 91.8
+    assert "kept tokens on a part" not in rows["mpfgvc ssvp=false"]
+    assert "minus finetune (per seed)" not in rows["zeroshot"]
+    assert "seeds 1,2," in table["note"]
+    assert script.comparison(tmp_path, "world:birds", (3,)) is None
+    assert len({row.folder for row in script.rows("world:birds", 1)}) == len(script.VARIANTS)
