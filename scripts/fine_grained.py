@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 from clipadapt import demo
-from clipadapt.report import build_tables
+from clipadapt.report import build_tables, mean_std
 
 BEST = demo.BEST_MPFGVC  # datp_init=name ssvp_layer=-1: the best variant on the badges (README, MP-FGVC)
 # (label, method, config): the label names the row's folder and its line in the table.
@@ -44,9 +43,9 @@ def rows(dataset: str, seed: int) -> list[demo.DemoRow]:
             for label, method, config in VARIANTS]
 
 
-def _mean_std(values: list[float]) -> list[float]:
-    mean = sum(values) / len(values)
-    return [round(mean, 2), round(math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)), 2)]
+def _cell(values: list[float]) -> list[float]:
+    """[mean, std] over the seeds, rounded for the table."""
+    return [round(v, 2) for v in mean_std(values)]
 
 
 def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
@@ -65,13 +64,13 @@ def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
     table_rows = {}
     for label, _, _ in VARIANTS:
         accuracy = [runs[s][label]["accuracy"] for s in runs]
-        cells = {"accuracy": _mean_std(accuracy)}
+        cells = {"accuracy": _cell(accuracy)}
         if label != BASELINE and label not in ("zeroshot", "linear_probe"):
-            cells[columns[1]] = _mean_std([a - runs[s][BASELINE]["accuracy"] for a, s in zip(accuracy, runs)])
+            cells[columns[1]] = _cell([a - runs[s][BASELINE]["accuracy"] for a, s in zip(accuracy, runs)])
         overlaps = [runs[s][label].get("part_overlap") for s in runs]
         if all(overlaps):
-            cells[columns[2]] = _mean_std([o["kept_tokens_on_part"] for o in overlaps])
-            cells[columns[3]] = _mean_std([o["random_tokens_on_part"] for o in overlaps])
+            cells[columns[2]] = _cell([o["kept_tokens_on_part"] for o in overlaps])
+            cells[columns[3]] = _cell([o["random_tokens_on_part"] for o in overlaps])
         if label in PAPER_CUB:
             cells[columns[4]] = PAPER_CUB[label]
         table_rows[label] = cells

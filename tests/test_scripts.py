@@ -42,3 +42,23 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
     assert "seeds 1,2," in table["note"]
     assert script.comparison(tmp_path, "world:birds", (3,)) is None
     assert len({row.folder for row in script.rows("world:birds", 1)}) == len(script.VARIANTS)
+
+
+def test_world_patterns_average_each_seed_over_the_targets_then_over_seeds(tmp_path):
+    script = load_script("world_patterns")
+    targets, parts = ("objects", "sensor"), ("fewshot", "base2new")
+    for seed in (1, 2):
+        for row in script.rows(targets, seed, "", parts):
+            target = row.dataset.split(":")[1]
+            value = {"objects": 60.0, "sensor": 20.0}[target] + (seed - 1) * 4.0  # seed 2: 4 points higher
+            if row.name == "tip_adapter_f" and target == "sensor":
+                assert ("beta_scale", 13.0) not in row.config  # ImageNet's official config for the shifts
+            metrics = ({"base_accuracy": value, "new_accuracy": value / 2} if row.protocol == "base2new"
+                       else {"accuracy": value})
+            write_metrics(tmp_path / f"seed{seed}" / row.folder, metrics)
+    few, base2new = script.comparisons(tmp_path, "", parts, (1, 2), targets)
+    assert few["rows"]["CoOp"]["16-shot"] == [42.0, 2.0]  # (60 + 20) / 2 = 40 for seed 1, 44 for seed 2
+    assert few["rows"]["zero-shot"]["paper 1-shot"] == 60.33
+    assert base2new["rows"]["CoCoOp"]["base"] == [42.0, 2.0] and base2new["rows"]["CoCoOp"]["new"] == [21.0, 1.0]
+    textures = script.rows(("textures",), 1, "", ("fewshot",))
+    assert all(("beta_scale", 13.0) in row.config for row in textures if row.name == "tip_adapter_f")

@@ -148,8 +148,8 @@ def _cell(metrics: dict, key: str) -> str:
     return f"{text} ± {std:.1f}" if text != "-" and isinstance(std, (int, float)) else text
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (as `aggregate_seeds`)."""
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (as `aggregate_seeds`; the cells of comparison tables)."""
     mean = sum(values) / len(values)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
@@ -164,7 +164,7 @@ def _target_cell(run: Run, target: str) -> str:
     values = [v for v in values if isinstance(v, (int, float))]
     if len(values) < 2:
         return _number(result.get("accuracy"))
-    return _cell({"accuracy": result.get("accuracy"), "accuracy_std": _mean_std(values)[1]}, "accuracy")
+    return _cell({"accuracy": result.get("accuracy"), "accuracy_std": mean_std(values)[1]}, "accuracy")
 
 
 def _seeds_text(run: Run) -> str:
@@ -353,7 +353,7 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
         for method, by_shots in methods.items():
             shots = sorted(by_shots)
             all_shots.update(shots)
-            means, stds = zip(*(_mean_std(by_shots[k]) for k in shots))
+            means, stds = zip(*(mean_std(by_shots[k]) for k in shots))
             seeds = max(len(by_shots[k]) for k in shots)
             line, = ax.plot(shots, means, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
             ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
