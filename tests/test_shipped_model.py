@@ -176,14 +176,14 @@ def test_targets_sit_at_graded_distances_where_few_shots_pay_off(fresh_world, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["coop", "cocoop"])
-def test_prompt_learners_with_their_defaults_learn_a_far_target(fresh_world, tmp_path, method):
+def test_coop_with_its_defaults_learns_a_far_target(fresh_world, tmp_path):
     """On the DTD-like textures, where the shipped model's zero-shot prompts read half the base classes, 16 shots
-    teach CoOp and CoCoOp (the official defaults: 16 context vectors, their schedules) far more: a prompt learner
-    that stops learning fails here (measured on world seed 0: zero-shot base 50.6, CoOp 96.4, CoCoOp 84.2)."""
+    teach CoOp (the official defaults: 16 random context vectors, 200 epochs) far more: a prompt learner that stops
+    learning fails here (measured on world seed 0: zero-shot base 50.6, CoOp 96.4; CoCoOp, 84.2, shares CoOp's
+    prompt machinery)."""
     backbone = load_backbone()
     ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)
     splits = load_dataset(f"world:textures:{fresh_world}")
     zero = run_protocol("base2new", build_method("zeroshot", backbone), ctx, splits)
-    learned = run_protocol("base2new", build_method(method, backbone), ctx, splits, shots=16, seed=1)
+    learned = run_protocol("base2new", build_method("coop", backbone), ctx, splits, shots=16, seed=1)
     assert learned["base_accuracy"] > zero["base_accuracy"] + 20.0, (zero, learned)
