@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from clipadapt import demo
-from clipadapt.report import build_tables, mean_std
+from clipadapt.report import mean_std, write_comparisons
 
 BEST = demo.BEST_MPFGVC  # datp_init=name ssvp_layer=-1: the best variant on the badges (README, MP-FGVC)
 # (label, method, config): the label names the row's folder and its line in the table.
@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--tables-only", action="store_true", help="print the table of the runs already there")
-    parser.add_argument("--json", type=Path, help="also write the table here (the demo shows the shipped one)")
+    parser.add_argument("--json", type=Path, help="also write the table here (a list of one, as world-patterns.json)")
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     for seed in seeds if not args.tables_only else ():
@@ -98,11 +98,7 @@ def main() -> int:
     if found is None:
         print("no seed has all its runs yet", file=sys.stderr)
         return 1
-    text = "\n\n".join(table.markdown() for table in build_tables([], [(args.out, found)]))
-    (args.out / "fine-grained.md").write_text(text + "\n")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(found, indent=1) + "\n")
+    print(write_comparisons([found], args.out, "fine-grained.md", args.json))
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from clipadapt import demo
-from clipadapt.report import build_tables, mean_std
+from clipadapt.report import mean_std, write_comparisons
 
 # Base-to-new and few-shot targets; the cross-data-set source is objects, its targets the other class sets.
 TARGETS = ("objects", "sensor", "clutter", "sketch", "textures", "aerial")
@@ -164,11 +164,7 @@ def main() -> int:
     if not found:
         print("no seed has all its runs yet", file=sys.stderr)
         return 1
-    text = "\n\n".join(table.markdown() for table in build_tables([], [(args.out, c) for c in found]))
-    (args.out / "patterns.md").write_text(text + "\n")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(found, indent=1) + "\n")
+    print(write_comparisons(found, args.out, "patterns.md", args.json))
     return 0
 
 

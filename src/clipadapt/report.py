@@ -180,6 +180,16 @@ def _shots_text(run: Run) -> str:
     return "all" if shots is None else str(shots)  # a crossdataset run of then trained on the whole source
 
 
+def write_comparisons(tables: Sequence[dict], folder: Path, name: str, json_path: Path | None = None) -> str:
+    """Comparison tables (in comparison.json's form) as markdown, written to `folder/name` and returned; with
+    `json_path`, the tables themselves too (what the demo shows as recorded tables)."""
+    text = "\n\n".join(table.markdown() for table in build_tables([], [(folder, t) for t in tables]))
+    (folder / name).write_text(text + "\n")
+    if json_path is not None:
+        json_path.write_text(json.dumps(list(tables), indent=1) + "\n")
+    return text
+
+
 def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] = ()) -> list[Table]:
     """One table per protocol that has runs (and one per recorded comparison), rows in the order given."""
     by_protocol = defaultdict(list)
