@@ -21,7 +21,10 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium could not be installed: the report's browser test will be skipped"
 
+# The linter and formatter first (seconds; configured in pyproject.toml), then the suite.
 test: $(STAMP) browser
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 # The embedded demo: the generated image world and the shipped tiny CLIP (no downloads, a few minutes on 2 cores).

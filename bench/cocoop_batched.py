@@ -10,15 +10,16 @@ where per-call latency dominates: few classes, or a GPU (not measured here).
 
     python bench/cocoop_batched.py [--model tiny-vit] [--classes 16] [--batch 32]
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
 import torch.nn.functional as F
+from timing import add_device_arg, timed
 
 from clipadapt import load_backbone
-from timing import add_device_arg, timed
 from clipadapt.methods import build_method
 
 CLASS_WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
@@ -47,8 +48,9 @@ def main() -> None:
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)
     backbone.model.requires_grad_(False)  # CLIP is frozen in both, as in training
-    classnames = [f"{CLASS_WORDS[i % 10]} {CLASS_WORDS[(i // 10) % 10]} {CLASS_WORDS[(i // 3) % 10]}"
-                  for i in range(args.classes)]
+    classnames = [
+        f"{CLASS_WORDS[i % 10]} {CLASS_WORDS[(i // 10) % 10]} {CLASS_WORDS[(i // 3) % 10]}" for i in range(args.classes)
+    ]
     cocoop = build_method("cocoop", backbone, {"batch_size": args.batch})
     features = torch.randn(args.batch, backbone.embed_dim, device=args.device)
     labels = torch.randint(args.classes, (args.batch,), device=args.device)
@@ -61,13 +63,16 @@ def main() -> None:
         return torch.autograd.grad(F.cross_entropy(per_image_logits(cocoop, features, classnames), labels), params)
 
     with torch.no_grad():
-        torch.testing.assert_close(cocoop._logits(features, classnames),
-                                   per_image_logits(cocoop, features, classnames), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(
+            cocoop._logits(features, classnames), per_image_logits(cocoop, features, classnames), atol=1e-4, rtol=1e-5
+        )
     for ours, reference in zip(batched(), looped()):
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
     ours, baseline = timed(batched, args.repeats), timed(looped, args.repeats)
-    print(f"model {args.model}, {args.classes} classes, batch {args.batch}, {torch.get_num_threads()} threads; "
-          f"logits and gradients equal")
+    print(
+        f"model {args.model}, {args.classes} classes, batch {args.batch}, {torch.get_num_threads()} threads; "
+        f"logits and gradients equal"
+    )
     print(f"batched step {ours * 1000:.1f} ms, per-image loop {baseline * 1000:.1f} ms")
     print(f"cocoop_batched ratio={baseline / ours:.1f} target=10")
 

@@ -10,6 +10,7 @@ cached steps make the host wait for the GPU (one wait a step is expected: the lo
 
     python bench/coop_cached.py [--model ViT-B-16] [--classes 8] [--steps 2] [--n-ctx 16] [--workers 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timing import add_device_arg, clock, device_waits
 
 from clipadapt import load_backbone
 from clipadapt.data import load_dataset
 from clipadapt.engine import decoding_workers
 from clipadapt.features import extract_features
 from clipadapt.methods import build_method
-from timing import add_device_arg, clock, device_waits
 
 BATCH = 32
 
@@ -48,8 +49,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="training steps timed in each run")
     parser.add_argument("--n-ctx", type=int, default=16, help="context vectors (tiny models: 16-token context, use 4)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="processes decoding the official loop's images (its configs use 8; on a GPU, say so)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes decoding the official loop's images (its configs use 8; on a GPU, say so)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)
@@ -64,8 +69,9 @@ def main() -> None:
         extract_seconds = clock() - start
 
         def run(augment: bool) -> tuple[float, dict]:
-            coop = build_method("coop", backbone, {"n_ctx": args.n_ctx, "epochs": 1, "batch_size": BATCH,
-                                                   "augment": augment})
+            coop = build_method(
+                "coop", backbone, {"n_ctx": args.n_ctx, "epochs": 1, "batch_size": BATCH, "augment": augment}
+            )
             with decoding_workers(args.workers if augment else 0):
                 history = coop.fit(train, splits.classnames, progress=False)
             assert history["steps"] == args.steps
@@ -77,12 +83,17 @@ def main() -> None:
         if backbone.device.type == "cuda":
             waits = device_waits(lambda: run(False))
     ratio = official / cached
-    print(f"model {args.model}, {args.classes} classes, {len(train)} images, batch {BATCH}, {args.steps} steps, "
-          f"{torch.get_num_threads()} threads, the official loop's images decoded in {args.workers} worker process(es)")
-    print(f"cached step {cached * 1000:.1f} ms, official (re-encode) step {official * 1000:.1f} ms; "
-          f"one-time extraction {extract_seconds:.1f} s = {extract_seconds / official:.1f} official steps")
-    print(f"mean loss cached {cached_history['epoch_losses'][0]:.4f}, "
-          f"augmented {official_history['epoch_losses'][0]:.4f}")
+    print(
+        f"model {args.model}, {args.classes} classes, {len(train)} images, batch {BATCH}, {args.steps} steps, "
+        f"{torch.get_num_threads()} threads, the official loop's images decoded in {args.workers} worker process(es)"
+    )
+    print(
+        f"cached step {cached * 1000:.1f} ms, official (re-encode) step {official * 1000:.1f} ms; "
+        f"one-time extraction {extract_seconds:.1f} s = {extract_seconds / official:.1f} official steps"
+    )
+    print(
+        f"mean loss cached {cached_history['epoch_losses'][0]:.4f}, augmented {official_history['epoch_losses'][0]:.4f}"
+    )
     if backbone.device.type == "cuda":
         print(f"host waits for the GPU in {args.steps} cached steps, fit's start and end included: {waits}")
     print(f"coop_cached ratio={ratio:.1f} target=20")

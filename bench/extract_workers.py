@@ -6,6 +6,7 @@ features are checked equal. The ratio is the single-process time over the time w
 
     python bench/extract_workers.py [--model tiny-vit] [--images 512] [--workers 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,12 +14,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from coop_cached import write_images
+from timing import add_device_arg, clock
 
 from clipadapt import load_backbone
 from clipadapt.data import load_dataset
 from clipadapt.features import extract_features
-from coop_cached import write_images
-from timing import add_device_arg, clock
 
 
 def main() -> None:
@@ -40,13 +41,16 @@ def main() -> None:
         features = {}
         for workers in (0, args.workers):
             start = clock()
-            features[workers] = extract_features(backbone, samples, cache_dir=root / f"cache{workers}",
-                                                 num_workers=workers, progress=False).features
+            features[workers] = extract_features(
+                backbone, samples, cache_dir=root / f"cache{workers}", num_workers=workers, progress=False
+            ).features
             seconds[workers] = clock() - start
     torch.testing.assert_close(features[0], features[args.workers], atol=0, rtol=0)
     n = len(samples)
-    print(f"{args.model}, {n} JPEG images 320x240, {torch.get_num_threads()} threads: one process "
-          f"{n / seconds[0]:.0f} images/s, {args.workers} workers {n / seconds[args.workers]:.0f} images/s")
+    print(
+        f"{args.model}, {n} JPEG images 320x240, {torch.get_num_threads()} threads: one process "
+        f"{n / seconds[0]:.0f} images/s, {args.workers} workers {n / seconds[args.workers]:.0f} images/s"
+    )
     print(f"extract_workers ratio={seconds[0] / seconds[args.workers]:.2f} target=1.0")
 
 

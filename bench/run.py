@@ -6,6 +6,7 @@ A script that fails prints `NAME failed (exit code N)` and the rest still run; t
 
     python bench/run.py [--quick] [--only NAME,...] [--device cuda] [--model ViT-B-16] [--verbose]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,12 @@ def main() -> int:
     failed = False
     start = time.perf_counter()
     for name in names:
-        extra = [*BENCHMARKS[name][0 if args.quick else 1], "--device", args.device,
-                 *(["--model", args.model] if args.model else [])]
+        extra = [
+            *BENCHMARKS[name][0 if args.quick else 1],
+            "--device",
+            args.device,
+            *(["--model", args.model] if args.model else []),
+        ]
         result = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *extra], capture_output=True, text=True)
         lines = result.stdout.strip().splitlines()
         if result.returncode != 0 or not lines or not lines[-1].startswith(f"{name} ratio="):

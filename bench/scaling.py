@@ -11,6 +11,7 @@ comparison, `class_chunk=0` (all prompts in one call). Writes `scaling-<model>-<
 
     python bench/scaling.py [--model tiny-vit] [--classes 10,1000,21000] [--rows 10000,100000,1000000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,29 @@ import torch
 HERE = Path(__file__).resolve().parent
 WORKLOADS = ("zeroshot", "coop_step", "coop_step_unchunked", "ship_synthesis", "score")
 DATA_WORKLOADS = ("cache_score",)  # sized by rows of features, over 1,000 classes
-WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green", "pale",
-         "spotted", "tiny", "hexagon", "purple", "wavy", "bright", "oval", "dark", "cross", "plain"]
+WORDS = [
+    "red",
+    "striped",
+    "small",
+    "star",
+    "square",
+    "dotted",
+    "blue",
+    "circle",
+    "large",
+    "green",
+    "pale",
+    "spotted",
+    "tiny",
+    "hexagon",
+    "purple",
+    "wavy",
+    "bright",
+    "oval",
+    "dark",
+    "cross",
+    "plain",
+]
 TEST_FEATURES = 10_000  # rows scored by `score`
 
 
@@ -71,8 +93,9 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
     labels = torch.arange(32) % n_classes
     if workload.startswith("coop_step"):
         chunk = 0 if workload.endswith("unchunked") else 1024
-        coop = build_method("coop", backbone, {"init": "a photo of a", "class_chunk": chunk, "epochs": 1,
-                                               "batch_size": 32})
+        coop = build_method(
+            "coop", backbone, {"init": "a photo of a", "class_chunk": chunk, "epochs": 1, "batch_size": 32}
+        )
         train = FeatureSet(features, labels)
         run = lambda: coop.fit(train, names, progress=False)  # noqa: E731  one epoch = one step of 32
     elif workload == "zeroshot":
@@ -86,7 +109,7 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         import numpy as np
 
         from clipadapt.data import DatasetSplits
-        from clipadapt.features import DEFAULT_SHARD_SIZE, _read_shards, _write_atomic_npy, _shard_path
+        from clipadapt.features import DEFAULT_SHARD_SIZE, _read_shards, _shard_path, _write_atomic_npy
         from clipadapt.protocols import _predict
 
         rows, names = n_classes, class_names(1000)
@@ -96,14 +119,19 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         n_shards = -(-rows // DEFAULT_SHARD_SIZE)
         for i in range(n_shards):  # written before the clock starts
             size = min(DEFAULT_SHARD_SIZE, rows - i * DEFAULT_SHARD_SIZE)
-            _write_atomic_npy(_shard_path(folder, i, DEFAULT_SHARD_SIZE), rng.standard_normal((size, backbone.embed_dim), np.float32).astype(np.float16))
+            _write_atomic_npy(
+                _shard_path(folder, i, DEFAULT_SHARD_SIZE),
+                rng.standard_normal((size, backbone.embed_dim), np.float32).astype(np.float16),
+            )
         zeroshot = build_method("zeroshot", backbone, {"templates": "a photo of a {}."})
         zeroshot.logits(features[:1], names)
 
         class Cached:
             def features(self, splits, split):
-                return FeatureSet(_read_shards(folder, DEFAULT_SHARD_SIZE, rows, backbone.embed_dim),
-                                  torch.zeros(rows, dtype=torch.long))
+                return FeatureSet(
+                    _read_shards(folder, DEFAULT_SHARD_SIZE, rows, backbone.embed_dim),
+                    torch.zeros(rows, dtype=torch.long),
+                )
 
         splits = DatasetSplits("scaling", names, [], [], [], Path("."))
         run = lambda: _predict(zeroshot, Cached(), splits)  # noqa: E731
@@ -134,8 +162,12 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = peak_mb()
-    row = {"workload": workload, "classes": n_classes, "seconds": round(seconds, 3),
-           "peak_mb_above_setup": round(max(0.0, peak - base), 1)}
+    row = {
+        "workload": workload,
+        "classes": n_classes,
+        "seconds": round(seconds, 3),
+        "peak_mb_above_setup": round(max(0.0, peak - base), 1),
+    }
     if on_gpu:  # the GPU's own peak above what was allocated once set up
         row["gpu_peak_mb_above_setup"] = round((torch.cuda.max_memory_allocated() - gpu_base) / 2**20, 1)
     return row
@@ -166,29 +198,46 @@ def main() -> None:
     rows = []
     for workload in args.workloads.split(","):
         for n in map(int, (args.rows if workload in DATA_WORKLOADS else args.classes).split(",")):
-            result = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
-                                     "--point", workload, str(n)], capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, __file__, "--model", args.model, "--device", args.device, "--point", workload, str(n)],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 print(f"{workload} {n}: failed: {result.stderr.strip()[-300:]}", flush=True)
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-            print(f"{workload:22s} {n:>8} {'rows' if workload in DATA_WORKLOADS else 'classes'}: "
-                  "{} s, peak {} MB, GPU peak {} MB".format(*_cells(rows[-1])), flush=True)
+            print(
+                f"{workload:22s} {n:>8} {'rows' if workload in DATA_WORKLOADS else 'classes'}: "
+                "{} s, peak {} MB, GPU peak {} MB".format(*_cells(rows[-1])),
+                flush=True,
+            )
             write_tables(out, args.model, device, rows)  # after every point: a run cut short keeps what it measured
     print(f"wrote {out}.json and .md")
 
 
 def write_tables(out: Path, model: str, device: str, rows: list[dict]) -> None:
-    out.with_suffix(".json").write_text(json.dumps({"model": model, "device": device, "date": str(date.today()),
-                                                    "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Scaling with the number of classes: {model} (random weights), {device}, {date.today()}", "",
-             "Peak memory: the process's peak resident memory above its size once the model and names are set up.",
-             f"`score`: {TEST_FEATURES:,} test features scored in blocks. CoOp: one training step of 32 features.",
-             "`cache_score`: that many cached features read from float16 shards and scored over 1,000 classes.", "",
-             "GPU peak MB: the largest GPU memory allocated during the workload above what was allocated at its start.",
-             "Each point is one call in a fresh process: its time includes first-call costs (on a GPU, lazily",
-             "loaded kernels and clock ramp-up), which can outweigh the differences between small points.",
-             "", "| workload | classes (rows for cache_score) | seconds | peak MB | GPU peak MB |", "|---|---|---|---|---|"]
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"model": model, "device": device, "date": str(date.today()), "torch": torch.__version__, "rows": rows},
+            indent=1,
+        )
+        + "\n"
+    )
+    lines = [
+        f"# Scaling with the number of classes: {model} (random weights), {device}, {date.today()}",
+        "",
+        "Peak memory: the process's peak resident memory above its size once the model and names are set up.",
+        f"`score`: {TEST_FEATURES:,} test features scored in blocks. CoOp: one training step of 32 features.",
+        "`cache_score`: that many cached features read from float16 shards and scored over 1,000 classes.",
+        "",
+        "GPU peak MB: the largest GPU memory allocated during the workload above what was allocated at its start.",
+        "Each point is one call in a fresh process: its time includes first-call costs (on a GPU, lazily",
+        "loaded kernels and clock ramp-up), which can outweigh the differences between small points.",
+        "",
+        "| workload | classes (rows for cache_score) | seconds | peak MB | GPU peak MB |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {r['workload']} | {r['classes']:,} | {' | '.join(_cells(r))} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

@@ -6,15 +6,16 @@ batched time, with features/s for each. Random weights: only the time is measure
 
     python bench/ship_synthesis.py [--model tiny-vit] [--classes 100] [--per-class 8]
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
+from timing import add_device_arg, clock
 
 from clipadapt import load_backbone
 from clipadapt.methods.ship import Ship, ShipConfig
-from timing import add_device_arg, clock
 
 WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
 
@@ -39,8 +40,10 @@ def main() -> None:
     single = ship.synthesize(names, args.per_class, chunk=1, progress=False)
     single_seconds = clock() - start
     torch.testing.assert_close(batched.features, single.features, atol=1e-4, rtol=0)
-    print(f"{args.model}, {args.classes} classes x {args.per_class}: batched {n / batched_seconds:.0f} features/s, "
-          f"one at a time {n / single_seconds:.0f} features/s")
+    print(
+        f"{args.model}, {args.classes} classes x {args.per_class}: batched {n / batched_seconds:.0f} features/s, "
+        f"one at a time {n / single_seconds:.0f} features/s"
+    )
     print(f"ship_synthesis ratio={single_seconds / batched_seconds:.1f} target=1")
 
 

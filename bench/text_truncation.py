@@ -5,14 +5,15 @@ same process; the ratio (full time / truncated time) is what to read, not the se
 
     python bench/text_truncation.py [--model ViT-B-16] [--classes 100] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
+from timing import add_device_arg, timed
 
 from clipadapt import load_backbone
-from timing import add_device_arg, timed
 
 CLASS_WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
 
@@ -23,7 +24,7 @@ def full_length_prompted_text(backbone, ctx: torch.Tensor, classnames: list[str]
     prompts = [" ".join(["X"] * ctx.shape[0]) + f" {name}." for name in classnames]
     ids = backbone.tokenize(prompts).to(ctx.device)
     x = text.token_embedding(ids)
-    x = torch.cat([x[:, :1], ctx.expand(len(classnames), -1, -1), x[:, 1 + ctx.shape[0]:]], dim=1)
+    x = torch.cat([x[:, :1], ctx.expand(len(classnames), -1, -1), x[:, 1 + ctx.shape[0] :]], dim=1)
     x = x + text.positional_embedding
     x = text.transformer(x, attn_mask=text.attn_mask)
     x = text.ln_final(x)
@@ -40,8 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone(args.model, device=args.device)
-    classnames = [f"{CLASS_WORDS[i % 10]} {CLASS_WORDS[(i // 10) % 10]} {CLASS_WORDS[(i // 3) % 10]}"
-                  for i in range(args.classes)]
+    classnames = [
+        f"{CLASS_WORDS[i % 10]} {CLASS_WORDS[(i // 10) % 10]} {CLASS_WORDS[(i // 3) % 10]}" for i in range(args.classes)
+    ]
     ctx = (torch.randn(args.n_ctx, backbone.text_width) * 0.02).to(args.device).requires_grad_()
 
     def step(encode):
@@ -50,8 +52,12 @@ def main() -> None:
         return features
 
     with torch.no_grad():
-        torch.testing.assert_close(backbone.encode_prompted_text(ctx, classnames),
-                                   full_length_prompted_text(backbone, ctx, classnames), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            backbone.encode_prompted_text(ctx, classnames),
+            full_length_prompted_text(backbone, ctx, classnames),
+            atol=1e-4,
+            rtol=1e-4,
+        )
     full = timed(lambda: step(lambda: full_length_prompted_text(backbone, ctx, classnames)), args.repeats)
     truncated = timed(lambda: step(lambda: backbone.encode_prompted_text(ctx, classnames)), args.repeats)
     length = backbone._prompt_layout(classnames, args.n_ctx, "end")[0].shape[1]

@@ -1,4 +1,5 @@
 """Shared by the bench scripts (run as `python bench/NAME.py`, so this folder is on the import path)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,8 @@ import time
 import traceback
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

@@ -17,22 +17,23 @@ On a GPU it also prints where our loop makes the host wait for the GPU (one wait
 read after the backward pass). `--profile` also prints the 15 operations that take the most device time in two of
 our steps (torch.profiler).
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import open_clip
 import torch
+from timing import add_device_arg, clock, device_waits
 
 from clipadapt import load_backbone
 from clipadapt.data import Sample
 from clipadapt.engine import gpu_training_settings
 from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
-from timing import add_device_arg, clock, device_waits
 
 CAPTION = "a small striped red star on a dark background"
 WARM_UP_STEPS = 5  # untimed, on a GPU
@@ -43,8 +44,11 @@ def our_trainer(backbone, images: torch.Tensor, steps: int, batch: int) -> UniCL
     """A `UniCLPretrainer` of `steps` + 1 steps over the one batch (the loader replaced): half image-label samples,
     half captions."""
     classes = [f"class {c}" for c in range(batch // 2)]
-    data = PretrainData(classes, [Sample(Path("unused.png"), c) for c in range(batch // 2)],
-                        [Sample(Path("unused.png"), -1, CAPTION) for _ in range(batch - batch // 2)])
+    data = PretrainData(
+        classes,
+        [Sample(Path("unused.png"), c) for c in range(batch // 2)],
+        [Sample(Path("unused.png"), -1, CAPTION) for _ in range(batch - batch // 2)],
+    )
     config = PretrainConfig(epochs=steps + 1, batch_size=batch, checkpoint_every=10**9)
     trainer = UniCLPretrainer(backbone, config, data)
     indices = torch.arange(batch)
@@ -79,9 +83,10 @@ def our_seconds(trainer: UniCLPretrainer) -> float:
     return (stamps[1] - stamps[0]) / (steps - 1)
 
 
-def plain_seconds(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, steps: int,
-                  bf16: bool = False) -> float:
-    """Seconds per step of open_clip's own training step (fp32, or under bf16 autocast as its `--precision amp_bf16`)."""
+def plain_seconds(
+    model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, steps: int, bf16: bool = False
+) -> float:
+    """Seconds per step of open_clip's own training step (fp32, or bf16 autocast as its `--precision amp_bf16`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
     loss_fn = open_clip.loss.ClipLoss()
     model.train()
@@ -105,8 +110,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps in each run")
     add_device_arg(parser)
     parser.add_argument("--profile", action="store_true", help="print our step's top operations by device time")
-    parser.add_argument("--peak-tflops", type=float, default=0.0,
-                        help="the device's peak (e.g. 989 for an H100's dense bf16): prints MFU")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="the device's peak (e.g. 989 for an H100's dense bf16): prints MFU",
+    )
     args = parser.parse_args()
     if args.steps < 1 or args.batch < 2:
         parser.error("--steps must be 1 or more and --batch 2 or more")
@@ -128,20 +137,26 @@ def main() -> None:
     ours = our_seconds(trainer)
     plain_bf16 = plain_seconds(fresh(), images, tokens, args.steps, bf16=True) if on_gpu else None
     flops = step_flops(fresh(), images, tokens)
-    print(f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
-          f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "
-          f"plain open_clip {'fp32 (TF32 matmuls) ' if on_gpu else ''}{args.batch / plain:.0f} images/s "
-          f"({plain * 1000:.0f} ms/step)")
+    print(
+        f"{args.model}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads: "
+        f"ours {args.batch / ours:.0f} images/s ({ours * 1000:.0f} ms/step), "
+        f"plain open_clip {'fp32 (TF32 matmuls) ' if on_gpu else ''}{args.batch / plain:.0f} images/s "
+        f"({plain * 1000:.0f} ms/step)"
+    )
     if plain_bf16 is not None:
-        print(f"plain open_clip under bf16 autocast {args.batch / plain_bf16:.0f} images/s "
-              f"({plain_bf16 * 1000:.0f} ms/step): the baseline of the ratio on a GPU, where ours autocasts too")
+        print(
+            f"plain open_clip under bf16 autocast {args.batch / plain_bf16:.0f} images/s "
+            f"({plain_bf16 * 1000:.0f} ms/step): the baseline of the ratio on a GPU, where ours autocasts too"
+        )
     achieved = flops / ours / 1e12
     mfu = f", MFU {100 * achieved / args.peak_tflops:.1f}% of {args.peak_tflops:g}" if args.peak_tflops else ""
     print(f"a full-length step is {flops / 1e9:.1f} GFLOP: ours at {achieved:.3f} TFLOP/s{mfu}")
     if on_gpu:
         trainer.config.epochs = 3  # one step each
-        print(f"host waits for the GPU in 3 of our steps, fit's start and end included: "
-              f"{device_waits(lambda: trainer.fit(progress=False))}")
+        print(
+            f"host waits for the GPU in 3 of our steps, fit's start and end included: "
+            f"{device_waits(lambda: trainer.fit(progress=False))}"
+        )
     if args.profile:
         print(profile_table(trainer, images))
     print(f"unicl_step ratio={(plain_bf16 or plain) / ours:.2f} target=1.0")
@@ -156,10 +171,16 @@ def profile_table(trainer: UniCLPretrainer, images: torch.Tensor) -> str:
     trainer.config.epochs = 1 + PROFILED_STEPS
     sort = "self_cuda_time_total" if images.is_cuda else "self_cpu_time_total"
     tables = []  # the profiler hands over its events when the active steps end
-    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=PROFILED_STEPS, repeat=1),
-                 on_trace_ready=lambda p: tables.append(p.key_averages().table(
-                     sort_by=sort, row_limit=15, max_name_column_width=60))) as prof, \
-            after_each_step(trainer, lambda: (clock(), prof.step())):  # (clock: a step's kernels finish in it)
+    with (
+        profile(
+            activities=activities,
+            schedule=schedule(wait=0, warmup=1, active=PROFILED_STEPS, repeat=1),
+            on_trace_ready=lambda p: tables.append(
+                p.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60)
+            ),
+        ) as prof,
+        after_each_step(trainer, lambda: (clock(), prof.step())),
+    ):  # (clock: a step's kernels finish in it)
         trainer.fit(progress=False)
     return f"our loop's top operations over {PROFILED_STEPS} steps:\n" + "".join(tables)
 

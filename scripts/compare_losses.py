@@ -10,9 +10,11 @@ shipped one).
 Held-out means never seen as a label in pretraining: the 16 new compositions of world:objects (never drawn in
 pretraining at all), the world:patterns / world:scenes data sets, and the far targets (world:sensor, clutter,
 sketch: all 32 objects classes through a shift; world:textures, world:aerial: tasks pretraining never showed).
-Any run folder holding a model.safetensors works, e.g. to compare two pretrainings of the same loss. Zero-shot uses the 80-template ensemble;
-the linear probe is lpclip's, 16 shots, seed 1. CE trains no text tower, so it has no zero-shot numbers.
+Any run folder holding a model.safetensors works, e.g. to compare two pretrainings of the same loss. Zero-shot uses
+the 80-template ensemble; the linear probe is lpclip's, 16 shots, seed 1. CE trains no text tower, so it has no
+zero-shot numbers.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,12 +61,22 @@ def main(argv: list[str]) -> None:
     for loss, row in rows.items():
         print(f"| {loss} | " + " | ".join(f"{row[c]:.1f}" if c in row else "-" for c in columns) + " |")
     if json_path is not None:
-        json_path.write_text(json.dumps({
-            "title": "UniCL vs CLIP vs CE pretraining: zero-shot (80 templates) and linear probe (16 shots) on the world",
-            "row_label": "loss", "columns": columns, "rows": rows,
-            "note": "Held out: objects-new and the other targets were never labels in pretraining; CE has no text "
-                    "tower to do zero-shot with. Made by scripts/compare_losses.py from three pretraining runs "
-                    "identical but for --loss."}, indent=2) + "\n")
+        json_path.write_text(
+            json.dumps(
+                {
+                    "title": "UniCL vs CLIP vs CE pretraining: zero-shot (80 templates) and linear probe (16 shots) "
+                    "on the world",
+                    "row_label": "loss",
+                    "columns": columns,
+                    "rows": rows,
+                    "note": "Held out: objects-new and the other targets were never labels in pretraining; CE has no "
+                    "text tower to do zero-shot with. Made by scripts/compare_losses.py from three pretraining runs "
+                    "identical but for --loss.",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {json_path}")
 
 

@@ -7,6 +7,7 @@ check that nothing assumes it.
 
     python scripts/device_smoke.py [--device cuda] [--out DIR] [--only NAME,...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,23 +37,76 @@ def cases(world: Path, out: Path) -> dict[str, list[str]]:
         "zeroshot-base2new": ["zeroshot", "--dataset", objects, "--protocol", "base2new", "--shots", "4"],
         "linear_probe-fewshot": ["linear_probe", "--dataset", objects, "--protocol", "fewshot", "--shots", "4"],
         "coop-base2new": ["coop", "--dataset", objects, "--protocol", "base2new", "--shots", "4", *photo, *FEW_EPOCHS],
-        "coop-augment-fewshot": ["coop", "--dataset", objects, "--protocol", "fewshot", "--shots", "2", "augment=true",
-                                 *photo, *FEW_EPOCHS],
+        "coop-augment-fewshot": [
+            "coop",
+            "--dataset",
+            objects,
+            "--protocol",
+            "fewshot",
+            "--shots",
+            "2",
+            "augment=true",
+            *photo,
+            *FEW_EPOCHS,
+        ],
         "cocoop-base2new": ["cocoop", "--dataset", objects, "--protocol", "base2new", "--shots", "4", "epochs=1"],
-        "coop+ship-base2new": ["coop+ship", "--dataset", objects, "--protocol", "base2new", "--shots", "4", *photo, *FEW_EPOCHS,
-                               "ship.epochs=2"],
-        "clip_adapter+ship-gzsl": ["clip_adapter+ship", "--dataset", objects, "--protocol", "gzsl", *FEW_EPOCHS,
-                                   "ship.epochs=2"],
-        "tip_adapter_f-crossdataset": ["tip_adapter", "--dataset", objects, "--protocol", "crossdataset", "--targets",
-                                       targets, "--shots", "4", "finetune=true", *FEW_EPOCHS],
+        "coop+ship-base2new": [
+            "coop+ship",
+            "--dataset",
+            objects,
+            "--protocol",
+            "base2new",
+            "--shots",
+            "4",
+            *photo,
+            *FEW_EPOCHS,
+            "ship.epochs=2",
+        ],
+        "clip_adapter+ship-gzsl": [
+            "clip_adapter+ship",
+            "--dataset",
+            objects,
+            "--protocol",
+            "gzsl",
+            *FEW_EPOCHS,
+            "ship.epochs=2",
+        ],
+        "tip_adapter_f-crossdataset": [
+            "tip_adapter",
+            "--dataset",
+            objects,
+            "--protocol",
+            "crossdataset",
+            "--targets",
+            targets,
+            "--shots",
+            "4",
+            "finetune=true",
+            *FEW_EPOCHS,
+        ],
         "finetune-full": ["finetune", "--dataset", fine, "stage1_epochs=1", "batch_size=16"],
-        "mpfgvc-full": ["mpfgvc", "--dataset", fine, "stage1_epochs=2", "stage2_epochs=1", "ssvp_start_epoch=1",
-                        "batch_size=16"],
+        "mpfgvc-full": [
+            "mpfgvc",
+            "--dataset",
+            fine,
+            "stage1_epochs=2",
+            "stage2_epochs=1",
+            "ssvp_start_epoch=1",
+            "batch_size=16",
+        ],
     }
     found = {name: ["run", *argv, "--out", str(out / name), "--no-progress"] for name, argv in runs.items()}
     found["extract-workers"] = ["extract", "--dataset", objects, "--workers", "4", "--no-progress"]
-    found["pretrain-unicl"] = ["pretrain", "--data", f"world:pretrain:{world},world:captions:{world}", "--out",
-                               str(out / "pretrain-unicl"), "--config", str(out / "pretrain.yaml"), "--no-progress"]
+    found["pretrain-unicl"] = [
+        "pretrain",
+        "--data",
+        f"world:pretrain:{world},world:captions:{world}",
+        "--out",
+        str(out / "pretrain-unicl"),
+        "--config",
+        str(out / "pretrain.yaml"),
+        "--no-progress",
+    ]
     # The same command again: must load its finished checkpoint (fused AdamW state included) and stop.
     found[RESUME_CASE] = found["pretrain-unicl"]
     found["report"] = ["report", str(out), "--out", str(out / "report.html")]
@@ -70,14 +124,29 @@ def outcome(argv: list[str], name: str) -> str:
         return ""
     metrics = json.loads(path.read_text())
     if name == RESUME_CASE and metrics.get("resumed_from_step") != metrics["steps"]:
-        raise RuntimeError(f"not resumed from its finished checkpoint: resumed_from_step="
-                           f"{metrics.get('resumed_from_step')}, steps={metrics['steps']}")
+        raise RuntimeError(
+            f"not resumed from its finished checkpoint: resumed_from_step="
+            f"{metrics.get('resumed_from_step')}, steps={metrics['steps']}"
+        )
     if metrics.get("epoch_losses"):
         metrics["final_loss"] = metrics["epoch_losses"][-1]
-    keys = ("accuracy", "base_accuracy", "new_accuracy", "harmonic_mean", "seen_accuracy", "unseen_accuracy",
-            "average_target_accuracy", "steps", "resumed_from_step", "final_loss")
-    return " ".join(f"{key}={metrics[key]:.1f}" if isinstance(metrics[key], float) else f"{key}={metrics[key]}"
-                    for key in keys if metrics.get(key) is not None)
+    keys = (
+        "accuracy",
+        "base_accuracy",
+        "new_accuracy",
+        "harmonic_mean",
+        "seen_accuracy",
+        "unseen_accuracy",
+        "average_target_accuracy",
+        "steps",
+        "resumed_from_step",
+        "final_loss",
+    )
+    return " ".join(
+        f"{key}={metrics[key]:.1f}" if isinstance(metrics[key], float) else f"{key}={metrics[key]}"
+        for key in keys
+        if metrics.get(key) is not None
+    )
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ Every row is an ordinary `clipadapt run` (the demo's machinery: resumable run fo
 one pass per seed into OUT/seed<S>/, so a partial run has whole seeds; rerunning the command resumes every
 trained row from its checkpoints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ PAPER_CUB = {"mpfgvc": 91.8}
 
 
 def rows(dataset: str, seed: int) -> list[demo.DemoRow]:
-    return [demo.DemoRow(method, "full", dataset, config=config, label=label, seeds=(seed,))
-            for label, method, config in VARIANTS]
+    return [
+        demo.DemoRow(method, "full", dataset, config=config, label=label, seeds=(seed,))
+        for label, method, config in VARIANTS
+    ]
 
 
 def _cell(values: list[float]) -> list[float]:
@@ -53,14 +56,22 @@ def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
     are all there), or None before the first seed is complete."""
     runs: dict[int, dict[str, dict]] = {}
     for seed in seeds:
-        found = {row.name: json.loads((out / f"seed{seed}" / row.folder / "metrics.json").read_text())
-                 for row in rows(dataset, seed) if (out / f"seed{seed}" / row.folder / "metrics.json").is_file()}
+        found = {
+            row.name: json.loads((out / f"seed{seed}" / row.folder / "metrics.json").read_text())
+            for row in rows(dataset, seed)
+            if (out / f"seed{seed}" / row.folder / "metrics.json").is_file()
+        }
         if len(found) == len(VARIANTS):
             runs[seed] = found
     if not runs:
         return None
-    columns = ["accuracy", f"minus {BASELINE} (per seed)", "kept tokens on a part", "random tokens on a part",
-               "paper, CUB"]
+    columns = [
+        "accuracy",
+        f"minus {BASELINE} (per seed)",
+        "kept tokens on a part",
+        "random tokens on a part",
+        "paper, CUB",
+    ]
     table_rows = {}
     for label, _, _ in VARIANTS:
         accuracy = [runs[s][label]["accuracy"] for s in runs]
@@ -74,11 +85,15 @@ def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
         if label in PAPER_CUB:
             cells[columns[4]] = PAPER_CUB[label]
         table_rows[label] = cells
-    return {"title": "MP-FGVC against fine-tuning on the world's birds (CUB's regime)", "row_label": "method",
-            "columns": columns, "rows": table_rows,
-            "note": f"{dataset}: 64 species, 30 training images each; the same CLIP vision tower, 15 + 15 epochs "
-                    f"(fine-tuning: the same schedule, cross-entropy only); seeds {','.join(map(str, runs))}, "
-                    "mean ± std over seeds. Paper: MP-FGVC on CUB-200-2011 (ViT-B/16, ImageNet-21k, 448 px)."}
+    return {
+        "title": "MP-FGVC against fine-tuning on the world's birds (CUB's regime)",
+        "row_label": "method",
+        "columns": columns,
+        "rows": table_rows,
+        "note": f"{dataset}: 64 species, 30 training images each; the same CLIP vision tower, 15 + 15 epochs "
+        f"(fine-tuning: the same schedule, cross-entropy only); seeds {','.join(map(str, runs))}, "
+        "mean ± std over seeds. Paper: MP-FGVC on CUB-200-2011 (ViT-B/16, ImageNet-21k, 448 px).",
+    }
 
 
 def main() -> int:
@@ -92,8 +107,9 @@ def main() -> int:
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     for seed in seeds if not args.tables_only else ():
-        demo.run_demo(args.out / f"seed{seed}", rows=tuple(rows(args.dataset, seed)), jobs=args.jobs,
-                      with_recorded=False)
+        demo.run_demo(
+            args.out / f"seed{seed}", rows=tuple(rows(args.dataset, seed)), jobs=args.jobs, with_recorded=False
+        )
     found = comparison(args.out, args.dataset, seeds)
     if found is None:
         print("no seed has all its runs yet", file=sys.stderr)

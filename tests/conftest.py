@@ -1,4 +1,5 @@
 """Shared fixtures: a small colour data set and a micro CLIP whose zero-shot answer on it is known."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,8 @@ def flip_last_byte(path):
     path.write_bytes(bytes(data))
 
 
-def colour_images(root, per_split={"train": 4, "test": 6}, colours=COLOURS, seed=0):
+def colour_images(root, per_split=None, colours=COLOURS, seed=0):
+    per_split = per_split or {"train": 4, "test": 6}
     rng = np.random.default_rng(seed)
     for split, count in per_split.items():
         for name, rgb in colours.items():
@@ -55,8 +57,6 @@ def colour_world(tmp_path_factory):
     weights = tmp_path_factory.mktemp("weights") / "colour.safetensors"
     backbone.save(weights)
     return root, weights
-
-
 
 
 @pytest.fixture(scope="module")

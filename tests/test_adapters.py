@@ -1,5 +1,6 @@
 """CLIP-Adapter and Tip-Adapter: equivalences with zero-shot CLIP and a loop reference, learning, the official
 hyper-parameter search, unseen class names, Tip-Adapter-F, and synthetic features in the cache."""
+
 import math
 
 import pytest
@@ -72,14 +73,21 @@ def test_tip_adapter_search_and_unseen_names(backbone):
     assert summary["val_accuracy"] == pytest.approx(accuracy(tip, val), abs=1e-4)
     assert accuracy(tip, test) > max(80.0, zeroshot_accuracy + 30)
     zeroshot = build_method("zeroshot", backbone, {"templates": "coop"})
-    torch.testing.assert_close(tip.logits(test.features, ["eel", "fox"]),  # no cache entries: zero-shot
-                               zeroshot.logits(test.features, ["eel", "fox"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        tip.logits(test.features, ["eel", "fox"]),  # no cache entries: zero-shot
+        zeroshot.logits(test.features, ["eel", "fox"]),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_tip_adapter_f_learns_the_keys(backbone):
     train, val = clustered(8, seed=1), clustered(4, seed=3)
-    tip = build_method("tip_adapter", backbone, {"finetune": True, "epochs": 10, "batch_size": 8, "search": False,
-                                                 "lr": 1e-2, "augment": False})  # features without images
+    tip = build_method(
+        "tip_adapter",
+        backbone,
+        {"finetune": True, "epochs": 10, "batch_size": 8, "search": False, "lr": 1e-2, "augment": False},
+    )  # features without images
     summary = tip.fit(train, NAMES, val=val, progress=False)
     assert summary["finetune"]["epoch_losses"][-1] < summary["finetune"]["epoch_losses"][0]
     assert not torch.allclose(tip.cache["cache_keys"], F.normalize(train.features, dim=-1))
@@ -96,11 +104,15 @@ def test_tip_adapter_f_follows_the_official_loop(backbone, monkeypatch):
 
     lrs = []
     fit = Trainer.fit
-    monkeypatch.setattr(Trainer, "fit", lambda self, *a: (lrs.extend(self.lr_at(i) for i in range(self.total_steps)),
-                                                            fit(self, *a))[1])
+    monkeypatch.setattr(
+        Trainer, "fit", lambda self, *a: (lrs.extend(self.lr_at(i) for i in range(self.total_steps)), fit(self, *a))[1]
+    )
     train = clustered(3, seed=1)  # 12 features in batches of 5: 3 steps an epoch
-    tip = build_method("tip_adapter", backbone, {"finetune": True, "epochs": 2, "batch_size": 5, "search": False,
-                                                 "augment": False, "select": "last"})
+    tip = build_method(
+        "tip_adapter",
+        backbone,
+        {"finetune": True, "epochs": 2, "batch_size": 5, "search": False, "augment": False, "select": "last"},
+    )
     assert tip.fit(train, NAMES, progress=False)["finetune"]["steps"] == 6
     assert lrs[0] == 1e-3 and lrs[3] == pytest.approx(0.5e-3) and 0 < lrs[-1] < lrs[-2]
     assert dassl_train_transform(backbone, tip.config.crop_scale).transforms[0].scale == (0.5, 1.0)

@@ -35,9 +35,7 @@ def test_prompted_text_equals_tokenized_prompt(micro):
     torch.testing.assert_close(prompted, reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "position,template", [("front", "{} a photo of a."), ("middle", "a photo {} of a.")]
-)
+@pytest.mark.parametrize("position,template", [("front", "{} a photo of a."), ("middle", "a photo {} of a.")])
 def test_class_token_positions(micro, position, template):
     ctx = micro.embed_words("a photo of a")
     with torch.no_grad():
@@ -140,7 +138,9 @@ def test_image_tokens_and_attention_match_reference(micro):
         out = micro.encode_image_tokens(images, layer=-1)
         # Tokens entering the last block are the output of the block before it.
         inter = visual.forward_intermediates(images, indices=[0], output_extra_tokens=True)
-        entering = torch.cat([inter["image_intermediates_prefix"][0], inter["image_intermediates"][0].flatten(2).transpose(1, 2)], dim=1)
+        entering = torch.cat(
+            [inter["image_intermediates_prefix"][0], inter["image_intermediates"][0].flatten(2).transpose(1, 2)], dim=1
+        )
         torch.testing.assert_close(out.tokens, entering, atol=1e-5, rtol=0)
         block = visual.transformer.resblocks[-1]
         y = block.ln_1(entering)
@@ -250,8 +250,10 @@ def test_model_from_yaml_dict_and_bad_names(tmp_path):
     from_dict = load_backbone(config)
     assert from_dict.embed_dim == 32
     yaml_path = tmp_path / "mine.yaml"
-    yaml_path.write_text("embed_dim: 16\nvision_cfg: {image_size: 16, patch_size: 8, width: 16, layers: 1, head_width: 8}\n"
-                         "text_cfg: {context_length: 8, vocab_size: 49408, width: 16, heads: 2, layers: 1}\n")
+    yaml_path.write_text(
+        "embed_dim: 16\nvision_cfg: {image_size: 16, patch_size: 8, width: 16, layers: 1, head_width: 8}\n"
+        "text_cfg: {context_length: 8, vocab_size: 49408, width: 16, heads: 2, layers: 1}\n"
+    )
     assert load_backbone(yaml_path).embed_dim == 16
     with pytest.raises(ClipadaptError, match="unknown model 'not-a-model'"):
         load_backbone("not-a-model")

@@ -1,11 +1,12 @@
 """Training checkpoints: a checksum catches damage and the checkpoint a save replaced is kept (a run resuming from
 it ends where an uninterrupted run ends: test_ship's resume test)."""
+
 import pytest
 import torch
+from conftest import flip_last_byte
 
 from clipadapt import CheckpointError
 from clipadapt.checkpoint import load_checkpoint, load_checkpoint_or_previous, previous_path, save_checkpoint
-from conftest import flip_last_byte
 
 
 def test_damage_is_detected_and_the_previous_checkpoint_is_used(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """The `clipadapt` command: extract, skipping bad images, one-line errors, `python -m clipadapt`."""
+
 import json
 import shutil
 import subprocess
@@ -6,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import TEMPLATE
 
 from clipadapt.cli import main
 from clipadapt.errors import ClipadaptError
-from conftest import TEMPLATE
 
 
 def _copy_with_bad_image(root, tmp_path):
@@ -21,8 +22,16 @@ def _copy_with_bad_image(root, tmp_path):
 
 def test_extract_caches_each_split(colour_world, tmp_path, capsys):
     root, weights = colour_world
-    argv = ["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache", str(tmp_path),
-            "--no-progress"]
+    argv = [
+        "extract",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--pretrained",
+        str(weights),
+        "--cache",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "train: 16 features of dimension 32" in out and "test: 24 features" in out and "val: no samples" in out
@@ -33,8 +42,23 @@ def test_extract_caches_each_split(colour_world, tmp_path, capsys):
 def test_bad_image_fails_with_one_line_naming_it_even_from_a_worker(colour_world, tmp_path, capsys):
     root, weights = colour_world
     data = _copy_with_bad_image(root, tmp_path)
-    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{data}", "--pretrained", str(weights),
-                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "run",
+            "zeroshot",
+            "--dataset",
+            f"imagefolder:{data}",
+            "--pretrained",
+            str(weights),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("clipadapt: error: cannot read image") and "broken.png" in err and "\n" not in err
@@ -44,9 +68,23 @@ def test_skip_bad_images_reports_and_runs(colour_world, tmp_path, capsys):
     root, weights = colour_world
     data = _copy_with_bad_image(root, tmp_path)
     out = tmp_path / "run"
-    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{data}", "--pretrained", str(weights),
-                 "--cache", str(tmp_path / "cache"), "--out", str(out), "--skip-bad-images", "--no-progress",
-                 f"templates={TEMPLATE}"])
+    code = main(
+        [
+            "run",
+            "zeroshot",
+            "--dataset",
+            f"imagefolder:{data}",
+            "--pretrained",
+            str(weights),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--skip-bad-images",
+            "--no-progress",
+            f"templates={TEMPLATE}",
+        ]
+    )
     assert code == 0
     assert "skipped unreadable image" in capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
@@ -58,36 +96,88 @@ def test_skip_bad_images_covers_crossdataset_targets(colour_world, tmp_path, cap
     root, weights = colour_world
     target = _copy_with_bad_image(root, tmp_path)
     out = tmp_path / "run"
-    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol",
-                 "crossdataset", "--targets", f"imagefolder:{target}", "--cache", str(tmp_path / "cache"),
-                 "--out", str(out), "--skip-bad-images", "--no-progress", f"templates={TEMPLATE}"])
+    code = main(
+        [
+            "run",
+            "zeroshot",
+            "--dataset",
+            f"imagefolder:{root}",
+            "--pretrained",
+            str(weights),
+            "--protocol",
+            "crossdataset",
+            "--targets",
+            f"imagefolder:{target}",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--skip-bad-images",
+            "--no-progress",
+            f"templates={TEMPLATE}",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert [p.endswith("broken.png") for p in metrics["skipped_images"]] == [True]
     assert metrics["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0
     # Several seeds load (and check) each target once: the bad image is reported once.
     capsys.readouterr()
-    code = main(["run", "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol",
-                 "crossdataset", "--targets", f"imagefolder:{target}", "--cache", str(tmp_path / "cache"),
-                 "--out", str(tmp_path / "seeds"), "--seeds", "1,2", "--skip-bad-images", "--no-progress",
-                 f"templates={TEMPLATE}"])
+    code = main(
+        [
+            "run",
+            "zeroshot",
+            "--dataset",
+            f"imagefolder:{root}",
+            "--pretrained",
+            str(weights),
+            "--protocol",
+            "crossdataset",
+            "--targets",
+            f"imagefolder:{target}",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "seeds"),
+            "--seeds",
+            "1,2",
+            "--skip-bad-images",
+            "--no-progress",
+            f"templates={TEMPLATE}",
+        ]
+    )
     assert code == 0 and capsys.readouterr().err.count("skipped unreadable image") == 1
     assert len(json.loads((tmp_path / "seeds" / "metrics.json").read_text())["skipped_images"]) == 1
 
 
-@pytest.mark.parametrize("argv, problem", [
-    (["--protocol", "full", "--shots", "4"], "protocol full trains on every train image"),
-    (["--protocol", "gzsl", "--shots", "4"], "protocol gzsl trains on every train image"),
-    (["--protocol", "fewshot"], "protocol fewshot needs --shots K"),
-    (["--protocol", "crossdataset", "--targets", "x:y", "--shots", "0"], "--shots must be 1 or more"),
-    (["--protocol", "base2new", "--targets", "x:y"], "--targets is for protocol crossdataset, not base2new"),
-    (["--protocol", "base2new", "--unseen", "red"], "--unseen is for protocol gzsl, not base2new"),
-    (["--protocol", "crossdataset"], "protocol crossdataset needs --targets"),
-])
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--protocol", "full", "--shots", "4"], "protocol full trains on every train image"),
+        (["--protocol", "gzsl", "--shots", "4"], "protocol gzsl trains on every train image"),
+        (["--protocol", "fewshot"], "protocol fewshot needs --shots K"),
+        (["--protocol", "crossdataset", "--targets", "x:y", "--shots", "0"], "--shots must be 1 or more"),
+        (["--protocol", "base2new", "--targets", "x:y"], "--targets is for protocol crossdataset, not base2new"),
+        (["--protocol", "base2new", "--unseen", "red"], "--unseen is for protocol gzsl, not base2new"),
+        (["--protocol", "crossdataset"], "protocol crossdataset needs --targets"),
+    ],
+)
 def test_options_a_protocol_would_ignore_are_refused_before_any_work(tmp_path, capsys, argv, problem):
     # The data set does not exist: the options are checked before it is read.
-    code = main(["run", "coop", "--dataset", f"imagefolder:{tmp_path / 'nowhere'}", "--model", "micro-vit",
-                 "--out", str(tmp_path / "run"), "--no-progress", *argv])
+    code = main(
+        [
+            "run",
+            "coop",
+            "--dataset",
+            f"imagefolder:{tmp_path / 'nowhere'}",
+            "--model",
+            "micro-vit",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+            *argv,
+        ]
+    )
     assert code == 2 and problem in capsys.readouterr().err
 
 
@@ -102,14 +192,24 @@ def test_default_run_folders_keep_runs_apart():
         args = argparse.Namespace(method=method, protocol=protocol, dataset=dataset, unseen=unseen)
         return _default_run_folder(args, dataset.rstrip("/").split("/")[-1], shots, list(targets), list(seeds))
 
-    folders = [folder(), folder(method="zeroshot"), folder(protocol="base2new"), folder(shots=8),
-               folder(protocol="crossdataset", targets=["world:scenes"]),
-               folder(protocol="crossdataset", targets=["world:patterns"]),
-               folder(protocol="gzsl", shots=None, unseen="red"), folder(protocol="gzsl", shots=None, unseen="blue"),
-               folder(seeds=(1, 2, 3)), folder(seeds=range(1, 71)), folder(seeds=[1, *range(3, 72)]),
-               folder(dataset=long.replace("/mnt/a/", "/mnt/b/")), folder(dataset="imagefolder:/data/猫"),
-               folder(dataset="imagefolder:/data/犬"), folder(dataset="imagefolder:data/a_b"),
-               folder(dataset="imagefolder:data/a/b")]
+    folders = [
+        folder(),
+        folder(method="zeroshot"),
+        folder(protocol="base2new"),
+        folder(shots=8),
+        folder(protocol="crossdataset", targets=["world:scenes"]),
+        folder(protocol="crossdataset", targets=["world:patterns"]),
+        folder(protocol="gzsl", shots=None, unseen="red"),
+        folder(protocol="gzsl", shots=None, unseen="blue"),
+        folder(seeds=(1, 2, 3)),
+        folder(seeds=range(1, 71)),
+        folder(seeds=[1, *range(3, 72)]),
+        folder(dataset=long.replace("/mnt/a/", "/mnt/b/")),
+        folder(dataset="imagefolder:/data/猫"),
+        folder(dataset="imagefolder:/data/犬"),
+        folder(dataset="imagefolder:data/a_b"),
+        folder(dataset="imagefolder:data/a/b"),
+    ]
     assert len(set(folders)) == len(folders)
     assert all(len(f.name) <= 100 and "/" not in f.name for f in folders)
     assert folder().name.startswith("coop-fewshot-4shot-colours-seed1-")
@@ -121,8 +221,22 @@ def test_shots_recorded_are_the_shots_trained_with_and_untrained_models_follow_t
 
     def run(name, *argv):
         out = tmp_path / name
-        assert main(["run", *argv, "--dataset", f"imagefolder:{root}", "--out", str(out), "--cache",
-                     str(tmp_path / "cache"), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    *argv,
+                    "--dataset",
+                    f"imagefolder:{root}",
+                    "--out",
+                    str(out),
+                    "--cache",
+                    str(tmp_path / "cache"),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         return json.loads((out / "metrics.json").read_text())
 
     untrained = ["coop", "--model", "micro-vit", "--protocol", "base2new", "--shots", "2", "epochs=1", "n_ctx=4"]
@@ -145,14 +259,20 @@ def test_python_dash_m_entry_point():
     assert result.returncode == 0
     names = result.stdout.split()
     assert "tiny-vit" in names and "ViT-B-16" in names
-    bad = subprocess.run([sys.executable, "-m", "clipadapt", "run", "zeroshot", "--dataset", "nope:x", "--model",
-                          "micro-vit"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "clipadapt", "run", "zeroshot", "--dataset", "nope:x", "--model", "micro-vit"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("clipadapt: error:") and "nope" in bad.stderr
 
 
 def test_world_command_writes_every_data_set(tmp_path, capsys):
     sizes = ["pretrain_train=2", "pretrain_val=1", "pretrain_test=1", "captions=2", "train=2", "val=1", "test=1"]
-    assert main(["world", "--out", str(tmp_path / "w"), "--seed", "3", "--image-size", "32", "--no-progress", *sizes]) == 0
+    assert (
+        main(["world", "--out", str(tmp_path / "w"), "--seed", "3", "--image-size", "32", "--no-progress", *sizes]) == 0
+    )
     out = capsys.readouterr().out
     assert f"world:objects:{tmp_path / 'w'}" in out
     from clipadapt.data import load_dataset
@@ -166,9 +286,26 @@ def test_world_command_writes_every_data_set(tmp_path, capsys):
 def test_run_coop_writes_training_summary_and_checkpoints(colour_world, tmp_path):
     root, weights = colour_world
     out = tmp_path / "run"
-    argv = ["run", "coop", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol", "fewshot",
-            "--shots", "2", "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
-            "init=a photo of a", "epochs=3", "batch_size=4"]
+    argv = [
+        "run",
+        "coop",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--pretrained",
+        str(weights),
+        "--protocol",
+        "fewshot",
+        "--shots",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--no-progress",
+        "init=a photo of a",
+        "epochs=3",
+        "batch_size=4",
+    ]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 3 * 2 and metrics["config"]["seed"] == 1
@@ -188,15 +325,47 @@ def test_run_workers_decode_augmented_batches_identically(colour_world, tmp_path
 
     root, weights = colour_world
     trained = []
+    decode = engine.load_batch
     for workers in ("0", "2"):
         if workers != "0":
-            decode = engine.load_batch
-            monkeypatch.setattr(engine, "load_batch", lambda *args, **kwargs: decode(*args, **kwargs)
-                                if torch.utils.data.get_worker_info() else pytest.fail("decoded in the main process"))
+            monkeypatch.setattr(
+                engine,
+                "load_batch",
+                lambda *args, **kwargs: (
+                    decode(*args, **kwargs)
+                    if torch.utils.data.get_worker_info()
+                    else pytest.fail("decoded in the main process")
+                ),
+            )
         out = tmp_path / f"run{workers}"
-        assert main(["run", "coop", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol",
-                     "fewshot", "--shots", "4", "--cache", str(tmp_path / "cache"), "--out", str(out), "--workers",
-                     workers, "--no-progress", "init=a photo of a", "epochs=2", "batch_size=4", "augment=true"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "coop",
+                    "--dataset",
+                    f"imagefolder:{root}",
+                    "--pretrained",
+                    str(weights),
+                    "--protocol",
+                    "fewshot",
+                    "--shots",
+                    "4",
+                    "--cache",
+                    str(tmp_path / "cache"),
+                    "--out",
+                    str(out),
+                    "--workers",
+                    workers,
+                    "--no-progress",
+                    "init=a photo of a",
+                    "epochs=2",
+                    "batch_size=4",
+                    "augment=true",
+                ]
+            )
+            == 0
+        )
         checkpoint = load_file(str(next(out.glob("train-*-seed1/checkpoint_last.safetensors"))))
         trained.append({k: v for k, v in checkpoint.items() if k.startswith("module.")})
     assert trained[0].keys() == trained[1].keys() and trained[0]
@@ -207,9 +376,28 @@ def test_run_workers_decode_augmented_batches_identically(colour_world, tmp_path
 def test_linear_probe_base2new_reports_base_only(colour_world, tmp_path):
     root, weights = colour_world
     out = tmp_path / "run"
-    assert main(["run", "linear_probe", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
-                 "--protocol", "base2new", "--shots", "4", "--cache", str(tmp_path / "cache"), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "linear_probe",
+                "--dataset",
+                f"imagefolder:{root}",
+                "--pretrained",
+                str(weights),
+                "--protocol",
+                "base2new",
+                "--shots",
+                "4",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["new_accuracy"] is None and metrics["harmonic_mean"] is None
     assert metrics["base_accuracy"] == 100.0 and metrics["num_base_classes"] == 2
@@ -227,12 +415,35 @@ def test_torchrun_extraction_shares_the_shards(colour_world, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = ["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--splits", "train,test",
-            "--shard-size", "3", "--no-progress"]
+    argv = [
+        "extract",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--pretrained",
+        str(weights),
+        "--splits",
+        "train,test",
+        "--shard-size",
+        "3",
+        "--no-progress",
+    ]
     bin_dir = Path(sys.executable).parent
-    result = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port),
-                             str(bin_dir / "clipadapt"), *argv, "--cache", str(tmp_path / "two")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            str(bin_dir / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(bin_dir / "clipadapt"),
+            *argv,
+            "--cache",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("train: 16 features") == 1  # printed by rank 0 only
     assert main([*argv, "--cache", str(tmp_path / "one")]) == 0
@@ -243,8 +454,9 @@ def test_torchrun_extraction_shares_the_shards(colour_world, tmp_path):
         assert (entry / "meta.json").is_file() and len(shards) in (6, 8)  # 16 train and 24 test images, by 3
         for shard in shards:
             # float16 features; thread counts may change the last bit of a sum
-            assert np.allclose(np.load(shard), np.load(tmp_path / "one" / "features" / entry.name / shard.name),
-                               atol=1e-3, rtol=0)
+            assert np.allclose(
+                np.load(shard), np.load(tmp_path / "one" / "features" / entry.name / shard.name), atol=1e-3, rtol=0
+            )
 
 
 def _extract_worker(rank, world_size, port, root, weights, cache, fail_on_rank, queue):
@@ -272,8 +484,14 @@ def _extract_worker(rank, world_size, port, root, weights, cache, fail_on_rank, 
 
     backbone.encode_image = encode
     try:
-        features = extract_features(backbone, load_dataset(f"imagefolder:{root}").test, cache_dir=cache, shard_size=5,
-                                    batch_size=5, progress=False)
+        features = extract_features(
+            backbone,
+            load_dataset(f"imagefolder:{root}").test,
+            cache_dir=cache,
+            shard_size=5,
+            batch_size=5,
+            progress=False,
+        )
         queue.put((rank, sum(encoded), features.features.tolist()))
     except Exception as error:  # noqa: BLE001  reported to the test
         queue.put((rank, -1, f"{type(error).__name__}: {error}"))
@@ -291,8 +509,13 @@ def test_ranks_share_the_shards_and_stop_together(colour_world, tmp_path, fail_o
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     queue = mp.get_context("spawn").Queue()
-    workers = mp.start_processes(_extract_worker, nprocs=2, start_method="spawn", join=False,
-                                 args=(2, port, str(root), str(weights), str(tmp_path), fail_on_rank, queue))
+    workers = mp.start_processes(
+        _extract_worker,
+        nprocs=2,
+        start_method="spawn",
+        join=False,
+        args=(2, port, str(root), str(weights), str(tmp_path), fail_on_rank, queue),
+    )
     results = sorted(queue.get(timeout=180) for _ in range(2))  # read before joining: a full pipe blocks exits
     while not workers.join(timeout=60):
         pass
@@ -315,8 +538,12 @@ def test_real_size_configs_build_their_methods():
     from clipadapt.methods import build_method, method_config
 
     configs = Path(__file__).resolve().parent.parent / "configs"
-    methods = {"coop_vit_b16_base2new.yaml": "coop", "cocoop_vit_b16_base2new.yaml": "cocoop",
-               "coop_ship_vit_b16_base2new.yaml": "coop+ship", "mpfgvc_cub.yaml": "mpfgvc"}
+    methods = {
+        "coop_vit_b16_base2new.yaml": "coop",
+        "cocoop_vit_b16_base2new.yaml": "cocoop",
+        "coop_ship_vit_b16_base2new.yaml": "coop+ship",
+        "mpfgvc_cub.yaml": "mpfgvc",
+    }
     assert sorted(p.name for p in configs.glob("*.yaml")) == sorted(methods)
     backbone = load_backbone("micro-vit")
     for name, method in methods.items():
@@ -335,6 +562,7 @@ def test_device_smoke_script_runs_and_reports_failures():
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "device_smoke.py"
+
     def smoke(*args):
         return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
 
@@ -352,11 +580,41 @@ def test_device_smoke_script_runs_and_reports_failures():
 
 def test_negative_workers_and_unknown_device_refused(colour_world, tmp_path, capsys):
     root, weights = colour_world
-    assert main(["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache",
-                 str(tmp_path), "--workers", "-1", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "extract",
+                "--dataset",
+                f"imagefolder:{root}",
+                "--pretrained",
+                str(weights),
+                "--cache",
+                str(tmp_path),
+                "--workers",
+                "-1",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--workers must be 0 or more, got -1" in capsys.readouterr().err
-    assert main(["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache",
-                 str(tmp_path), "--device", "nonsense", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "extract",
+                "--dataset",
+                f"imagefolder:{root}",
+                "--pretrained",
+                str(weights),
+                "--cache",
+                str(tmp_path),
+                "--device",
+                "nonsense",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--device nonsense:" in capsys.readouterr().err
 
 

@@ -1,16 +1,15 @@
 """CoCoOp: batched per-image prompts against the official per-image loop, learning, chunked inference, the lr
 scaling of the real batch, saving, and the augmented training path."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from test_coop import NAMES, accuracy, synthetic
 
 from clipadapt import CheckpointError, ClipadaptError, load_backbone
 from clipadapt.data import load_dataset
 from clipadapt.features import FeatureSet, extract_features
 from clipadapt.methods import build_method
-
-from test_coop import NAMES, accuracy, synthetic
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

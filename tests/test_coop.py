@@ -1,5 +1,6 @@
 """CoOp: the initialised prompt is zero-shot's, the official schedule, learning, determinism, exact resume,
 class token positions, class-specific contexts, saving, and the augmented (official) training path."""
+
 import warnings
 
 import pytest
@@ -115,13 +116,21 @@ def test_ships_coop_recipe_keeps_the_last_batch_and_steps_a_cosine_every_batch(b
         return step(trainer, batches, step_fn)
 
     monkeypatch.setattr(engine.Trainer, "fit", recording_fit)
-    config = {**FAST, "epochs": 3, "batch_size": 12, "momentum": 0.0, "weight_decay": 0.0, "schedule": "cosine_steps",
-              "drop_last": False}
+    config = {
+        **FAST,
+        "epochs": 3,
+        "batch_size": 12,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "schedule": "cosine_steps",
+        "drop_last": False,
+    }
     history = build_method("coop", backbone, config).fit(synthetic(8, seed=1), NAMES, progress=False)
     assert history["steps_per_epoch"] == 3 and history["steps"] == 9  # 32 features: 12 + 12 + 8
     assert rates[0] == pytest.approx(0.002) and rates == sorted(rates, reverse=True) and rates[-1] < 1e-4
     dassl = build_method("coop", backbone, {**FAST, "epochs": 3, "batch_size": 12}).fit(
-        synthetic(8, seed=1), NAMES, progress=False)
+        synthetic(8, seed=1), NAMES, progress=False
+    )
     assert dassl["steps_per_epoch"] == 2  # Dassl drops the last partial batch
 
 
@@ -170,8 +179,9 @@ def test_resume_matches_uninterrupted_run(backbone, tmp_path, monkeypatch):
     assert history["best_epoch"] == straight.history["best_epoch"]
     assert torch.equal(resumed.ctx, straight.ctx)
     with pytest.raises(CheckpointError, match="different configuration"):
-        build_method("coop", backbone, {**config, "lr": 0.01}).fit(train, NAMES, val=val,
-                                                                    out_dir=tmp_path / "resumed", progress=False)
+        build_method("coop", backbone, {**config, "lr": 0.01}).fit(
+            train, NAMES, val=val, out_dir=tmp_path / "resumed", progress=False
+        )
 
 
 def test_select_on_validation(backbone):

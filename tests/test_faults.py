@@ -1,6 +1,7 @@
 """Faults during training and extraction: a non-finite loss stops the run (or the step is skipped), and a run
 killed with SIGKILL in a subprocess resumes, when the same command is run again, to the same numbers and weights
 as an uninterrupted run."""
+
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import colour_images
 from safetensors.torch import load_file
 from torch import nn
 
@@ -19,7 +21,6 @@ from clipadapt.checkpoint import load_checkpoint
 from clipadapt.cli import main
 from clipadapt.engine import Trainer, skipping_nonfinite_steps
 from clipadapt.errors import ClipadaptError
-from conftest import colour_images
 
 # One thread in every subprocess: the uninterrupted and the resumed runs then add floats in the same order.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -31,9 +32,17 @@ def _fit_line(tmp_path, bad_step: int, loss_at_bad_step: float, skip: bool | Non
     torch.manual_seed(0)
     model = nn.Linear(1, 1)
     x = torch.linspace(-1, 1, 8)[:, None]
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=12, steps_per_epoch=4,
-                      lr_at=lambda step: 0.1, out_dir=tmp_path, checkpoint_every=2, progress=False,
-                      skip_nonfinite=skip)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        total_steps=12,
+        steps_per_epoch=4,
+        lr_at=lambda step: 0.1,
+        out_dir=tmp_path,
+        checkpoint_every=2,
+        progress=False,
+        skip_nonfinite=skip,
+    )
 
     def step_fn(batch: torch.Tensor, step: int) -> torch.Tensor:
         loss = ((model(x[batch]) - 2 * x[batch]) ** 2).mean()
@@ -45,7 +54,9 @@ def _fit_line(tmp_path, bad_step: int, loss_at_bad_step: float, skip: bool | Non
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     with pytest.raises(ClipadaptError, match=r"loss is nan at step 5; stopped, the last good checkpoint is kept in"):
         _fit_line(tmp_path, bad_step=5, loss_at_bad_step=float("nan"))
-    assert load_checkpoint(tmp_path / "checkpoint_last.safetensors")[1]["step"] == 4  # the checkpoint before the bad step, untouched by it
+    assert (
+        load_checkpoint(tmp_path / "checkpoint_last.safetensors")[1]["step"] == 4
+    )  # the checkpoint before the bad step, untouched by it
 
 
 def test_the_loss_is_read_once_a_step_after_its_backward_pass(monkeypatch):
@@ -56,10 +67,18 @@ def test_the_loss_is_read_once_a_step_after_its_backward_pass(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", lambda self: (events.append("read"), item(self))[1])
     model = nn.Linear(1, 1)
     model.weight.register_hook(lambda grad: events.append("backward"))
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=3, steps_per_epoch=3,
-                      lr_at=lambda step: 0.1, progress=False)
-    trainer.fit(lambda epoch, offset: (torch.ones(2, 1) for _ in range(offset, 3)),
-                lambda batch, step: model(batch).pow(2).mean())
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        total_steps=3,
+        steps_per_epoch=3,
+        lr_at=lambda step: 0.1,
+        progress=False,
+    )
+    trainer.fit(
+        lambda epoch, offset: (torch.ones(2, 1) for _ in range(offset, 3)),
+        lambda batch, step: model(batch).pow(2).mean(),
+    )
     assert events == ["backward", "read"] * 3
 
 
@@ -72,8 +91,15 @@ def _skipping_rank(rank: int, port: int, queue) -> None:
     torch.manual_seed(0)
     model = nn.Linear(1, 1)
     x = torch.linspace(-1, 1, 8)[:, None] + rank
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=8, steps_per_epoch=4,
-                      lr_at=lambda step: 0.1, progress=False, skip_nonfinite=True)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        total_steps=8,
+        steps_per_epoch=4,
+        lr_at=lambda step: 0.1,
+        progress=False,
+        skip_nonfinite=True,
+    )
 
     def step_fn(batch: torch.Tensor, step: int) -> torch.Tensor:
         loss = ((model(x[batch]) - 2 * x[batch]) ** 2).mean()
@@ -133,9 +159,29 @@ def test_skip_nonfinite_from_the_command_line(colour_world, tmp_path, monkeypatc
     monkeypatch.setattr(Trainer, "fit", nan_at_step_2)
 
     def run(out, *flags):
-        return main(["run", "coop", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol",
-                     "fewshot", "--shots", "2", "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
-                     "init=a photo of a", "epochs=2", "batch_size=4", *flags])
+        return main(
+            [
+                "run",
+                "coop",
+                "--dataset",
+                f"imagefolder:{root}",
+                "--pretrained",
+                str(weights),
+                "--protocol",
+                "fewshot",
+                "--shots",
+                "2",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "init=a photo of a",
+                "epochs=2",
+                "batch_size=4",
+                *flags,
+            ]
+        )
 
     assert run(tmp_path / "stops") == 2
     assert "loss is nan at step 2; stopped" in capsys.readouterr().err
@@ -146,21 +192,28 @@ def test_skip_nonfinite_from_the_command_line(colour_world, tmp_path, monkeypatc
 
 # ---- kill -9 ----------------------------------------------------------------------------------------------
 def _clipadapt(argv: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "clipadapt", *argv], capture_output=True, text=True, env=ENV,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "clipadapt", *argv], capture_output=True, text=True, env=ENV, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
 
 def _kill_once(argv: list[str], ready, timeout: float = 300) -> None:
     """Start `clipadapt argv` and SIGKILL it as soon as `ready()` holds; it must still be running then."""
-    process = subprocess.Popen([sys.executable, "-m", "clipadapt", *argv], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipadapt", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     deadline = time.time() + timeout
     while not ready():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (code {process.returncode}) before it could be killed: "
-                        f"{process.stderr.read()[-2000:]}")
+            pytest.fail(
+                f"the run ended (code {process.returncode}) before it could be killed: {process.stderr.read()[-2000:]}"
+            )
         if time.time() > deadline:
             process.kill()
             pytest.fail("the run never reached the point where it is killed")
@@ -187,8 +240,18 @@ def _assert_same_tensors(a, b):
 @pytest.mark.slow
 def test_killed_pretraining_resumes_to_the_same_weights(tmp_path):
     root = colour_images(tmp_path / "labelled", {"train": 12}, seed=1)
-    argv = ["pretrain", "--data", f"imagefolder:{root}", "--model", "micro-vit", "--no-progress", "--batch-size", "8",
-            "epochs=12", "checkpoint_every=3"]
+    argv = [
+        "pretrain",
+        "--data",
+        f"imagefolder:{root}",
+        "--model",
+        "micro-vit",
+        "--no-progress",
+        "--batch-size",
+        "8",
+        "epochs=12",
+        "checkpoint_every=3",
+    ]
     _clipadapt([*argv, "--out", str(tmp_path / "straight")])
     killed = tmp_path / "killed"
     _kill_once([*argv, "--out", str(killed)], _two_checkpoints(killed, "checkpoint_last.safetensors"))
@@ -202,15 +265,37 @@ def test_killed_pretraining_resumes_to_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, protocol, checkpoint, weights", [
-    ("coop", "fewshot", "train-*/checkpoint_last.safetensors", "train-*/coop.safetensors"),
-    ("coop+ship", "base2new", "train-*/ship/checkpoint_last.safetensors", "train-*/ship.safetensors"),
-])
+@pytest.mark.parametrize(
+    "method, protocol, checkpoint, weights",
+    [
+        ("coop", "fewshot", "train-*/checkpoint_last.safetensors", "train-*/coop.safetensors"),
+        ("coop+ship", "base2new", "train-*/ship/checkpoint_last.safetensors", "train-*/ship.safetensors"),
+    ],
+)
 def test_killed_run_resumes_to_the_same_metrics(colour_world, tmp_path, method, protocol, checkpoint, weights):
     root, model = colour_world
-    argv = ["run", method, "--dataset", f"imagefolder:{root}", "--pretrained", str(model), "--protocol", protocol,
-            "--shots", "4", "--cache", str(tmp_path / "cache"), "--no-progress", "init=a photo of a", "epochs=60", "batch_size=4",
-            "checkpoint_every=3", "ship.epochs=150", "ship.batch_size=4", "ship.checkpoint_every=3"]
+    argv = [
+        "run",
+        method,
+        "--dataset",
+        f"imagefolder:{root}",
+        "--pretrained",
+        str(model),
+        "--protocol",
+        protocol,
+        "--shots",
+        "4",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        "init=a photo of a",
+        "epochs=60",
+        "batch_size=4",
+        "checkpoint_every=3",
+        "ship.epochs=150",
+        "ship.batch_size=4",
+        "ship.checkpoint_every=3",
+    ]
     if method == "coop":
         argv = [word for word in argv if not word.startswith("ship.")]
     _clipadapt([*argv, "--out", str(tmp_path / "straight")])
@@ -233,8 +318,20 @@ def test_killed_extraction_keeps_its_finished_shards(tmp_path):
     root = colour_images(tmp_path / "data", {"train": 100}, seed=3)  # 400 images: 16 shards of 25
     weights = tmp_path / "micro.safetensors"  # the cache is keyed by the weights: both runs use these
     load_backbone("micro-vit").save(weights)
-    argv = ["extract", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--splits", "train",
-            "--shard-size", "25", "--batch-size", "1", "--no-progress"]
+    argv = [
+        "extract",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--pretrained",
+        str(weights),
+        "--splits",
+        "train",
+        "--shard-size",
+        "25",
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     _clipadapt([*argv, "--cache", str(tmp_path / "straight")])
     cache = tmp_path / "killed"
     _kill_once([*argv, "--cache", str(cache)], lambda: any(cache.glob("features/*/shard_25_00001.npy")))

@@ -1,16 +1,17 @@
 """Fine-grained data sets in their released layouts, written small by the tests: CUB-200-2011, Stanford Dogs,
 NABirds and Food-101."""
+
 import json
 
 import numpy as np
 import pytest
 import scipy.io
+from conftest import COLOURS, colour_images
 from PIL import Image
 
 from clipadapt import ClipadaptError
 from clipadapt.cli import main
 from clipadapt.data import load_dataset
-from conftest import COLOURS, colour_images
 
 
 def write_cub(root, per_class=(3, 2), colours=COLOURS):
@@ -31,8 +32,12 @@ def write_cub(root, per_class=(3, 2), colours=COLOURS):
                 images.append(f"{image_id} {folder}/{target.name}")
                 labels.append(f"{image_id} {c}")
                 split.append(f"{image_id} {flag}")
-    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
-                        ("train_test_split.txt", split), ("classes.txt", classes)):
+    for name, lines in (
+        ("images.txt", images),
+        ("image_class_labels.txt", labels),
+        ("train_test_split.txt", split),
+        ("classes.txt", classes),
+    ):
         (cub / name).write_text("\n".join(lines) + "\n")
     return cub
 
@@ -48,13 +53,16 @@ def test_cub_layout(tmp_path):
         assert splits.superclass == "bird"
 
 
-@pytest.mark.parametrize("file,text,message", [
-    ("classes.txt", "1 001.Red\n3 003.Blue\n", "class ids must be 1..2"),
-    ("train_test_split.txt", "1 1\n", "list different image ids"),
-    ("train_test_split.txt", None, "missing file"),
-    ("image_class_labels.txt", "bad line\n", "line 1: expected 2 fields"),
-    ("images.txt", "1 ../../etc/passwd\n", "escapes the image root"),
-])
+@pytest.mark.parametrize(
+    "file,text,message",
+    [
+        ("classes.txt", "1 001.Red\n3 003.Blue\n", "class ids must be 1..2"),
+        ("train_test_split.txt", "1 1\n", "list different image ids"),
+        ("train_test_split.txt", None, "missing file"),
+        ("image_class_labels.txt", "bad line\n", "line 1: expected 2 fields"),
+        ("images.txt", "1 ../../etc/passwd\n", "escapes the image root"),
+    ],
+)
 def test_cub_bad_files_name_the_file(tmp_path, file, text, message):
     cub = write_cub(tmp_path, per_class=(1, 0))
     if file == "images.txt":  # keep the other tables consistent with the one hostile entry
@@ -75,9 +83,29 @@ def test_cub_gzsl_with_an_unseen_class_file(colour_world, tmp_path):
     unseen = tmp_path / "unseen.txt"
     unseen.write_text("Blue Warbler\nYellow Warbler\n")
     out = tmp_path / "run"
-    assert main(["run", "zeroshot", "--dataset", f"cub:{cub}", "--pretrained", str(weights), "--protocol", "gzsl",
-                 "--unseen", str(unseen), "--cache", str(tmp_path / "cache"), "--out", str(out),
-                 "--no-progress", "templates=a photo of a {}."]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "zeroshot",
+                "--dataset",
+                f"cub:{cub}",
+                "--pretrained",
+                str(weights),
+                "--protocol",
+                "gzsl",
+                "--unseen",
+                str(unseen),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "templates=a photo of a {}.",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_seen_classes"] == 2 and metrics["num_unseen_classes"] == 2
     assert 0 <= metrics["unseen_accuracy"] <= 100
@@ -98,13 +126,19 @@ def cells(strings):
 
 def write_dog_list(path, files, labels):
     """One of lists.tar's .mat files: file_list, annotation_list (paths without extension), labels (N x 1)."""
-    scipy.io.savemat(path, {"file_list": cells(files), "annotation_list": cells([f.rsplit(".", 1)[0] for f in files]),
-                            "labels": np.array(labels, dtype=np.float64).reshape(-1, 1)})
+    scipy.io.savemat(
+        path,
+        {
+            "file_list": cells(files),
+            "annotation_list": cells([f.rsplit(".", 1)[0] for f in files]),
+            "labels": np.array(labels, dtype=np.float64).reshape(-1, 1),
+        },
+    )
 
 
 def write_dogs(root, per_class=(2, 1), folders=DOG_FOLDERS, flat=False):
     """Stanford Dogs as released: Images/<wnid>-<Breed>/<wnid>_<n>.png and train_list.mat / test_list.mat."""
-    colours = dict(list(COLOURS.items())[:len(folders)])
+    colours = dict(list(COLOURS.items())[: len(folders)])
     colour_images(root / "raw", per_split={"train": per_class[0], "test": per_class[1]}, colours=colours)
     lists = {"train": ([], []), "test": ([], [])}
     for label, (folder, name) in enumerate(zip(folders, colours), 1):
@@ -143,19 +177,22 @@ def _dog_files(dogs, part):
     return [str(c[0][0]) for c in mat["file_list"]], [int(x) for x in mat["labels"].ravel()]
 
 
-@pytest.mark.parametrize("change,message", [
-    ("missing", "missing file"),
-    ("not a mat file", "cannot read MATLAB file"),
-    ("no labels", "no variable 'labels'"),
-    ("label 0", "entry 1: class id 0 is out of range"),
-    ("label gap", r"class ids must be 1\.\.5 without gaps; no image has class \[3, 4\]"),
-    ("escape", "escapes the image root"),
-    ("fewer labels", "file_list has 3 entries but labels has 2"),
-    ("label in another folder", "class 1 is the folder 'n02085782-Japanese_spaniel' here"),
-    ("folder with two labels", "folder 'n02085620-Chihuahua' has class 4 here but 1 elsewhere"),
-    ("missing image", "entry 3: image file .* does not exist"),
-    ("listed twice", "is listed twice"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ("missing", "missing file"),
+        ("not a mat file", "cannot read MATLAB file"),
+        ("no labels", "no variable 'labels'"),
+        ("label 0", "entry 1: class id 0 is out of range"),
+        ("label gap", r"class ids must be 1\.\.5 without gaps; no image has class \[3, 4\]"),
+        ("escape", "escapes the image root"),
+        ("fewer labels", "file_list has 3 entries but labels has 2"),
+        ("label in another folder", "class 1 is the folder 'n02085782-Japanese_spaniel' here"),
+        ("folder with two labels", "folder 'n02085620-Chihuahua' has class 4 here but 1 elsewhere"),
+        ("missing image", "entry 3: image file .* does not exist"),
+        ("listed twice", "is listed twice"),
+    ],
+)
 def test_dogs_bad_lists_name_the_file(tmp_path, change, message):
     dogs = write_dogs(tmp_path / "dogs", per_class=(1, 1))
     test_list = dogs / "lists" / "test_list.mat"
@@ -173,8 +210,12 @@ def test_dogs_bad_lists_name_the_file(tmp_path, change, message):
     elif change == "listed twice":
         write_dog_list(test_list, files + _dog_files(dogs, "train")[0][:1], labels + [1])
     else:
-        labels = {"label 0": [0, 2, 3], "label gap": [1, 2, 5], "label in another folder": [1, 1, 3],
-                  "folder with two labels": [4, 2, 3]}.get(change, labels)
+        labels = {
+            "label 0": [0, 2, 3],
+            "label gap": [1, 2, 5],
+            "label in another folder": [1, 1, 3],
+            "folder with two labels": [4, 2, 3],
+        }.get(change, labels)
         if change == "label gap":  # Shih-Tzu is class 5 in both lists: consistent, but classes 3 and 4 are empty
             write_dog_list(dogs / "lists" / "train_list.mat", _dog_files(dogs, "train")[0], [1, 2, 5])
         if change == "escape":
@@ -195,8 +236,15 @@ def test_dogs_without_images_folder(tmp_path):
 # ---------------------------------------------------------------- NABirds
 
 # A slice of NABirds' taxonomy: sparse ids, internal nodes without images, names with spaces and parentheses.
-NABIRDS_CLASSES = {0: "Birds", 1: "Perching Birds", 22: "Wrens", 295: "Bewick's Wren", 296: "Carolina Wren",
-                   700: "Hawks", 813: "Red-tailed Hawk (Adult)"}
+NABIRDS_CLASSES = {
+    0: "Birds",
+    1: "Perching Birds",
+    22: "Wrens",
+    295: "Bewick's Wren",
+    296: "Carolina Wren",
+    700: "Hawks",
+    813: "Red-tailed Hawk (Adult)",
+}
 NABIRDS_PARENTS = {1: 0, 22: 1, 295: 22, 296: 22, 700: 0, 813: 700}
 NABIRDS_LEAVES = {"red": 813, "green": 295, "blue": 296}  # the colours as leaf classes, not in id order
 
@@ -223,9 +271,13 @@ def write_nabirds(root, per_class=(2, 1)):
                 images.append(f"{image_id} {folder}/{target.name}")
                 labels.append(f"{image_id} {class_id}")
                 split.append(f"{image_id} {flag}")
-    tables = {"images.txt": images, "image_class_labels.txt": labels, "train_test_split.txt": split,
-              "classes.txt": [f"{c} {n}" for c, n in NABIRDS_CLASSES.items()],
-              "hierarchy.txt": [f"{c} {p}" for c, p in NABIRDS_PARENTS.items()]}
+    tables = {
+        "images.txt": images,
+        "image_class_labels.txt": labels,
+        "train_test_split.txt": split,
+        "classes.txt": [f"{c} {n}" for c, n in NABIRDS_CLASSES.items()],
+        "hierarchy.txt": [f"{c} {p}" for c, p in NABIRDS_PARENTS.items()],
+    }
     for name, lines in tables.items():
         (nabirds / name).write_text("\n".join(lines) + "\n")
     return nabirds
@@ -249,23 +301,26 @@ def _replace_line(path, index, line):
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("file,change,message", [
-    ("hierarchy.txt", None, "missing file"),
-    ("images.txt", (0, "only-one-field"), "line 1: expected 2 fields starting with an id"),
-    ("classes.txt", (1, "one Perching Birds"), "line 2: expected 2 fields starting with an integer id"),
-    ("image_class_labels.txt", (0, f"{image_uuid(0)} 999"), "class '999' is not in classes.txt"),
-    ("image_class_labels.txt", (0, f"{image_uuid(0)} bird"), "class 'bird' is not in classes.txt"),
-    ("image_class_labels.txt", (0, f"{image_uuid(99)} 813"), "list different image ids"),
-    ("train_test_split.txt", (1, f"{image_uuid(0)} 1"), "line 2: id .* appears twice"),
-    ("train_test_split.txt", (0, f"{image_uuid(0)} yes"), "expected 0 or 1, got 'yes'"),
-    ("images.txt", (0, f"{image_uuid(0)} ../../../etc/passwd"), "escapes the image root"),
-    ("images.txt", (0, f"{image_uuid(0)} 0813/gone.png"), "image file .* does not exist"),
-    ("hierarchy.txt", (5, "813 1234"), "parent class '1234' is not in classes.txt"),
-    ("hierarchy.txt", (5, "999 700"), "child class 999 is not in classes.txt"),
-    ("hierarchy.txt", (0, "1 22"), "cycle"),
-    ("hierarchy.txt", (4, "700 700"), "cycle"),
-    ("hierarchy.txt", (5, ""), r"2 separate trees \(roots 'Birds', 'Red-tailed Hawk \(Adult\)'\)"),
-])
+@pytest.mark.parametrize(
+    "file,change,message",
+    [
+        ("hierarchy.txt", None, "missing file"),
+        ("images.txt", (0, "only-one-field"), "line 1: expected 2 fields starting with an id"),
+        ("classes.txt", (1, "one Perching Birds"), "line 2: expected 2 fields starting with an integer id"),
+        ("image_class_labels.txt", (0, f"{image_uuid(0)} 999"), "class '999' is not in classes.txt"),
+        ("image_class_labels.txt", (0, f"{image_uuid(0)} bird"), "class 'bird' is not in classes.txt"),
+        ("image_class_labels.txt", (0, f"{image_uuid(99)} 813"), "list different image ids"),
+        ("train_test_split.txt", (1, f"{image_uuid(0)} 1"), "line 2: id .* appears twice"),
+        ("train_test_split.txt", (0, f"{image_uuid(0)} yes"), "expected 0 or 1, got 'yes'"),
+        ("images.txt", (0, f"{image_uuid(0)} ../../../etc/passwd"), "escapes the image root"),
+        ("images.txt", (0, f"{image_uuid(0)} 0813/gone.png"), "image file .* does not exist"),
+        ("hierarchy.txt", (5, "813 1234"), "parent class '1234' is not in classes.txt"),
+        ("hierarchy.txt", (5, "999 700"), "child class 999 is not in classes.txt"),
+        ("hierarchy.txt", (0, "1 22"), "cycle"),
+        ("hierarchy.txt", (4, "700 700"), "cycle"),
+        ("hierarchy.txt", (5, ""), r"2 separate trees \(roots 'Birds', 'Red-tailed Hawk \(Adult\)'\)"),
+    ],
+)
 def test_nabirds_bad_files_name_the_file(tmp_path, file, change, message):
     nabirds = write_nabirds(tmp_path, per_class=(1, 0))
     if change is None:
@@ -321,20 +376,23 @@ def test_food101_layout(tmp_path):
         assert splits.root == food / "images"
 
 
-@pytest.mark.parametrize("file,text,message", [
-    ("meta/test.txt", None, "missing file"),
-    ("meta/classes.txt", None, "missing file"),
-    ("meta/classes.txt", "apple_pie\nedamame\napple_pie\n", "line 3: class 'apple_pie' appears twice"),
-    ("meta/classes.txt", "apple pie\n", "line 1: expected one class folder name"),
-    ("meta/classes.txt", "\n\n", "is empty"),
-    ("meta/test.txt", "apple_pie\n", "line 1: expected <class>/<image id>, got 'apple_pie'"),
-    ("meta/test.txt", "apple_pie/1/2\n", "expected <class>/<image id>"),
-    ("meta/test.txt", "apple_pie/1005659\nsushi/1\n", "line 2: class 'sushi' is not in .*classes.txt"),
-    ("meta/test.txt", "../../../etc/passwd\n", "escapes the image root"),
-    ("meta/test.txt", "/etc/passwd\n", "escapes the image root"),
-    ("meta/test.txt", "apple_pie/42\n", r"line 1: image file .*apple_pie/42\.jpg does not exist"),
-    ("meta/test.txt", "apple_pie/1005649\n", "listed twice .*also in train.txt"),
-])
+@pytest.mark.parametrize(
+    "file,text,message",
+    [
+        ("meta/test.txt", None, "missing file"),
+        ("meta/classes.txt", None, "missing file"),
+        ("meta/classes.txt", "apple_pie\nedamame\napple_pie\n", "line 3: class 'apple_pie' appears twice"),
+        ("meta/classes.txt", "apple pie\n", "line 1: expected one class folder name"),
+        ("meta/classes.txt", "\n\n", "is empty"),
+        ("meta/test.txt", "apple_pie\n", "line 1: expected <class>/<image id>, got 'apple_pie'"),
+        ("meta/test.txt", "apple_pie/1/2\n", "expected <class>/<image id>"),
+        ("meta/test.txt", "apple_pie/1005659\nsushi/1\n", "line 2: class 'sushi' is not in .*classes.txt"),
+        ("meta/test.txt", "../../../etc/passwd\n", "escapes the image root"),
+        ("meta/test.txt", "/etc/passwd\n", "escapes the image root"),
+        ("meta/test.txt", "apple_pie/42\n", r"line 1: image file .*apple_pie/42\.jpg does not exist"),
+        ("meta/test.txt", "apple_pie/1005649\n", "listed twice .*also in train.txt"),
+    ],
+)
 def test_food101_bad_files_name_the_file(tmp_path, file, text, message):
     food = write_food101(tmp_path, per_class=(1, 1))
     if text is None:

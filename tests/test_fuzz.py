@@ -1,6 +1,7 @@
 """Property-based fuzzing (hypothesis) of what reads user files and text: the CoOp split JSON, caption CSVs,
 CUB's tables, and the tokenizer path of prompts. Each either loads something consistent or raises DataError /
 ClipadaptError naming the problem; no other exception escapes. Examples are derandomized so CI is repeatable."""
+
 import csv
 import io
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import colour_images
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -17,24 +19,47 @@ from clipadapt import load_backbone
 from clipadapt.data import load_dataset
 from clipadapt.data.datasets import read_split_file
 from clipadapt.errors import ClipadaptError, DataError
-from conftest import colour_images
 
-FUZZ = settings(derandomize=True, deadline=None, max_examples=400,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    derandomize=True,
+    deadline=None,
+    max_examples=400,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # Paths that exist under the data root, paths that escape it, and anything else.
-PATHS = st.sampled_from(["train/red/0.png", "train/blue/1.png", "../train/red/0.png", "/etc/passwd", "",
-                         "train/../../x.png", "missing.png", "train/red", "./train/red/0.png"]) | st.text(max_size=12)
+PATHS = st.sampled_from(
+    [
+        "train/red/0.png",
+        "train/blue/1.png",
+        "../train/red/0.png",
+        "/etc/passwd",
+        "",
+        "train/../../x.png",
+        "missing.png",
+        "train/red",
+        "./train/red/0.png",
+    ]
+) | st.text(max_size=12)
 # Labels as CoOp writes them, as strings (which CoOp's int() accepts, or not), and of other JSON types.
 LABELS = st.sampled_from([0, 1, 3, -1, "0", " 1", "²", "٣", "-1", "1.5", True, None, 1.5, 10**20]) | st.text(max_size=3)
 NAMES = st.sampled_from(["red", "blue", "Red_Cardinal"]) | st.text(max_size=8)
 ENTRIES = st.tuples(PATHS, LABELS, NAMES).map(list) | st.lists(PATHS | LABELS, max_size=4)
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                    max_leaves=8)
-SPLIT_DOCUMENTS = st.fixed_dictionaries(
-    {"train": st.lists(ENTRIES, max_size=4), "val": st.lists(ENTRIES, max_size=2) | JSON,
-     "test": st.lists(ENTRIES, max_size=3)}) | JSON
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+SPLIT_DOCUMENTS = (
+    st.fixed_dictionaries(
+        {
+            "train": st.lists(ENTRIES, max_size=4),
+            "val": st.lists(ENTRIES, max_size=2) | JSON,
+            "test": st.lists(ENTRIES, max_size=3),
+        }
+    )
+    | JSON
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +87,19 @@ def test_split_file_loads_consistently_or_says_why(data_root, document, raw):
             assert 0 <= sample.label < len(classnames)
 
 
-CELLS = st.sampled_from(["train/red/0.png", "train/blue/1.png", "missing.png", "", " ", "red", "a, \"quoted\" caption",
-                         "line\nbreak", "\ufeffimage"]) | st.text(max_size=10)
+CELLS = st.sampled_from(
+    [
+        "train/red/0.png",
+        "train/blue/1.png",
+        "missing.png",
+        "",
+        " ",
+        "red",
+        'a, "quoted" caption',
+        "line\nbreak",
+        "\ufeffimage",
+    ]
+) | st.text(max_size=10)
 HEADERS = st.lists(st.sampled_from(["image", "caption", "label", " image ", "Image", "extra", ""]), max_size=4)
 
 
@@ -85,10 +121,32 @@ def test_caption_csv_loads_consistently_or_says_why(data_root, header, rows, raw
     assert all(-1 <= sample.label < len(splits.classnames) for sample in splits.train)
 
 
-TABLE_LINES = st.lists(st.sampled_from(["1 001.Red/0.png", "2 002.Blue/1.png", "1 1", "2 2", "1 0", "2 1",
-                                        "1 001.Red", "2 002.Blue", "3 003.Green", "1", "x y", "1 ../../etc/passwd",
-                                        "2 /abs.png", "", "   ", "0 0", "-1 1", "1 1 1"]) | st.text(max_size=8),
-                       max_size=4)
+TABLE_LINES = st.lists(
+    st.sampled_from(
+        [
+            "1 001.Red/0.png",
+            "2 002.Blue/1.png",
+            "1 1",
+            "2 2",
+            "1 0",
+            "2 1",
+            "1 001.Red",
+            "2 002.Blue",
+            "3 003.Green",
+            "1",
+            "x y",
+            "1 ../../etc/passwd",
+            "2 /abs.png",
+            "",
+            "   ",
+            "0 0",
+            "-1 1",
+            "1 1 1",
+        ]
+    )
+    | st.text(max_size=8),
+    max_size=4,
+)
 
 
 @FUZZ
@@ -100,8 +158,12 @@ def test_cub_tables_load_consistently_or_say_why(images, labels, split, classes)
         for name, rgb in (("001.Red", "red"), ("002.Blue", "blue")):
             source = colour_images(Path(folder) / "raw", {"train": 2}, colours={rgb: (200, 30, 30)})
             shutil.copytree(source / "train" / rgb, root / "images" / name)
-        for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
-                            ("train_test_split.txt", split), ("classes.txt", classes)):
+        for name, lines in (
+            ("images.txt", images),
+            ("image_class_labels.txt", labels),
+            ("train_test_split.txt", split),
+            ("classes.txt", classes),
+        ):
             (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         try:
             splits = load_dataset(f"cub:{root}")

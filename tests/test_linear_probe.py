@@ -1,4 +1,5 @@
 """Linear probe: lpclip's C search, the L-BFGS solution of sklearn's objective, and the method's interface."""
+
 import math
 
 import numpy as np
@@ -9,7 +10,11 @@ from clipadapt import ClipadaptError
 from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
 from clipadapt.methods.linear_probe import (
-    COARSE_C_GRID, LinearProbe, fit_logistic_regression, logistic_objective, lpclip_search,
+    COARSE_C_GRID,
+    LinearProbe,
+    fit_logistic_regression,
+    logistic_objective,
+    lpclip_search,
 )
 
 NAMES = ["ant", "bee", "cat", "dog", "eel"]
@@ -88,8 +93,10 @@ def test_solution_is_the_optimum():
     # Reference: long plain gradient descent with step 1/L, L bounding the objective's curvature.
     reference_w = torch.zeros_like(weight, requires_grad=True)
     reference_b = torch.zeros_like(bias, requires_grad=True)
-    step = 1 / (torch.linalg.matrix_norm(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1), ord=2) ** 2
-                / len(x) + 1 / (c * len(x)))
+    step = 1 / (
+        torch.linalg.matrix_norm(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1), ord=2) ** 2 / len(x)
+        + 1 / (c * len(x))
+    )
     for _ in range(5000):
         reference = logistic_objective(reference_w, reference_b, x, y, c)
         grad_w, grad_b = torch.autograd.grad(reference, [reference_w, reference_b])

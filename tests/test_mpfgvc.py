@@ -1,6 +1,7 @@
 """MP-FGVC and the fine-tuned baseline: SsVP's token selection (and its equivalence with the full forward when
 every token is kept), the VLFM against a loop reference, both training stages on images, the ablation switches,
 closed-set scoring, and where the kept tokens land."""
+
 import math
 from pathlib import Path
 
@@ -12,7 +13,12 @@ from clipadapt import CheckpointError, ClipadaptError
 from clipadapt.data import load_dataset
 from clipadapt.methods import build_method
 from clipadapt.methods.mpfgvc import (
-    VisionLanguageFusion, box_in_crop, part_overlap, patch_boxes, resized_shorter_side, ssvp_tokens,
+    VisionLanguageFusion,
+    box_in_crop,
+    part_overlap,
+    patch_boxes,
+    resized_shorter_side,
+    ssvp_tokens,
 )
 from clipadapt.protocols import RunContext, run_protocol
 
@@ -53,7 +59,7 @@ def test_rollout_chooses_by_the_product_of_attention_maps(backbone, layer):
         # Reference: open_clip's own per-head attention weights, block by block, multiplied as TransFG does.
         visual = backbone.model.visual
         x, product = visual._embeds(images), None
-        for block in visual.transformer.resblocks[:len(visual.transformer.resblocks) + layer + 1]:
+        for block in visual.transformer.resblocks[: len(visual.transformer.resblocks) + layer + 1]:
             y = block.ln_1(x)
             _, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=False)
             product = weights if product is None else weights @ product
@@ -96,7 +102,9 @@ def test_ssvp_starts_at_its_epoch(colour_world, backbone, monkeypatch):
     method = build_method("mpfgvc", backbone, config)
     calls = []
     encode = method.encode_images
-    monkeypatch.setattr(method, "encode_images", lambda images, **kw: calls.append(kw.get("ssvp")) or encode(images, **kw))
+    monkeypatch.setattr(
+        method, "encode_images", lambda images, **kw: calls.append(kw.get("ssvp")) or encode(images, **kw)
+    )
     method.fit_images(load_dataset(f"imagefolder:{root}"), progress=False)
     # 16 images in batches of 8: 2 steps an epoch; then stage 2's one embedding pass, with the config's SsVP
     assert calls == [False] * 4 + [True] * 2 + [None]
@@ -115,19 +123,29 @@ def test_augmented_training_decodes_in_workers_identically(colour_world, backbon
     here = build_method("mpfgvc", backbone, config)
     here.fit_images(splits, progress=False)
     decode = engine.load_batch
-    monkeypatch.setattr(engine, "load_batch", lambda *args, **kwargs: decode(*args, **kwargs)
-                        if torch.utils.data.get_worker_info() else pytest.fail("decoded in the main process"))
+    monkeypatch.setattr(
+        engine,
+        "load_batch",
+        lambda *args, **kwargs: (
+            decode(*args, **kwargs)
+            if torch.utils.data.get_worker_info()
+            else pytest.fail("decoded in the main process")
+        ),
+    )
     in_workers = build_method("mpfgvc", backbone, config)
     in_workers.fit_images(splits, progress=False, num_workers=2)
     for (key, tensor), (_, other) in zip(here.model.state_dict().items(), in_workers.model.state_dict().items()):
         assert torch.equal(tensor, other), key
 
 
-@pytest.mark.parametrize("name,config", [
-    ("mpfgvc", {}),
-    ("mpfgvc", {"datp": False, "fusion": "concat"}),
-    ("finetune", {}),
-])
+@pytest.mark.parametrize(
+    "name,config",
+    [
+        ("mpfgvc", {}),
+        ("mpfgvc", {"datp": False, "fusion": "concat"}),
+        ("finetune", {}),
+    ],
+)
 def test_two_stage_training_learns_the_colours(colour_world, backbone, tmp_path, name, config):
     root, _ = colour_world  # the random micro CLIP: whatever it learns, it learns here
     before = backbone.model.visual.proj.clone()
@@ -178,8 +196,7 @@ def test_part_overlap_counts_patches_on_the_part():
 
 
 @pytest.mark.parametrize("name, superclass, parts", [("fine", "badge", 1), ("birds", "bird", 3)])
-def test_full_protocol_on_the_world_fine_grained_sets_reports_part_overlap(backbone, tmp_path, name, superclass,
-                                                                           parts):
+def test_full_protocol_on_the_world_fine_grained_sets_reports_part_overlap(backbone, tmp_path, name, superclass, parts):
     from clipadapt.data.world import DEFAULT_SIZES, generate_world
 
     root = generate_world(tmp_path / "w", image_size=32, progress=False, **{k: 1 for k in DEFAULT_SIZES})
@@ -254,8 +271,14 @@ def test_timm_vit_encoder_from_a_local_weights_file(colour_world, backbone, tmp_
     reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)  # with a head, as released
     weights = tmp_path / "vit_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
-    config = {**FAST, "image_encoder": "timm:vit_tiny_patch16_224", "image_encoder_weights": str(weights),
-              "stage1_epochs": 1, "stage2_epochs": 1, "top_k": 8}
+    config = {
+        **FAST,
+        "image_encoder": "timm:vit_tiny_patch16_224",
+        "image_encoder_weights": str(weights),
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "top_k": 8,
+    }
     fresh = build_method("mpfgvc", backbone, config)._build(["a"], "x")["visual"]
     assert torch.equal(fresh.vit.blocks[1].attn.qkv.weight, reference.blocks[1].attn.qkv.weight)  # loaded
     # Another input size (448 for the paper's CUB): position embeddings resampled, the transform follows.

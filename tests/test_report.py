@@ -1,4 +1,5 @@
 """`clipadapt report`: tables and plots from run folders, and the page as a browser renders it."""
+
 import json
 import os
 import re
@@ -27,7 +28,7 @@ def write_run(folder, metrics):
 
 def badge_image(path, size=(128, 64), box=(40, 8, 56, 24)):
     pixels = np.full((size[1], size[0], 3), 200, dtype=np.uint8)
-    pixels[box[1]:box[3], box[0]:box[2]] = (255, 0, 0)
+    pixels[box[1] : box[3], box[0] : box[2]] = (255, 0, 0)
     Image.fromarray(pixels).save(path)
     return path
 
@@ -36,63 +37,206 @@ def badge_image(path, size=(128, 64), box=(40, 8, 56, 24)):
 def runs_folder(tmp_path):
     """Runs of every protocol as `clipadapt run` writes them, a SHIP feature sample and MP-FGVC overlay examples."""
     root = tmp_path / "runs"
-    write_run(root / "coop-b2n", {"method": "coop", "dataset": "world:objects", "protocol": "base2new", "shots": None,
-                                  "seed": [1, 2, 3], "training": {"steps": 8}, "base_accuracy": 64.71, "base_accuracy_std": 0.84,
-                                  "new_accuracy": 75.1, "new_accuracy_std": 1.2, "harmonic_mean": 69.52,
-                                  "attribute_accuracy": {"base": {"colour": 100.0}, "new": {"colour": 98.54, "shape": 74.8}}})
-    write_run(root / "lp-b2n", {"method": "linear_probe", "dataset": "world:objects", "protocol": "base2new",
-                                "shots": 16, "seed": 1, "training": {}, "base_accuracy": 57.7, "new_accuracy": None,
-                                "harmonic_mean": None})
-    write_run(root / "ship-gzsl", {"method": "coop+ship", "dataset": "world:objects", "protocol": "gzsl", "seed": 1,
-                                   "seen_accuracy": 60.0, "unseen_accuracy": 40.0, "harmonic_mean": 48.0,
-                                   "synthesis": {"nearest_class_accuracy": 87.5, "cosine_to_own_class": 0.9,
-                                                 "cosine_to_other_classes": -0.03, "classes": 3}})
-    write_run(root / "zs-cross", {"method": "zeroshot", "dataset": "world:objects", "protocol": "crossdataset",
-                                  "seed": 1, "accuracy": 54.1, "average_target_accuracy": 19.65,
-                                  "targets": {"world:patterns": {"accuracy": 13.5}, "world:scenes": {"accuracy": 25.8}}})
-    write_run(root / "ship-cross", {"method": "coop+ship", "dataset": "world:objects", "protocol": "crossdataset",
-                                    "shots": 4, "seed": 1, "training": {}, "accuracy": 54.0,
-                                    "average_target_accuracy": 19.5,
-                                    "targets": {"world:scenes": {"accuracy": 25.1, "synthesis": {
-                                        "nearest_class_accuracy": 41.5, "cosine_to_own_class": 0.6,
-                                        "cosine_to_other_classes": 0.1, "classes": 48}}}})
+    write_run(
+        root / "coop-b2n",
+        {
+            "method": "coop",
+            "dataset": "world:objects",
+            "protocol": "base2new",
+            "shots": None,
+            "seed": [1, 2, 3],
+            "training": {"steps": 8},
+            "base_accuracy": 64.71,
+            "base_accuracy_std": 0.84,
+            "new_accuracy": 75.1,
+            "new_accuracy_std": 1.2,
+            "harmonic_mean": 69.52,
+            "attribute_accuracy": {"base": {"colour": 100.0}, "new": {"colour": 98.54, "shape": 74.8}},
+        },
+    )
+    write_run(
+        root / "lp-b2n",
+        {
+            "method": "linear_probe",
+            "dataset": "world:objects",
+            "protocol": "base2new",
+            "shots": 16,
+            "seed": 1,
+            "training": {},
+            "base_accuracy": 57.7,
+            "new_accuracy": None,
+            "harmonic_mean": None,
+        },
+    )
+    write_run(
+        root / "ship-gzsl",
+        {
+            "method": "coop+ship",
+            "dataset": "world:objects",
+            "protocol": "gzsl",
+            "seed": 1,
+            "seen_accuracy": 60.0,
+            "unseen_accuracy": 40.0,
+            "harmonic_mean": 48.0,
+            "synthesis": {
+                "nearest_class_accuracy": 87.5,
+                "cosine_to_own_class": 0.9,
+                "cosine_to_other_classes": -0.03,
+                "classes": 3,
+            },
+        },
+    )
+    write_run(
+        root / "zs-cross",
+        {
+            "method": "zeroshot",
+            "dataset": "world:objects",
+            "protocol": "crossdataset",
+            "seed": 1,
+            "accuracy": 54.1,
+            "average_target_accuracy": 19.65,
+            "targets": {"world:patterns": {"accuracy": 13.5}, "world:scenes": {"accuracy": 25.8}},
+        },
+    )
+    write_run(
+        root / "ship-cross",
+        {
+            "method": "coop+ship",
+            "dataset": "world:objects",
+            "protocol": "crossdataset",
+            "shots": 4,
+            "seed": 1,
+            "training": {},
+            "accuracy": 54.0,
+            "average_target_accuracy": 19.5,
+            "targets": {
+                "world:scenes": {
+                    "accuracy": 25.1,
+                    "synthesis": {
+                        "nearest_class_accuracy": 41.5,
+                        "cosine_to_own_class": 0.6,
+                        "cosine_to_other_classes": 0.1,
+                        "classes": 48,
+                    },
+                }
+            },
+        },
+    )
     # Few-shot: seeds 1 and 2 in one run per shot count, seed 3 at 4 shots in another; seed 2 at 4 shots twice.
     for shots, accuracies in ((1, (30.0, 34.0)), (2, (40.0, 44.0)), (4, (50.0, 52.0))):
-        write_run(root / f"lp-{shots}", {"method": "linear_probe", "dataset": "world:objects", "protocol": "fewshot",
-                                         "shots": shots, "seed": [1, 2], "training": {}, "accuracy": sum(accuracies) / 2,
-                                         "per_seed": {"1": {"accuracy": accuracies[0]}, "2": {"accuracy": accuracies[1]}}})
-    write_run(root / "lp-4-more", {"method": "linear_probe", "dataset": "world:objects", "protocol": "fewshot",
-                                   "shots": 4, "seed": [2, 3], "training": {}, "accuracy": 52.5,
-                                   "per_seed": {"2": {"accuracy": 51.0}, "3": {"accuracy": 54.0}}})
+        write_run(
+            root / f"lp-{shots}",
+            {
+                "method": "linear_probe",
+                "dataset": "world:objects",
+                "protocol": "fewshot",
+                "shots": shots,
+                "seed": [1, 2],
+                "training": {},
+                "accuracy": sum(accuracies) / 2,
+                "per_seed": {"1": {"accuracy": accuracies[0]}, "2": {"accuracy": accuracies[1]}},
+            },
+        )
+    write_run(
+        root / "lp-4-more",
+        {
+            "method": "linear_probe",
+            "dataset": "world:objects",
+            "protocol": "fewshot",
+            "shots": 4,
+            "seed": [2, 3],
+            "training": {},
+            "accuracy": 52.5,
+            "per_seed": {"2": {"accuracy": 51.0}, "3": {"accuracy": 54.0}},
+        },
+    )
     # The same method with another setting is another curve.
     for shots in (1, 2):
-        write_run(root / f"lp-other-{shots}", {"method": "linear_probe", "dataset": "world:objects",
-                                               "protocol": "fewshot", "shots": shots, "seed": 1, "config": {"c": 0.1}, "training": {},
-                                               "accuracy": 20.0 + shots})
-    write_run(root / "zs-full", {"method": "zeroshot", "dataset": "world:objects", "protocol": "full", "seed": 1,
-                                 "accuracy": 45.0, "per_class_accuracy": 44.0})
+        write_run(
+            root / f"lp-other-{shots}",
+            {
+                "method": "linear_probe",
+                "dataset": "world:objects",
+                "protocol": "fewshot",
+                "shots": shots,
+                "seed": 1,
+                "config": {"c": 0.1},
+                "training": {},
+                "accuracy": 20.0 + shots,
+            },
+        )
+    write_run(
+        root / "zs-full",
+        {
+            "method": "zeroshot",
+            "dataset": "world:objects",
+            "protocol": "full",
+            "seed": 1,
+            "accuracy": 45.0,
+            "per_class_accuracy": 44.0,
+        },
+    )
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 16, generator=generator)
     labels = torch.arange(3).repeat_interleave(10)
     real = FeatureSet(centres[labels] + 0.1 * torch.randn(30, 16, generator=generator), labels)
     synthetic = FeatureSet(centres[labels] + 0.2 * torch.randn(30, 16, generator=generator), labels)
-    save_synthesis_sample(root / "ship-gzsl" / "synthesis-WorldObjects.safetensors", real, synthetic,
-                          ["red star", "blue ring", "green cross"])
+    save_synthesis_sample(
+        root / "ship-gzsl" / "synthesis-WorldObjects.safetensors",
+        real,
+        synthetic,
+        ["red star", "blue ring", "green cross"],
+    )
     image = badge_image(tmp_path / "badge.png")
-    examples = [{"path": str(image), "label": 0, "class": "red badge", "kept": [0, 5, 10, 15],
-                 "scores": [round(i / 15, 4) for i in range(16)], "parts": [box_in_crop([40, 8, 56, 24], 128, 64, 32)]}]
-    write_run(root / "mpfgvc", {"method": "mpfgvc", "dataset": "world:fine", "protocol": "full", "seed": 1,
-                                "training": {}, "accuracy": 64.4, "per_class_accuracy": 64.0,
-                                "part_overlap": {"kept_tokens_on_part": 7.8, "random_tokens_on_part": 5.0,
-                                                 "part_patches_kept": 38.9, "random_part_patches_kept": 25.0,
-                                                 "tokens_kept": 4, "tokens": 16, "grid": 4, "image_size": 32,
-                                                 "examples": examples}})
+    examples = [
+        {
+            "path": str(image),
+            "label": 0,
+            "class": "red badge",
+            "kept": [0, 5, 10, 15],
+            "scores": [round(i / 15, 4) for i in range(16)],
+            "parts": [box_in_crop([40, 8, 56, 24], 128, 64, 32)],
+        }
+    ]
+    write_run(
+        root / "mpfgvc",
+        {
+            "method": "mpfgvc",
+            "dataset": "world:fine",
+            "protocol": "full",
+            "seed": 1,
+            "training": {},
+            "accuracy": 64.4,
+            "per_class_accuracy": 64.0,
+            "part_overlap": {
+                "kept_tokens_on_part": 7.8,
+                "random_tokens_on_part": 5.0,
+                "part_patches_kept": 38.9,
+                "random_part_patches_kept": 25.0,
+                "tokens_kept": 4,
+                "tokens": 16,
+                "grid": 4,
+                "image_size": 32,
+                "examples": examples,
+            },
+        },
+    )
     comparison = root / "pretraining"
     comparison.mkdir()
-    (comparison / "comparison.json").write_text(json.dumps({
-        "title": "CE vs CLIP vs UniCL", "row_label": "loss", "columns": ["zero-shot new", "linear probe new"],
-        "rows": {"unicl": {"zero-shot new": 69.0, "linear probe new": 62.3}, "ce": {"linear probe new": 65.6},
-                 "seeds": {"zero-shot new": [70.25, 1.04]}}}))
+    (comparison / "comparison.json").write_text(
+        json.dumps(
+            {
+                "title": "CE vs CLIP vs UniCL",
+                "row_label": "loss",
+                "columns": ["zero-shot new", "linear probe new"],
+                "rows": {
+                    "unicl": {"zero-shot new": 69.0, "linear probe new": 62.3},
+                    "ce": {"linear probe new": 65.6},
+                    "seeds": {"zero-shot new": [70.25, 1.04]},
+                },
+            }
+        )
+    )
     return root
 
 
@@ -106,15 +250,21 @@ def test_tables_hold_every_protocol_with_the_seed_spread(runs_folder):
     assert tables["Generalized zero-shot"].rows == [["coop+ship", "world:objects", "1", "60.0", "40.0", "48.0"]]
     cross = tables["Cross-data-set transfer"]
     assert cross.columns[5:7] == ["world:scenes", "world:patterns"]  # in the order the runs name them
-    assert cross.rows == [["coop+ship", "world:objects", "4", "1", "54.0", "25.1", "-", "19.5"],
-                          ["zeroshot", "world:objects", "-", "1", "54.1", "25.8", "13.5", "19.6"]]
+    assert cross.rows == [
+        ["coop+ship", "world:objects", "4", "1", "54.0", "25.1", "-", "19.5"],
+        ["zeroshot", "world:objects", "-", "1", "54.1", "25.8", "13.5", "19.6"],
+    ]
     assert tables["SHIP's synthesized features against the real test features of their classes"].rows == [
         ["coop+ship", "world:objects", "gzsl", "3", "87.5", "0.900", "-0.030"],
-        ["coop+ship", "world:scenes", "crossdataset", "48", "41.5", "0.600", "0.100"]]
+        ["coop+ship", "world:scenes", "crossdataset", "48", "41.5", "0.600", "0.100"],
+    ]
     closed = tables["Accuracy on all classes (full and few-shot)"]
     assert ["mpfgvc", "world:fine", "full", "all", "1", "64.4", "64.0", "7.8 (5.0)", "38.9 (25.0)"] in closed.rows
-    assert tables["CE vs CLIP vs UniCL"].rows == [["unicl", "69.0", "62.3"], ["ce", "-", "65.6"],
-                                                  ["seeds", "70.2 ± 1.0", "-"]]  # [mean, std] over seeds
+    assert tables["CE vs CLIP vs UniCL"].rows == [
+        ["unicl", "69.0", "62.3"],
+        ["ce", "-", "65.6"],
+        ["seeds", "70.2 ± 1.0", "-"],
+    ]  # [mean, std] over seeds
     assert "| coop | world:objects | 16 | 1,2,3 | 64.7 ± 0.8 | 75.1 ± 1.2 | 69.5 | 98.5 | 74.8 |" in base2new.markdown()
     assert "<td>64.7 ± 0.8</td>" in base2new.html()
 
@@ -126,7 +276,10 @@ def test_folders_given_inside_one_another_count_each_run_once(runs_folder):
 
 def test_safe_names_keep_what_a_file_name_can_hold():
     assert safe_name("coop+ship-base2new-world:objects") == "coop+ship-base2new-world_objects"
-    assert safe_name("run-imagefolder:/data/very/long/path/pets-seed1", 20, keep_end=True) == "ery_long_path_pets-seed1"[-20:]
+    assert (
+        safe_name("run-imagefolder:/data/very/long/path/pets-seed1", 20, keep_end=True)
+        == "ery_long_path_pets-seed1"[-20:]
+    )
     assert safe_name("mpfgvc (paper's configuration)") == "mpfgvc_paper_s_configuration"
     assert safe_name("???") == "_" and len(safe_name("x" * 200)) == 80
 
@@ -167,16 +320,38 @@ def test_overlays_crop_the_image_as_the_model_saw_it(tmp_path, resize):
 
 
 def test_tables_survive_missing_and_non_finite_values_and_show_target_spread(tmp_path):
-    write_run(tmp_path / "a", {"method": "coop", "dataset": "d", "protocol": "crossdataset", "seed": [1, 2],
-                               "training": {}, "accuracy": float("nan"), "average_target_accuracy": 15.0,
-                               "targets": {"t": {"accuracy": 15.0}},
-                               "per_seed": {"1": {"targets": {"t": {"accuracy": 14.0}}},
-                                            "2": {"targets": {"t": {"accuracy": 16.0}}}}})
-    write_run(tmp_path / "b", {"method": "zeroshot", "dataset": "d", "protocol": "crossdataset", "seed": 1,
-                               "accuracy": 50.0, "average_target_accuracy": None, "targets": None})
+    write_run(
+        tmp_path / "a",
+        {
+            "method": "coop",
+            "dataset": "d",
+            "protocol": "crossdataset",
+            "seed": [1, 2],
+            "training": {},
+            "accuracy": float("nan"),
+            "average_target_accuracy": 15.0,
+            "targets": {"t": {"accuracy": 15.0}},
+            "per_seed": {"1": {"targets": {"t": {"accuracy": 14.0}}}, "2": {"targets": {"t": {"accuracy": 16.0}}}},
+        },
+    )
+    write_run(
+        tmp_path / "b",
+        {
+            "method": "zeroshot",
+            "dataset": "d",
+            "protocol": "crossdataset",
+            "seed": 1,
+            "accuracy": 50.0,
+            "average_target_accuracy": None,
+            "targets": None,
+        },
+    )
     runs, _ = find_runs([tmp_path])
     (cross,) = build_tables(runs)
-    assert cross.rows == [["coop", "d", "all", "1,2", "-", "15.0 ± 1.0", "15.0"], ["zeroshot", "d", "-", "1", "50.0", "-", "-"]]
+    assert cross.rows == [
+        ["coop", "d", "all", "1,2", "-", "15.0 ± 1.0", "15.0"],
+        ["zeroshot", "d", "-", "1", "50.0", "-", "-"],
+    ]
 
 
 def test_report_writes_html_markdown_and_every_plot(runs_folder, tmp_path):
@@ -255,9 +430,17 @@ def chromium() -> str | None:
     return path
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 @pytest.mark.slow
@@ -266,12 +449,17 @@ def test_report_renders_in_headless_chromium(runs_folder, tmp_path):
     out = tmp_path / "report.html"
     write_report([runs_folder], out)
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert dom.count("<table>") == 6 and dom.count("<img ") == 4 and "64.7 ± 0.8" in dom
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,6000", out.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1280,6000", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape[1] == 1280
     # The plots are drawn, not broken-image icons: matplotlib's first bar colour (31, 119, 180) covers a real area

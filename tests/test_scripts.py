@@ -1,10 +1,9 @@
 """The measurement scripts' tables, from run folders written here (no training): the numbers they print are the
 runs' numbers, averaged as the README says."""
+
 import importlib.util
 import json
 from pathlib import Path
-
-import pytest
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"
 
@@ -53,8 +52,11 @@ def test_world_patterns_average_each_seed_over_the_targets_then_over_seeds(tmp_p
             value = {"objects": 60.0, "sensor": 20.0}[target] + (seed - 1) * 4.0  # seed 2: 4 points higher
             if row.name == "tip_adapter_f" and target == "sensor":
                 assert ("beta_scale", 13.0) not in row.config  # ImageNet's official config for the shifts
-            metrics = ({"base_accuracy": value, "new_accuracy": value / 2} if row.protocol == "base2new"
-                       else {"accuracy": value})
+            metrics = (
+                {"base_accuracy": value, "new_accuracy": value / 2}
+                if row.protocol == "base2new"
+                else {"accuracy": value}
+            )
             write_metrics(tmp_path / f"seed{seed}" / row.folder, metrics)
     few, base2new = script.comparisons(tmp_path, "", parts, (1, 2), targets)
     assert few["rows"]["CoOp"]["16-shot"] == [42.0, 2.0]  # (60 + 20) / 2 = 40 for seed 1, 44 for seed 2

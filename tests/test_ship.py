@@ -1,9 +1,11 @@
 """SHIP: the generator learns to put synthetic features of unseen classes beside their real ones, the MLP
 ablation, exact resume, per-batch mixing of synthetic features, METHOD+ship composition, and the base2new run."""
+
 import json
 
 import pytest
 import torch
+from conftest import flip_last_byte
 
 from clipadapt import ClipadaptError
 from clipadapt.cli import main
@@ -12,7 +14,6 @@ from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
 from clipadapt.methods.coop import CoOp
 from clipadapt.methods.ship import Ship, ShipConfig, load_synthesis_sample, nearest_class_accuracy
-from conftest import flip_last_byte
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,7 +24,7 @@ SMALL = {"encoder_hidden": 64, "generator_hidden": 64, "batch_size": 32}
 
 
 def real_features(backbone, classnames, per_class: int, seed: int) -> FeatureSet:
-    """"Image" features that are the text features of "a photo of a {name}." plus noise (unnormalized, as cached
+    """ "Image" features that are the text features of "a photo of a {name}." plus noise (unnormalized, as cached
     features are): a generator that learns the prompt from base classes can produce them for unseen names."""
     with torch.no_grad():
         text = backbone.encode_text(backbone.tokenize([f"a photo of a {c}." for c in classnames]), normalize=True)
@@ -96,8 +97,9 @@ def test_every_batch_mixes_real_and_synthetic_features(backbone):
 
     learner = torch.nn.Linear(1, 1)
     config = CoOp.Config(batch_size=8, epochs=2)
-    train_prompt_learner(learner, batch_loss, backbone, train, config, epochs=2, progress=False,
-                         synthetic=synthetic, synthetic_ratio=0.5)
+    train_prompt_learner(
+        learner, batch_loss, backbone, train, config, epochs=2, progress=False, synthetic=synthetic, synthetic_ratio=0.5
+    )
     assert len(seen) == 8
     for labels in seen:
         assert len(labels) == 12 and (labels[:8] < 8).all() and (labels[8:] >= 8).all()
@@ -107,7 +109,9 @@ def test_every_batch_mixes_real_and_synthetic_features(backbone):
 def test_composition_and_its_errors(backbone):
     method = build_method("coop+ship", backbone, {"n_ctx": 4, "ship.kl_weight": 0.5, "ship.epochs": 2}, seed=3)
     assert method.method.config.n_ctx == 4 and method.config.kl_weight == 0.5 and method.config.seed == 3
-    with pytest.raises(ClipadaptError, match="cannot train on synthesized features; ship works with clip_adapter, coop, tip_adapter"):
+    with pytest.raises(
+        ClipadaptError, match="cannot train on synthesized features; ship works with clip_adapter, coop, tip_adapter"
+    ):
         build_method("zeroshot+ship", backbone)
     with pytest.raises(ClipadaptError, match="unknown add-on 'gan'"):
         build_method("coop+gan", backbone)
@@ -120,10 +124,35 @@ def test_composition_and_its_errors(backbone):
 def test_coop_ship_base2new_run(colour_world, tmp_path):
     root, weights = colour_world
     out = tmp_path / "run"
-    assert main(["run", "coop+ship", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
-                 "--protocol", "base2new", "--shots", "4", "--cache", str(tmp_path / "cache"), "--out", str(out),
-                 "--no-progress", "init=a photo of a", "epochs=2", "batch_size=4", "ship.epochs=3",
-                 "ship.encoder_hidden=32", "ship.generator_hidden=32", "ship.synthetic_per_class=8"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "coop+ship",
+                "--dataset",
+                f"imagefolder:{root}",
+                "--pretrained",
+                str(weights),
+                "--protocol",
+                "base2new",
+                "--shots",
+                "4",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "init=a photo of a",
+                "epochs=2",
+                "batch_size=4",
+                "ship.epochs=3",
+                "ship.encoder_hidden=32",
+                "ship.generator_hidden=32",
+                "ship.synthetic_per_class=8",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["ship"]["epochs"] == 3 and metrics["config"]["n_ctx"] == 16
     assert metrics["training"]["synthetic_features"] == 2 * 8 and metrics["training"]["ship"]["steps"] == 3
@@ -169,11 +198,19 @@ def test_gan_objective_trains_generator_and_critic_in_turn(backbone):
 
 def test_synthetic_validation_features_join_the_validation_split(backbone, monkeypatch):
     train, val = real_features(backbone, BASE, 4, seed=1), real_features(backbone, BASE, 2, seed=3)
-    method = build_method("tip_adapter+ship", backbone, {"ship.epochs": 1, "ship.synthetic_val": True,
-                                                         "ship.synthetic_per_class": 4, **{f"ship.{k}": v for k, v in SMALL.items()}})
+    method = build_method(
+        "tip_adapter+ship",
+        backbone,
+        {
+            "ship.epochs": 1,
+            "ship.synthetic_val": True,
+            "ship.synthetic_per_class": 4,
+            **{f"ship.{k}": v for k, v in SMALL.items()},
+        },
+    )
     seen = {}
     monkeypatch.setattr(method.method, "fit", lambda *args, **kwargs: seen.update(kwargs) or {})
     method.fit(train, BASE, val=val, unseen_classnames=NEW[:3], progress=False)
     labels = seen["val"].labels
-    assert len(labels) == len(val) + 3 * 2 and labels[len(val):].tolist() == [8, 8, 9, 9, 10, 10]
-    assert not any(torch.equal(f, g) for f in seen["val"].features[len(val):] for g in seen["synthetic"].features)
+    assert len(labels) == len(val) + 3 * 2 and labels[len(val) :].tolist() == [8, 8, 9, 9, 10, 10]
+    assert not any(torch.equal(f, g) for f in seen["val"].features[len(val) :] for g in seen["synthetic"].features)

@@ -1,4 +1,5 @@
 """The shipped tiny CLIP, pretrained with UniCL on the world, recognises compositions it never saw."""
+
 import pytest
 
 from clipadapt import load_backbone
@@ -11,8 +12,20 @@ from clipadapt.protocols import RunContext, run_protocol
 @pytest.mark.slow
 def test_zero_shot_on_unseen_compositions_is_far_above_chance(tmp_path):
     # A fresh world (another seed than the pretraining one): new images, 4 test images per class.
-    world = generate_world(tmp_path / "world", seed=11, progress=False, pretrain_train=1, pretrain_val=1,
-                           pretrain_test=1, captions=1, train=1, val=1, test=4, fine_train=1, birds_train=1)
+    world = generate_world(
+        tmp_path / "world",
+        seed=11,
+        progress=False,
+        pretrain_train=1,
+        pretrain_val=1,
+        pretrain_test=1,
+        captions=1,
+        train=1,
+        val=1,
+        test=4,
+        fine_train=1,
+        birds_train=1,
+    )
     backbone = load_backbone()
     ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)
     result = run_protocol("base2new", build_method("zeroshot", backbone), ctx, load_dataset(f"world:objects:{world}"))
@@ -30,8 +43,10 @@ def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, cap
 
     monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path / "cache"))  # generates the default world afresh
     # Three of the demo's rows (`make demo` runs them all): enough for a table, a curve and the comparison.
-    rows = (demo.DemoRow("zeroshot", "base2new", demo.TARGET),
-            *(demo.DemoRow("linear_probe", "fewshot", demo.TARGET, (("shots", k),), seeds=(1, 2)) for k in (1, 2)))
+    rows = (
+        demo.DemoRow("zeroshot", "base2new", demo.TARGET),
+        *(demo.DemoRow("linear_probe", "fewshot", demo.TARGET, (("shots", k),), seeds=(1, 2)) for k in (1, 2)),
+    )
     monkeypatch.setattr(demo, "ROWS", rows)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress", "--jobs", jobs]) == 0
     table = capsys.readouterr().out
@@ -95,8 +110,10 @@ def test_a_failing_demo_row_stops_the_demo_and_names_the_row(colour_world, tmp_p
 
     root, _ = colour_world
     # The other row trains for ever: the test fails unless the demo stops it.
-    rows = (demo.DemoRow("finetune", "full", f"imagefolder:{root}", config=(("stage1_epochs", 10**6),)),
-            demo.DemoRow("no_such_method", "full", f"imagefolder:{root}"))
+    rows = (
+        demo.DemoRow("finetune", "full", f"imagefolder:{root}", config=(("stage1_epochs", 10**6),)),
+        demo.DemoRow("no_such_method", "full", f"imagefolder:{root}"),
+    )
     before = set(multiprocessing.active_children())
 
     def waited_for_the_other_row(signum, frame):
@@ -105,8 +122,9 @@ def test_a_failing_demo_row_stops_the_demo_and_names_the_row(colour_world, tmp_p
     previous = signal.signal(signal.SIGALRM, waited_for_the_other_row)
     signal.alarm(120)  # a demo that waits for the other row fails here instead of hanging
     try:
-        with pytest.raises(ClipadaptError,
-                           match="demo row 'no_such_method full on imagefolder:.*' failed: .*no_such_method"):
+        with pytest.raises(
+            ClipadaptError, match="demo row 'no_such_method full on imagefolder:.*' failed: .*no_such_method"
+        ):
             demo.run_demo(tmp_path / "demo", cache_dir=tmp_path / "cache", progress=False, rows=rows, jobs=2)
     finally:
         signal.alarm(0)
@@ -125,19 +143,22 @@ def test_demo_workers_end_when_the_demo_is_killed(colour_world, tmp_path):
     import time
 
     root, _ = colour_world
-    script = (f"from clipadapt import demo\n"
-              f"rows = tuple(demo.DemoRow('finetune', 'full', 'imagefolder:{root}', config=(('stage1_epochs', 10**6),),\n"
-              f"                          label=f'long{{i}}') for i in range(2))\n"
-              f"demo.run_demo({str(tmp_path / 'demo')!r}, cache_dir={str(tmp_path / 'cache')!r}, progress=False,"
-              f" rows=rows, jobs=2)\n")
+    script = (
+        f"from clipadapt import demo\n"
+        f"rows = tuple(demo.DemoRow('finetune', 'full', 'imagefolder:{root}', config=(('stage1_epochs', 10**6),),\n"
+        f"                          label=f'long{{i}}') for i in range(2))\n"
+        f"demo.run_demo({str(tmp_path / 'demo')!r}, cache_dir={str(tmp_path / 'cache')!r}, progress=False,"
+        f" rows=rows, jobs=2)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script])
     try:
         workers: list[int] = []
         deadline = time.time() + 120
         while len(workers) < 2 and time.time() < deadline:  # both workers started (their rows are training)
             time.sleep(0.5)
-            found = subprocess.run(["pgrep", "-P", str(parent.pid), "-f", "multiprocessing-fork"],
-                                   capture_output=True, text=True).stdout.split()
+            found = subprocess.run(
+                ["pgrep", "-P", str(parent.pid), "-f", "multiprocessing-fork"], capture_output=True, text=True
+            ).stdout.split()
             workers = [int(pid) for pid in found]
         assert len(workers) >= 2, "the demo's workers did not start"
         parent.send_signal(signal.SIGKILL)
@@ -151,9 +172,20 @@ def test_demo_workers_end_when_the_demo_is_killed(colour_world, tmp_path):
 @pytest.fixture(scope="module")
 def fresh_world(tmp_path_factory):
     """A world of another seed than the pretraining one, with 16 shots per class to learn from."""
-    return generate_world(tmp_path_factory.mktemp("world") / "w", seed=11, progress=False, pretrain_train=1,
-                          pretrain_val=1, pretrain_test=1, captions=1, train=16, val=2, test=6, fine_train=1,
-                          birds_train=1)
+    return generate_world(
+        tmp_path_factory.mktemp("world") / "w",
+        seed=11,
+        progress=False,
+        pretrain_train=1,
+        pretrain_val=1,
+        pretrain_test=1,
+        captions=1,
+        train=16,
+        val=2,
+        test=6,
+        fine_train=1,
+        birds_train=1,
+    )
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """UniCL: the loss against a plain reference and CLIP's, the balanced sampler, the distributed loss, and
 pretraining that learns and resumes exactly."""
+
 import csv
 import functools
 import json
@@ -10,13 +11,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import COLOURS, colour_images
 from open_clip.loss import ClipLoss
 
 from clipadapt.cli import main
 from clipadapt.data.samplers import BalancedBatchSampler
 from clipadapt.errors import ClipadaptError
 from clipadapt.losses import clip_loss, gather_batch, unicl_loss
-from conftest import COLOURS, colour_images
 
 
 def reference_unicl(image, text, labels, scale):
@@ -53,7 +54,9 @@ def test_unique_labels_reduce_to_clip_loss():
     torch.manual_seed(1)
     image, text = torch.randn(9, 8), torch.randn(9, 8)
     scale = torch.tensor(20.0)
-    expected = ClipLoss()(torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1), scale)
+    expected = ClipLoss()(
+        torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1), scale
+    )
     torch.testing.assert_close(unicl_loss(image, text, torch.arange(100, 109), scale), expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(clip_loss(image, text, scale), expected, atol=1e-6, rtol=0)
 
@@ -66,8 +69,8 @@ def test_shared_labels_are_not_negatives():
     image = torch.stack([a, c, b])
     text = torch.stack([a, c, b]).requires_grad_()
     labels = torch.tensor([0, 0, 1])
-    clip_grad, = torch.autograd.grad(clip_loss(image, text, 10.0), text)
-    unicl_grad, = torch.autograd.grad(unicl_loss(image, text, labels, 10.0), text)
+    (clip_grad,) = torch.autograd.grad(clip_loss(image, text, 10.0), text)
+    (unicl_grad,) = torch.autograd.grad(unicl_loss(image, text, labels, 10.0), text)
     towards_a = a - (a @ c) * c  # the direction from text 1 (= c) towards image 0 (= a)
     # A gradient step moves text 1 along -grad: away from image 0 for CLIP, towards it for UniCL.
     assert (-clip_grad[1] @ towards_a) < 0 < (-unicl_grad[1] @ towards_a)
@@ -89,8 +92,10 @@ def test_balanced_sampler_ratio_and_resume():
     ranks = [list(BalancedBatchSampler(50, 400, 10, 0.3, seed=3, rank=r, world_size=2).batches(1)) for r in (0, 1)]
     for a, b in zip(*ranks):
         assert not set(a) & set(b) and sum(i < 50 for i in a) == 3
-    assert all(i >= 0 for b in BalancedBatchSampler(0, 100, 10, 0.5).batches(0) for i in b)
-    assert all(i < 100 for b in BalancedBatchSampler(100, 0, 10, 0.5).batches(0) for i in b)
+    # One source only: every batch full from it, each sample once an epoch, indices without the other's offset.
+    for n_label, n_text in ((0, 100), (100, 0)):
+        batches = list(BalancedBatchSampler(n_label, n_text, 10, 0.5).batches(0))
+        assert all(len(b) == 10 for b in batches) and sorted(i for b in batches for i in b) == list(range(100))
     with pytest.raises(ClipadaptError, match="do not fill one batch"):
         BalancedBatchSampler(3, 4, 10, 0.5)
 
@@ -122,8 +127,9 @@ def test_distributed_loss_equals_global_batch_loss():
     labels = torch.tensor([0, 1, 1, 20, 0, 2, 21, 1])
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(_distributed_worker, args=(2, _free_port(), image, text, labels, 10.0, queue), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _distributed_worker, args=(2, _free_port(), image, text, labels, 10.0, queue), nprocs=2, start_method="spawn"
+    )
     results = sorted(queue.get(timeout=60) for _ in range(2))
     full_image, full_text = image.clone().requires_grad_(), text.clone().requires_grad_()
     expected = unicl_loss(full_image, full_text, labels, 10.0)
@@ -154,9 +160,27 @@ def pretrain_data(tmp_path_factory):
 
 
 def _pretrain(data, out, loss="unicl", *extra, model="micro-vit"):
-    return main(["pretrain", "--data", data, "--model", model, "--out", str(out), "--loss", loss,
-                 "--no-progress", "--batch-size", "16", "epochs=6", "lr=0.002", "warmup=0.1", "checkpoint_every=5",
-                 *extra])
+    return main(
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--loss",
+            loss,
+            "--no-progress",
+            "--batch-size",
+            "16",
+            "epochs=6",
+            "lr=0.002",
+            "warmup=0.1",
+            "checkpoint_every=5",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -178,12 +202,12 @@ def test_default_workers_only_on_gpus(monkeypatch):
     from clipadapt import engine
 
     for cores, expected in ((16, 8), (4, 3), (1, 0)):
-        monkeypatch.setattr(engine, "available_cores", lambda: cores)
+        monkeypatch.setattr(engine, "available_cores", lambda cores=cores: cores)
         assert engine.default_workers("cuda") == expected and engine.default_workers("cuda:1") == expected
         assert engine.default_workers("cpu") == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's processes on this node share its cores
     for cores, expected in ((64, 8), (16, 3), (4, 0)):
-        monkeypatch.setattr(engine, "available_cores", lambda: cores)
+        monkeypatch.setattr(engine, "available_cores", lambda cores=cores: cores)
         assert engine.default_workers("cuda") == expected
 
 
@@ -222,8 +246,11 @@ def test_a_pretraining_step_reads_no_device_value(loss):
     from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
 
     backbone = load_backbone("micro-vit")
-    data = PretrainData(["red", "blue"], [Sample(Path("r.png"), 0), Sample(Path("b.png"), 1)],
-                        [Sample(Path("c.png"), -1, "a red square filling the picture")])
+    data = PretrainData(
+        ["red", "blue"],
+        [Sample(Path("r.png"), 0), Sample(Path("b.png"), 1)],
+        [Sample(Path("c.png"), -1, "a red square filling the picture")],
+    )
     indices = torch.tensor([0, 1]) if loss == "ce" else torch.tensor([0, 2, 1])  # CE: image-label samples only
     pretrainer = UniCLPretrainer(backbone, PretrainConfig(loss=loss, batch_size=len(indices)), data)
     pretrainer.module.to("meta")
@@ -259,8 +286,11 @@ def test_augmented_batches_are_a_function_of_their_step(pretrain_data):
     assert (random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist()) == states
     from_zero, in_a_worker = batches(1, 0, augment=True), batches(1, 1, augment=True, workers=1)
     plain = batches(1, 1)
-    for (images, _, indices), (zero_images, _, zero_indices), (worker_images, _, _), (plain_images, _, plain_indices) \
-            in zip(from_one, from_zero[1:], in_a_worker, plain):
+    for (images, _, indices), (zero_images, _, zero_indices), (worker_images, _, _), (
+        plain_images,
+        _,
+        plain_indices,
+    ) in zip(from_one, from_zero[1:], in_a_worker, plain):
         assert torch.equal(indices, zero_indices) and torch.equal(indices, plain_indices)
         assert torch.equal(images, zero_images) and torch.equal(images, worker_images)
         assert images.shape == plain_images.shape and not torch.equal(images, plain_images)
@@ -268,8 +298,14 @@ def test_augmented_batches_are_a_function_of_their_step(pretrain_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, extra", [("micro-vit", ()), ("tiny-rn", ()),  # tiny-rn: channels-last moments
-                                          ("micro-vit", ("augment=true",))])  # augmented views seeded by step
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("micro-vit", ()),
+        ("tiny-rn", ()),  # tiny-rn: channels-last moments
+        ("micro-vit", ("augment=true",)),
+    ],
+)  # augmented views seeded by step
 def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model, extra):
     from safetensors.torch import load_file
 
@@ -312,10 +348,29 @@ def test_torchrun_pretraining_with_two_processes(pretrain_data, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     clipadapt = Path(sys.executable).parent / "clipadapt"
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(clipadapt), "pretrain",
-         "--data", pretrain_data, "--model", "micro-vit", "--out", str(tmp_path), "--batch-size", "8",
-         "--no-progress", "epochs=2"],
-        capture_output=True, text=True, timeout=300)
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(clipadapt),
+            "pretrain",
+            "--data",
+            pretrain_data,
+            "--model",
+            "micro-vit",
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "epochs=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 2 * 96 // 16

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipadapt.data import base_new_split, load_dataset
-from clipadapt.data import world
+from clipadapt.data import base_new_split, load_dataset, world
 from clipadapt.errors import DataError
 
-SMALL = dict(pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2, fine_train=4,
-             birds_train=2)
+SMALL = dict(
+    pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2, fine_train=4, birds_train=2
+)
 TINY = {key: 1 for key in world.DEFAULT_SIZES}
 SIZE = 32
 
@@ -83,8 +83,9 @@ def test_world_spec_and_generic_coop_spec_read_the_same_split(world_dir):
 
 
 def test_class_sets_of_the_targets_and_what_pretraining_covers(world_dir):
-    classes = {name: load_dataset(f"world:{name}:{world_dir}").classnames
-               for name in world.TARGET_DATASETS + ("pretrain",)}
+    classes = {
+        name: load_dataset(f"world:{name}:{world_dir}").classnames for name in world.TARGET_DATASETS + ("pretrain",)
+    }
     # The shifted targets are the objects' classes in the objects' order (so their base/new halves are the same);
     # aerial views carry the names of scenes (as EuroSAT's land covers are named as ground-level photos are).
     for name in world.SHIFTED_DATASETS:
@@ -172,8 +173,13 @@ def test_fine_subcategories_differ_only_in_the_spot(world_dir):
 
 
 def test_the_same_badge_with_another_spot_differs_only_inside_the_spots():
-    badge = {"colour": "blue", "shape": world.FINE_SUPERCLASS, "pattern": "solid", "size": "large",
-             "background": "sand"}
+    badge = {
+        "colour": "blue",
+        "shape": world.FINE_SUPERCLASS,
+        "pattern": "solid",
+        "size": "large",
+        "background": "sand",
+    }
     a, boxes_a = world._render({**badge, "mark_colour": "black", "mark_position": "top"}, (3, 1), 64)
     b, boxes_b = world._render({**badge, "mark_colour": "yellow", "mark_position": "left"}, (3, 1), 64)
     spots = np.zeros((64, 64), dtype=bool)
@@ -216,8 +222,15 @@ def test_birds_are_cub_shaped_species_decided_by_three_small_parts(world_dir):
 def test_a_bird_of_another_species_differs_only_inside_the_part(part, other):
     """Same seed, one part changed: the pixels differ inside that part's box only (the nuisances, the plumage and
     the other parts do not depend on the species)."""
-    bird = {"crown": "red", "wing": "striped", "breast": "white", "background": "grass", "plumage": "brown",
-            "facing": "left", "layout": "bird"}
+    bird = {
+        "crown": "red",
+        "wing": "striped",
+        "breast": "white",
+        "background": "grass",
+        "plumage": "brown",
+        "facing": "left",
+        "layout": "bird",
+    }
     differs = np.zeros((64, 64), dtype=bool)
     for seed in range(5):
         a, boxes_a = world._render(bird, (seed, 2), 64)
@@ -232,10 +245,19 @@ def test_a_bird_of_another_species_differs_only_inside_the_part(part, other):
 
 
 def test_birds_vary_in_pose_place_and_light_within_a_species():
-    bird = {"crown": "yellow", "wing": "solid", "breast": "blue", "background": "stone", "plumage": "grey",
-            "layout": "bird"}
-    boxes = [world._render({**bird, "facing": facing}, (seed, 7), 64)[1]["box"]
-             for seed in range(12) for facing in ("left", "right")]
+    bird = {
+        "crown": "yellow",
+        "wing": "solid",
+        "breast": "blue",
+        "background": "stone",
+        "plumage": "grey",
+        "layout": "bird",
+    }
+    boxes = [
+        world._render({**bird, "facing": facing}, (seed, 7), 64)[1]["box"]
+        for seed in range(12)
+        for facing in ("left", "right")
+    ]
     widths = [x1 - x0 for x0, _, x1, _ in boxes]
     centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
     assert max(widths) - min(widths) >= 8 and np.ptp([c[0] for c in centres]) >= 6
@@ -259,8 +281,10 @@ def test_world_spec_generates_the_default_world_once_into_the_cache(tmp_path, mo
 
 
 def test_world_spec_errors(tmp_path, world_dir):
-    with pytest.raises(DataError, match="pretrain, captions, objects, patterns, scenes, sensor, clutter, sketch, "
-                                        "textures, aerial, fine, birds"):
+    with pytest.raises(
+        DataError,
+        match="pretrain, captions, objects, patterns, scenes, sensor, clutter, sketch, textures, aerial, fine, birds",
+    ):
         load_dataset(f"world:cats:{world_dir}")
     with pytest.raises(DataError, match="no world.json"):
         load_dataset(f"world:objects:{tmp_path}")
@@ -334,8 +358,10 @@ def test_sensor_images_are_the_photo_darker_warmer_and_blurred():
     assert red_over_blue(shifted) > 1.5 * red_over_blue(photo)
     # Blurred: the image follows a blurred copy of the photo more closely than the photo itself.
     corr = lambda a, b: np.corrcoef(a.astype(np.float32).ravel(), b.astype(np.float32).ravel())[0, 1]  # noqa: E731
-    assert corr(shifted[..., 0], world._blur(photo.astype(np.float32), 1.0)[..., 0]) > corr(shifted[..., 0],
-                                                                                          photo[..., 0]) + 0.01
+    assert (
+        corr(shifted[..., 0], world._blur(photo.astype(np.float32), 1.0)[..., 0])
+        > corr(shifted[..., 0], photo[..., 0]) + 0.01
+    )
     assert boxes["box"] == world._render(PHOTO, (5, 1), 64)[1]["box"]  # the same object, in the same place
 
 
@@ -343,7 +369,7 @@ def test_sketches_are_coloured_outlines_on_paper():
     sketch, boxes = world._render({**PHOTO, "style": "sketch"}, (5, 1), 64)
     x0, y0, x1, y1 = boxes["box"]
     outside = np.ones((64, 64), dtype=bool)
-    outside[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = False
+    outside[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2] = False
     paper = sketch[outside].astype(np.float32)
     assert np.abs(paper.mean(axis=0) - np.array(world._PAPER)).max() < 12  # no background scene, only paper
     inside = sketch[y0:y1, x0:x1].reshape(-1, 3).astype(np.float32)
@@ -358,7 +384,7 @@ def test_clutter_adds_distractors_beside_the_class_object():
     outside = np.ones((64, 64), dtype=bool)
     outside[y0:y1, x0:x1] = False
     # Distractors are drawn with the dark outline that no background has: count outline-dark pixels off the object.
-    dark = lambda image: ((image.astype(np.float32) - np.array(world._OUTLINE)) ** 2).sum(-1) < 30 ** 2  # noqa: E731
+    dark = lambda image: ((image.astype(np.float32) - np.array(world._OUTLINE)) ** 2).sum(-1) < 30**2  # noqa: E731
     assert dark(clutter)[outside].sum() > dark(photo)[outside].sum() + 20
     assert (x1 - x0) * (y1 - y0) > 0.5 * np.prod(np.subtract(photo_boxes["box"][2:], photo_boxes["box"][:2]))
 
@@ -377,9 +403,9 @@ def test_textures_fill_the_frame_with_the_class_colour(pattern):
 def test_aerial_views_show_many_tiny_objects_of_the_class_shape():
     image, boxes = world._render({"shape": "cross", "background": "grass", "layout": "aerial"}, (8, 1), 64)
     assert boxes["box"] == [0, 0, 64, 64]
-    dark = ((image.astype(np.float32) - np.array(world._OUTLINE)) ** 2).sum(-1) < 40 ** 2
+    dark = ((image.astype(np.float32) - np.array(world._OUTLINE)) ** 2).sum(-1) < 40**2
     # 6-12 objects of radius ~4.5 px: their outlines cover a few hundred pixels, a single large object's far fewer
     # relative to its area; grass alone has none.
     grass, _ = world._render({**PHOTO, "background": "grass", "size": "small"}, (8, 1), 64)
     assert dark.sum() > 150
-    assert (((grass.astype(np.float32) - np.array(world._OUTLINE)) ** 2).sum(-1) < 40 ** 2).sum() < dark.sum()
+    assert (((grass.astype(np.float32) - np.array(world._OUTLINE)) ** 2).sum(-1) < 40**2).sum() < dark.sum()

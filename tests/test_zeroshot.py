@@ -1,9 +1,11 @@
 """Zero-shot CLIP, the feature cache, the protocols' metrics and the `clipadapt run` command."""
+
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import COLOURS, TEMPLATE, colour_images
 from PIL import Image
 
 from clipadapt import ClipadaptError, load_backbone
@@ -12,8 +14,6 @@ from clipadapt.data import load_dataset
 from clipadapt.features import extract_features
 from clipadapt.protocols import accuracy, harmonic_mean, per_class_accuracy
 from clipadapt.text import IMAGENET_TEMPLATES, resolve_templates, zeroshot_weights
-
-from conftest import COLOURS, TEMPLATE, colour_images
 
 
 def test_templates():
@@ -32,11 +32,17 @@ def test_ensemble_weights_match_reference():
     templates = list(IMAGENET_TEMPLATES[:7])
     weights = zeroshot_weights(backbone, names, templates, classes_per_batch=2)
     with torch.no_grad():
-        reference = torch.stack([
-            F.normalize(F.normalize(backbone.model.encode_text(backbone.tokenize([t(n) for t in templates])), dim=-1)
-                        .mean(0), dim=0)
-            for n in names
-        ])
+        reference = torch.stack(
+            [
+                F.normalize(
+                    F.normalize(backbone.model.encode_text(backbone.tokenize([t(n) for t in templates])), dim=-1).mean(
+                        0
+                    ),
+                    dim=0,
+                )
+                for n in names
+            ]
+        )
     assert weights.shape == (3, backbone.embed_dim)
     torch.testing.assert_close(weights, reference, atol=1e-6, rtol=0)
 
@@ -63,8 +69,9 @@ def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
     first = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=10, progress=False)
     assert sum(calls) == len(samples) == 24
     with torch.no_grad():
-        direct = torch.cat([original(torch.stack([backbone.image_transform()(Image.open(s.path).convert("RGB"))]))
-                            for s in samples])
+        direct = torch.cat(
+            [original(torch.stack([backbone.image_transform()(Image.open(s.path).convert("RGB"))])) for s in samples]
+        )
     torch.testing.assert_close(first.features, direct, atol=2e-2, rtol=1e-2)  # stored as float16
     calls.clear()
     again = extract_features(backbone, samples, cache_dir=tmp_path, shard_size=10, progress=False)
@@ -79,8 +86,13 @@ def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
     assert torch.equal(resumed.labels, torch.tensor([s.label for s in samples]))
     # Another shard size: a complete entry is read as it was written, nothing recomputed.
     calls.clear()
-    assert torch.equal(extract_features(backbone, samples, cache_dir=tmp_path, shard_size=8, progress=False).features,
-                       first.features) and calls == []
+    assert (
+        torch.equal(
+            extract_features(backbone, samples, cache_dir=tmp_path, shard_size=8, progress=False).features,
+            first.features,
+        )
+        and calls == []
+    )
     # An incomplete entry is finished at the size asked for. 18 images: 10-row shards hold rows 0-9 and 10-17;
     # 8-row shards want rows 0-7, 8-15, 16-17. The 10-row shard 1 has the 8 rows an 8-row shard 1 expects, but
     # other rows: it is never taken for it, and shards of other sizes are removed once the entry is complete.
@@ -97,8 +109,10 @@ def test_feature_cache_reuses_and_resumes(colour_world, tmp_path):
     for shard in entry.glob("shard_10_*.npy"):
         shard.rename(entry / shard.name.replace("shard_10_", "shard_"))
     calls.clear()
-    assert torch.equal(extract_features(backbone, samples, cache_dir=tmp_path, progress=False).features,
-                       first.features) and calls == []
+    assert (
+        torch.equal(extract_features(backbone, samples, cache_dir=tmp_path, progress=False).features, first.features)
+        and calls == []
+    )
 
 
 def _extract_at_once(root, weights, cache, barrier, queue):
@@ -110,8 +124,14 @@ def _extract_at_once(root, weights, cache, barrier, queue):
     backbone.encode_image = lambda images: time.sleep(0.05) or original(images)  # long enough to overlap
     barrier.wait()
     try:
-        features = extract_features(backbone, load_dataset(f"imagefolder:{root}").test, cache_dir=cache,
-                                    shard_size=2, batch_size=2, progress=False)
+        features = extract_features(
+            backbone,
+            load_dataset(f"imagefolder:{root}").test,
+            cache_dir=cache,
+            shard_size=2,
+            batch_size=2,
+            progress=False,
+        )
         queue.put(features.features.tolist())
     except Exception as error:  # noqa: BLE001  reported to the test
         queue.put(f"{type(error).__name__}: {error}")
@@ -123,8 +143,10 @@ def test_processes_sharing_a_cache_compute_one_entry_at_once(colour_world, tmp_p
     root, weights = colour_world
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(2), context.Queue()
-    workers = [context.Process(target=_extract_at_once, args=(str(root), str(weights), str(tmp_path), barrier, queue))
-               for _ in range(2)]
+    workers = [
+        context.Process(target=_extract_at_once, args=(str(root), str(weights), str(tmp_path), barrier, queue))
+        for _ in range(2)
+    ]
     for worker in workers:
         worker.start()
     results = [queue.get(timeout=180) for _ in workers]
@@ -166,8 +188,9 @@ def _run(tmp_path, *argv):
 
 def test_run_zeroshot_full_known_answer(colour_world, tmp_path):
     root, weights = colour_world
-    code, metrics = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
-                         f"templates={TEMPLATE}")
+    code, metrics = _run(
+        tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), f"templates={TEMPLATE}"
+    )
     assert code == 0
     assert metrics["accuracy"] == 100.0 and metrics["per_class_accuracy"] == 100.0
     assert metrics["num_classes"] == 4 and metrics["method"] == "zeroshot" and metrics["protocol"] == "full"
@@ -184,7 +207,9 @@ def test_test_features_are_scored_in_blocks_of_rows(colour_world, tmp_path, monk
     method = build_method("zeroshot", backbone, {"templates": TEMPLATE})
     blocks = []
     logits = method.logits
-    monkeypatch.setattr(method, "logits", lambda features, *a, **k: blocks.append(len(features)) or logits(features, *a, **k))
+    monkeypatch.setattr(
+        method, "logits", lambda features, *a, **k: blocks.append(len(features)) or logits(features, *a, **k)
+    )
     monkeypatch.setattr(protocols, "PREDICT_ELEMENTS", 5 * 4)  # 5 rows of 4 classes at a time
     ctx = protocols.RunContext(backbone, cache_dir=tmp_path, progress=False)
     result = protocols.run_protocol("full", method, ctx, load_dataset(f"imagefolder:{root}"))
@@ -201,8 +226,15 @@ def test_zeroshot_uses_class_names(colour_world, tmp_path):
             (renamed / split).mkdir(parents=True, exist_ok=True)
             target = renamed / split / names[(i + 1) % len(names)]
             target.symlink_to(root / split / name, target_is_directory=True)
-    code, metrics = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{renamed}", "--pretrained", str(weights),
-                         f"templates={TEMPLATE}")
+    code, metrics = _run(
+        tmp_path,
+        "zeroshot",
+        "--dataset",
+        f"imagefolder:{renamed}",
+        "--pretrained",
+        str(weights),
+        f"templates={TEMPLATE}",
+    )
     assert code == 0 and metrics["accuracy"] == 0.0
 
 
@@ -220,8 +252,15 @@ def test_run_base2new_gzsl_crossdataset(colour_world, tmp_path):
     assert gzsl["seen_accuracy"] == gzsl["unseen_accuracy"] == gzsl["harmonic_mean"] == 100.0
 
     target = colour_images(tmp_path / "target", {"test": 3}, {"red": COLOURS["red"], "blue": COLOURS["blue"]}, seed=5)
-    code, cross = _run(tmp_path, "zeroshot", "--protocol", "crossdataset", "--targets",
-                       f"imagefolder:{target},imagefolder:{target}", *common)  # a repeated target counts once
+    code, cross = _run(
+        tmp_path,
+        "zeroshot",
+        "--protocol",
+        "crossdataset",
+        "--targets",
+        f"imagefolder:{target},imagefolder:{target}",
+        *common,
+    )  # a repeated target counts once
     assert code == 0
     assert cross["targets"][f"imagefolder:{target}"]["accuracy"] == 100.0 == cross["average_target_accuracy"]
     assert cross["targets"][f"imagefolder:{target}"]["num_classes"] == 2
@@ -230,33 +269,58 @@ def test_run_base2new_gzsl_crossdataset(colour_world, tmp_path):
 def test_closed_set_methods_refuse_gzsl_and_crossdataset_before_training(colour_world, tmp_path, capsys):
     root, weights = colour_world
     for protocol, targets in (("gzsl", []), ("crossdataset", ["--targets", f"imagefolder:{root}"])):
-        code, _ = _run(tmp_path, "linear_probe", "--protocol", protocol, "--dataset", f"imagefolder:{root}",
-                       "--pretrained", str(weights), *targets)
+        code, _ = _run(
+            tmp_path,
+            "linear_probe",
+            "--protocol",
+            protocol,
+            "--dataset",
+            f"imagefolder:{root}",
+            "--pretrained",
+            str(weights),
+            *targets,
+        )
         assert code == 2
-        assert f"linearprobe scores only the classes it was trained on: it has no {protocol} numbers" in \
-            capsys.readouterr().err
+        assert (
+            f"linearprobe scores only the classes it was trained on: it has no {protocol} numbers"
+            in capsys.readouterr().err
+        )
 
 
 def test_run_errors_are_one_line(colour_world, tmp_path, capsys):
     root, weights = colour_world
-    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{tmp_path / 'nowhere'}", "--pretrained", str(weights))
+    code, _ = _run(
+        tmp_path, "zeroshot", "--dataset", f"imagefolder:{tmp_path / 'nowhere'}", "--pretrained", str(weights)
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("clipadapt: error:") and "nowhere" in err and "\n" not in err
     code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "lr=0.1")
     assert code == 2 and "unknown ZeroShot.Config key(s) in overrides: lr" in capsys.readouterr().err
-    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
-                   "--protocol", "fewshot")
+    code, _ = _run(
+        tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--protocol", "fewshot"
+    )
     assert code == 2 and "--shots" in capsys.readouterr().err
-    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(tmp_path / "no.pt"),
-                   "--model", "micro-vit")
+    code, _ = _run(
+        tmp_path,
+        "zeroshot",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--pretrained",
+        str(tmp_path / "no.pt"),
+        "--model",
+        "micro-vit",
+    )
     assert code == 2 and "no.pt does not exist" in capsys.readouterr().err
 
 
 def test_attribute_accuracy():
     from clipadapt.protocols import attribute_accuracy
 
-    attributes = [{"colour": "red", "shape": "star"}, {"colour": "red", "shape": "square"},
-                  {"colour": "blue", "shape": "star"}]
+    attributes = [
+        {"colour": "red", "shape": "star"},
+        {"colour": "red", "shape": "square"},
+        {"colour": "blue", "shape": "star"},
+    ]
     labels = torch.tensor([0, 0, 1, 2])
     predictions = torch.tensor([0, 1, 2, 0])  # right; right colour only; wrong both; right shape only
     assert attribute_accuracy(predictions, labels, attributes) == {"colour": 50.0, "shape": 50.0}
@@ -265,17 +329,29 @@ def test_attribute_accuracy():
 def test_aggregate_seeds_means_std_and_per_seed():
     from clipadapt.protocols import aggregate_seeds
 
-    results = [{"accuracy": 60.0, "num_classes": 4, "attribute_accuracy": {"colour": 90.0}},
-               {"accuracy": 70.0, "num_classes": 4, "attribute_accuracy": {"colour": 100.0}}]
+    results = [
+        {"accuracy": 60.0, "num_classes": 4, "attribute_accuracy": {"colour": 90.0}},
+        {"accuracy": 70.0, "num_classes": 4, "attribute_accuracy": {"colour": 100.0}},
+    ]
     merged = aggregate_seeds(results, [1, 2])
     assert merged["accuracy"] == 65.0 and merged["accuracy_std"] == 5.0
     assert merged["attribute_accuracy"] == {"colour": 95.0} and merged["num_classes"] == 4
     assert merged["per_seed"]["2"]["accuracy"] == 70.0
     # A resumed seed beside a fresh one; the harmonic mean of the mean base and new accuracies (CoOp's tables).
-    results = [{"base_accuracy": 60.0, "new_accuracy": 90.0, "harmonic_mean": 72.0,
-                "training": {"steps": 10, "resumed_from_step": 10, "epoch_losses": [1.0]}},
-               {"base_accuracy": 80.0, "new_accuracy": 50.0, "harmonic_mean": 61.54,
-                "training": {"steps": 10, "resumed_from_step": None, "epoch_losses": [2.0]}}]
+    results = [
+        {
+            "base_accuracy": 60.0,
+            "new_accuracy": 90.0,
+            "harmonic_mean": 72.0,
+            "training": {"steps": 10, "resumed_from_step": 10, "epoch_losses": [1.0]},
+        },
+        {
+            "base_accuracy": 80.0,
+            "new_accuracy": 50.0,
+            "harmonic_mean": 61.54,
+            "training": {"steps": 10, "resumed_from_step": None, "epoch_losses": [2.0]},
+        },
+    ]
     merged = aggregate_seeds(results, [1, 2])
     assert merged["training"] == {"steps": 10.0, "resumed_from_step": None, "epoch_losses": None}
     assert merged["harmonic_mean"] == pytest.approx(2 * 70 * 70 / 140)
@@ -284,11 +360,25 @@ def test_aggregate_seeds_means_std_and_per_seed():
 
 def test_run_with_several_seeds(colour_world, tmp_path, capsys):
     root, weights = colour_world
-    code, metrics = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
-                         "--protocol", "fewshot", "--shots", "2", "--seeds", "1,2,3", f"templates={TEMPLATE}")
+    code, metrics = _run(
+        tmp_path,
+        "zeroshot",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--pretrained",
+        str(weights),
+        "--protocol",
+        "fewshot",
+        "--shots",
+        "2",
+        "--seeds",
+        "1,2,3",
+        f"templates={TEMPLATE}",
+    )
     assert code == 0
     assert metrics["seed"] == [1, 2, 3] and sorted(metrics["per_seed"]) == ["1", "2", "3"]
     assert metrics["accuracy"] == 100.0 and metrics["accuracy_std"] == 0.0
-    code, _ = _run(tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights),
-                   "--seeds", "1,x")
+    code, _ = _run(
+        tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--seeds", "1,x"
+    )
     assert code == 2 and "--seeds must be" in capsys.readouterr().err

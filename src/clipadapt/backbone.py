@@ -6,6 +6,7 @@ learners and MP-FGVC need on top of open_clip without forking it: text encoding 
 batch needs, learned context vectors spliced into the token embeddings, and per-layer vision tokens with the
 class-token attention recomputed from the block's own projection weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,10 @@ import hashlib
 import json
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import open_clip
 import torch
@@ -115,8 +117,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         ) from e
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict) or not checkpoint or not all(
-        isinstance(v, torch.Tensor) for v in checkpoint.values()
+    if (
+        not isinstance(checkpoint, dict)
+        or not checkpoint
+        or not all(isinstance(v, torch.Tensor) for v in checkpoint.values())
     ):
         raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
     if next(iter(checkpoint)).startswith("module."):  # saved from DistributedDataParallel
@@ -169,7 +173,7 @@ def load_backbone(
     model: str | dict | Path | None = None,
     pretrained: str | Path | None = None,
     device: str | torch.device = "cpu",
-) -> "Backbone":
+) -> Backbone:
     """Build a `Backbone` from a model name / config and optional local weights file.
 
     With `model=None`, the config stored in our own safetensors file is used; with neither, the shipped tiny CLIP.
@@ -292,15 +296,21 @@ class Backbone(nn.Module):
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The (mean, std) images are normalized with: the config's, else OpenAI CLIP's."""
         pre = self.config.get("preprocess", {})
-        return (tuple(pre.get("mean") or open_clip.OPENAI_DATASET_MEAN),
-                tuple(pre.get("std") or open_clip.OPENAI_DATASET_STD))
+        return (
+            tuple(pre.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+            tuple(pre.get("std") or open_clip.OPENAI_DATASET_STD),
+        )
 
     def image_transform(self, train: bool = False) -> Any:
         """CLIP preprocessing (resize, centre crop, normalize) for this model; random resized crop when training."""
         pre = self.config.get("preprocess", {})
         return open_clip.image_transform(
-            self.image_size, is_train=train, mean=pre.get("mean"), std=pre.get("std"),
-            interpolation=pre.get("interpolation"), resize_mode=pre.get("resize_mode"),
+            self.image_size,
+            is_train=train,
+            mean=pre.get("mean"),
+            std=pre.get("std"),
+            interpolation=pre.get("interpolation"),
+            resize_mode=pre.get("resize_mode"),
         )
 
     # ---- text ------------------------------------------------------------------------------------------
@@ -314,8 +324,10 @@ class Backbone(nn.Module):
         n_ctx = len(self.tokenizer.encode(init)) if init else n_ctx
         room = self.context_length - 4  # SOS, at least one name token, '.', EOS
         if not 1 <= n_ctx <= room:
-            raise ClipadaptError(f"{n_ctx} context vectors do not fit the {self.context_length}-token prompts of "
-                                 f"model '{self.name}' with a class name: use 1 to {room} (n_ctx, or init's tokens)")
+            raise ClipadaptError(
+                f"{n_ctx} context vectors do not fit the {self.context_length}-token prompts of "
+                f"model '{self.name}' with a class name: use 1 to {room} (n_ctx, or init's tokens)"
+            )
         return n_ctx
 
     def embed_words(self, text: str) -> torch.Tensor:
@@ -424,10 +436,14 @@ class Backbone(nn.Module):
         if class_chunk and len(classnames) > class_chunk and class_index is None and ctx.ndim in (2, 3):
             parts = []
             for start in range(0, len(classnames), class_chunk):
-                names = classnames[start:start + class_chunk]
-                part_ctx = ctx if ctx.ndim == 2 or len(ctx) == 1 else ctx[start:start + class_chunk]
-                encode = functools.partial(self.encode_prompted_text, classnames=names,
-                                           class_token_position=class_token_position, normalize=normalize)
+                names = classnames[start : start + class_chunk]
+                part_ctx = ctx if ctx.ndim == 2 or len(ctx) == 1 else ctx[start : start + class_chunk]
+                encode = functools.partial(
+                    self.encode_prompted_text,
+                    classnames=names,
+                    class_token_position=class_token_position,
+                    normalize=normalize,
+                )
                 if torch.is_grad_enabled() and ctx.requires_grad:
                     parts.append(torch.utils.checkpoint.checkpoint(encode, part_ctx, use_reentrant=False))
                 else:
@@ -474,8 +490,10 @@ class Backbone(nn.Module):
         similar (cosine) embeddings, as (token text, similarity): how CoOp and SHIP interpret learned prompts."""
         table = F.normalize(self.text.token_embedding.weight.float(), dim=-1)
         top = (F.normalize(vectors.float().to(table.device), dim=-1) @ table.T).topk(k, dim=-1)
-        return [[(self.tokenizer.decode([i]).strip(), round(v, 4)) for v, i in zip(values.tolist(), ids.tolist())]
-                for values, ids in zip(top.values, top.indices)]
+        return [
+            [(self.tokenizer.decode([i]).strip(), round(v, 4)) for v, i in zip(values.tolist(), ids.tolist())]
+            for values, ids in zip(top.values, top.indices)
+        ]
 
     # ---- images ----------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -500,8 +518,10 @@ class Backbone(nn.Module):
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
         """Weights as safetensors with the model config in the metadata, so `load_backbone(None, path)` works."""
-        state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous().cpu()
-                 for k, v in self.model.state_dict().items()}
+        state = {
+            k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous().cpu()
+            for k, v in self.model.state_dict().items()
+        }
         config = dict(self.config, name=self.name)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,15 @@
 """Training checkpoints as safetensors: tensors (weights, optimizer moments, RNG states) plus a JSON header
 (step, optimizer hyper-parameters, anything else JSON-able). Written to a temp file and renamed, so a run killed
 mid-write keeps its previous checkpoint."""
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import os
-import sys
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,18 @@ def load_checkpoint_or_previous(path: str | Path) -> tuple[dict[str, torch.Tenso
             raise CheckpointError(f"{e}; and the previous one: {e2}") from e2
 
 
-def save_method_weights(path: str | Path, tensors: dict[str, torch.Tensor], method: str, config: Any,
-                        **metadata: Any) -> None:
+def save_method_weights(
+    path: str | Path, tensors: dict[str, torch.Tensor], method: str, config: Any, **metadata: Any
+) -> None:
     """A method's learned weights as safetensors, written atomically, with the method name, its config (a
     dataclass) and any other JSON-able `metadata` in the header: what `load_method_weights` reads back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"method": method, "config": json.dumps(dataclasses.asdict(config)),
-              **{key: json.dumps(value) for key, value in metadata.items()}}
+    header = {
+        "method": method,
+        "config": json.dumps(dataclasses.asdict(config)),
+        **{key: json.dumps(value) for key, value in metadata.items()},
+    }
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=header)
     tmp.replace(path)
@@ -130,7 +135,9 @@ def optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str,
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_checkpoint(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+def optimizer_from_checkpoint(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -153,9 +160,13 @@ def optimizer_from_checkpoint(optimizer: torch.optim.Optimizer, tensors: dict[st
 def rng_to_checkpoint() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     numpy_state = np.random.get_state()
     version, internal, gauss = random.getstate()
-    return ({"rng.torch": torch.get_rng_state()},
-            {"python": [version, list(internal), gauss],
-             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]})
+    return (
+        {"rng.torch": torch.get_rng_state()},
+        {
+            "python": [version, list(internal), gauss],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        },
+    )
 
 
 def rng_from_checkpoint(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
 """The `clipadapt` command. Each subcommand is a thin layer over the library; user errors print one line."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,23 +32,43 @@ from .report import write_report
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--skip-nonfinite", action="store_true",
-                        help="skip training steps whose loss is NaN or infinite (reported) instead of stopping")
+    parser.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip training steps whose loss is NaN or infinite (reported) instead of stopping",
+    )
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="open_clip name (ViT-B-16, RN50, ...), one of ours (tiny-vit, ...) or a YAML config")
-    parser.add_argument("--pretrained", help="local weights file: OpenAI .pt, open_clip checkpoint or clipadapt .safetensors")
+    parser.add_argument(
+        "--model", help="open_clip name (ViT-B-16, RN50, ...), one of ours (tiny-vit, ...) or a YAML config"
+    )
+    parser.add_argument(
+        "--pretrained", help="local weights file: OpenAI .pt, open_clip checkpoint or clipadapt .safetensors"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cache", type=Path, default=None, help="feature/split cache (default $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per encoder call (feature extraction: 64) or per training step")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader worker processes decoding images: feature extraction, pretraining, training on "
-                        "images (default: up to 8 on a GPU, 0 on a CPU)")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="feature/split cache (default $CLIPADAPT_CACHE or ~/.cache/clipadapt)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per encoder call (feature extraction: 64) or per training step",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes decoding images: feature extraction, pretraining, training on "
+        "images (default: up to 8 on a GPU, 0 on a CPU)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="check every image first; leave out unreadable ones and report them instead of failing")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="check every image first; leave out unreadable ones and report them instead of failing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,16 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train (if the method learns) and evaluate a method under a protocol")
-    run.add_argument("method", help=f"one of: {', '.join(sorted(METHODS))}; METHOD+ship adds SHIP's synthesized "
-                     "features (ship.KEY=VALUE configures it)")
+    run.add_argument(
+        "method",
+        help=f"one of: {', '.join(sorted(METHODS))}; METHOD+ship adds SHIP's synthesized "
+        "features (ship.KEY=VALUE configures it)",
+    )
     run.add_argument("--dataset", required=True, help="imagefolder:PATH, coop:NAME:ROOT, csv:PATH, ...")
     run.add_argument("--protocol", default="full", choices=PROTOCOLS)
-    run.add_argument("--shots", type=int, default=None,
-                     help="k images per class for fewshot, base2new and crossdataset (the last two: default 16)")
+    run.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="k images per class for fewshot, base2new and crossdataset (the last two: default 16)",
+    )
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 1,2,3): run each, report mean and std")
     run.add_argument("--targets", default="", help="crossdataset: comma-separated target data set specs")
-    run.add_argument("--unseen", default=None, help="gzsl: unseen class names (comma list or file); default the new half")
+    run.add_argument(
+        "--unseen", default=None, help="gzsl: unseen class names (comma list or file); default the new half"
+    )
     run.add_argument("--config", type=Path, help="YAML file of method config values; key=value words override it")
     run.add_argument("--out", type=Path, help="run folder (default runs/<method>-<protocol>-<dataset>-seed<S>)")
     _add_model_args(run)
@@ -73,13 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="compute and cache frozen image features of a data set")
     extract.add_argument("--dataset", required=True)
     extract.add_argument("--splits", default="train,val,test", help="comma-separated splits to extract")
-    extract.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                         help=f"images per cache shard, the unit that a killed extraction keeps ({DEFAULT_SHARD_SIZE})")
+    extract.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help=f"images per cache shard, the unit that a killed extraction keeps ({DEFAULT_SHARD_SIZE})",
+    )
     _add_model_args(extract)
 
     pretrain = sub.add_parser("pretrain", help="pretrain both towers with UniCL (or the CLIP / CE loss)")
     pretrain.add_argument("--data", required=True, help="comma-separated data set specs: image-label and image-text")
-    pretrain.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, model.safetensors, metrics.json")
+    pretrain.add_argument(
+        "--out", type=Path, required=True, help="run folder: checkpoints, model.safetensors, metrics.json"
+    )
     pretrain.add_argument("--loss", choices=LOSSES, default="unicl")
     pretrain.add_argument("--config", type=Path, help="YAML file of pretraining config values")
     pretrain.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of model.safetensors")
@@ -95,14 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="every method and protocol on the world with the shipped model, as a table")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--cache", type=Path, default=None)
-    demo.add_argument("--jobs", type=int, default=None,
-                      help="rows run side by side in worker processes that share the threads (default: 2 where there are 2 cores)")
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="rows run side by side in worker processes that share the threads (default: 2 where there are 2 cores)",
+    )
     demo.add_argument("--no-progress", action="store_true")
 
     report = sub.add_parser("report", help="tables (HTML and markdown) and PNG plots of the metrics.json files of runs")
-    report.add_argument("run_dirs", nargs="+", type=Path, help="run folders (searched recursively) or metrics.json files")
-    report.add_argument("--out", type=Path, default=Path("report.html"),
-                        help="the HTML file; the markdown goes beside it (.md), the plots to <stem>_files/")
+    report.add_argument(
+        "run_dirs", nargs="+", type=Path, help="run folders (searched recursively) or metrics.json files"
+    )
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report.html"),
+        help="the HTML file; the markdown goes beside it (.md), the plots to <stem>_files/",
+    )
 
     interpret = sub.add_parser("interpret", help="nearest vocabulary words to the prompt vectors SHIP learned in a run")
     interpret.add_argument("run_dir", type=Path, help="a `clipadapt run METHOD+ship` output folder")
@@ -145,8 +191,9 @@ def _workers(args: argparse.Namespace) -> int:
         raise ClipadaptError(f"--device {args.device}: {e}") from None
 
 
-def _default_run_folder(args: argparse.Namespace, dataset_name: str, shots: int | None, targets: list[str],
-                        seeds: list[int]) -> Path:
+def _default_run_folder(
+    args: argparse.Namespace, dataset_name: str, shots: int | None, targets: list[str], seeds: list[int]
+) -> Path:
     """runs/<method>-<protocol>[-<k>shot]-<data set name>-seed<S>-<digest>: the digest covers the whole data set
     spec, targets, unseen classes and seeds, so runs that differ in any of them never share a folder (one would
     resume or overwrite the other); the name and many seeds are cut short."""
@@ -179,20 +226,52 @@ def cmd_run(args: argparse.Namespace) -> int:
             skipped.extend(path for path in bad if path not in skipped)
         return loaded_targets[spec]
 
-    ctx = RunContext(backbone, cache_dir=args.cache, out_dir=out, batch_size=args.batch_size or 64,
-                     num_workers=workers, progress=not args.no_progress, dataset_loader=load_target)
+    ctx = RunContext(
+        backbone,
+        cache_dir=args.cache,
+        out_dir=out,
+        batch_size=args.batch_size or 64,
+        num_workers=workers,
+        progress=not args.no_progress,
+        dataset_loader=load_target,
+    )
     start = time.time()
-    numbers, config = run_seeds(args.method, values, args.protocol, ctx, splits, seeds, source=source,
-                                shots=args.shots, targets=targets, unseen=args.unseen)
-    metrics = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol,
-               "shots": shots_trained(numbers, shots),
-               "seed": seeds[0] if len(seeds) == 1 else seeds, "seconds": round(time.time() - start, 3),
-               "model": backbone.name, "pretrained": _weights_label(args), "config": config, **numbers}
+    numbers, config = run_seeds(
+        args.method,
+        values,
+        args.protocol,
+        ctx,
+        splits,
+        seeds,
+        source=source,
+        shots=args.shots,
+        targets=targets,
+        unseen=args.unseen,
+    )
+    metrics = {
+        "method": args.method,
+        "dataset": args.dataset,
+        "protocol": args.protocol,
+        "shots": shots_trained(numbers, shots),
+        "seed": seeds[0] if len(seeds) == 1 else seeds,
+        "seconds": round(time.time() - start, 3),
+        "model": backbone.name,
+        "pretrained": _weights_label(args),
+        "config": config,
+        **numbers,
+    }
     if args.skip_bad_images:
         metrics["skipped_images"] = skipped
     path = write_metrics(out, metrics)
-    (Path(out) / "config.yaml").write_text(yaml.safe_dump({**{k: metrics[k] for k in (
-        "method", "dataset", "protocol", "shots", "seed", "model", "pretrained")}, "config": config}, sort_keys=False))
+    (Path(out) / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                **{k: metrics[k] for k in ("method", "dataset", "protocol", "shots", "seed", "model", "pretrained")},
+                "config": config,
+            },
+            sort_keys=False,
+        )
+    )
     print(_summary(metrics))
     print(f"wrote {path}")
     return 0
@@ -206,8 +285,15 @@ def _weights_label(args: argparse.Namespace) -> str | None:
 
 
 def _summary(metrics: dict) -> str:
-    keys = ("accuracy", "base_accuracy", "new_accuracy", "seen_accuracy", "unseen_accuracy", "harmonic_mean",
-            "average_target_accuracy")
+    keys = (
+        "accuracy",
+        "base_accuracy",
+        "new_accuracy",
+        "seen_accuracy",
+        "unseen_accuracy",
+        "harmonic_mean",
+        "average_target_accuracy",
+    )
     shown = "  ".join(f"{k}={metrics[k]:.2f}" for k in keys if metrics.get(k) is not None)
     return f"{metrics['method']} {metrics['protocol']} on {metrics['dataset']}: {shown}"
 
@@ -224,11 +310,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
             if not samples:
                 say(f"{split}: no samples, skipped")
                 continue
-            features = extract_features(backbone, samples, cache_dir=args.cache, batch_size=args.batch_size or 64,
-                                        num_workers=workers, shard_size=args.shard_size,
-                                        progress=not args.no_progress, desc=f"{splits.name}/{split}")
-            say(f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
-                f"cached under {args.cache or default_cache_dir()}")
+            features = extract_features(
+                backbone,
+                samples,
+                cache_dir=args.cache,
+                batch_size=args.batch_size or 64,
+                num_workers=workers,
+                shard_size=args.shard_size,
+                progress=not args.no_progress,
+                desc=f"{splits.name}/{split}",
+            )
+            say(
+                f"{split}: {len(features)} features of dimension {features.features.shape[1]} "
+                f"cached under {args.cache or default_cache_dir()}"
+            )
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -277,8 +372,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         weights = Path(args.out) / "model.safetensors"
         backbone.save(weights, dtype=torch.float16 if args.save_dtype == "fp16" else None)
         write_metrics(args.out, {"data": args.data, "model": backbone.name, "pretrained": args.pretrained, **summary})
-        print(f"pretrained {backbone.name} with {config.loss} for {summary['steps']} steps "
-              f"(final epoch loss {_loss_text(summary['epoch_losses'][-1])}); wrote {weights}")
+        print(
+            f"pretrained {backbone.name} with {config.loss} for {summary['steps']} steps "
+            f"(final epoch loss {_loss_text(summary['epoch_losses'][-1])}); wrote {weights}"
+        )
     return 0
 
 
@@ -289,8 +386,10 @@ def _loss_text(loss: float | None) -> str:
 def cmd_world(args: argparse.Namespace) -> int:
     sizes = parse_overrides(args.overrides)  # images per class and split, e.g. train=16 captions=50
     out = generate_world(args.out, seed=args.seed, image_size=args.image_size, progress=not args.no_progress, **sizes)
-    print(f"wrote the image world (seed {args.seed}) to {out}: "
-          + ", ".join(f"world:{name}:{out}" for name in WORLD_DATASETS))
+    print(
+        f"wrote the image world (seed {args.seed}) to {out}: "
+        + ", ".join(f"world:{name}:{out}" for name in WORLD_DATASETS)
+    )
     return 0
 
 
@@ -305,8 +404,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     tables, plots = write_report(args.run_dirs, args.out)
     print("\n\n".join(table.markdown() for table in tables))
-    print(f"wrote {args.out} ({len(tables)} tables, {len(plots)} plots), {args.out.with_suffix('.md')} and "
-          f"{args.out.with_name(args.out.stem + '_files')}/")
+    print(
+        f"wrote {args.out} ({len(tables)} tables, {len(plots)} plots), {args.out.with_suffix('.md')} and "
+        f"{args.out.with_name(args.out.stem + '_files')}/"
+    )
     return 0
 
 
@@ -326,7 +427,9 @@ def _one_line(message: str) -> str:
 def cmd_interpret(args: argparse.Namespace) -> int:
     files = sorted(args.run_dir.glob("**/ship.safetensors"))
     if not files:
-        raise ClipadaptError(f"no ship.safetensors under {args.run_dir}: interpret a `clipadapt run METHOD+ship` folder")
+        raise ClipadaptError(
+            f"no ship.safetensors under {args.run_dir}: interpret a `clipadapt run METHOD+ship` folder"
+        )
     model, pretrained = args.model, args.pretrained
     run_config = args.run_dir / "config.yaml"
     if model is None and pretrained is None and run_config.is_file():  # the weights the run used
@@ -348,8 +451,16 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "interpret": cmd_interpret, "extract": cmd_extract, "pretrain": cmd_pretrain, "world": cmd_world, "demo": cmd_demo,
-            "report": cmd_report, "models": cmd_models}
+COMMANDS = {
+    "run": cmd_run,
+    "interpret": cmd_interpret,
+    "extract": cmd_extract,
+    "pretrain": cmd_pretrain,
+    "world": cmd_world,
+    "demo": cmd_demo,
+    "report": cmd_report,
+    "models": cmd_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,12 @@
 """Method configs are dataclasses: defaults in code (mirroring the official repositories), overridable from YAML
 files and `key=value` arguments on the command line."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -27,7 +29,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def build_config(config_class: type[ConfigT], values: dict[str, Any] | None = None, source: str = "overrides") -> ConfigT:
+def build_config(
+    config_class: type[ConfigT], values: dict[str, Any] | None = None, source: str = "overrides"
+) -> ConfigT:
     """An instance of `config_class` with `values` applied; unknown keys and wrong types raise a clear error."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(values or {}) - set(fields))

@@ -4,13 +4,14 @@ without SHIP on base-to-new and cross-data-set transfer; SHIP's generalized zero
 against fine-tuning, with its ablations. Each row is an ordinary `clipadapt run` whose metrics.json lands in the
 demo folder (so each number can be reproduced with one command), and `clipadapt report` turns the folder into
 `results.md` and `report.html`."""
+
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
-import shutil
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -79,17 +80,40 @@ CROSS = (("targets", CROSS_TARGETS), ("shots", 4))
 # MP-FGVC and SHIP sections with three seeds; the demo leaves them out to finish within ten minutes.
 BEST_MPFGVC = (("datp_init", "name"), ("ssvp_layer", -1))
 ROWS = (
-    *(DemoRow(method, "base2new", TARGET)
-      for method in ("zeroshot", "linear_probe", "coop", "cocoop", "coop+ship", "clip_adapter", "clip_adapter+ship",
-                     "tip_adapter", "tip_adapter+ship")),
-    *(DemoRow(method, "crossdataset", TARGET, CROSS if method != "zeroshot" else CROSS[:1])
-      for method in ("zeroshot", "coop", "coop+ship", "cocoop", "clip_adapter", "clip_adapter+ship", "tip_adapter",
-                     "tip_adapter+ship")),
-    *(DemoRow(method, "gzsl", TARGET)
-      for method in ("zeroshot", "clip_adapter", "clip_adapter+ship")),
+    *(
+        DemoRow(method, "base2new", TARGET)
+        for method in (
+            "zeroshot",
+            "linear_probe",
+            "coop",
+            "cocoop",
+            "coop+ship",
+            "clip_adapter",
+            "clip_adapter+ship",
+            "tip_adapter",
+            "tip_adapter+ship",
+        )
+    ),
+    *(
+        DemoRow(method, "crossdataset", TARGET, CROSS if method != "zeroshot" else CROSS[:1])
+        for method in (
+            "zeroshot",
+            "coop",
+            "coop+ship",
+            "cocoop",
+            "clip_adapter",
+            "clip_adapter+ship",
+            "tip_adapter",
+            "tip_adapter+ship",
+        )
+    ),
+    *(DemoRow(method, "gzsl", TARGET) for method in ("zeroshot", "clip_adapter", "clip_adapter+ship")),
     DemoRow("zeroshot", "full", TARGET),  # the few-shot curves' zero-shot line
-    *(DemoRow(method, "fewshot", TARGET, (("shots", shots),), seeds=(1, 2, 3))
-      for method in ("linear_probe", "tip_adapter") for shots in (1, 2, 4, 8, 16)),
+    *(
+        DemoRow(method, "fewshot", TARGET, (("shots", shots),), seeds=(1, 2, 3))
+        for method in ("linear_probe", "tip_adapter")
+        for shots in (1, 2, 4, 8, 16)
+    ),
     DemoRow("zeroshot", "full", FINE),
     DemoRow("linear_probe", "full", FINE),
     DemoRow("finetune", "full", FINE),
@@ -101,10 +125,16 @@ ROWS = (
 
 
 def _run_row(row: DemoRow, ctx: RunContext) -> dict:
-    numbers, config = run_seeds(row.method, dict(row.config), row.protocol, ctx, load_dataset(row.dataset), row.seeds,
-                                **dict(row.options))
-    return {"seed": row.seeds[0] if len(row.seeds) == 1 else list(row.seeds), "model": ctx.backbone.name,
-            "pretrained": DEFAULT_WEIGHTS.name, "config": config, **numbers}
+    numbers, config = run_seeds(
+        row.method, dict(row.config), row.protocol, ctx, load_dataset(row.dataset), row.seeds, **dict(row.options)
+    )
+    return {
+        "seed": row.seeds[0] if len(row.seeds) == 1 else list(row.seeds),
+        "model": ctx.backbone.name,
+        "pretrained": DEFAULT_WEIGHTS.name,
+        "config": config,
+        **numbers,
+    }
 
 
 def _run_and_write(row: DemoRow, ctx: RunContext, folder: Path) -> float:
@@ -119,10 +149,18 @@ def _run_and_write(row: DemoRow, ctx: RunContext, folder: Path) -> float:
         shutil.rmtree(folder)
         metrics = _run_row(row, ctx)
     seconds = time.time() - start
-    write_metrics(folder, {"method": row.name, "dataset": row.dataset, "protocol": row.protocol,
-                           "shots": shots_trained(metrics, protocol_shots(row.protocol, **dict(row.options))),
-                           "seconds": round(seconds, 1),
-                           "command": row.command, **metrics})
+    write_metrics(
+        folder,
+        {
+            "method": row.name,
+            "dataset": row.dataset,
+            "protocol": row.protocol,
+            "shots": shots_trained(metrics, protocol_shots(row.protocol, **dict(row.options))),
+            "seconds": round(seconds, 1),
+            "command": row.command,
+            **metrics,
+        },
+    )
     return seconds
 
 
@@ -144,7 +182,11 @@ def _run_in_worker(row: DemoRow, folder: Path) -> float:
 
 
 def _describe(row: DemoRow) -> str:
-    shots = f" ({dict(row.options)['shots']} shots, seeds {','.join(map(str, row.seeds))})" if row.protocol == "fewshot" else ""
+    shots = (
+        f" ({dict(row.options)['shots']} shots, seeds {','.join(map(str, row.seeds))})"
+        if row.protocol == "fewshot"
+        else ""
+    )
     return f"{row.name} {row.protocol} on {row.dataset}{shots}"
 
 
@@ -155,8 +197,9 @@ def default_jobs() -> int:
     return max(1, min(2, available_cores()))
 
 
-def _run_in_pool(rows: tuple[DemoRow, ...], folders: list[Path], jobs: int, cache_dir: Path | None,
-                 progress: bool) -> None:
+def _run_in_pool(
+    rows: tuple[DemoRow, ...], folders: list[Path], jobs: int, cache_dir: Path | None, progress: bool
+) -> None:
     """The rows in `jobs` spawned worker processes that share this process's threads; one progress bar over rows."""
     # Rows that train an image encoder take the longest: started first, they do not end the demo alone.
     order = sorted(range(len(rows)), key=lambda i: rows[i].method not in IMAGE_TRAINING_METHODS)
@@ -175,8 +218,9 @@ def _run_in_pool(rows: tuple[DemoRow, ...], folders: list[Path], jobs: int, cach
                     try:
                         seconds = future.result()
                     except Exception as e:  # noqa: BLE001  a row's failure, or a worker that died
-                        raise ClipadaptError(f"demo row '{_describe(rows[pending[future]])}' failed: "
-                                             f"{type(e).__name__}: {e}") from e
+                        raise ClipadaptError(
+                            f"demo row '{_describe(rows[pending[future]])}' failed: {type(e).__name__}: {e}"
+                        ) from e
                     bar.write(f"done: {_describe(rows[pending[future]])} ({seconds:.0f} s)", file=sys.stderr)
                     bar.update()
                 # The rows the workers hold now, so that a long row does not look like a hang (the pool marks
@@ -193,8 +237,14 @@ def _run_in_pool(rows: tuple[DemoRow, ...], folders: list[Path], jobs: int, cach
     pool.shutdown()
 
 
-def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, progress: bool = True,
-             rows: tuple[DemoRow, ...] | None = None, jobs: int | None = None, with_recorded: bool = True) -> str:
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    rows: tuple[DemoRow, ...] | None = None,
+    jobs: int | None = None,
+    with_recorded: bool = True,
+) -> str:
     """Run every demo row (rows resume from the checkpoints in their folders; a folder whose checkpoints belong to
     another version starts over), `jobs` at a time in worker processes (default: `default_jobs()`), then write
     `results.md` and `report.html` (with the recorded tables too, unless `with_recorded` is false) and return
@@ -203,9 +253,14 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: Path | None = None, p
     jobs = jobs or default_jobs()
     out_dir.mkdir(parents=True, exist_ok=True)
     recorded = []  # the recorded tables' folders: the pretraining comparison, then each of the papers' patterns
-    tables = {"pretraining-comparison": json.loads(LOSS_COMPARISON.read_text()),
-              **{f"world-patterns-{i}": table for i, table in enumerate(json.loads(WORLD_PATTERNS.read_text()), 1)}
-              } if with_recorded else {}
+    tables = (
+        {
+            "pretraining-comparison": json.loads(LOSS_COMPARISON.read_text()),
+            **{f"world-patterns-{i}": table for i, table in enumerate(json.loads(WORLD_PATTERNS.read_text()), 1)},
+        }
+        if with_recorded
+        else {}
+    )
     for name, table in tables.items():
         recorded.append(out_dir / name)
         recorded[-1].mkdir(exist_ok=True)

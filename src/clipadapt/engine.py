@@ -2,6 +2,7 @@
 bar, a guard against non-finite losses, gradient averaging across processes, and atomic checkpoints from which
 a rerun of the same command resumes exactly (weights, optimizer, step, RNG states; the caller's batches are a
 function of (epoch, offset) so the data order resumes too)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,8 +26,13 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    load_checkpoint_or_previous, optimizer_from_checkpoint, optimizer_to_checkpoint, previous_path,
-    rng_from_checkpoint, rng_to_checkpoint, save_checkpoint,
+    load_checkpoint_or_previous,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    previous_path,
+    rng_from_checkpoint,
+    rng_to_checkpoint,
+    save_checkpoint,
 )
 from .data import load_image
 from .errors import CheckpointError, ClipadaptError
@@ -150,8 +157,9 @@ class Trainer:
         self.seconds = 0.0
         self.resumed_from: int | None = None
         self.skipped_steps: list[int] = []  # steps whose loss was not finite (with skip_nonfinite)
-        if self.checkpoint_path is not None and (self.checkpoint_path.is_file()
-                                                 or previous_path(self.checkpoint_path).is_file()):
+        if self.checkpoint_path is not None and (
+            self.checkpoint_path.is_file() or previous_path(self.checkpoint_path).is_file()
+        ):
             self._resume()
 
     @property
@@ -167,10 +175,18 @@ class Trainer:
         tensors = {f"module.{k}": v for k, v in self.module.state_dict().items()}
         tensors.update(optim_tensors)
         tensors.update(rng_tensors)
-        state = {"step": self.step, "run": self.run_fingerprint, "optimizer": optim_state, "rng": rng_state,
-                 "epoch_losses": self.losses, "epoch_loss_sum": self._epoch_loss_sum,
-                 "epoch_loss_count": self._epoch_loss_count, "seconds": self.seconds,
-                 "skipped_steps": self.skipped_steps, "validation": self.validation}
+        state = {
+            "step": self.step,
+            "run": self.run_fingerprint,
+            "optimizer": optim_state,
+            "rng": rng_state,
+            "epoch_losses": self.losses,
+            "epoch_loss_sum": self._epoch_loss_sum,
+            "epoch_loss_count": self._epoch_loss_count,
+            "seconds": self.seconds,
+            "skipped_steps": self.skipped_steps,
+            "validation": self.validation,
+        }
         save_checkpoint(self.checkpoint_path, tensors, state)
 
     def _resume(self) -> None:
@@ -180,7 +196,9 @@ class Trainer:
                 f"checkpoint {used} belongs to a run with a different configuration; "
                 "use another output folder (or delete the checkpoint to start over)"
             )
-        self.module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")})
+        self.module.load_state_dict(
+            {k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")}
+        )
         optimizer_from_checkpoint(self.optimizer, tensors, state["optimizer"])
         rng_from_checkpoint(tensors, state["rng"])
         self.step = self.resumed_from = state["step"]
@@ -218,16 +236,29 @@ class Trainer:
 
     def summary(self) -> dict:
         """What every training summary reports about the loop."""
-        return {"steps": self.step, "steps_per_epoch": self.steps_per_epoch, "epoch_losses": self.losses,
-                "seconds": self.seconds, "resumed_from_step": self.resumed_from,
-                "skipped_steps": self.skipped_steps, **({"validation": self.validation} if self.validate else {})}
+        return {
+            "steps": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_losses": self.losses,
+            "seconds": self.seconds,
+            "resumed_from_step": self.resumed_from,
+            "skipped_steps": self.skipped_steps,
+            **({"validation": self.validation} if self.validate else {}),
+        }
 
-    def fit(self, epoch_batches: Callable[[int, int], Iterable[Any]], step_fn: Callable[[Any, int], torch.Tensor]) -> "Trainer":
+    def fit(
+        self, epoch_batches: Callable[[int, int], Iterable[Any]], step_fn: Callable[[Any, int], torch.Tensor]
+    ) -> Trainer:
         """`epoch_batches(epoch, offset)` yields the batches of `epoch` from batch `offset` on."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         device_type = params[0].device.type
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, unit="step",
-                   disable=not self.progress or self.rank != 0)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.desc,
+            unit="step",
+            disable=not self.progress or self.rank != 0,
+        )
         start = time.time() - self.seconds
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
@@ -253,8 +284,9 @@ class Trainer:
                 elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
                     self.optimizer.zero_grad(set_to_none=True)
                     self.skipped_steps.append(self.step)
-                    tqdm.write(f"{self.desc}: {self._nonfinite(value)} at step {self.step}; step skipped",
-                               file=sys.stderr)
+                    tqdm.write(
+                        f"{self.desc}: {self._nonfinite(value)} at step {self.step}; step skipped", file=sys.stderr
+                    )
                 else:
                     raise ClipadaptError(
                         f"{self._nonfinite(value)} at step {self.step}; stopped, the last good checkpoint is kept"
@@ -274,8 +306,11 @@ class Trainer:
                         self.validation.append(self.validate())
                         bar.set_postfix(loss=f"{value:.4f}", **{k: f"{v:.4f}" for k, v in self.validation[-1].items()})
                 self.seconds = time.time() - start
-                if self.step % self.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0 \
-                        or self.step == self.total_steps:
+                if (
+                    self.step % self.checkpoint_every == 0
+                    or self.step % self.steps_per_epoch == 0
+                    or self.step == self.total_steps
+                ):
                     self._save()
                 if self.step >= self.total_steps:
                     break
@@ -315,9 +350,16 @@ def threads_beside_workers(device: torch.device, num_workers: int) -> Iterator[N
         torch.set_num_threads(threads)
 
 
-def training_batches(n: int, batch_size: int, steps_per_epoch: int, epochs: int, seed: int,
-                     samples: Sequence | None = None, transform: Callable | None = None, workers: int = 0
-                     ) -> Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]:
+def training_batches(
+    n: int,
+    batch_size: int,
+    steps_per_epoch: int,
+    epochs: int,
+    seed: int,
+    samples: Sequence | None = None,
+    transform: Callable | None = None,
+    workers: int = 0,
+) -> Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]:
     """`batches(epoch, offset)` for `Trainer.fit`: the steps of `epoch` from `offset` on, as (indices, images).
     Indices: a permutation of the n samples seeded by (seed, epoch), cut into `batch_size` slices. Images, with a
     `transform`: `samples[indices]` through it as `load_batch` makes them with the step's seed (so a resumed run
@@ -326,7 +368,7 @@ def training_batches(n: int, batch_size: int, steps_per_epoch: int, epochs: int,
 
     def epoch_chunks(epoch: int, offset: int) -> list[torch.Tensor]:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        return [order[b * batch_size:(b + 1) * batch_size] for b in range(offset, steps_per_epoch)]
+        return [order[b * batch_size : (b + 1) * batch_size] for b in range(offset, steps_per_epoch)]
 
     decoded = None
 
@@ -337,8 +379,10 @@ def training_batches(n: int, batch_size: int, steps_per_epoch: int, epochs: int,
         if transform is None:
             yield from ((indices, None) for indices in chunks)
         elif not workers:
-            yield from ((indices, load_batch(samples, indices, transform, seed * 1_000_003 + first + i))
-                        for i, indices in enumerate(chunks))
+            yield from (
+                (indices, load_batch(samples, indices, transform, seed * 1_000_003 + first + i))
+                for i, indices in enumerate(chunks)
+            )
         else:
             if decoded is None:
                 remaining = chunks + [c for e in range(epoch + 1, epochs) for c in epoch_chunks(e, 0)]
@@ -350,13 +394,22 @@ def training_batches(n: int, batch_size: int, steps_per_epoch: int, epochs: int,
     return batches
 
 
-def decoded_batches(samples: Sequence, tasks: Sequence[tuple[torch.Tensor, int]], transform: Callable, workers: int,
-                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def decoded_batches(
+    samples: Sequence,
+    tasks: Sequence[tuple[torch.Tensor, int]],
+    transform: Callable,
+    workers: int,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
     """(indices, images) of each task = (indices, seed), as `load_batch` makes them, decoded ahead in `workers`
     DataLoader processes (none: in this one, when iterated)."""
-    return torch.utils.data.DataLoader(AugmentedBatches(samples, tasks, transform), batch_size=None,
-                                       num_workers=workers, pin_memory=pin_memory,
-                                       generator=torch.Generator())  # the global RNG left alone
+    return torch.utils.data.DataLoader(
+        AugmentedBatches(samples, tasks, transform),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator(),
+    )  # the global RNG left alone
 
 
 class AugmentedBatches(torch.utils.data.Dataset):
@@ -429,12 +482,14 @@ def dassl_train_transform(backbone, crop_scale: float = 0.08) -> Callable:
     mean, std = backbone.normalization()
     bilinear = backbone.config.get("preprocess", {}).get("interpolation") == "bilinear"
     mode = transforms.InterpolationMode.BILINEAR if bilinear else transforms.InterpolationMode.BICUBIC
-    return transforms.Compose([
-        transforms.RandomResizedCrop(backbone.image_size, scale=(crop_scale, 1.0), interpolation=mode),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(backbone.image_size, scale=(crop_scale, 1.0), interpolation=mode),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
 
 
 def train_prompt_learner(
@@ -504,8 +559,12 @@ def train_prompt_learner(
     holder.register_buffer("val_accuracy", torch.full((epochs,), float("nan"), device=device))
     optimizer_name = getattr(config, "optimizer", "sgd")
     if optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(learner.parameters(), lr=config.lr, momentum=getattr(config, "momentum", 0.0),
-                                    weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(
+            learner.parameters(),
+            lr=config.lr,
+            momentum=getattr(config, "momentum", 0.0),
+            weight_decay=config.weight_decay,
+        )
     elif optimizer_name == "adamw":  # Tip-Adapter-F's choice, with its eps
         optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, eps=1e-4, weight_decay=config.weight_decay)
     else:
@@ -523,8 +582,9 @@ def train_prompt_learner(
         run_fingerprint = digest.hexdigest()[:16]
 
     workers = _DECODING_WORKERS.get() if transform is not None else 0
-    batches = training_batches(n, config.batch_size, steps_per_epoch, epochs, config.seed, train.samples, transform,
-                               workers)
+    batches = training_batches(
+        n, config.batch_size, steps_per_epoch, epochs, config.seed, train.samples, transform, workers
+    )
 
     def step_fn(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
         indices, images = batch
@@ -553,12 +613,27 @@ def train_prompt_learner(
         holder.val_accuracy[epoch] = accuracy
 
     trainer = Trainer(
-        holder, optimizer, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-        lr_at=(lambda step: cosine_lr(step, epochs * steps_per_epoch, 0, config.lr)) if schedule == "cosine_steps"
-        else (lambda step: dassl_lr(step // steps_per_epoch, epochs, config.lr, getattr(config, "warmup_epochs", 0),
-                                    getattr(config, "warmup_lr", 0.0))),
-        out_dir=out_dir, run_fingerprint=run_fingerprint, checkpoint_every=config.checkpoint_every,
-        after_step=after_step, progress=progress, desc=desc,
+        holder,
+        optimizer,
+        total_steps=epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        lr_at=(lambda step: cosine_lr(step, epochs * steps_per_epoch, 0, config.lr))
+        if schedule == "cosine_steps"
+        else (
+            lambda step: dassl_lr(
+                step // steps_per_epoch,
+                epochs,
+                config.lr,
+                getattr(config, "warmup_epochs", 0),
+                getattr(config, "warmup_lr", 0.0),
+            )
+        ),
+        out_dir=out_dir,
+        run_fingerprint=run_fingerprint,
+        checkpoint_every=config.checkpoint_every,
+        after_step=after_step,
+        progress=progress,
+        desc=desc,
     )
     with frozen(backbone.model), threads_beside_workers(device, workers):
         trainer.fit(batches, step_fn)

@@ -10,6 +10,7 @@ Under torchrun (a process group initialized), rank 0 lists the missing shards an
 world_size-th of them; the ranks then agree on success (one failing stops all), rank 0 writes `meta.json`, and
 every rank reads the whole entry.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,10 @@ import json
 import math
 import os
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -71,7 +73,7 @@ def _is_abandoned(tmp: Path) -> bool:
     """Whether a temp file's writer is gone: this process (between writes it has none open), a process of this
     host that no longer runs (killed mid-write), or an older clipadapt's fixed `.tmp` name. Another host's temp
     files are left alone: that host may still be writing."""
-    parts = tmp.name[:-len(".tmp")].split("~")
+    parts = tmp.name[: -len(".tmp")].split("~")
     if len(parts) != 3:
         return True
     host, pid = parts[1], parts[2]
@@ -147,15 +149,37 @@ def extract_features(
         plan = shared[0]
     shard_size, todo = plan
     # 2. Each rank encodes every world_size-th missing shard.
-    _collectively(True, lambda: _extract_shards(backbone, samples, folder, todo[rank::world_size], shard_size,
-                                                transform, batch_size, num_workers, progress and rank == 0, desc),
-                  world_size, device)
+    _collectively(
+        True,
+        lambda: _extract_shards(
+            backbone,
+            samples,
+            folder,
+            todo[rank::world_size],
+            shard_size,
+            transform,
+            batch_size,
+            num_workers,
+            progress and rank == 0,
+            desc,
+        ),
+        world_size,
+        device,
+    )
     # 3. Rank 0 describes the complete entry.
-    meta = {"num_samples": len(samples), "shard_size": shard_size, "dim": backbone.embed_dim, "model": backbone.name,
-            "transform": repr(transform)}
+    meta = {
+        "num_samples": len(samples),
+        "shard_size": shard_size,
+        "dim": backbone.embed_dim,
+        "model": backbone.name,
+        "transform": repr(transform),
+    }
     _collectively(rank == 0, lambda: _finish_entry(folder, shard_size, meta), world_size, device)
-    return FeatureSet(features=_read_shards(folder, shard_size, len(samples), backbone.embed_dim), labels=labels,
-                      samples=list(samples))
+    return FeatureSet(
+        features=_read_shards(folder, shard_size, len(samples), backbone.embed_dim),
+        labels=labels,
+        samples=list(samples),
+    )
 
 
 def _collectively(here: bool, work: Callable[[], T], world_size: int, device: torch.device) -> T | None:
@@ -192,8 +216,11 @@ def _plan_shards(folder: Path, n_samples: int, shard_size: int) -> tuple[int, li
             with contextlib.suppress(FileNotFoundError):  # another process sharing the cache renamed it first
                 old.rename(_shard_path(folder, int(old.stem.removeprefix("shard_")), shard_size))
     n_shards = (n_samples + shard_size - 1) // shard_size
-    todo = [i for i in range(n_shards)
-            if not _shard_is_complete(_shard_path(folder, i, shard_size), min(shard_size, n_samples - i * shard_size))]
+    todo = [
+        i
+        for i in range(n_shards)
+        if not _shard_is_complete(_shard_path(folder, i, shard_size), min(shard_size, n_samples - i * shard_size))
+    ]
     if todo:
         meta_path.unlink(missing_ok=True)  # the entry is incomplete until every shard is back
     return shard_size, todo
@@ -215,18 +242,35 @@ def _finish_entry(folder: Path, shard_size: int, meta: dict) -> None:
     tmp.replace(meta_path)
 
 
-def _extract_shards(backbone, samples: Sequence[Sample], folder: Path, indices: Sequence[int], shard_size: int,
-                    transform, batch_size: int, num_workers: int, progress: bool, desc: str) -> None:
+def _extract_shards(
+    backbone,
+    samples: Sequence[Sample],
+    folder: Path,
+    indices: Sequence[int],
+    shard_size: int,
+    transform,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+    desc: str,
+) -> None:
     """Encode and write (atomically) the shards `indices` of `samples`."""
-    bar = tqdm(total=sum(min(shard_size, len(samples) - i * shard_size) for i in indices), desc=desc, unit="img",
-               disable=not progress)
+    bar = tqdm(
+        total=sum(min(shard_size, len(samples) - i * shard_size) for i in indices),
+        desc=desc,
+        unit="img",
+        disable=not progress,
+    )
     with threads_beside_workers(backbone.device, num_workers):
         for index in indices:
-            shard = samples[index * shard_size:(index + 1) * shard_size]
+            shard = samples[index * shard_size : (index + 1) * shard_size]
             # No more workers than the shard has batches: each costs a process start.
-            loader = DataLoader(ImageDataset(shard, transform), batch_size=batch_size,
-                                num_workers=min(num_workers, math.ceil(len(shard) / batch_size)),
-                                pin_memory=backbone.device.type == "cuda")  # pinned in the loader, beside encoding
+            loader = DataLoader(
+                ImageDataset(shard, transform),
+                batch_size=batch_size,
+                num_workers=min(num_workers, math.ceil(len(shard) / batch_size)),
+                pin_memory=backbone.device.type == "cuda",
+            )  # pinned in the loader, beside encoding
             chunks = []
             for images, _, _ in loader:
                 chunks.append(backbone.encode_image(images).float().cpu().numpy().astype(np.float16))
@@ -242,6 +286,6 @@ def _read_shards(folder: Path, shard_size: int, rows: int, dim: int) -> torch.Te
     start = 0
     for i in range((rows + shard_size - 1) // shard_size):
         shard = np.load(_shard_path(folder, i, shard_size), mmap_mode="r")
-        features[start:start + len(shard)] = torch.from_numpy(np.asarray(shard, dtype=np.float32))
+        features[start : start + len(shard)] = torch.from_numpy(np.asarray(shard, dtype=np.float32))
         start += len(shard)
     return features

@@ -9,6 +9,7 @@ the positives of image i are all texts j with y_j == y_i (and vice versa), and
 
 With every label distinct this is exactly CLIP's symmetric InfoNCE loss.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,10 +38,13 @@ def unicl_loss(
     return (image_to_text + text_to_image) / 2
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
     """CLIP's loss: every pair is its own class (same-class duplicates in a batch become negatives)."""
-    return unicl_loss(image_features, text_features, torch.arange(len(image_features), device=image_features.device),
-                      logit_scale)
+    return unicl_loss(
+        image_features, text_features, torch.arange(len(image_features), device=image_features.device), logit_scale
+    )
 
 
 def gather_batch(
@@ -54,8 +58,12 @@ def gather_batch(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the all_gather open_clip calls
         all_images, all_texts = gather_features(
-            image_features, text_features, local_loss=False, gather_with_grad=True,
-            rank=dist.get_rank(), world_size=world_size,
+            image_features,
+            text_features,
+            local_loss=False,
+            gather_with_grad=True,
+            rank=dist.get_rank(),
+            world_size=world_size,
         )
     gathered_labels = [torch.empty_like(labels) for _ in range(world_size)]
     dist.all_gather(gathered_labels, labels)

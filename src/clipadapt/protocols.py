@@ -9,21 +9,22 @@ A protocol decides which samples a method trains on and which class names it is 
   label space; per-class mean accuracy on seen and on unseen classes, and their harmonic mean H.
 - `crossdataset`: train on a source data set, test on the source and on each target with its own class names.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_classes
 from .data.world import read_parts
-from .errors import ClipadaptError
 from .engine import decoding_workers
+from .errors import ClipadaptError
 from .features import FeatureSet, default_cache_dir, extract_features
 from .methods import build_method, method_config
 
@@ -50,13 +51,21 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, classes:
     return sum(per_class) / len(per_class)
 
 
-def attribute_accuracy(predictions: torch.Tensor, labels: torch.Tensor, class_attributes: Sequence[dict[str, str]]) -> dict[str, float]:
+def attribute_accuracy(
+    predictions: torch.Tensor, labels: torch.Tensor, class_attributes: Sequence[dict[str, str]]
+) -> dict[str, float]:
     """Per attribute (colour, shape, ...), the percentage of predictions whose class has the true class's value:
     on composed class names this separates "got the colour right" from "got the composition right"."""
     names = sorted({key for attributes in class_attributes for key in attributes})
-    return {name: 100.0 * sum(class_attributes[p].get(name) == class_attributes[t].get(name)
-                              for p, t in zip(predictions.tolist(), labels.tolist())) / len(labels)
-            for name in names}
+    return {
+        name: 100.0
+        * sum(
+            class_attributes[p].get(name) == class_attributes[t].get(name)
+            for p, t in zip(predictions.tolist(), labels.tolist())
+        )
+        / len(labels)
+        for name in names
+    }
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -84,13 +93,24 @@ class RunContext:
         if not samples:
             raise ClipadaptError(f"data set '{splits.name}' has no {split} samples")
         return extract_features(
-            self.backbone, samples, cache_dir=self.cache_dir, batch_size=self.batch_size,
-            num_workers=self.num_workers, progress=self.progress, desc=f"{splits.name}/{split}",
+            self.backbone,
+            samples,
+            cache_dir=self.cache_dir,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            progress=self.progress,
+            desc=f"{splits.name}/{split}",
         )
 
 
-def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = None, seed: int = 1,
-         unseen_classnames: Sequence[str] = ()) -> dict | None:
+def _fit(
+    method,
+    ctx: RunContext,
+    splits: DatasetSplits,
+    shots: int | None = None,
+    seed: int = 1,
+    unseen_classnames: Sequence[str] = (),
+) -> dict | None:
     """Train `method` on `splits` (on its k-shot subset when `shots` is given) and return its training summary.
     Zero-shot methods have no `fit`, so nothing is sampled or extracted for them. Methods that synthesize data
     for classes without any (SHIP) also get the names of the classes the protocol will test without training
@@ -107,8 +127,15 @@ def _fit(method, ctx: RunContext, splits: DatasetSplits, shots: int | None = Non
     if getattr(method, "uses_unseen_classnames", False):
         extra["unseen_classnames"] = [n for n in dict.fromkeys(unseen_classnames) if n not in splits.classnames]
     with decoding_workers(ctx.num_workers):  # augment=true training decodes in workers too
-        return method.fit(ctx.features(splits, "train"), splits.classnames, val=val,
-                          template_key=splits.template_key, out_dir=out_dir, progress=ctx.progress, **extra)
+        return method.fit(
+            ctx.features(splits, "train"),
+            splits.classnames,
+            val=val,
+            template_key=splits.template_key,
+            out_dir=out_dir,
+            progress=ctx.progress,
+            **extra,
+        )
 
 
 def _with_training(result: dict, summary: dict | None) -> dict:
@@ -118,28 +145,35 @@ def _with_training(result: dict, summary: dict | None) -> dict:
 PREDICT_ELEMENTS = 1 << 26  # logits held at once while scoring test features (256 MB of float32)
 
 
-def _predict(method, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(
+    method, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     classnames = list(classnames or splits.classnames)
     if hasattr(method, "image_logits"):  # a tuned image encoder: frozen cached features do not apply
         if not splits.test:
             raise ClipadaptError(f"data set '{splits.name}' has no test samples")
-        logits = method.image_logits(splits.test, classnames, batch_size=ctx.batch_size,
-                                     num_workers=ctx.num_workers, progress=ctx.progress)
+        logits = method.image_logits(
+            splits.test, classnames, batch_size=ctx.batch_size, num_workers=ctx.num_workers, progress=ctx.progress
+        )
         return logits.argmax(dim=-1).cpu(), torch.tensor([s.label for s in splits.test])
     test = ctx.features(splits, "test")
     # Scored in blocks of rows, so that the logits of many test images over many classes (50,000 x 21,000 would
     # be 4 GB) never exist at once.
     rows = max(1, PREDICT_ELEMENTS // max(1, len(classnames)))
-    predictions = [method.logits(block, classnames, template_key=splits.template_key).argmax(dim=-1).cpu()
-                   for block in test.features.split(rows)]
+    predictions = [
+        method.logits(block, classnames, template_key=splits.template_key).argmax(dim=-1).cpu()
+        for block in test.features.split(rows)
+    ]
     return torch.cat(predictions), test.labels
 
 
 def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:
     predictions, labels = _predict(method, ctx, splits)
-    result = {"accuracy": accuracy(predictions, labels),
-              "per_class_accuracy": per_class_accuracy(predictions, labels),
-              "num_classes": len(splits.classnames)}
+    result = {
+        "accuracy": accuracy(predictions, labels),
+        "per_class_accuracy": per_class_accuracy(predictions, labels),
+        "num_classes": len(splits.classnames),
+    }
     if splits.class_attributes:
         result["attribute_accuracy"] = attribute_accuracy(predictions, labels, splits.class_attributes)
     return result
@@ -173,8 +207,11 @@ def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int, see
     summary = _fit(method, ctx, base, shots, seed, unseen_classnames=new.classnames)
     base_result = _test_accuracy(method, ctx, base)
     base_acc = base_result["accuracy"]
-    counts = {"num_classes": len(splits.classnames), "num_base_classes": len(base.classnames),
-              "num_new_classes": len(new.classnames)}
+    counts = {
+        "num_classes": len(splits.classnames),
+        "num_base_classes": len(base.classnames),
+        "num_new_classes": len(new.classnames),
+    }
     if not getattr(method, "scores_unseen_classes", True):  # e.g. a linear probe: base numbers only
         result = {"base_accuracy": base_acc, "new_accuracy": None, "harmonic_mean": None, **counts}
         if splits.class_attributes:
@@ -182,11 +219,17 @@ def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int, see
         return _with_training(result, summary)
     new_result = _test_accuracy(method, ctx, new)
     new_acc = new_result["accuracy"]
-    result = {"base_accuracy": base_acc, "new_accuracy": new_acc, "harmonic_mean": harmonic_mean(base_acc, new_acc),
-              **counts}
+    result = {
+        "base_accuracy": base_acc,
+        "new_accuracy": new_acc,
+        "harmonic_mean": harmonic_mean(base_acc, new_acc),
+        **counts,
+    }
     if splits.class_attributes:
-        result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"],
-                                        "new": new_result["attribute_accuracy"]}
+        result["attribute_accuracy"] = {
+            "base": base_result["attribute_accuracy"],
+            "new": new_result["attribute_accuracy"],
+        }
     return _with_training(_with_synthesis(result, method, ctx, new), summary)
 
 
@@ -220,8 +263,10 @@ def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> l
 
 def _check_scores_unseen(method, protocol: str) -> None:
     if not getattr(method, "scores_unseen_classes", True):
-        raise ClipadaptError(f"{type(method).__name__.lower()} scores only the classes it was trained on: it has no "
-                             f"{protocol} numbers (base2new reports its base accuracy)")
+        raise ClipadaptError(
+            f"{type(method).__name__.lower()} scores only the classes it was trained on: it has no "
+            f"{protocol} numbers (base2new reports its base accuracy)"
+        )
 
 
 def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: str | None = None, **_) -> dict:
@@ -233,14 +278,18 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: 
         raise ClipadaptError("gzsl needs at least one seen and one unseen class")
     # Train on seen classes only (relabelled 0..S-1); test over the joint space of every class name.
     seen = select_classes(splits, seen_labels, "-seen")
-    summary = _fit(method, ctx, seen, seed=seed,
-                   unseen_classnames=[splits.classnames[c] for c in unseen_labels])
+    summary = _fit(method, ctx, seen, seed=seed, unseen_classnames=[splits.classnames[c] for c in unseen_labels])
     predictions, labels = _predict(method, ctx, splits)
     seen_acc = per_class_accuracy(predictions, labels, seen_labels)
     unseen_acc = per_class_accuracy(predictions, labels, unseen_labels)
-    result = {"seen_accuracy": seen_acc, "unseen_accuracy": unseen_acc,
-              "harmonic_mean": harmonic_mean(seen_acc, unseen_acc), "num_classes": len(splits.classnames),
-              "num_seen_classes": len(seen_labels), "num_unseen_classes": len(unseen_labels)}
+    result = {
+        "seen_accuracy": seen_acc,
+        "unseen_accuracy": unseen_acc,
+        "harmonic_mean": harmonic_mean(seen_acc, unseen_acc),
+        "num_classes": len(splits.classnames),
+        "num_seen_classes": len(seen_labels),
+        "num_unseen_classes": len(unseen_labels),
+    }
     if splits.class_attributes:
         is_unseen = torch.isin(labels, torch.tensor(unseen_labels))
         result["attribute_accuracy"] = {
@@ -250,21 +299,27 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: 
     return _with_training(_with_synthesis(result, method, ctx, splits), summary)
 
 
-def run_crossdataset(method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int,
-                     targets: Sequence[str], **_) -> dict:
+def run_crossdataset(
+    method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, targets: Sequence[str], **_
+) -> dict:
     _check_scores_unseen(method, "crossdataset")
     target_splits = {spec: ctx.dataset_loader(spec) for spec in dict.fromkeys(targets)}  # each target once
     target_names = [name for target in target_splits.values() for name in target.classnames]
     summary = _fit(method, ctx, splits, shots, seed, unseen_classnames=target_names)
     result = _with_training(_test_accuracy(method, ctx, splits), summary)
-    result["targets"] = {spec: _with_synthesis(_test_accuracy(method, ctx, target), method, ctx, target)
-                         for spec, target in target_splits.items()}
+    result["targets"] = {
+        spec: _with_synthesis(_test_accuracy(method, ctx, target), method, ctx, target)
+        for spec, target in target_splits.items()
+    }
     result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(target_splits)
     return result
 
 
 PROTOCOL_RUNNERS: dict[str, Callable[..., dict]] = {
-    "full": run_full, "fewshot": run_fewshot, "base2new": run_base2new, "gzsl": run_gzsl,
+    "full": run_full,
+    "fewshot": run_fewshot,
+    "base2new": run_base2new,
+    "gzsl": run_gzsl,
     "crossdataset": run_crossdataset,
 }
 
@@ -273,15 +328,18 @@ def _split_cache(ctx: RunContext) -> Path:
     return Path(ctx.cache_dir or default_cache_dir()) / "splits"
 
 
-def protocol_shots(protocol: str, shots: int | None = None, targets: Sequence[str] = (),
-                   unseen: str | Sequence[str] | None = None) -> int | None:
+def protocol_shots(
+    protocol: str, shots: int | None = None, targets: Sequence[str] = (), unseen: str | Sequence[str] | None = None
+) -> int | None:
     """The shots per class `protocol` trains with (None: every train image), once the options are checked against
     it: an option the protocol would ignore is an error, not a number in metrics.json that did not happen."""
     if protocol not in PROTOCOL_RUNNERS:
         raise ClipadaptError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
     if shots is not None and protocol in ("full", "gzsl"):
-        raise ClipadaptError(f"protocol {protocol} trains on every train image (of the seen classes); --shots is for "
-                             f"fewshot, base2new and crossdataset")
+        raise ClipadaptError(
+            f"protocol {protocol} trains on every train image (of the seen classes); --shots is for "
+            f"fewshot, base2new and crossdataset"
+        )
     if shots is not None and shots < 1:
         raise ClipadaptError(f"--shots must be 1 or more, got {shots}")
     if protocol == "fewshot" and shots is None:
@@ -306,16 +364,31 @@ def shots_trained(numbers: dict, shots: int | None) -> int | None:
     return shots if trained(numbers) else None
 
 
-def run_protocol(protocol: str, method, ctx: RunContext, splits: DatasetSplits, seed: int = 1,
-                 shots: int | None = None, targets: Sequence[str] = (), unseen: str | Sequence[str] | None = None
-                 ) -> dict:
+def run_protocol(
+    protocol: str,
+    method,
+    ctx: RunContext,
+    splits: DatasetSplits,
+    seed: int = 1,
+    shots: int | None = None,
+    targets: Sequence[str] = (),
+    unseen: str | Sequence[str] | None = None,
+) -> dict:
     """The protocol's numbers for `method` on `splits` (`protocol_shots` checks the options)."""
     shots = protocol_shots(protocol, shots, targets, unseen)
     return PROTOCOL_RUNNERS[protocol](method, ctx, splits, seed=seed, shots=shots, targets=targets, unseen=unseen)
 
 
-def run_seeds(method_name: str, values: dict, protocol: str, ctx: RunContext, splits: DatasetSplits,
-              seeds: Sequence[int], source: str = "overrides", **options) -> tuple[dict, dict]:
+def run_seeds(
+    method_name: str,
+    values: dict,
+    protocol: str,
+    ctx: RunContext,
+    splits: DatasetSplits,
+    seeds: Sequence[int],
+    source: str = "overrides",
+    **options,
+) -> tuple[dict, dict]:
     """What `clipadapt run` does: for each seed, torch seeded, a fresh method built from `values`, run under the
     protocol. Returns one seed's numbers (or the seeds' aggregate) and the method's resolved config."""
     results = []
@@ -345,8 +418,10 @@ def aggregate_seeds(results: list[dict], seeds: Sequence[int]) -> dict:
     `per_seed`. Counts (`num_*`) are the same for every seed and kept as they are. The harmonic mean is that of
     the mean base and new (or seen and unseen) accuracies, as CoOp's and CoCoOp's tables report it; its `_std`
     is the spread of the seeds' own harmonic means."""
-    merged = {key: (values[0] if key.startswith("num_") else _mean_of(values))
-              for key, values in ((k, [r[k] for r in results]) for k in results[0])}
+    merged = {
+        key: (values[0] if key.startswith("num_") else _mean_of(values))
+        for key, values in ((k, [r[k] for r in results]) for k in results[0])
+    }
     for key, value in results[0].items():
         if isinstance(value, float) and not key.startswith("num_"):
             mean = merged[key]

@@ -4,6 +4,7 @@ with the seeds' spread, real vs SHIP-synthesized features projected to two dimen
 looks on example images. A plot is drawn only where the runs hold its data: a folder of base2new runs gives bars,
 fewshot runs at several `--shots` give curves, `METHOD+ship` runs leave a `synthesis-*.safetensors` sample, and
 MP-FGVC runs on data that knows its parts (the world's badges and birds) list overlay examples under `part_overlap`."""
+
 from __future__ import annotations
 
 import html
@@ -12,9 +13,9 @@ import math
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import quote
 
 import torch
@@ -74,11 +75,18 @@ class Table:
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" if NUMERIC.match(v) else
-                                        f"<td class='text'>{html.escape(v)}</td>" for v in row) + "</tr>"
-                       for row in self.rows)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(v)}</td>" if NUMERIC.match(v) else f"<td class='text'>{html.escape(v)}</td>"
+                for v in row
+            )
+            + "</tr>"
+            for row in self.rows
+        )
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
-        return f"<h3>{html.escape(self.title)}</h3>{note}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f"<h3>{html.escape(self.title)}</h3>{note}{table}"
 
 
 @dataclass
@@ -110,15 +118,19 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, 
             elif content.get("protocol") in PROTOCOLS:
                 runs.append(Run(file.parent, content))
     if not runs and not comparisons:
-        raise ClipadaptError("no metrics.json of a `clipadapt run` (nor a comparison.json) under "
-                             + ", ".join(map(str, paths)))
+        raise ClipadaptError(
+            "no metrics.json of a `clipadapt run` (nor a comparison.json) under " + ", ".join(map(str, paths))
+        )
     return runs, comparisons
 
 
 def _checked_comparison(file: Path, content: dict) -> dict:
     rows = content.get("rows")
-    if (not isinstance(rows, dict) or not all(isinstance(v, dict) for v in rows.values())
-            or not isinstance(content.get("columns"), list)):
+    if (
+        not isinstance(rows, dict)
+        or not all(isinstance(v, dict) for v in rows.values())
+        or not isinstance(content.get("columns"), list)
+    ):
         raise ClipadaptError(f"{file}: a comparison needs 'columns' (a list) and 'rows' (name -> column -> value)")
     return content
 
@@ -159,8 +171,11 @@ def _target_cell(run: Run, target: str) -> str:
     result = (run.metrics.get("targets") or {}).get(target)
     if not isinstance(result, dict):
         return "-"
-    values = [r["targets"][target].get("accuracy") for r in run.per_seed().values()
-              if isinstance((r.get("targets") or {}).get(target), dict)]
+    values = [
+        r["targets"][target].get("accuracy")
+        for r in run.per_seed().values()
+        if isinstance((r.get("targets") or {}).get(target), dict)
+    ]
     values = [v for v in values if isinstance(v, (int, float))]
     if len(values) < 2:
         return _number(result.get("accuracy"))
@@ -199,68 +214,156 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
     if by_protocol["base2new"]:
         # Data sets that know their classes' attributes (the world's colour and shape) add how often the new
         # classes' predictions got each attribute right.
-        attributes = list(dict.fromkeys(a for run in by_protocol["base2new"]
-                                        for a in (run.metrics.get("attribute_accuracy") or {}).get("new", {})))
-        table = Table("Base-to-new", ["method", "data set", "shots", "seeds", "base", "new", "HM",
-                                      *(f"new: {a}" for a in attributes)])
+        attributes = list(
+            dict.fromkeys(
+                a
+                for run in by_protocol["base2new"]
+                for a in (run.metrics.get("attribute_accuracy") or {}).get("new", {})
+            )
+        )
+        table = Table(
+            "Base-to-new",
+            ["method", "data set", "shots", "seeds", "base", "new", "HM", *(f"new: {a}" for a in attributes)],
+        )
         for run in by_protocol["base2new"]:
             m = run.metrics
             new_attributes = (m.get("attribute_accuracy") or {}).get("new", {})
-            table.rows.append([run.method, run.dataset, _shots_text(run), _seeds_text(run), _cell(m, "base_accuracy"),
-                               _cell(m, "new_accuracy"), _cell(m, "harmonic_mean"),
-                               *(_number(new_attributes.get(a)) for a in attributes)])
+            table.rows.append(
+                [
+                    run.method,
+                    run.dataset,
+                    _shots_text(run),
+                    _seeds_text(run),
+                    _cell(m, "base_accuracy"),
+                    _cell(m, "new_accuracy"),
+                    _cell(m, "harmonic_mean"),
+                    *(_number(new_attributes.get(a)) for a in attributes),
+                ]
+            )
         tables.append(table)
     if by_protocol["gzsl"]:
-        table = Table("Generalized zero-shot", ["method", "data set", "seeds", "seen", "unseen", "H"],
-                      note="per-class mean accuracy over the joint label space of seen and unseen classes")
+        table = Table(
+            "Generalized zero-shot",
+            ["method", "data set", "seeds", "seen", "unseen", "H"],
+            note="per-class mean accuracy over the joint label space of seen and unseen classes",
+        )
         for run in by_protocol["gzsl"]:
             m = run.metrics
-            table.rows.append([run.method, run.dataset, _seeds_text(run), _cell(m, "seen_accuracy"),
-                               _cell(m, "unseen_accuracy"), _cell(m, "harmonic_mean")])
+            table.rows.append(
+                [
+                    run.method,
+                    run.dataset,
+                    _seeds_text(run),
+                    _cell(m, "seen_accuracy"),
+                    _cell(m, "unseen_accuracy"),
+                    _cell(m, "harmonic_mean"),
+                ]
+            )
         tables.append(table)
     if by_protocol["crossdataset"]:
-        targets = list(dict.fromkeys(t for run in by_protocol["crossdataset"]
-                                     for t in (run.metrics.get("targets") or {})))
-        table = Table("Cross-data-set transfer",
-                      ["method", "source", "shots", "seeds", "source accuracy", *targets, "average"])
+        targets = list(
+            dict.fromkeys(t for run in by_protocol["crossdataset"] for t in (run.metrics.get("targets") or {}))
+        )
+        table = Table(
+            "Cross-data-set transfer", ["method", "source", "shots", "seeds", "source accuracy", *targets, "average"]
+        )
         for run in by_protocol["crossdataset"]:
             m = run.metrics
-            table.rows.append([run.method, run.dataset, _shots_text(run), _seeds_text(run), _cell(m, "accuracy"),
-                               *(_target_cell(run, t) for t in targets), _cell(m, "average_target_accuracy")])
+            table.rows.append(
+                [
+                    run.method,
+                    run.dataset,
+                    _shots_text(run),
+                    _seeds_text(run),
+                    _cell(m, "accuracy"),
+                    *(_target_cell(run, t) for t in targets),
+                    _cell(m, "average_target_accuracy"),
+                ]
+            )
         tables.append(table)
     closed = by_protocol["full"] + by_protocol["fewshot"]
     if closed:
-        table = Table("Accuracy on all classes (full and few-shot)",
-                      ["method", "data set", "protocol", "shots", "seeds", "accuracy", "per-class accuracy",
-                       "kept tokens on the part (random)", "part patches kept (random)"])
+        table = Table(
+            "Accuracy on all classes (full and few-shot)",
+            [
+                "method",
+                "data set",
+                "protocol",
+                "shots",
+                "seeds",
+                "accuracy",
+                "per-class accuracy",
+                "kept tokens on the part (random)",
+                "part patches kept (random)",
+            ],
+        )
         for run in closed:
             m = run.metrics
             overlap = m.get("part_overlap") or {}
-            table.rows.append([run.method, run.dataset, m["protocol"], _shots_text(run), _seeds_text(run),
-                               _cell(m, "accuracy"), _cell(m, "per_class_accuracy"),
-                               f"{_number(overlap.get('kept_tokens_on_part'))} ({_number(overlap.get('random_tokens_on_part'))})" if overlap else "-",
-                               f"{_number(overlap.get('part_patches_kept'))} ({_number(overlap.get('random_part_patches_kept'))})" if overlap else "-"])
+            table.rows.append(
+                [
+                    run.method,
+                    run.dataset,
+                    m["protocol"],
+                    _shots_text(run),
+                    _seeds_text(run),
+                    _cell(m, "accuracy"),
+                    _cell(m, "per_class_accuracy"),
+                    f"{_number(overlap.get('kept_tokens_on_part'))} ({_number(overlap.get('random_tokens_on_part'))})"
+                    if overlap
+                    else "-",
+                    f"{_number(overlap.get('part_patches_kept'))} ({_number(overlap.get('random_part_patches_kept'))})"
+                    if overlap
+                    else "-",
+                ]
+            )
         tables.append(table)
     # SHIP's diagnostics: the run's own (base2new, gzsl), and each cross-data-set target's.
-    synthesized = [(run, run.dataset, run.metrics["synthesis"]) for run in runs
-                   if isinstance(run.metrics.get("synthesis"), dict)]
-    synthesized += [(run, target, result["synthesis"]) for run in runs
-                    for target, result in (run.metrics.get("targets") or {}).items()
-                    if isinstance(result, dict) and isinstance(result.get("synthesis"), dict)]
+    synthesized = [
+        (run, run.dataset, run.metrics["synthesis"]) for run in runs if isinstance(run.metrics.get("synthesis"), dict)
+    ]
+    synthesized += [
+        (run, target, result["synthesis"])
+        for run in runs
+        for target, result in (run.metrics.get("targets") or {}).items()
+        if isinstance(result, dict) and isinstance(result.get("synthesis"), dict)
+    ]
     if synthesized:
-        table = Table("SHIP's synthesized features against the real test features of their classes",
-                      ["method", "data set", "protocol", "classes", "nearest real class is own (%)",
-                       "cosine to own class", "cosine to other classes"])
+        table = Table(
+            "SHIP's synthesized features against the real test features of their classes",
+            [
+                "method",
+                "data set",
+                "protocol",
+                "classes",
+                "nearest real class is own (%)",
+                "cosine to own class",
+                "cosine to other classes",
+            ],
+        )
         for run, dataset, s in synthesized:
-            cosines = [f"{s[k]:.3f}" if isinstance(s.get(k), (int, float)) else "-"
-                       for k in ("cosine_to_own_class", "cosine_to_other_classes")]
-            table.rows.append([run.method, dataset, run.metrics["protocol"], _count(s.get("classes")),
-                               _number(s.get("nearest_class_accuracy")), *cosines])
+            cosines = [
+                f"{s[k]:.3f}" if isinstance(s.get(k), (int, float)) else "-"
+                for k in ("cosine_to_own_class", "cosine_to_other_classes")
+            ]
+            table.rows.append(
+                [
+                    run.method,
+                    dataset,
+                    run.metrics["protocol"],
+                    _count(s.get("classes")),
+                    _number(s.get("nearest_class_accuracy")),
+                    *cosines,
+                ]
+            )
         tables.append(table)
     for file, comparison in comparisons:
         columns = comparison["columns"]
-        table = Table(comparison.get("title", file.parent.name), [comparison.get("row_label", ""), *columns],
-                      note=comparison.get("note", ""))
+        table = Table(
+            comparison.get("title", file.parent.name),
+            [comparison.get("row_label", ""), *columns],
+            note=comparison.get("note", ""),
+        )
         for name, values in comparison["rows"].items():
             table.rows.append([name, *(_comparison_cell(values.get(c)) for c in columns)])
         tables.append(table)
@@ -350,8 +453,11 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
     zero-shot on the same data set as a dashed line."""
     plt = _pyplot()
     plots = []
-    zero_shot = {(run.dataset, run.weights): run.metrics.get("accuracy") for run in runs
-                 if run.metrics["protocol"] == "full" and run.metrics.get("method") == "zeroshot"}
+    zero_shot = {
+        (run.dataset, run.weights): run.metrics.get("accuracy")
+        for run in runs
+        if run.metrics["protocol"] == "full" and run.metrics.get("method") == "zeroshot"
+    }
     for dataset, methods in fewshot_points(runs).items():
         if all(len(by_shots) < 2 for by_shots in methods.values()):
             continue  # one number of shots is not a curve
@@ -365,9 +471,14 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
             all_shots.update(shots)
             means, stds = zip(*(mean_std(by_shots[k]) for k in shots))
             seeds = max(len(by_shots[k]) for k in shots)
-            line, = ax.plot(shots, means, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
-            ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                            color=line.get_color(), alpha=0.2)
+            (line,) = ax.plot(shots, means, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
+            ax.fill_between(
+                shots,
+                [m - s for m, s in zip(means, stds)],
+                [m + s for m, s in zip(means, stds)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
         if isinstance(zero_shot_line, (int, float)) and math.isfinite(zero_shot_line):
             ax.axhline(zero_shot_line, linestyle="--", color="gray", label="zero-shot")
         ax.set_xscale("log", base=2)
@@ -410,7 +521,7 @@ def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[P
             keep_real = torch.isin(real.labels, torch.tensor(classes))
             keep_synthetic = torch.isin(synthetic.labels, torch.tensor(classes))
             points = project_2d(torch.cat([real.features[keep_real], synthetic.features[keep_synthetic]])).numpy()
-            real_points, synthetic_points = points[:int(keep_real.sum())], points[int(keep_real.sum()):]
+            real_points, synthetic_points = points[: int(keep_real.sum())], points[int(keep_real.sum()) :]
             real_labels, synthetic_labels = real.labels[keep_real].numpy(), synthetic.labels[keep_synthetic].numpy()
             fig, ax = plt.subplots(figsize=(6.4, 4.6))
             colours = plt.get_cmap("tab10")
@@ -481,16 +592,22 @@ def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list
             ax.imshow(heat, cmap="inferno", alpha=0.45, extent=(0, size, size, 0), interpolation="nearest")
             for index in example["kept"]:
                 row, col = divmod(index, grid)
-                ax.add_patch(Rectangle((col * cell, row * cell), cell, cell, fill=False, edgecolor="white", linewidth=1))
+                ax.add_patch(
+                    Rectangle((col * cell, row * cell), cell, cell, fill=False, edgecolor="white", linewidth=1)
+                )
             # (runs written before the birds recorded their one part's box as `part`)
             for x0, y0, x1, y1 in example.get("parts") or [example["part"]]:
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
             ax.set_title(str(example.get("class") or example["label"])[:22], fontsize=7)
             ax.axis("off")
         fig.suptitle(f"{run.method}: kept tokens (white), attention (heat), parts (red)", fontsize=8)
-        plots.append(Plot(f"Where SsVP looks: {run.method} on {run.dataset} "
-                          f"({overlap.get('tokens_kept')} of {overlap.get('tokens')} patches kept)",
-                          _save(fig, folder, f"kept-tokens-{run.method}-{run.dataset}", taken)))
+        plots.append(
+            Plot(
+                f"Where SsVP looks: {run.method} on {run.dataset} "
+                f"({overlap.get('tokens_kept')} of {overlap.get('tokens')} patches kept)",
+                _save(fig, folder, f"kept-tokens-{run.method}-{run.dataset}", taken),
+            )
+        )
     return plots
 
 
@@ -513,24 +630,40 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
     folder = out.with_name(out.stem + "_files")
     folder.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    plots = (plot_base2new(runs, folder, taken) + plot_fewshot(runs, folder, taken)
-             + plot_synthesis(runs, folder, taken) + plot_kept_tokens(runs, folder, taken))
+    plots = (
+        plot_base2new(runs, folder, taken)
+        + plot_fewshot(runs, folder, taken)
+        + plot_synthesis(runs, folder, taken)
+        + plot_kept_tokens(runs, folder, taken)
+    )
     for old in folder.glob("*.png"):  # an earlier report's plots that this one did not draw again
         if old.name not in taken:
             old.unlink()
     link = f"{quote(folder.name)}/"
     parents = {Path(p).parent for p in paths}
     sources = f"under {parents.pop()}" if len(paths) > 3 and len(parents) == 1 else "from " + ", ".join(map(str, paths))
-    figures = "".join(f"<figure><img src='{html.escape(link + quote(p.path.name))}' alt='{html.escape(p.title)}'>"
-                      f"<figcaption>{html.escape(p.title)}</figcaption></figure>" for p in plots)
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>clipadapt report</title>"
-            f"<style>{STYLE}</style></head><body><h1>clipadapt report</h1>"
-            f"<p>{len(runs)} run(s) {html.escape(sources)}. Accuracies in percent; ± is the standard deviation "
-            f"over seeds.</p><h2>Tables</h2>{''.join(t.html() for t in tables)}"
-            f"<h2>Plots</h2>{figures or '<p>No plot: these runs hold no data for one.</p>'}</body></html>\n")
-    markdown = "\n\n".join([f"# clipadapt report\n\n{len(runs)} run(s) {sources}.",
-                            *(t.markdown() for t in tables),
-                            *(f"![{p.title}]({link}{quote(p.path.name)})" for p in plots)]) + "\n"
+    figures = "".join(
+        f"<figure><img src='{html.escape(link + quote(p.path.name))}' alt='{html.escape(p.title)}'>"
+        f"<figcaption>{html.escape(p.title)}</figcaption></figure>"
+        for p in plots
+    )
+    page = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>clipadapt report</title>"
+        f"<style>{STYLE}</style></head><body><h1>clipadapt report</h1>"
+        f"<p>{len(runs)} run(s) {html.escape(sources)}. Accuracies in percent; ± is the standard deviation "
+        f"over seeds.</p><h2>Tables</h2>{''.join(t.html() for t in tables)}"
+        f"<h2>Plots</h2>{figures or '<p>No plot: these runs hold no data for one.</p>'}</body></html>\n"
+    )
+    markdown = (
+        "\n\n".join(
+            [
+                f"# clipadapt report\n\n{len(runs)} run(s) {sources}.",
+                *(t.markdown() for t in tables),
+                *(f"![{p.title}]({link}{quote(p.path.name)})" for p in plots),
+            ]
+        )
+        + "\n"
+    )
     write_text_atomic(out, page)
     write_text_atomic(out.with_suffix(".md"), markdown)
     return tables, plots

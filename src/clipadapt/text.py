@@ -3,9 +3,10 @@
 The 80 ImageNet templates come from open_clip (the ones CLIP's paper ensembles); CoOp's single hand-made
 template per data set is kept here, keyed by the CoOp data set class name.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from open_clip import build_zero_shot_classifier
@@ -60,8 +61,13 @@ def zeroshot_weights(
     if not classnames:
         raise ClipadaptError("zero-shot classifier needs at least one class name")
     weights = build_zero_shot_classifier(
-        backbone, backbone.tokenize, list(classnames), list(templates),
-        num_classes_per_batch=classes_per_batch, device=backbone.device, use_tqdm=progress,
+        backbone,
+        backbone.tokenize,
+        list(classnames),
+        list(templates),
+        num_classes_per_batch=classes_per_batch,
+        device=backbone.device,
+        use_tqdm=progress,
     )
     return weights.T.contiguous()
 
@@ -79,7 +85,7 @@ class TextClassifier:
         key = (tuple(classnames), template_key)
         if key not in self._weights:
             with torch.no_grad():
-                self._weights[key] = zeroshot_weights(self.backbone, classnames,
-                                                      resolve_templates(self.templates, template_key),
-                                                      self.classes_per_batch)
+                self._weights[key] = zeroshot_weights(
+                    self.backbone, classnames, resolve_templates(self.templates, template_key), self.classes_per_batch
+                )
         return self._weights[key]

@@ -1,11 +1,15 @@
 """Data sets, image loading and CoOp-style splits."""
 
+from . import (
+    fgvc,  # noqa: F401  (registers "cub:", "dogs:", "nabirds:", "food101:")
+    world,  # noqa: F401  (registers the "world:" data set prefix)
+)
 from .datasets import (
     DATASETS,
     DatasetSplits,
     ImageDataset,
-    drop_unreadable_images,
     Sample,
+    drop_unreadable_images,
     find_unreadable_images,
     load_dataset,
     load_image,
@@ -13,8 +17,6 @@ from .datasets import (
     register_dataset,
 )
 from .splits import base_new_split, fewshot, select_classes, split_fingerprint
-from . import fgvc  # noqa: F401  (registers "cub:", "dogs:", "nabirds:", "food101:")
-from . import world  # noqa: F401  (registers the "world:" data set prefix)
 
 __all__ = [
     "DATASETS",

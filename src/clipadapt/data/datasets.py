@@ -8,10 +8,11 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch.utils.data
@@ -127,7 +128,9 @@ def find_unreadable_images(samples: Sequence[Sample], progress: bool = False) ->
     return [(sample, reason) for sample, reason in zip(samples, reasons) if reason is not None]
 
 
-def drop_unreadable_images(splits: "DatasetSplits", progress: bool = False) -> tuple["DatasetSplits", list[tuple[Sample, str]]]:
+def drop_unreadable_images(
+    splits: DatasetSplits, progress: bool = False
+) -> tuple[DatasetSplits, list[tuple[Sample, str]]]:
     """The data set without the samples whose image cannot be decoded, and (sample, reason) for each dropped one:
     for users who ask to skip bad files and get a report instead of an error."""
     bad = find_unreadable_images(splits.train + splits.val + splits.test, progress=progress)
@@ -308,7 +311,8 @@ def _class_folders(directory: Path) -> dict[str, list[Path]]:
     classes = {}
     for sub in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = sorted(
-            p for p in sub.iterdir()
+            p
+            for p in sub.iterdir()
             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
         )
         if not images:
@@ -361,6 +365,7 @@ def load_imagefolder(arg: str) -> DatasetSplits:
 
 # ---------------------------------------------------------------- text tables (CUB, NABirds, Food-101, CoOp lists)
 
+
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"missing file {path}")
@@ -396,8 +401,7 @@ def read_table(path: Path, columns: int, integer_ids: bool = True) -> dict[Any, 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, stripped text) of each non-blank line."""
-    lines = [(n, line.strip()) for n, line in enumerate(_read_text(path).splitlines(), 1)
-             if line.strip()]
+    lines = [(n, line.strip()) for n, line in enumerate(_read_text(path).splitlines(), 1) if line.strip()]
     if not lines:
         raise DataError(f"{path} is empty")
     return lines
@@ -471,8 +475,7 @@ def load_coop(arg: str) -> DatasetSplits:
         split_file, image_root, template_key = root / f"split_zhou_{name}.json", root, None
         if not split_file.is_file():
             raise DataError(
-                f"unknown CoOp data set {name!r} and no split file {split_file}; "
-                f"known data sets: {', '.join(known)}"
+                f"unknown CoOp data set {name!r} and no split file {split_file}; known data sets: {', '.join(known)}"
             )
 
     splits, raw_names = read_split_file(split_file, image_root)
@@ -571,8 +574,10 @@ def load_csv(arg: str) -> DatasetSplits:
     parsed = []
     for line, row in rows:
         if None in row:  # csv.DictReader files surplus fields under None: a comma in an unquoted caption
-            raise DataError(f"CSV file {path}, row {line}: {len(header) + len(row[None])} fields but the header has "
-                            f"{len(header)}; put fields that contain commas in double quotes")
+            raise DataError(
+                f"CSV file {path}, row {line}: {len(header) + len(row[None])} fields but the header has "
+                f"{len(header)}; put fields that contain commas in double quotes"
+            )
         image, caption, label = (row.get("image") or "").strip(), row.get("caption"), row.get("label")
         if not image or caption is None:
             raise DataError(f"CSV file {path}, row {line}: empty image path or missing caption")

@@ -30,17 +30,29 @@ images/apple_pie/1005649.jpg). ROOT may also be the folder holding `food-101/`. 
 names with underscores as spaces ("apple_pie" -> "apple pie"), in classes.txt order. The official split is
 train (75,750) / test (25,250). Its `template_key` is "Food101", so CoOp's food template applies.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
-from .datasets import (INTEGER, DatasetSplits, Sample, _existing_dir, check_relative_path, image_under, read_lines,
-                       read_table, register_dataset)
+from .datasets import (
+    INTEGER,
+    DatasetSplits,
+    Sample,
+    _existing_dir,
+    check_relative_path,
+    image_under,
+    read_lines,
+    read_table,
+    register_dataset,
+)
+
 
 def _check_same_ids(root: Path, images: dict, tables: Iterable[tuple[str, dict]]) -> None:
     for name, table in tables:
@@ -49,16 +61,18 @@ def _check_same_ids(root: Path, images: dict, tables: Iterable[tuple[str, dict]]
             raise DataError(f"{root / name} and {root / 'images.txt'} list different image ids (e.g. {unmatched})")
 
 
-def _split_by_flag(root: Path, image_ids: Iterable, images: dict, labels: dict, is_train: dict,
-                   label_of: dict[int, int]) -> tuple[list[Sample], list[Sample]]:
+def _split_by_flag(
+    root: Path, image_ids: Iterable, images: dict, labels: dict, is_train: dict, label_of: dict[int, int]
+) -> tuple[list[Sample], list[Sample]]:
     """Train and test samples of CUB-style tables: `label_of` maps a class id of image_class_labels.txt to a label."""
     train, test = [], []
     for image_id in image_ids:
         where = f"{root / 'images.txt'}, image id {image_id}"
         label, flag = labels[image_id][0], is_train[image_id][0]
         if not INTEGER.fullmatch(label) or int(label) not in label_of:
-            raise DataError(f"{root / 'image_class_labels.txt'}, image id {image_id}: class {label!r} is not in "
-                            "classes.txt")
+            raise DataError(
+                f"{root / 'image_class_labels.txt'}, image id {image_id}: class {label!r} is not in classes.txt"
+            )
         if flag not in ("0", "1"):
             raise DataError(f"{root / 'train_test_split.txt'}, image id {image_id}: expected 0 or 1, got {flag!r}")
         sample = Sample(image_under(root / "images", images[image_id][0], where), label_of[int(label)])
@@ -168,8 +182,9 @@ def load_dogs(arg: str) -> DatasetSplits:
                 raise DataError(f"{where}: expected <breed folder>/<file> under Images/, got {rel!r}")
             folder = parts[0]
             if folder_of.setdefault(label, folder) != folder:
-                raise DataError(f"{where}: class {label} is the folder {folder!r} here but {folder_of[label]!r} "
-                                "elsewhere")
+                raise DataError(
+                    f"{where}: class {label} is the folder {folder!r} here but {folder_of[label]!r} elsewhere"
+                )
             if label_of.setdefault(folder, label) != label:
                 raise DataError(f"{where}: folder {folder!r} has class {label} here but {label_of[folder]} elsewhere")
             if image in seen:
@@ -181,11 +196,20 @@ def load_dogs(arg: str) -> DatasetSplits:
         raise DataError(f"{lists / 'train_list.mat'} and {lists / 'test_list.mat'} list no images")
     gaps = sorted(set(range(1, max(folder_of) + 1)) - set(folder_of))
     if gaps:
-        raise DataError(f"{lists / 'train_list.mat'} and {lists / 'test_list.mat'}: class ids must be "
-                        f"1..{max(folder_of)} without gaps; no image has class {gaps[:10]}")
+        raise DataError(
+            f"{lists / 'train_list.mat'} and {lists / 'test_list.mat'}: class ids must be "
+            f"1..{max(folder_of)} without gaps; no image has class {gaps[:10]}"
+        )
     classnames = [_breed_name(folder_of[label]) for label in sorted(folder_of)]
-    return DatasetSplits("StanfordDogs", classnames, train=splits["train"], val=[], test=splits["test"],
-                         root=images_root, superclass="dog")
+    return DatasetSplits(
+        "StanfordDogs",
+        classnames,
+        train=splits["train"],
+        val=[],
+        test=splits["test"],
+        root=images_root,
+        superclass="dog",
+    )
 
 
 # ---------------------------------------------------------------- NABirds
@@ -216,27 +240,38 @@ def load_nabirds(arg: str) -> DatasetSplits:
         if child not in classes:
             raise DataError(f"{root / 'hierarchy.txt'}: child class {child} is not in classes.txt")
         if not INTEGER.fullmatch(parent_id) or int(parent_id) not in classes:
-            raise DataError(f"{root / 'hierarchy.txt'}, class {child}: parent class {parent_id!r} is not in "
-                            "classes.txt")
+            raise DataError(
+                f"{root / 'hierarchy.txt'}, class {child}: parent class {parent_id!r} is not in classes.txt"
+            )
         parent[child] = int(parent_id)
     _check_same_ids(root, images, (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)))
     used = set()
     for image_id, (label,) in labels.items():
         if not INTEGER.fullmatch(label) or int(label) not in classes:
-            raise DataError(f"{root / 'image_class_labels.txt'}, image id {image_id}: class {label!r} is not in "
-                            "classes.txt")
+            raise DataError(
+                f"{root / 'image_class_labels.txt'}, image id {image_id}: class {label!r} is not in classes.txt"
+            )
         used.add(int(label))
     class_ids = sorted(used)
     tops = {_taxonomy_root(root / "hierarchy.txt", parent, c) for c in class_ids}
     if len(tops) != 1:
         names = ", ".join(repr(classes[c][0]) for c in sorted(tops)[:5])
-        raise DataError(f"{root / 'hierarchy.txt'}: the classes with images belong to {len(tops)} separate trees "
-                        f"(roots {names}); expected one root such as 'Birds'")
+        raise DataError(
+            f"{root / 'hierarchy.txt'}: the classes with images belong to {len(tops)} separate trees "
+            f"(roots {names}); expected one root such as 'Birds'"
+        )
     superclass = re.sub(r"(?<!s)s$", "", classes[tops.pop()][0].strip().lower())
     label_of = {class_id: label for label, class_id in enumerate(class_ids)}
     train, test = _split_by_flag(root, images, images, labels, is_train, label_of)
-    return DatasetSplits("NABirds", [classes[c][0] for c in class_ids], train=train, val=[], test=test,
-                         root=root / "images", superclass=superclass)
+    return DatasetSplits(
+        "NABirds",
+        [classes[c][0] for c in class_ids],
+        train=train,
+        val=[],
+        test=test,
+        root=root / "images",
+        superclass=superclass,
+    )
 
 
 # ---------------------------------------------------------------- Food-101
@@ -274,5 +309,13 @@ def load_food101(arg: str) -> DatasetSplits:
             samples.append(Sample(image_under(root / "images", entry + ".jpg", where), label_of[parts[0]]))
         splits[split] = samples
     classnames = [name.replace("_", " ") for name in label_of]
-    return DatasetSplits("Food101", classnames, train=splits["train"], val=[], test=splits["test"],
-                         root=root / "images", template_key="Food101", superclass="food")
+    return DatasetSplits(
+        "Food101",
+        classnames,
+        train=splits["train"],
+        val=[],
+        test=splits["test"],
+        root=root / "images",
+        template_key="Food101",
+        superclass="food",
+    )

@@ -4,9 +4,10 @@ The two sources differ wildly in size (the paper mixes ImageNet with web caption
 reports that balancing them per batch is critical. Each source is read as its own stream of seeded
 permutations, reshuffled whenever it runs out, so the smaller source is repeated rather than exhausted.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -23,8 +24,16 @@ class BalancedBatchSampler:
     `batches(epoch, start)` resumes mid-epoch exactly.
     """
 
-    def __init__(self, n_label: int, n_text: int, batch_size: int, label_fraction: float = 0.5, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n_label: int,
+        n_text: int,
+        batch_size: int,
+        label_fraction: float = 0.5,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if not 0.0 <= label_fraction <= 1.0:
             raise ClipadaptError(f"label_fraction must be within [0, 1], got {label_fraction}")
         # With one source only, every batch is drawn from it whatever the fraction.
@@ -49,7 +58,7 @@ class BalancedBatchSampler:
         rounds = range(first // size, (first + needed - 1) // size + 1)
         draws = np.concatenate([np.random.default_rng([self.seed, source, r]).permutation(size) for r in rounds])
         start = first - rounds[0] * size
-        return draws[start:start + needed].reshape(self.steps_per_epoch, self.world_size, per_batch)
+        return draws[start : start + needed].reshape(self.steps_per_epoch, self.world_size, per_batch)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
         """This rank's batches of `epoch`, from batch `start` on."""

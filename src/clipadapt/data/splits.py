@@ -8,9 +8,9 @@ import math
 import os
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from clipadapt.data.datasets import DatasetSplits, Sample, read_split_file, save_split_file
 from clipadapt.errors import DataError

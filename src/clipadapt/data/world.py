@@ -57,10 +57,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -109,8 +110,18 @@ BACKGROUNDS: dict[str, tuple[str, ...]] = {
 SHIFTED_DATASETS = ("sensor", "clutter", "sketch")
 # Each image's random draws are seeded by its data set's place in this tuple: new data sets go at the end, so the
 # images of the others stay the same (v5 added `birds`; the rest is byte-identical to v4).
-WORLD_DATASETS = ("pretrain", "captions", "objects", "patterns", "scenes", *SHIFTED_DATASETS, "textures", "aerial",
-                  "fine", "birds")
+WORLD_DATASETS = (
+    "pretrain",
+    "captions",
+    "objects",
+    "patterns",
+    "scenes",
+    *SHIFTED_DATASETS,
+    "textures",
+    "aerial",
+    "fine",
+    "birds",
+)
 TARGET_DATASETS = tuple(name for name in WORLD_DATASETS if name not in ("pretrain", "captions"))
 # `textures` classes are pattern x colour (a plain "solid" surface has no texture); `aerial` ground covers are the
 # backgrounds one can look down on (not a wall, not the night sky).
@@ -256,8 +267,10 @@ def _class_name(attributes: dict[str, str]) -> str:
     if "mark_colour" in attributes:
         return f"{FINE_SUPERCLASS} with {attributes['mark_colour']} spot"
     if "crown" in attributes:
-        return (f"{attributes['crown']}-crowned {attributes['wing']}-winged {attributes['breast']}-breasted "
-                f"{BIRD_SUPERCLASS}")
+        return (
+            f"{attributes['crown']}-crowned {attributes['wing']}-winged {attributes['breast']}-breasted "
+            f"{BIRD_SUPERCLASS}"
+        )
     if "background" in attributes:
         return f"{attributes['shape']} {BACKGROUNDS[attributes['background']][0]}"
     if "shape" not in attributes:  # textures
@@ -289,13 +302,24 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
         free = {"shape": SHAPES, "background": AERIAL_BACKGROUNDS}
     elif dataset == "fine":
         # Everything but the spot has the same distribution in every subcategory.
-        free = {"colour": BADGE_COLOURS, "shape": (FINE_SUPERCLASS,), "pattern": ("solid",), "size": ("large",),
-                "background": tuple(BACKGROUNDS), "mark_position": tuple(MARK_POSITIONS)}
+        free = {
+            "colour": BADGE_COLOURS,
+            "shape": (FINE_SUPERCLASS,),
+            "pattern": ("solid",),
+            "size": ("large",),
+            "background": tuple(BACKGROUNDS),
+            "mark_position": tuple(MARK_POSITIONS),
+        }
     elif dataset == "birds":  # the nuisances; the tilt, size, place and light are drawn as the image is drawn
         free = {"background": tuple(BACKGROUNDS), "plumage": tuple(PLUMAGE), "facing": ("left", "right")}
     else:
-        free = {"colour": tuple(COLOURS), "shape": SHAPES, "pattern": PATTERNS, "size": SIZES,
-                "background": tuple(BACKGROUNDS)}
+        free = {
+            "colour": tuple(COLOURS),
+            "shape": SHAPES,
+            "pattern": PATTERNS,
+            "size": SIZES,
+            "background": tuple(BACKGROUNDS),
+        }
     drawn = {key: fixed[key] if key in fixed else values[rng.integers(len(values))] for key, values in free.items()}
     if dataset == "captions" and rng.uniform() < SKETCH_CAPTION_SHARE:
         drawn["style"] = "sketch"
@@ -314,8 +338,10 @@ def _caption(attributes: dict[str, str], rng: np.random.Generator) -> str:
 
 
 def _regular(n: int, radius: float, start: float) -> list[tuple[float, float]]:
-    return [(radius * math.cos(start + 2 * math.pi * k / n), radius * math.sin(start + 2 * math.pi * k / n))
-            for k in range(n)]
+    return [
+        (radius * math.cos(start + 2 * math.pi * k / n), radius * math.sin(start + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
 
 
 def _star() -> list[tuple[float, float]]:
@@ -336,8 +362,20 @@ _POLYGONS: dict[str, list[tuple[float, float]]] = {
     "square": [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)],
     "triangle": _regular(3, 1.1, -math.pi / 2),
     "star": _star(),
-    "cross": [(-_W, -1), (_W, -1), (_W, -_W), (1, -_W), (1, _W), (_W, _W), (_W, 1), (-_W, 1), (-_W, _W), (-1, _W),
-              (-1, -_W), (-_W, -_W)],
+    "cross": [
+        (-_W, -1),
+        (_W, -1),
+        (_W, -_W),
+        (1, -_W),
+        (1, _W),
+        (_W, _W),
+        (_W, 1),
+        (-_W, 1),
+        (-_W, _W),
+        (-1, _W),
+        (-1, -_W),
+        (-_W, -_W),
+    ],
     "heart": _heart(),
     "arrow": [(0, -1), (0.75, -0.1), (0.3, -0.1), (0.3, 1), (-0.3, 1), (-0.3, -0.1), (-0.75, -0.1)],
     FINE_SUPERCLASS: _regular(6, 1.0, 0.0),  # a hexagon with flat top and bottom
@@ -425,8 +463,10 @@ def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
         grain = rng.standard_normal((n, n), dtype=np.float32)
         return np.array([205, 180, 130], np.float32) + (8 * ripples + 10 * grain)[..., None]
     if name == "water":
-        waves = np.sin(2 * np.pi * (5 * y + 0.15 * np.sin(2 * np.pi * 2 * x + rng.uniform(0, 2 * np.pi)))
-                       + rng.uniform(0, 2 * np.pi))
+        waves = np.sin(
+            2 * np.pi * (5 * y + 0.15 * np.sin(2 * np.pi * 2 * x + rng.uniform(0, 2 * np.pi)))
+            + rng.uniform(0, 2 * np.pi)
+        )
         return np.array([30, 75, 125], np.float32) + waves[..., None] * np.array([12, 20, 25], np.float32)
     if name == "brick":
         rows, width = 6, 1 / 3
@@ -482,8 +522,18 @@ def _paper(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(_PAPER, np.float32) + shade[..., None]
 
 
-def _draw_object(image: np.ndarray, shape: str, colour: str, pattern: str, cx: float, cy: float, radius: float,
-                 angle: float, sketch: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw_object(
+    image: np.ndarray,
+    shape: str,
+    colour: str,
+    pattern: str,
+    cx: float,
+    cy: float,
+    radius: float,
+    angle: float,
+    sketch: bool,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """`image` with the object drawn on it, and the object's coverage [n, n]."""
     n = image.shape[0]
     alpha = _shape_alpha(shape, cx, cy, radius, angle, n)
@@ -507,8 +557,9 @@ def _draw_object(image: np.ndarray, shape: str, colour: str, pattern: str, cx: f
     return image * (1.0 - outer) + np.array(_OUTLINE, np.float32) * (outer - a) + fill * a, alpha
 
 
-def _free_spot(rng: np.random.Generator, n: int, radius: float, taken: list[tuple[float, float, float]],
-               tries: int = 20) -> tuple[float, float]:
+def _free_spot(
+    rng: np.random.Generator, n: int, radius: float, taken: list[tuple[float, float, float]], tries: int = 20
+) -> tuple[float, float]:
     """A centre for an object of `radius` inside the image, clear of the `taken` (x, y, r) discs if one is found
     in `tries` draws (else the last draw: a crowded image may overlap)."""
     margin = 1.05 * radius + 1.0
@@ -538,8 +589,9 @@ _BILL = (70, 62, 52)
 _EYE = (15, 15, 15)
 
 
-def _draw_bird(image: np.ndarray, attributes: dict[str, str], rng: np.random.Generator
-               ) -> tuple[np.ndarray, dict[str, list[int]]]:
+def _draw_bird(
+    image: np.ndarray, attributes: dict[str, str], rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, list[int]]]:
     """`image` with the bird drawn on it, the bird's box and its parts' boxes (the visible pixels of each)."""
     n = image.shape[0]
     length = n * float(rng.uniform(*_BIRD_LENGTH))
@@ -552,27 +604,36 @@ def _draw_bird(image: np.ndarray, attributes: dict[str, str], rng: np.random.Gen
     def place(points: list[tuple[float, float]]) -> np.ndarray:  # bird frame -> pixels
         return _rotate(np.array(points) * (flip, 1.0), angle) * length + origin
 
-    alpha = {name: _ellipse(n, *place([centre])[0], a * length, b * length, flip * tilt + angle)
-             for name, (centre, a, b, tilt) in _BIRD_ELLIPSES.items()}
+    alpha = {
+        name: _ellipse(n, *place([centre])[0], a * length, b * length, flip * tilt + angle)
+        for name, (centre, a, b, tilt) in _BIRD_ELLIPSES.items()
+    }
     alpha.update({name: _polygon(place(points), n) for name, points in _BIRD_POLYGONS.items()})
     hx, hy = place([_BIRD_ELLIPSES["head"][0]])[0]
     ys, xs = _pixel_grid(n)
-    above = np.clip(0.5 - (-(xs - hx) * math.sin(math.radians(angle)) + (ys - hy) * math.cos(math.radians(angle))),
-                    0.0, 1.0)
+    above = np.clip(
+        0.5 - (-(xs - hx) * math.sin(math.radians(angle)) + (ys - hy) * math.cos(math.radians(angle))), 0.0, 1.0
+    )
     alpha["crown"] = alpha["head"] * above
     alpha["breast"] = alpha["breast"] * alpha["body"] * (1.0 - alpha["wing"]) * (1.0 - alpha["head"])
 
     plumage = np.array(PLUMAGE[attributes["plumage"]], np.float32) * float(rng.uniform(0.92, 1.08))
     wing_centre = place([_BIRD_ELLIPSES["wing"][0]])[0]
-    marks = _pattern_amount(attributes["wing"], *wing_centre, _WING_PATTERN_PERIOD / _PATTERN_PERIOD * length, angle,
-                            n)
+    marks = _pattern_amount(attributes["wing"], *wing_centre, _WING_PATTERN_PERIOD / _PATTERN_PERIOD * length, angle, n)
     wing = plumage * 0.85 * (1.0 - marks[..., None] * (1.0 - _PATTERN_SHADE))
     silhouette = np.max([alpha[name] for name in ("body", "head", "tail", "bill")], axis=0)
     outline = _dilate(silhouette)[..., None]
     image = image * (1.0 - outline) + np.array(_OUTLINE, np.float32) * outline
-    for name, fill in (("tail", plumage * 0.8), ("body", plumage), ("breast", COLOURS[attributes["breast"]]),
-                       ("wing", wing), ("head", plumage), ("crown", COLOURS[attributes["crown"]]), ("eye", _EYE),
-                       ("bill", _BILL)):
+    for name, fill in (
+        ("tail", plumage * 0.8),
+        ("body", plumage),
+        ("breast", COLOURS[attributes["breast"]]),
+        ("wing", wing),
+        ("head", plumage),
+        ("crown", COLOURS[attributes["crown"]]),
+        ("eye", _EYE),
+        ("bill", _BILL),
+    ):
         a = alpha[name][..., None]
         image = image * (1.0 - a) + np.asarray(fill, np.float32) * a
     wing_edge = 0.6 * (_dilate(alpha["wing"]) - alpha["wing"])[..., None] * alpha["body"][..., None]
@@ -610,7 +671,10 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
         centre = rng.uniform(0, n, 2)
         shade = _pattern_amount(attributes["pattern"], *centre, scale, angle, n)[..., None]
         ys, xs = _pixel_grid(n)
-        light = 1.0 + 0.3 * ((xs - n / 2) * math.cos(math.radians(angle)) + (ys - n / 2) * math.sin(math.radians(angle))) / n
+        light = (
+            1.0
+            + 0.3 * ((xs - n / 2) * math.cos(math.radians(angle)) + (ys - n / 2) * math.sin(math.radians(angle))) / n
+        )
         image = np.array(COLOURS[attributes["colour"]], np.float32) * (1.0 - shade * (1.0 - _PATTERN_SHADE))
         image = image * light[..., None]
         boxes = {"box": frame}
@@ -623,8 +687,9 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
             cx, cy = _free_spot(rng, n, radius, taken)
             taken.append((cx, cy, radius))
             colour = list(COLOURS)[rng.integers(len(COLOURS))]
-            image, _ = _draw_object(image, attributes["shape"], colour, "solid", cx, cy, radius,
-                                    float(rng.uniform(0, 360)), False, rng)
+            image, _ = _draw_object(
+                image, attributes["shape"], colour, "solid", cx, cy, radius, float(rng.uniform(0, 360)), False, rng
+            )
         boxes = {"box": frame}
     elif layout == "bird":
         image, boxes = _draw_bird(_background(attributes["background"], n, rng), attributes, rng)
@@ -641,11 +706,20 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
                 small = radius * float(rng.uniform(0.5, 0.7))
                 dx, dy = _free_spot(rng, n, small, [(cx, cy, 0.8 * radius)])
                 image, _ = _draw_object(
-                    image, SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))],
-                    PATTERNS[rng.integers(len(PATTERNS))], dx, dy, small,
-                    float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)), False, rng)
-        image, alpha = _draw_object(image, attributes["shape"], attributes["colour"], attributes["pattern"], cx, cy,
-                                    radius, angle, sketch, rng)
+                    image,
+                    SHAPES[rng.integers(len(SHAPES))],
+                    list(COLOURS)[rng.integers(len(COLOURS))],
+                    PATTERNS[rng.integers(len(PATTERNS))],
+                    dx,
+                    dy,
+                    small,
+                    float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)),
+                    False,
+                    rng,
+                )
+        image, alpha = _draw_object(
+            image, attributes["shape"], attributes["colour"], attributes["pattern"], cx, cy, radius, angle, sketch, rng
+        )
         boxes = {"box": _box(alpha, 0.5)}
         if "mark_colour" in attributes:
             direction = math.radians(MARK_POSITIONS[attributes["mark_position"]] + angle)
@@ -699,14 +773,16 @@ def _plan(seed: int, sizes: dict[str, int]) -> list[_ImageSpec]:
             for i, split in enumerate(splits):
                 rng = np.random.default_rng([seed, index, label, i, 0])
                 attributes = _draw_attributes(name, fixed, rng)
-                specs.append(_ImageSpec(
-                    path=f"{name}/images/{folder}/{i}.png",
-                    seed=(seed, index, label, i, 1),
-                    attributes=attributes,
-                    split=split,
-                    label=label,
-                    caption=_caption(attributes, rng) if name == "captions" else None,
-                ))
+                specs.append(
+                    _ImageSpec(
+                        path=f"{name}/images/{folder}/{i}.png",
+                        seed=(seed, index, label, i, 1),
+                        attributes=attributes,
+                        split=split,
+                        label=label,
+                        caption=_caption(attributes, rng) if name == "captions" else None,
+                    )
+                )
     return specs
 
 
@@ -751,8 +827,16 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
         folder = root / name
         mine = [(spec, box) for spec, box in zip(specs, boxes) if spec.path.startswith(f"{name}/")]
         # Paths relative to the data set folder, which holds the split file: what `coop:NAME:DIR` expects.
-        _write_json(folder / "image_attributes.json", {spec.path[len(name) + 1 :]: {
-            **spec.attributes, **{key: value for key, value in box.items() if key != "parts"}} for spec, box in mine})
+        _write_json(
+            folder / "image_attributes.json",
+            {
+                spec.path[len(name) + 1 :]: {
+                    **spec.attributes,
+                    **{key: value for key, value in box.items() if key != "parts"},
+                }
+                for spec, box in mine
+            },
+        )
         classes = _class_list(name)
         classnames = [_class_name(attributes) for attributes in classes]
         if name == "captions":
@@ -762,8 +846,10 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
                 writer.writerows([spec.path[len(name) + 1 :], spec.caption] for spec, _ in mine)
             datasets[name] = {"file": f"{name}/captions.csv", "compositions": classnames, "images": len(mine)}
             continue
-        splits = {split: [Sample(root / spec.path, spec.label) for spec, _ in mine if spec.split == split]
-                  for split in SPLIT_NAMES}
+        splits = {
+            split: [Sample(root / spec.path, spec.label) for spec, _ in mine if spec.split == split]
+            for split in SPLIT_NAMES
+        }
         save_split_file(folder / _split_file_name(name), splits, folder, classnames)
         _write_json(folder / "attributes.json", dict(zip(classnames, classes)))
         datasets[name] = {"split_file": f"{name}/{_split_file_name(name)}", "classes": classnames, "images": len(mine)}
@@ -772,20 +858,31 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
             datasets[name]["superclass"] = SUPERCLASSES[name]
     new_classes = [_name(c, s) for c, s in HELD_OUT]
     (root / "objects" / "unseen_classes.txt").write_text("".join(f"{c}\n" for c in new_classes), encoding="utf-8")
-    datasets["objects"].update(base_classes=[_name(c, s) for c, s in _compositions(BASE_OFFSETS)],
-                               new_classes=new_classes)
+    datasets["objects"].update(
+        base_classes=[_name(c, s) for c, s in _compositions(BASE_OFFSETS)], new_classes=new_classes
+    )
 
-    _write_json(root / "world.json", {
-        **_world_config(seed, image_size, sizes),
-        "vocabulary": {
-            "colour": COLOURS, "shape": SHAPES, "pattern": PATTERNS, "size": SIZES, "background": BACKGROUNDS,
-            "mark_colour": MARK_COLOURS, "mark_position": list(MARK_POSITIONS), "bird_colour": BIRD_COLOURS,
-            "bird_part": BIRD_PARTS, "plumage": PLUMAGE,
+    _write_json(
+        root / "world.json",
+        {
+            **_world_config(seed, image_size, sizes),
+            "vocabulary": {
+                "colour": COLOURS,
+                "shape": SHAPES,
+                "pattern": PATTERNS,
+                "size": SIZES,
+                "background": BACKGROUNDS,
+                "mark_colour": MARK_COLOURS,
+                "mark_position": list(MARK_POSITIONS),
+                "bird_colour": BIRD_COLOURS,
+                "bird_part": BIRD_PARTS,
+                "plumage": PLUMAGE,
+            },
+            "seen_compositions": [_name(c, s) for c, s in SEEN],
+            "held_out_compositions": new_classes,
+            "datasets": datasets,
         },
-        "seen_compositions": [_name(c, s) for c, s in SEEN],
-        "held_out_compositions": new_classes,
-        "datasets": datasets,
-    })
+    )
 
 
 def _is_world(path: Path, config: dict[str, Any]) -> bool:
@@ -888,8 +985,12 @@ def load_world(arg: str) -> DatasetSplits:
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"cannot read the class attributes of {folder}: {exc!r}") from exc
     return DatasetSplits(
-        f"World{name.capitalize()}", classnames, root=folder, class_attributes=class_attributes,
-        superclass=SUPERCLASSES.get(name), **splits,
+        f"World{name.capitalize()}",
+        classnames,
+        root=folder,
+        class_attributes=class_attributes,
+        superclass=SUPERCLASSES.get(name),
+        **splits,
     )
 
 

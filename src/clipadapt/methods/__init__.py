@@ -15,11 +15,13 @@ Optional parts of the interface, which the protocols look for:
   `kept_token_overlap(samples, parts)`: diagnostics written to metrics.json (and a feature sample and overlay
   examples that `clipadapt report` plots).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import build_config
 from ..errors import ClipadaptError
@@ -43,8 +45,9 @@ def _trains_on_synthetic(cls: type) -> bool:
     return hasattr(cls, "fit") and "synthetic" in inspect.signature(cls.fit).parameters
 
 
-def build_method(name: str, backbone, values: dict[str, Any] | None = None, source: str = "overrides",
-                 seed: int | None = None):
+def build_method(
+    name: str, backbone, values: dict[str, Any] | None = None, source: str = "overrides", seed: int | None = None
+):
     """The method `name` on `backbone` with its config built from defaults plus `values`; a method with a `seed`
     in its config gets the run's `seed` unless `values` sets one. `METHOD+ship` trains METHOD with SHIP's
     synthesized features; `ship.KEY` values configure SHIP, the others METHOD."""
@@ -53,19 +56,22 @@ def build_method(name: str, backbone, values: dict[str, Any] | None = None, sour
         inner, _, addon = name.partition("+")
         if addon not in ADDONS:
             raise ClipadaptError(f"unknown add-on '{addon}' in '{name}'; available: {', '.join(ADDONS)}")
-        method = build_method(inner, backbone, {k: v for k, v in values.items() if not k.startswith("ship.")},
-                              source, seed)
+        method = build_method(
+            inner, backbone, {k: v for k, v in values.items() if not k.startswith("ship.")}, source, seed
+        )
         if not _trains_on_synthetic(type(method)):
             trainable = sorted(n for n, c in METHODS.items() if _trains_on_synthetic(c))
-            raise ClipadaptError(f"'{inner}' cannot train on synthesized features; {addon} works with "
-                                 f"{', '.join(trainable)}")
+            raise ClipadaptError(
+                f"'{inner}' cannot train on synthesized features; {addon} works with {', '.join(trainable)}"
+            )
         ship_values = {k.removeprefix("ship."): v for k, v in values.items() if k.startswith("ship.")}
         if seed is not None:
             ship_values.setdefault("seed", seed)
         return WithShip(method, name, backbone, build_config(ShipConfig, ship_values, source=source))
     if name not in METHODS:
-        raise ClipadaptError(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))} "
-                             f"(and METHOD+{'/'.join(ADDONS)})")
+        raise ClipadaptError(
+            f"unknown method '{name}'; available: {', '.join(sorted(METHODS))} (and METHOD+{'/'.join(ADDONS)})"
+        )
     cls = METHODS[name]
     if seed is not None and "seed" in {f.name for f in dataclasses.fields(cls.Config)}:
         values.setdefault("seed", seed)
@@ -80,11 +86,6 @@ def method_config(method) -> dict[str, Any]:
     return dataclasses.asdict(method.config)
 
 
-from . import zeroshot  # noqa: E402,F401  (registers itself)
-from . import linear_probe  # noqa: E402,F401  (registers itself)
-from . import coop  # noqa: E402,F401  (registers itself)
-from . import cocoop  # noqa: E402,F401  (registers itself)
-from . import clip_adapter  # noqa: E402,F401  (registers itself)
-from . import tip_adapter  # noqa: E402,F401  (registers itself)
-from . import mpfgvc  # noqa: E402,F401  (registers mpfgvc and finetune)
-from .ship import ShipConfig, WithShip  # noqa: E402  (the METHOD+ship add-on)
+# Each method module registers itself on import (mpfgvc registers mpfgvc and finetune); ship is the add-on.
+from . import clip_adapter, cocoop, coop, linear_probe, mpfgvc, tip_adapter, zeroshot  # noqa: E402, F401
+from .ship import ShipConfig, WithShip  # noqa: E402

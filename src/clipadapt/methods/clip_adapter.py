@@ -9,12 +9,13 @@ official repository ships no training config; training here is the Dassl recipe 
 loop, so SHIP's synthetic features mix in the same way (`clip_adapter+ship`). The adapter transfers to any class
 names: only the text weights change.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,9 @@ from .coop import SELECTIONS, epochs_for_shots
 
 
 def adapter_mlp(dim: int, reduction: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(),
-                         nn.Linear(dim // reduction, dim, bias=False), nn.ReLU())
+    return nn.Sequential(
+        nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(), nn.Linear(dim // reduction, dim, bias=False), nn.ReLU()
+    )
 
 
 @register_method("clip_adapter")
@@ -52,7 +54,7 @@ class ClipAdapter:
         seed: int = 1
         checkpoint_every: int = 200
 
-    def __init__(self, backbone, config: "ClipAdapter.Config"):
+    def __init__(self, backbone, config: ClipAdapter.Config):
         if not 0 <= config.ratio <= 1:
             raise ClipadaptError(f"ratio must be in [0, 1], got {config.ratio}")
         if config.reduction < 1 or backbone.embed_dim // config.reduction < 1:
@@ -74,9 +76,17 @@ class ClipAdapter:
     def _logits(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return self.backbone.model.logit_scale.exp() * F.normalize(self.adapt(features), dim=-1) @ weights.T
 
-    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
-            synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
+    def fit(
+        self,
+        train: FeatureSet,
+        classnames: Sequence[str],
+        val: FeatureSet | None = None,
+        template_key: str | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        synthetic: FeatureSet | None = None,
+        synthetic_ratio: float = 1.0,
+    ) -> dict:
         classnames = list(classnames)
         weights = self.text(classnames, template_key)
         epochs = self.config.epochs or epochs_for_shots(int(torch.bincount(train.labels).max()), template_key)
@@ -86,13 +96,25 @@ class ClipAdapter:
 
         fingerprint = json.dumps([asdict(self.config), classnames, template_key, "clip_adapter"], sort_keys=True)
         self.history = train_prompt_learner(
-            self.adapter, batch_loss, self.backbone, train, self.config, epochs=epochs, val=val,
-            score=lambda features: self._logits(features, weights), out_dir=out_dir, run_fingerprint=fingerprint,
-            progress=progress, desc="clip_adapter", synthetic=synthetic, synthetic_ratio=synthetic_ratio,
+            self.adapter,
+            batch_loss,
+            self.backbone,
+            train,
+            self.config,
+            epochs=epochs,
+            val=val,
+            score=lambda features: self._logits(features, weights),
+            out_dir=out_dir,
+            run_fingerprint=fingerprint,
+            progress=progress,
+            desc="clip_adapter",
+            synthetic=synthetic,
+            synthetic_ratio=synthetic_ratio,
         )
         return self.history
 
     @torch.no_grad()
-    def logits(self, features: torch.Tensor, classnames: Sequence[str],
-               template_key: str | None = None) -> torch.Tensor:
+    def logits(
+        self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
+    ) -> torch.Tensor:
         return self._logits(features, self.text(classnames, template_key))

@@ -13,13 +13,14 @@ batch-1 loss curve and accuracies; batch 32 at lr 0.002 barely moved from the in
 batch x classes prompts: lower `batch_size` (the lr follows) for many classes on a large model. Inference runs
 `eval_batch` images at a time.
 """
+
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,15 @@ class ConditionalContext(nn.Module):
         if vis_dim < 16:
             raise ClipadaptError(f"cocoop's meta-net needs an image embedding of at least 16 dimensions, got {vis_dim}")
         self.ctx = nn.Parameter(ctx)
-        self.meta_net = nn.Sequential(OrderedDict([
-            ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
-            ("relu", nn.ReLU()),
-            ("linear2", nn.Linear(vis_dim // 16, ctx.shape[-1])),
-        ]))
+        self.meta_net = nn.Sequential(
+            OrderedDict(
+                [
+                    ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
+                    ("relu", nn.ReLU()),
+                    ("linear2", nn.Linear(vis_dim // 16, ctx.shape[-1])),
+                ]
+            )
+        )
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return (self.ctx + self.meta_net(image_features)[:, None, :])[:, None]
@@ -74,7 +79,7 @@ class CoCoOp:
         seed: int = 1
         checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
 
-    def __init__(self, backbone, config: "CoCoOp.Config"):
+    def __init__(self, backbone, config: CoCoOp.Config):
         if config.select not in ("last", "val"):
             raise ClipadaptError(f"select must be last or val, got '{config.select}'")
         if config.eval_batch < 1:
@@ -82,8 +87,11 @@ class CoCoOp:
         backbone.context_vectors(config.n_ctx, config.init)  # fails early when the prompt is too long
         self.backbone = backbone
         # lr 0: the official batch-1 rates scaled to the batch, the warm-up's too (same distance per epoch)
-        self.config = config if config.lr else replace(config, lr=OFFICIAL_LR * config.batch_size,
-                                                       warmup_lr=config.warmup_lr * config.batch_size)
+        self.config = (
+            config
+            if config.lr
+            else replace(config, lr=OFFICIAL_LR * config.batch_size, warmup_lr=config.warmup_lr * config.batch_size)
+        )
         self.history: dict = {}
         self.prompt = self._initial_prompt()
 
@@ -104,8 +112,15 @@ class CoCoOp:
         text = self.backbone.encode_prompted_text(self.prompt(image), classnames, normalize=True)  # [B, n_cls, D]
         return self.backbone.model.logit_scale.exp() * torch.einsum("bd,bcd->bc", image, text)
 
-    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    def fit(
+        self,
+        train: FeatureSet,
+        classnames: Sequence[str],
+        val: FeatureSet | None = None,
+        template_key: str | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> dict:
         """Learn context and meta-net on `train` (`template_key` is unused: the learned prompt replaces templates).
         With `out_dir`, checkpoints go there and a rerun with the same arguments resumes."""
         classnames = list(classnames)
@@ -116,18 +131,27 @@ class CoCoOp:
 
         fingerprint = json.dumps([asdict(self.config), classnames, "cocoop"], sort_keys=True)
         self.history = train_prompt_learner(
-            self.prompt, batch_loss, self.backbone, train, self.config, epochs=self.config.epochs,
-            val=val, score=lambda features: self.logits(features, classnames), out_dir=out_dir,
+            self.prompt,
+            batch_loss,
+            self.backbone,
+            train,
+            self.config,
+            epochs=self.config.epochs,
+            val=val,
+            score=lambda features: self.logits(features, classnames),
+            out_dir=out_dir,
             run_fingerprint=fingerprint,
-            progress=progress, desc="cocoop",
+            progress=progress,
+            desc="cocoop",
         )
         if out_dir is not None:  # the learned prompt, loadable with `load`
             self.save(Path(out_dir) / "cocoop.safetensors")
         return self.history
 
     @torch.no_grad()
-    def logits(self, features: torch.Tensor, classnames: Sequence[str],
-               template_key: str | None = None) -> torch.Tensor:
+    def logits(
+        self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
+    ) -> torch.Tensor:
         """Any class names: the context is shared, only its per-image shift depends on the image."""
         classnames = list(classnames)
         return torch.cat([self._logits(chunk, classnames) for chunk in features.split(self.config.eval_batch)])

@@ -10,12 +10,13 @@ Where the official code re-encodes every augmented image at every step, the defa
 image features, so a step costs one text-encoder pass over the class prompts (`augment=true` does what the official
 code does). The shared context transfers to any class names (base-to-new, cross-data-set); class-specific ones do not.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,10 +68,12 @@ class CoOp:
         checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
         class_chunk: int = 1024  # class prompts per text-encoder call; more are chunked (activation checkpointing)
 
-    def __init__(self, backbone, config: "CoOp.Config"):
+    def __init__(self, backbone, config: CoOp.Config):
         if config.class_token_position not in CLASS_TOKEN_POSITIONS:
-            raise ClipadaptError(f"class_token_position must be one of {', '.join(CLASS_TOKEN_POSITIONS)}, "
-                                 f"got '{config.class_token_position}'")
+            raise ClipadaptError(
+                f"class_token_position must be one of {', '.join(CLASS_TOKEN_POSITIONS)}, "
+                f"got '{config.class_token_position}'"
+            )
         if config.select not in SELECTIONS:
             raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
         backbone.context_vectors(config.n_ctx, config.init)  # fails early when the prompt is too long
@@ -97,16 +100,27 @@ class CoOp:
                 ctx = ctx.repeat(n_cls, 1, 1)
         else:
             shape = (self.config.n_ctx, self.backbone.text_width)
-            ctx = torch.randn((n_cls, *shape) if n_cls is not None else shape,
-                              generator=torch.Generator().manual_seed(self.config.seed)) * 0.02
+            ctx = (
+                torch.randn(
+                    (n_cls, *shape) if n_cls is not None else shape,
+                    generator=torch.Generator().manual_seed(self.config.seed),
+                )
+                * 0.02
+            )
         return nn.Parameter(ctx.clone().to(self.backbone.device))
 
     def _text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         """The class prompts' features [C, D]. Without gradients they are kept until the context changes (its
         version counter moves with every optimizer step), so scoring test features in blocks encodes them once."""
+
         def encode() -> torch.Tensor:
-            return self.backbone.encode_prompted_text(self.ctx, classnames, self.config.class_token_position,
-                                                      normalize=True, class_chunk=self.config.class_chunk)
+            return self.backbone.encode_prompted_text(
+                self.ctx,
+                classnames,
+                self.config.class_token_position,
+                normalize=True,
+                class_chunk=self.config.class_chunk,
+            )
 
         if torch.is_grad_enabled():
             return encode()
@@ -121,9 +135,17 @@ class CoOp:
         image = F.normalize(features.to(text), dim=-1)
         return self.backbone.model.logit_scale.exp() * image @ text.T
 
-    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
-            synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
+    def fit(
+        self,
+        train: FeatureSet,
+        classnames: Sequence[str],
+        val: FeatureSet | None = None,
+        template_key: str | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        synthetic: FeatureSet | None = None,
+        synthetic_ratio: float = 1.0,
+    ) -> dict:
         """Learn the context on `train` (the learned prompt replaces any template; `template_key` names the data
         set for the epochs by shots).
         With `out_dir`, checkpoints go there and a rerun with the same arguments resumes. `synthetic` features
@@ -140,22 +162,36 @@ class CoOp:
         # class_chunk changes how prompts are batched, not what is learned, and options added since are left out at
         # their defaults: runs from before them still resume.
         defaults = asdict(CoOp.Config())
-        settings = {k: v for k, v in asdict(self.config).items()
-                    if k != "class_chunk" and not (k in ("schedule", "drop_last", "crop_scale") and v == defaults[k])}
+        settings = {
+            k: v
+            for k, v in asdict(self.config).items()
+            if k != "class_chunk" and not (k in ("schedule", "drop_last", "crop_scale") and v == defaults[k])
+        }
         fingerprint = json.dumps([settings, self.classnames, "coop"], sort_keys=True)
         self.history = train_prompt_learner(
-            self.prompt, batch_loss, self.backbone, train, self.config, epochs=epochs,
-            val=val, score=lambda features: self.logits(features, self.classnames), out_dir=out_dir,
+            self.prompt,
+            batch_loss,
+            self.backbone,
+            train,
+            self.config,
+            epochs=epochs,
+            val=val,
+            score=lambda features: self.logits(features, self.classnames),
+            out_dir=out_dir,
             run_fingerprint=fingerprint,
-            progress=progress, desc="coop", synthetic=synthetic, synthetic_ratio=synthetic_ratio,
+            progress=progress,
+            desc="coop",
+            synthetic=synthetic,
+            synthetic_ratio=synthetic_ratio,
         )
         if out_dir is not None:  # the learned prompt, loadable with `load`
             self.save(Path(out_dir) / "coop.safetensors")
         return self.history
 
     @torch.no_grad()
-    def logits(self, features: torch.Tensor, classnames: Sequence[str],
-               template_key: str | None = None) -> torch.Tensor:
+    def logits(
+        self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
+    ) -> torch.Tensor:
         if self.config.csc and self.prompt is not None and list(classnames) != self.classnames:
             raise ClipadaptError(
                 "coop with csc=true learned one context per training class; it cannot score other class names "
@@ -172,11 +208,16 @@ class CoOp:
         tensors, metadata = load_method_weights(path, "coop")
         ctx = tensors["ctx"]
         saved = metadata["config"]
-        if ctx.shape[-1] != self.backbone.text_width or (ctx.ndim == 3) != self.config.csc \
-                or saved["class_token_position"] != self.config.class_token_position:
-            raise CheckpointError(f"the context in {path} (shape {tuple(ctx.shape)}, csc={saved['csc']}, "
-                                  f"class_token_position={saved['class_token_position']}) does not fit this model "
-                                  "and config")
+        if (
+            ctx.shape[-1] != self.backbone.text_width
+            or (ctx.ndim == 3) != self.config.csc
+            or saved["class_token_position"] != self.config.class_token_position
+        ):
+            raise CheckpointError(
+                f"the context in {path} (shape {tuple(ctx.shape)}, csc={saved['csc']}, "
+                f"class_token_position={saved['class_token_position']}) does not fit this model "
+                "and config"
+            )
         self.classnames = metadata["classnames"]
         self.prompt = nn.ParameterDict({"ctx": nn.Parameter(ctx.to(self.backbone.device))})
         self._scoring_text = None

@@ -6,12 +6,13 @@ validation set: a coarse sweep over C in 1e6, 1e4, ..., 1e-6, then 8 halving ste
 best C's neighbours. Here the same objective is minimized with torch's full-batch L-BFGS, so no scikit-learn is needed
 and the fit runs on the backbone's device.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +26,18 @@ from . import register_method
 COARSE_C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # lpclip's search_list, in its order (ties go to the first)
 
 
-def logistic_objective(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                       c: float) -> torch.Tensor:
+def logistic_objective(
+    weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, c: float
+) -> torch.Tensor:
     """scikit-learn's L2-penalized multinomial logistic loss as its L-BFGS solver sees it: mean cross-entropy plus
     ||weight||^2 / (2 C N). That is sklearn's `C * sum(CE) + ||weight||^2 / 2` divided by C N (same minimizer, and
     the scale its gradient tolerance applies to); the bias is not penalized."""
     return F.cross_entropy(x @ weight.T + bias, y) + weight.pow(2).sum() / (2 * c * len(y))
 
 
-def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int = 1000,
-                            tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic_regression(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int = 1000, tol: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight [K, D], bias [K]) minimizing `logistic_objective` from zeros, as sklearn's lbfgs solver does: stop when
     the largest gradient component is <= `tol` or after `max_iter` iterations.
 
@@ -52,9 +55,16 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     # 20 copies of the weights where torch's default keeps 200) and ftol 64 eps. scipy caps iterations, not
     # evaluations: torch's evaluation cap is raised from 1.25 to 2 per iteration so that max_iter ends a long fit.
     scale = c * len(y)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, max_eval=2 * max_iter,
-                                  tolerance_grad=tol * scale, tolerance_change=64 * torch.finfo(torch.float64).eps,
-                                  history_size=10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1,
+        max_iter=max_iter,
+        max_eval=2 * max_iter,
+        tolerance_grad=tol * scale,
+        tolerance_change=64 * torch.finfo(torch.float64).eps,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -100,7 +110,7 @@ class LinearProbe:
 
     scores_unseen_classes = False  # one weight vector per training class: base2new reports base accuracy only
 
-    def __init__(self, backbone, config: "LinearProbe.Config"):
+    def __init__(self, backbone, config: LinearProbe.Config):
         self.config = config
         self.device = torch.device(getattr(backbone, "device", "cpu"))  # the backbone is otherwise unused
         self.classnames: list[str] | None = None
@@ -114,8 +124,15 @@ class LinearProbe:
         x = features.to(self.device, torch.float64)  # sklearn's lbfgs works in float64
         return F.normalize(x, dim=-1) if self.config.normalize else x
 
-    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    def fit(
+        self,
+        train: FeatureSet,
+        classnames: Sequence[str],
+        val: FeatureSet | None = None,
+        template_key: str | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> dict:
         """Search C on `val`, fit, and (with `out_dir`) save the probe as `linear_probe.safetensors` there."""
         self.classnames = list(classnames)
         x, y = self._inputs(train.features), train.labels.to(self.device)
@@ -138,8 +155,12 @@ class LinearProbe:
                 return self.val_accuracies[c]
 
             # At most 7 coarse fits plus 2 per refinement step: the bar counts fits.
-            bar = tqdm(total=len(COARSE_C_GRID) + 2 * self.config.search_steps, desc="linear probe: search C",
-                       unit="fit", disable=not progress)
+            bar = tqdm(
+                total=len(COARSE_C_GRID) + 2 * self.config.search_steps,
+                desc="linear probe: search C",
+                unit="fit",
+                disable=not progress,
+            )
 
             def counted(c: float) -> float:
                 bar.update(c not in self.val_accuracies)
@@ -151,14 +172,20 @@ class LinearProbe:
         # Refit rather than keep every C's weights during the search; the fit is deterministic, so it is the same one.
         self.weight, self.bias = solve(self.best_c)
         if out_dir is not None:
-            save_method_weights(Path(out_dir) / "linear_probe.safetensors",
-                                {"weight": self.weight.float(), "bias": self.bias.float()}, "linear_probe",
-                                self.config, classnames=self.classnames, c=self.best_c)
+            save_method_weights(
+                Path(out_dir) / "linear_probe.safetensors",
+                {"weight": self.weight.float(), "bias": self.bias.float()},
+                "linear_probe",
+                self.config,
+                classnames=self.classnames,
+                c=self.best_c,
+            )
         return {"best_c": self.best_c, "val_accuracy": self.val_accuracy}
 
     @torch.no_grad()
-    def logits(self, features: torch.Tensor, classnames: Sequence[str],
-               template_key: str | None = None) -> torch.Tensor:
+    def logits(
+        self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
+    ) -> torch.Tensor:
         if self.weight is None:
             raise ClipadaptError("linear_probe must be fit before it can score images")
         if list(classnames) != self.classnames:

@@ -26,15 +26,16 @@ of them): AdamW (weight decay 0.05), lr 3e-4 for the encoder and 3e-3 for the ne
 epoch then cosine, 15 + 15 epochs, batch 32, no augmentation by default (`augment=true`: random
 resized crop 0.5-1 and flip; a crop can cut a world badge's small spot out of the picture).
 """
+
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import open_clip
 import torch
@@ -109,8 +110,9 @@ class TimmTower(nn.Module):
         from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
         try:
-            model = timm.create_model(name, pretrained=False, num_classes=0,
-                                      **({"img_size": image_size} if image_size else {}))
+            model = timm.create_model(
+                name, pretrained=False, num_classes=0, **({"img_size": image_size} if image_size else {})
+            )
         except RuntimeError as e:  # timm's error for unknown names
             raise ClipadaptError(f"unknown timm model '{name}': {e}") from e
         except (TypeError, ValueError, AssertionError) as e:  # an input size the architecture cannot take
@@ -124,15 +126,19 @@ class TimmTower(nn.Module):
             try:
                 missing, unexpected = model.load_state_dict(state_dict, strict=False)
             except RuntimeError as e:  # mis-shaped tensors
-                raise CheckpointError(f"{weights} does not fit timm model '{name}': {str(e).splitlines()[-1].strip()}")
+                reason = str(e).splitlines()[-1].strip()
+                raise CheckpointError(f"{weights} does not fit timm model '{name}': {reason}") from None
             if missing or unexpected:
-                raise CheckpointError(f"{weights} does not fit timm model '{name}': missing {missing[:5]}, "
-                                      f"unexpected {unexpected[:5]}")
+                raise CheckpointError(
+                    f"{weights} does not fit timm model '{name}': missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
         self.vit, self.name = model, name
         self.image_size, self.grid = model.patch_embed.img_size[0], model.patch_embed.grid_size[0]
         if self.image_size % model.patch_embed.patch_size[0]:
-            raise ClipadaptError(f"image_size={self.image_size} is not a multiple of timm model '{name}''s patch "
-                                 f"size {model.patch_embed.patch_size[0]}")
+            raise ClipadaptError(
+                f"image_size={self.image_size} is not a multiple of timm model '{name}''s patch "
+                f"size {model.patch_embed.patch_size[0]}"
+            )
         self.proj = nn.Linear(model.embed_dim, embed_dim, bias=False)
         config = timm.data.resolve_data_config({"input_size": (3, self.image_size, self.image_size)}, model=model)
         self._transform = timm.data.create_transform(**config)
@@ -235,15 +241,18 @@ class MPFGVC:
         seed: int = 1
         checkpoint_every: int = 200
 
-    def __init__(self, backbone, config: "MPFGVC.Config"):
+    def __init__(self, backbone, config: MPFGVC.Config):
         if config.fusion not in FUSIONS:
             raise ClipadaptError(f"fusion must be one of {', '.join(FUSIONS)}, got '{config.fusion}'")
         if config.datp and not config.contrastive:
-            raise ClipadaptError("datp=true learns its prompt tokens through the contrastive loss: it needs "
-                                 "contrastive=true (or datp=false)")
+            raise ClipadaptError(
+                "datp=true learns its prompt tokens through the contrastive loss: it needs "
+                "contrastive=true (or datp=false)"
+            )
         if not 0 <= config.ssvp_start_epoch < max(1, config.stage1_epochs):
-            raise ClipadaptError(f"ssvp_start_epoch must lie in [0, stage1_epochs={config.stage1_epochs}), "
-                                 f"got {config.ssvp_start_epoch}")
+            raise ClipadaptError(
+                f"ssvp_start_epoch must lie in [0, stage1_epochs={config.stage1_epochs}), got {config.ssvp_start_epoch}"
+            )
         if min(config.lr, config.head_lr) <= 0 or config.top_k < 0:
             raise ClipadaptError("lr and head_lr must be positive and top_k at least 0 (0: a quarter of the patches)")
         if config.image_encoder != "clip" and not config.image_encoder.startswith("timm:"):
@@ -276,17 +285,24 @@ class MPFGVC:
             if config.image_encoder == "clip":
                 tower = ClipTower(backbone)
             else:
-                tower = TimmTower(config.image_encoder.removeprefix("timm:"), config.image_encoder_weights,
-                                  backbone.embed_dim, config.image_size)
-            model = nn.ModuleDict({
-                "visual": tower,
-                "head": nn.Linear(backbone.embed_dim, len(classnames)),
-            })
+                tower = TimmTower(
+                    config.image_encoder.removeprefix("timm:"),
+                    config.image_encoder_weights,
+                    backbone.embed_dim,
+                    config.image_size,
+                )
+            model = nn.ModuleDict(
+                {
+                    "visual": tower,
+                    "head": nn.Linear(backbone.embed_dim, len(classnames)),
+                }
+            )
             if config.datp:
                 model["prompts"] = nn.ParameterDict({"ctx": nn.Parameter(self._initial_prompts(classnames))})
             if config.fusion != "none":
-                model["fusion"] = VisionLanguageFusion(backbone.embed_dim, len(classnames), config.expansion,
-                                                       config.fusion)
+                model["fusion"] = VisionLanguageFusion(
+                    backbone.embed_dim, len(classnames), config.expansion, config.fusion
+                )
         self.superclass = superclass
         return model.to(backbone.device)
 
@@ -297,13 +313,14 @@ class MPFGVC:
         ctx = torch.randn(len(classnames), config.n_text_tokens, backbone.text_width) * 0.02
         if config.datp_init == "name":
             for c, name in enumerate(classnames):
-                words = backbone.embed_words(name)[:config.n_text_tokens].float().cpu()
-                ctx[c, :len(words)] = words
+                words = backbone.embed_words(name)[: config.n_text_tokens].float().cpu()
+                ctx[c, : len(words)] = words
         return ctx
 
     @torch.no_grad()  # the choice of tokens is not differentiable
-    def _attention_product(self, tower: nn.Module, block: nn.Module, x: torch.Tensor,
-                           product: torch.Tensor | None) -> torch.Tensor:
+    def _attention_product(
+        self, tower: nn.Module, block: nn.Module, x: torch.Tensor, product: torch.Tensor | None
+    ) -> torch.Tensor:
         """`block`'s attention over `x`: the class token's row [B, heads, N] (`ssvp_score=attention`), or the whole
         map [B, heads, N, N] multiplied onto the product of the earlier blocks' maps (`rollout`)."""
         if self.config.ssvp_score != "rollout":
@@ -317,7 +334,9 @@ class MPFGVC:
         embedding, kept, _ = self._encode(images, self.config.ssvp if ssvp is None else ssvp)
         return (embedding, kept) if return_kept else embedding
 
-    def _encode(self, images: torch.Tensor, ssvp: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _encode(
+        self, images: torch.Tensor, ssvp: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """E_V [B, D], SsVP's kept token indices [B, K] and every patch's score [B, N - 1] (None without SsVP)."""
         tower = self.model["visual"]
         blocks = tower.blocks
@@ -363,43 +382,76 @@ class MPFGVC:
         if not self.config.augment:
             return tower.transform()
         normalize = next(t for t in tower.transform().transforms if isinstance(t, transforms.Normalize))
-        return transforms.Compose([
-            transforms.RandomResizedCrop(tower.image_size, scale=(0.5, 1.0),
-                                         interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
-        ])
+        return transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    tower.image_size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+                ),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
 
     def _steps_per_epoch(self, n: int) -> int:
         return max(1, math.ceil(n / self.config.batch_size))  # the last, partial batch included
 
-    def _run_stage(self, name: str, trainable: nn.Module, groups: list[dict], epochs: int, n: int, step_fn,
-                   out_dir: Path | None, progress: bool, transform: Callable | None = None,
-                   num_workers: int = 0) -> dict:
+    def _run_stage(
+        self,
+        name: str,
+        trainable: nn.Module,
+        groups: list[dict],
+        epochs: int,
+        n: int,
+        step_fn,
+        out_dir: Path | None,
+        progress: bool,
+        transform: Callable | None = None,
+        num_workers: int = 0,
+    ) -> dict:
         """One training stage: AdamW over `groups` (their `lr_scale` times the head lr), a warm-up epoch, cosine.
         `step_fn((indices, images), step)`: images are the training images through `transform` (decoded in
         `num_workers` processes), or None without a transform."""
         steps_per_epoch = self._steps_per_epoch(n)
-        batches = training_batches(n, self.config.batch_size, steps_per_epoch, epochs, self.config.seed,
-                                   self._train_samples, transform, num_workers)
+        batches = training_batches(
+            n,
+            self.config.batch_size,
+            steps_per_epoch,
+            epochs,
+            self.config.seed,
+            self._train_samples,
+            transform,
+            num_workers,
+        )
 
         data = hashlib.sha256("\n".join(f"{s.path}\t{s.label}" for s in self._train_samples).encode()).hexdigest()
-        fingerprint = json.dumps([asdict(self.config), self.classnames, self.superclass, name,
-                                  self.backbone.fingerprint(), data], sort_keys=True)
-        trainer = Trainer(trainable, torch.optim.AdamW(groups), total_steps=epochs * steps_per_epoch,
-                          steps_per_epoch=steps_per_epoch,
-                          lr_at=lambda step: cosine_lr(step, epochs * steps_per_epoch,
-                                                       self.config.warmup_epochs * steps_per_epoch, self.config.head_lr),
-                          out_dir=out_dir / name if out_dir else None, run_fingerprint=fingerprint,
-                          checkpoint_every=self.config.checkpoint_every, progress=progress,
-                          desc=f"{type(self).__name__.lower()} {name}")
+        fingerprint = json.dumps(
+            [asdict(self.config), self.classnames, self.superclass, name, self.backbone.fingerprint(), data],
+            sort_keys=True,
+        )
+        trainer = Trainer(
+            trainable,
+            torch.optim.AdamW(groups),
+            total_steps=epochs * steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            lr_at=lambda step: cosine_lr(
+                step, epochs * steps_per_epoch, self.config.warmup_epochs * steps_per_epoch, self.config.head_lr
+            ),
+            out_dir=out_dir / name if out_dir else None,
+            run_fingerprint=fingerprint,
+            checkpoint_every=self.config.checkpoint_every,
+            progress=progress,
+            desc=f"{type(self).__name__.lower()} {name}",
+        )
         trainable.train()
         with threads_beside_workers(self.backbone.device, num_workers if transform is not None else 0):
             trainer.fit(batches, step_fn)
         trainable.eval()
         return {**trainer.summary(), "epochs": epochs}
 
-    def fit_images(self, splits: DatasetSplits, out_dir: str | Path | None = None, progress: bool = True,
-                   num_workers: int = 0) -> dict:
+    def fit_images(
+        self, splits: DatasetSplits, out_dir: str | Path | None = None, progress: bool = True, num_workers: int = 0
+    ) -> dict:
         """Both stages on `splits.train` (images); the superclass comes from the config or the data set."""
         if not splits.train:
             raise ClipadaptError(f"data set '{splits.name}' has no training images")
@@ -415,8 +467,9 @@ class MPFGVC:
         # Without augmentation every epoch sees the same tensors: decode and transform each image once, when they
         # fit in PRELOAD_BYTES (a world data set does; Food-101 at 224 px would take 45 GB).
         size = len(samples) * 3 * self.model["visual"].image_size ** 2 * 4
-        fixed = None if config.augment or size > PRELOAD_BYTES else self._preload(samples, transform, num_workers,
-                                                                                 progress)
+        fixed = (
+            None if config.augment or size > PRELOAD_BYTES else self._preload(samples, transform, num_workers, progress)
+        )
 
         ssvp_start_step = config.ssvp_start_epoch * self._steps_per_epoch(len(samples))
 
@@ -433,15 +486,31 @@ class MPFGVC:
             return loss
 
         stage1 = nn.ModuleDict({k: v for k, v in model.items() if k in ("visual", "head", "prompts")})
-        groups = [{**g, "lr_scale": config.lr / config.head_lr}
-                  for g in param_groups(model["visual"], config.weight_decay)]
-        groups += [{**g, "lr_scale": 1.0} for g in param_groups(
-            nn.ModuleDict({k: v for k, v in stage1.items() if k != "visual"}), config.weight_decay)]
+        groups = [
+            {**g, "lr_scale": config.lr / config.head_lr} for g in param_groups(model["visual"], config.weight_decay)
+        ]
+        groups += [
+            {**g, "lr_scale": 1.0}
+            for g in param_groups(
+                nn.ModuleDict({k: v for k, v in stage1.items() if k != "visual"}), config.weight_decay
+            )
+        ]
         groups = [g for g in groups if g["params"]]
         with frozen(self.backbone.model):
-            self.history = {"stage1": self._run_stage("stage1", stage1, groups, config.stage1_epochs, len(samples),
-                                                      stage1_loss, out_dir, progress,
-                                                      transform if fixed is None else None, num_workers)}
+            self.history = {
+                "stage1": self._run_stage(
+                    "stage1",
+                    stage1,
+                    groups,
+                    config.stage1_epochs,
+                    len(samples),
+                    stage1_loss,
+                    out_dir,
+                    progress,
+                    transform if fixed is None else None,
+                    num_workers,
+                )
+            }
         if config.fusion == "none":
             return self.history
         # Stage 2: the encoder and the prompts are frozen, so their embeddings are computed once.
@@ -455,8 +524,9 @@ class MPFGVC:
             return F.cross_entropy(model["fusion"](visual[self.backbone.to_device(indices)], text), target)
 
         groups = param_groups(model["fusion"], config.weight_decay)
-        self.history["stage2"] = self._run_stage("stage2", model["fusion"], groups, config.stage2_epochs,
-                                                 len(samples), stage2_loss, out_dir, progress)
+        self.history["stage2"] = self._run_stage(
+            "stage2", model["fusion"], groups, config.stage2_epochs, len(samples), stage2_loss, out_dir, progress
+        )
         return self.history
 
     @staticmethod
@@ -473,18 +543,30 @@ class MPFGVC:
 
     # ---- prediction --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _embed_samples(self, samples: Sequence[Sample], progress: bool, num_workers: int = 0,
-                       batch_size: int = 64, return_kept: bool = False, decoded: torch.Tensor | None = None):
+    def _embed_samples(
+        self,
+        samples: Sequence[Sample],
+        progress: bool,
+        num_workers: int = 0,
+        batch_size: int = 64,
+        return_kept: bool = False,
+        decoded: torch.Tensor | None = None,
+    ):
         """E_V of `samples` (and SsVP's kept tokens); `decoded`: their already transformed images, if at hand."""
         if decoded is not None:
             batches = decoded.split(batch_size)
         else:
-            loader = DataLoader(ImageDataset(samples, self.model["visual"].transform()), batch_size=batch_size,
-                                num_workers=num_workers, pin_memory=self.backbone.device.type == "cuda")
+            loader = DataLoader(
+                ImageDataset(samples, self.model["visual"].transform()),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=self.backbone.device.type == "cuda",
+            )
             batches = (images for images, _, _ in loader)
         embeddings, kept = [], []
-        for images in tqdm(batches, desc="mpfgvc encode", disable=not progress,
-                           total=math.ceil(len(samples) / batch_size)):
+        for images in tqdm(
+            batches, desc="mpfgvc encode", disable=not progress, total=math.ceil(len(samples) / batch_size)
+        ):
             embedding, indices = self.encode_images(images, return_kept=True)
             embeddings.append(embedding.float())
             kept.append(indices)
@@ -499,8 +581,13 @@ class MPFGVC:
         return self.config.ssvp
 
     @torch.no_grad()
-    def kept_token_overlap(self, samples: Sequence[Sample], parts: Sequence[Sequence[Sequence[float]]],
-                           progress: bool = False, examples: int = 6) -> dict:
+    def kept_token_overlap(
+        self,
+        samples: Sequence[Sample],
+        parts: Sequence[Sequence[Sequence[float]]],
+        progress: bool = False,
+        examples: int = 6,
+    ) -> dict:
         """Where SsVP looks (`part_overlap`): how many kept patch tokens overlap each image's discriminative parts
         (boxes x0, y0, x1, y1 in the image's own pixels, one or more an image, mapped through CLIP's resize of the
         shorter side and centre crop), and how many of the parts' patches are kept, each against randomly kept
@@ -511,8 +598,10 @@ class MPFGVC:
             raise ClipadaptError("kept-token overlap needs a fitted model with ssvp=true")
         size = self.model["visual"].image_size
         resize = resized_shorter_side(self.model["visual"].transform(), size)
-        mapped = [[box_in_crop(box, *load_image_size(sample.path), size, resize) for box in boxes]
-                  for sample, boxes in zip(samples, parts)]
+        mapped = [
+            [box_in_crop(box, *load_image_size(sample.path), size, resize) for box in boxes]
+            for sample, boxes in zip(samples, parts)
+        ]
         # Images with fewer parts are padded with empty boxes, which no patch intersects.
         padded = torch.zeros(len(mapped), max(map(len, mapped), default=1), 4)
         for i, boxes in enumerate(mapped):
@@ -529,22 +618,44 @@ class MPFGVC:
             images = torch.stack([self.model["visual"].transform()(load_image(samples[i].path)) for i in chosen])
             _, chosen_kept, scores = self._encode(images, ssvp=True)
             scores = scores / scores.amax(dim=-1, keepdim=True).clamp_min(1e-12)
-            shown = [{"path": str(samples[i].path), "label": samples[i].label,
-                      "class": self.classnames[samples[i].label] if samples[i].label < len(self.classnames) else None,
-                      "kept": sorted((chosen_kept[j] - 1).tolist()), "scores": [round(v, 4) for v in scores[j].tolist()],
-                      "parts": [[round(v, 2) for v in box] for box in mapped[i]]} for j, i in enumerate(chosen)]
-        return {**overlap, "tokens_kept": kept.shape[1], "tokens": grid * grid, "grid": grid, "image_size": size,
-                "resize": resize, "examples": shown}
+            shown = [
+                {
+                    "path": str(samples[i].path),
+                    "label": samples[i].label,
+                    "class": self.classnames[samples[i].label] if samples[i].label < len(self.classnames) else None,
+                    "kept": sorted((chosen_kept[j] - 1).tolist()),
+                    "scores": [round(v, 4) for v in scores[j].tolist()],
+                    "parts": [[round(v, 2) for v in box] for box in mapped[i]],
+                }
+                for j, i in enumerate(chosen)
+            ]
+        return {
+            **overlap,
+            "tokens_kept": kept.shape[1],
+            "tokens": grid * grid,
+            "grid": grid,
+            "image_size": size,
+            "resize": resize,
+            "examples": shown,
+        }
 
     @torch.no_grad()
-    def image_logits(self, samples: Sequence[Sample], classnames: Sequence[str], batch_size: int = 64,
-                     num_workers: int = 0, progress: bool = True) -> torch.Tensor:
+    def image_logits(
+        self,
+        samples: Sequence[Sample],
+        classnames: Sequence[str],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> torch.Tensor:
         """Logits [N, C] of `samples`' images over the training classes (closed set: the same names)."""
         if self.model is None:
             raise ClipadaptError(f"{type(self).__name__.lower()} predicts with its tuned encoder: fit it first")
         if list(classnames) != self.classnames:
-            raise ClipadaptError(f"{type(self).__name__.lower()} classifies the classes it was trained on; it "
-                                 "cannot score other class names")
+            raise ClipadaptError(
+                f"{type(self).__name__.lower()} classifies the classes it was trained on; it "
+                "cannot score other class names"
+            )
         visual = self._embed_samples(samples, progress, num_workers, batch_size)
         if self.config.fusion == "none":
             return self.model["head"](visual)
@@ -571,8 +682,9 @@ def resized_shorter_side(transform, size: int) -> int | list[int]:
     return size
 
 
-def box_in_crop(box: Sequence[float], width: int, height: int, size: int,
-                resize: int | Sequence[int] | None = None) -> list[float]:
+def box_in_crop(
+    box: Sequence[float], width: int, height: int, size: int, resize: int | Sequence[int] | None = None
+) -> list[float]:
     """`box` (x0, y0, x1, y1 in a width x height image) in the model's input after the preprocessing: the shorter
     side resized to `resize` (default `size`, as CLIP's) or the image squashed to `resize` = [height, width], then
     the centre `size` x `size` crop."""
@@ -593,13 +705,19 @@ def part_overlap(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -
     kept at random)."""
     parts = parts[:, None] if parts.dim() == 2 else parts
     patch, part = boxes[None, :, None], parts[:, None]  # [1, P, 1, 4], [N, 1, M, 4]
-    hits = ((patch[..., 0] < part[..., 2]) & (patch[..., 2] > part[..., 0])
-            & (patch[..., 1] < part[..., 3]) & (patch[..., 3] > part[..., 1])).any(dim=-1)  # [N, P]
+    hits = (
+        (patch[..., 0] < part[..., 2])
+        & (patch[..., 2] > part[..., 0])
+        & (patch[..., 1] < part[..., 3])
+        & (patch[..., 3] > part[..., 1])
+    ).any(dim=-1)  # [N, P]
     kept_hits = torch.gather(hits, 1, kept - 1)
-    return {"kept_tokens_on_part": 100.0 * kept_hits.float().mean().item(),
-            "random_tokens_on_part": 100.0 * hits.float().mean().item(),
-            "part_patches_kept": 100.0 * kept_hits.sum().item() / max(1, hits.sum().item()),
-            "random_part_patches_kept": 100.0 * kept.shape[1] / boxes.shape[0]}
+    return {
+        "kept_tokens_on_part": 100.0 * kept_hits.float().mean().item(),
+        "random_tokens_on_part": 100.0 * hits.float().mean().item(),
+        "part_patches_kept": 100.0 * kept_hits.sum().item() / max(1, hits.sum().item()),
+        "random_part_patches_kept": 100.0 * kept.shape[1] / boxes.shape[0],
+    }
 
 
 @register_method("finetune")

@@ -21,14 +21,15 @@ prompt; `objective=gan` trains the same generator as a conditional WGAN-GP (crit
 embedding], 5 critic updates per generator update, gradient penalty 10, Adam betas 0.5/0.9) instead of a VAE.
 Options go after the method's own as `ship.KEY=VALUE`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,17 +84,26 @@ class ShipModel(nn.Module):
             self.mean = nn.Linear(config.encoder_hidden, self.latent_dim)
             self.log_var = nn.Linear(config.encoder_hidden, self.latent_dim)
         else:
-            self.critic = nn.Sequential(nn.Linear(2 * feature_dim, config.encoder_hidden), nn.LeakyReLU(0.2),
-                                        nn.Linear(config.encoder_hidden, 1))
+            self.critic = nn.Sequential(
+                nn.Linear(2 * feature_dim, config.encoder_hidden),
+                nn.LeakyReLU(0.2),
+                nn.Linear(config.encoder_hidden, 1),
+            )
         if config.generator == "clip_text":
             # z -> bias r in the token-embedding space, added to every prompt vector
-            self.generator = nn.Sequential(nn.Linear(self.latent_dim, config.generator_hidden), nn.ReLU(),
-                                           nn.Linear(config.generator_hidden, text_width))
+            self.generator = nn.Sequential(
+                nn.Linear(self.latent_dim, config.generator_hidden),
+                nn.ReLU(),
+                nn.Linear(config.generator_hidden, text_width),
+            )
             self.ctx = nn.Parameter(torch.randn(config.n_ctx, text_width) * 0.02)
         else:
             # [z, class text embedding] -> feature, trained from scratch
-            self.generator = nn.Sequential(nn.Linear(self.latent_dim + feature_dim, config.generator_hidden),
-                                           nn.ReLU(), nn.Linear(config.generator_hidden, feature_dim))
+            self.generator = nn.Sequential(
+                nn.Linear(self.latent_dim + feature_dim, config.generator_hidden),
+                nn.ReLU(),
+                nn.Linear(config.generator_hidden, feature_dim),
+            )
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.02)
@@ -111,8 +121,15 @@ class Ship:
             raise ClipadaptError(f"ship objective must be one of {', '.join(OBJECTIVES)}, got '{config.objective}'")
         if config.generator == "clip_text":
             backbone.context_vectors(config.n_ctx)  # fails early when the prompt cannot fit the context length
-        for key in ("epochs", "batch_size", "synthetic_per_class", "n_ctx", "encoder_hidden", "generator_hidden",
-                    "critic_steps"):
+        for key in (
+            "epochs",
+            "batch_size",
+            "synthetic_per_class",
+            "n_ctx",
+            "encoder_hidden",
+            "generator_hidden",
+            "critic_steps",
+        ):
             if getattr(config, key) < 1:
                 raise ClipadaptError(f"ship {key} must be at least 1, got {getattr(config, key)}")
         if config.synthetic_ratio <= 0:
@@ -141,8 +158,13 @@ class Ship:
         ctx = self.model.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [n, L, width]: r added to every prompt vector
         return self.backbone.encode_prompted_text(ctx, classnames, normalize=True, class_index=labels).float()
 
-    def loss(self, features: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
-             noise: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        classnames: Sequence[str],
+        noise: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """The negative ELBO of a batch of (unnormalized) image features, as the official `vae_loss`: squared error
         summed over dimensions plus kl_weight x KL(q(z|x) || N(0, I)), both averaged over the batch. `noise` draws
         the reparameterization noise."""
@@ -156,8 +178,14 @@ class Ship:
         kl = -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(dim=1).mean()
         return squared_error + self.config.kl_weight * kl
 
-    def gan_loss(self, features: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str], critic_step: bool,
-                 noise: torch.Generator | None = None) -> torch.Tensor:
+    def gan_loss(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        classnames: Sequence[str],
+        critic_step: bool,
+        noise: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """The conditional WGAN-GP losses (the `objective=gan` ablation). Critic step: D(fake) - D(real) + lambda x
         gradient penalty at random interpolates, the generator untouched; generator step: -D(fake), the critic
         untouched. D scores [feature, the class's text embedding]."""
@@ -175,16 +203,18 @@ class Ship:
             fake = self.generate(z, labels, classnames)
         mix = self.backbone.to_device(torch.rand(len(x), 1, generator=noise)).to(x.dtype)
         interpolates = (mix * x + (1 - mix) * fake).requires_grad_(True)
-        gradient, = torch.autograd.grad(critic(interpolates).sum(), interpolates, create_graph=True)
+        (gradient,) = torch.autograd.grad(critic(interpolates).sum(), interpolates, create_graph=True)
         penalty = (gradient.norm(dim=1) - 1).pow(2).mean()
         return critic(fake).mean() - critic(x).mean() + self.config.gradient_penalty * penalty
 
     # ---- training and synthesis --------------------------------------------------------------------------
-    def fit(self, train: FeatureSet, classnames: Sequence[str], out_dir: str | Path | None = None,
-            progress: bool = True) -> dict:
-        """Train the generator (as a VAE, or a GAN for the ablation) on `train` (labels index `classnames`). With `out_dir`, checkpoints go there and a rerun
-        resumes. Returns a summary with the epoch losses and the nearest-class accuracy of features synthesized
-        for the training classes (a check that the generator learned the classes, not only the mean)."""
+    def fit(
+        self, train: FeatureSet, classnames: Sequence[str], out_dir: str | Path | None = None, progress: bool = True
+    ) -> dict:
+        """Train the generator (as a VAE, or a GAN for the ablation) on `train` (labels index `classnames`). With
+        `out_dir`, checkpoints go there and a rerun resumes. Returns a summary with the epoch losses and the
+        nearest-class accuracy of features synthesized for the training classes (a check that the generator learned
+        the classes, not only the mean)."""
         n = len(train)
         if n == 0:
             raise ClipadaptError("ship needs training features")
@@ -194,32 +224,53 @@ class Ship:
         batches_per_epoch = math.ceil(n / self.config.batch_size)
         steps_per_epoch = batches_per_epoch * repeats
         betas = (0.5, 0.9) if self.config.objective == "gan" else (0.9, 0.999)  # WGAN-GP's Adam betas
-        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr,
-                                      betas=betas, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.config.lr,
+            betas=betas,
+            weight_decay=self.config.weight_decay,
+        )
         # What shapes the generator's training (not what is done with it afterwards), and the exact data.
-        trained_by = {k: v for k, v in asdict(self.config).items()
-                      if k not in ("synthetic_ratio", "synthetic_per_class", "synthetic_val", "checkpoint_every")}
+        trained_by = {
+            k: v
+            for k, v in asdict(self.config).items()
+            if k not in ("synthetic_ratio", "synthetic_per_class", "synthetic_val", "checkpoint_every")
+        }
         data = hashlib.sha256(train.labels.cpu().numpy().tobytes())
         data.update(train.features.float().cpu().numpy().tobytes())
-        fingerprint = json.dumps([trained_by, classnames, self.backbone.fingerprint(), data.hexdigest()],
-                                 sort_keys=True)
-        trainer = Trainer(self.model, optimizer, total_steps=self.config.epochs * steps_per_epoch,
-                          steps_per_epoch=steps_per_epoch, lr_at=lambda step: self.config.lr, out_dir=out_dir,
-                          run_fingerprint=fingerprint, checkpoint_every=self.config.checkpoint_every,
-                          progress=progress, desc=f"ship {self.config.objective}")
+        fingerprint = json.dumps(
+            [trained_by, classnames, self.backbone.fingerprint(), data.hexdigest()], sort_keys=True
+        )
+        trainer = Trainer(
+            self.model,
+            optimizer,
+            total_steps=self.config.epochs * steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            lr_at=lambda step: self.config.lr,
+            out_dir=out_dir,
+            run_fingerprint=fingerprint,
+            checkpoint_every=self.config.checkpoint_every,
+            progress=progress,
+            desc=f"ship {self.config.objective}",
+        )
 
         def batches(epoch: int, offset: int):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
             for step in range(offset, steps_per_epoch):
                 b = step // repeats
-                yield order[b * self.config.batch_size:(b + 1) * self.config.batch_size]
+                yield order[b * self.config.batch_size : (b + 1) * self.config.batch_size]
 
         def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
             noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step + 700_001)  # exact on resume
             features = self.backbone.to_device(train.features[indices])
             if self.config.objective == "gan":
-                return self.gan_loss(features, train.labels[indices], classnames,
-                                     critic_step=step % repeats < self.config.critic_steps, noise=noise)
+                return self.gan_loss(
+                    features,
+                    train.labels[indices],
+                    classnames,
+                    critic_step=step % repeats < self.config.critic_steps,
+                    noise=noise,
+                )
             return self.loss(features, train.labels[indices], classnames, noise=noise)
 
         self.model.train()
@@ -227,11 +278,21 @@ class Ship:
             trainer.fit(batches, step_fn)
         self.model.eval()
         seen = self.synthesize(classnames, per_class=min(self.config.synthetic_per_class, 64), progress=False)
-        return {**trainer.summary(), "epochs": self.config.epochs, "train_classes_nearest_class_accuracy": nearest_class_accuracy(seen, train)}
+        return {
+            **trainer.summary(),
+            "epochs": self.config.epochs,
+            "train_classes_nearest_class_accuracy": nearest_class_accuracy(seen, train),
+        }
 
     @torch.no_grad()
-    def synthesize(self, classnames: Sequence[str], per_class: int | None = None, seed: int | None = None,
-                   chunk: int = 1024, progress: bool = True) -> FeatureSet:
+    def synthesize(
+        self,
+        classnames: Sequence[str],
+        per_class: int | None = None,
+        seed: int | None = None,
+        chunk: int = 1024,
+        progress: bool = True,
+    ) -> FeatureSet:
         """`per_class` unit-norm features for every name in `classnames` (labels 0..n-1), from z ~ N(0, I) drawn
         with `seed` (the config's by default). Generated in chunks of `chunk` prompts, one text-encoder pass each."""
         per_class = per_class or self.config.synthetic_per_class
@@ -243,8 +304,11 @@ class Ship:
         device = self.backbone.device
         parts = []
         for start in tqdm(range(0, len(labels), chunk), desc="ship synthesis", disable=not progress):
-            parts.append(self.generate(z[start:start + chunk].to(device), labels[start:start + chunk],
-                                       list(classnames)).cpu())
+            parts.append(
+                self.generate(
+                    z[start : start + chunk].to(device), labels[start : start + chunk], list(classnames)
+                ).cpu()
+            )
         return FeatureSet(torch.cat(parts), labels)
 
     @torch.no_grad()
@@ -255,11 +319,13 @@ class Ship:
             raise ClipadaptError("only the clip_text generator has prompt vectors to interpret")
         z = torch.zeros(1, self.model.latent_dim, device=self.model.ctx.device)
         mean_prompt = self.model.ctx + self.model.generator(z)
-        return {"prompts": self.backbone.nearest_words(self.model.ctx, k),
-                "mean_latent_prompts": self.backbone.nearest_words(mean_prompt, k)}
+        return {
+            "prompts": self.backbone.nearest_words(self.model.ctx, k),
+            "mean_latent_prompts": self.backbone.nearest_words(mean_prompt, k),
+        }
 
     @classmethod
-    def from_file(cls, backbone, path: str | Path) -> "Ship":
+    def from_file(cls, backbone, path: str | Path) -> Ship:
         """A SHIP model as `save` wrote it, with the config stored in the file."""
         tensors, metadata = load_method_weights(path, "ship")
         try:
@@ -313,15 +379,25 @@ class WithShip:
         self.synthetic_classnames: list[str] = []
         self.num_real_classes = 0
 
-    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
-            unseen_classnames: Sequence[str] = ()) -> dict:
+    def fit(
+        self,
+        train: FeatureSet,
+        classnames: Sequence[str],
+        val: FeatureSet | None = None,
+        template_key: str | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        unseen_classnames: Sequence[str] = (),
+    ) -> dict:
         if not unseen_classnames:
-            raise ClipadaptError(f"{self.name} synthesizes features for classes that have no training data, and "
-                                 "this protocol has none: use --protocol base2new, gzsl or crossdataset")
+            raise ClipadaptError(
+                f"{self.name} synthesizes features for classes that have no training data, and "
+                "this protocol has none: use --protocol base2new, gzsl or crossdataset"
+            )
         out_dir = Path(out_dir) if out_dir is not None else None
-        ship_summary = self.ship.fit(train, classnames, out_dir=out_dir / "ship" if out_dir else None,
-                                     progress=progress)
+        ship_summary = self.ship.fit(
+            train, classnames, out_dir=out_dir / "ship" if out_dir else None, progress=progress
+        )
         if out_dir is not None:
             self.ship.save(out_dir / "ship.safetensors")
         synthetic = self.ship.synthesize(list(unseen_classnames), progress=progress)
@@ -335,23 +411,38 @@ class WithShip:
             # Held-out synthetic features (other latents) stand in for the validation images the new classes lack,
             # as many per class as the real classes have, so validation-based choices see every class.
             per_class = max(1, int(torch.bincount(val.labels).max()))
-            held_out = self.ship.synthesize(list(unseen_classnames), per_class=per_class,
-                                            seed=self.config.seed + 1_000_003, progress=False)
-            val = FeatureSet(torch.cat([val.features.float(), held_out.features * scale]),
-                             torch.cat([val.labels, held_out.labels + len(classnames)]))
+            held_out = self.ship.synthesize(
+                list(unseen_classnames), per_class=per_class, seed=self.config.seed + 1_000_003, progress=False
+            )
+            val = FeatureSet(
+                torch.cat([val.features.float(), held_out.features * scale]),
+                torch.cat([val.labels, held_out.labels + len(classnames)]),
+            )
         method_summary = self.method.fit(
-            train, list(classnames) + list(unseen_classnames), val=val, template_key=template_key,
-            out_dir=out_dir / "method" if out_dir else None, progress=progress, synthetic=self.synthetic,
+            train,
+            list(classnames) + list(unseen_classnames),
+            val=val,
+            template_key=template_key,
+            out_dir=out_dir / "method" if out_dir else None,
+            progress=progress,
+            synthetic=self.synthetic,
             synthetic_ratio=self.config.synthetic_ratio,
         )
-        return {"ship": ship_summary, "method": method_summary,
-                "synthetic_features": len(self.synthetic), "synthetic_classes": len(unseen_classnames)}
+        return {
+            "ship": ship_summary,
+            "method": method_summary,
+            "synthetic_features": len(self.synthetic),
+            "synthetic_classes": len(unseen_classnames),
+        }
 
-    def logits(self, features: torch.Tensor, classnames: Sequence[str],
-               template_key: str | None = None) -> torch.Tensor:
+    def logits(
+        self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
+    ) -> torch.Tensor:
         return self.method.logits(features, classnames, template_key=template_key)
 
-    def synthesis_quality(self, real: FeatureSet, classnames: Sequence[str], sample_path: str | Path | None = None) -> dict:
+    def synthesis_quality(
+        self, real: FeatureSet, classnames: Sequence[str], sample_path: str | Path | None = None
+    ) -> dict:
         """How the synthetic features of the classes in `classnames` relate to those classes' real features (a
         diagnostic on test images: it selects nothing): nearest-class accuracy among these classes, and the mean
         cosine of a synthetic feature to its own class's real mean vs to the other classes' means. With
@@ -370,20 +461,28 @@ class WithShip:
             mapping[index[name]] = i
         own = mapping[self.synthetic.labels - offset]
         synthetic = FeatureSet(self.synthetic.features[own >= 0], own[own >= 0])
-        real_labels = torch.tensor([names.index(classnames[c]) if classnames[c] in index else -1
-                                    for c in real.labels.tolist()], dtype=torch.long)
+        real_labels = torch.tensor(
+            [names.index(classnames[c]) if classnames[c] in index else -1 for c in real.labels.tolist()],
+            dtype=torch.long,
+        )
         real = FeatureSet(real.features[real_labels >= 0], real_labels[real_labels >= 0])
         if sample_path is not None:
             save_synthesis_sample(sample_path, real, synthetic, names)
-        means = F.normalize(torch.stack([F.normalize(real.features[real.labels == c].float(), dim=-1).mean(0)
-                                         for c in range(len(names))]), dim=-1)
+        means = F.normalize(
+            torch.stack(
+                [F.normalize(real.features[real.labels == c].float(), dim=-1).mean(0) for c in range(len(names))]
+            ),
+            dim=-1,
+        )
         cosines = F.normalize(synthetic.features.float(), dim=-1) @ means.T
         is_own = F.one_hot(synthetic.labels, len(names)).bool()
         nearest = 100.0 * (cosines.argmax(dim=1) == synthetic.labels).float().mean().item()
-        return {"nearest_class_accuracy": nearest,  # as nearest_class_accuracy, from the cosines at hand
-                "cosine_to_own_class": cosines[is_own].mean().item(),
-                "cosine_to_other_classes": cosines[~is_own].mean().item() if len(names) > 1 else None,
-                "classes": len(names)}
+        return {
+            "nearest_class_accuracy": nearest,  # as nearest_class_accuracy, from the cosines at hand
+            "cosine_to_own_class": cosines[is_own].mean().item(),
+            "cosine_to_other_classes": cosines[~is_own].mean().item() if len(names) > 1 else None,
+            "classes": len(names),
+        }
 
 
 def _first_per_class(features: FeatureSet, per_class: int) -> FeatureSet:
@@ -393,18 +492,24 @@ def _first_per_class(features: FeatureSet, per_class: int) -> FeatureSet:
     return FeatureSet(features.features[keep], features.labels[keep])
 
 
-def save_synthesis_sample(path: str | Path, real: FeatureSet, synthetic: FeatureSet, classnames: Sequence[str],
-                          per_class: int = 64) -> None:
+def save_synthesis_sample(
+    path: str | Path, real: FeatureSet, synthetic: FeatureSet, classnames: Sequence[str], per_class: int = 64
+) -> None:
     """Real and synthetic features of the same classes (labels index `classnames`), at most `per_class` of each
     per class, unit-normalized, as one safetensors file (written atomically)."""
     real, synthetic = _first_per_class(real, per_class), _first_per_class(synthetic, per_class)
-    tensors = {"real": F.normalize(real.features.float(), dim=-1).half(), "real_labels": real.labels,
-               "synthetic": F.normalize(synthetic.features.float(), dim=-1).half(),
-               "synthetic_labels": synthetic.labels}
+    tensors = {
+        "real": F.normalize(real.features.float(), dim=-1).half(),
+        "real_labels": real.labels,
+        "synthetic": F.normalize(synthetic.features.float(), dim=-1).half(),
+        "synthetic_labels": synthetic.labels,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"classnames": json.dumps(list(classnames))})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"classnames": json.dumps(list(classnames))}
+    )
     tmp.replace(path)
 
 
@@ -418,5 +523,8 @@ def load_synthesis_sample(path: str | Path) -> tuple[FeatureSet, FeatureSet, lis
         raise ClipadaptError(f"{path}: unreadable synthesis sample ({e})") from None
     if names is None or set(tensors) != {"real", "real_labels", "synthetic", "synthetic_labels"}:
         raise ClipadaptError(f"{path}: not a synthesis sample (written by a SHIP run's synthesis_quality)")
-    return (FeatureSet(tensors["real"], tensors["real_labels"]),
-            FeatureSet(tensors["synthetic"], tensors["synthetic_labels"]), names)
+    return (
+        FeatureSet(tensors["real"], tensors["real_labels"]),
+        FeatureSet(tensors["synthetic"], tensors["synthetic_labels"]),
+        names,
+    )

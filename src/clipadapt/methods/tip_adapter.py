@@ -15,19 +15,20 @@ crops (scale 0.5-1) and flips of its images every step (`augment=false`: on the 
 cache keys themselves), every batch including the last partial one, with a cosine over all steps down to 0. One
 search range and starting alpha for every data set (the official configs widen them for DTD, EuroSAT and FGVC),
 and the per-data-set single template (the official ensembles seven for ImageNet).
-Without a validation split Tip-Adapter-F keeps its last epoch (a warning says so). With SHIP (`tip_adapter+ship`), synthetic features of the classes
-without data enter the cache, as many per class as the real classes have shots (more would outweigh the real
-classes in the cache sum), and mix into Tip-Adapter-F's batches. Class names the cache has never seen get no cache
-logits: for them Tip-Adapter is zero-shot CLIP.
+Without a validation split Tip-Adapter-F keeps its last epoch (a warning says so). With SHIP (`tip_adapter+ship`),
+synthetic features of the classes without data enter the cache, as many per class as the real classes have shots
+(more would outweigh the real classes in the cache sum), and mix into Tip-Adapter-F's batches. Class names the cache
+has never seen get no cache logits: for them Tip-Adapter is zero-shot CLIP.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ class TipAdapter:
         seed: int = 1
         checkpoint_every: int = 200
 
-    def __init__(self, backbone, config: "TipAdapter.Config"):
+    def __init__(self, backbone, config: TipAdapter.Config):
         if config.select not in SELECTIONS:
             raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
         if min(config.beta_steps, config.alpha_steps) < 1:
@@ -98,9 +99,17 @@ class TipAdapter:
         image = F.normalize(features.to(weights).float(), dim=-1)
         return self.backbone.model.logit_scale.exp() * image @ weights.T
 
-    def fit(self, train: FeatureSet, classnames: Sequence[str], val: FeatureSet | None = None,
-            template_key: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
-            synthetic: FeatureSet | None = None, synthetic_ratio: float = 1.0) -> dict:
+    def fit(
+        self,
+        train: FeatureSet,
+        classnames: Sequence[str],
+        val: FeatureSet | None = None,
+        template_key: str | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        synthetic: FeatureSet | None = None,
+        synthetic_ratio: float = 1.0,
+    ) -> dict:
         self.classnames = list(classnames)
         self.alpha, self.beta = self.config.alpha, self.config.beta  # a refit searches afresh
         if len(train) == 0:
@@ -108,8 +117,9 @@ class TipAdapter:
         features, labels = train.features.float(), train.labels
         if synthetic is not None:
             shots = int(torch.bincount(train.labels).max())
-            keep = torch.cat([torch.nonzero(synthetic.labels == c).flatten()[:shots]
-                              for c in synthetic.labels.unique()])
+            keep = torch.cat(
+                [torch.nonzero(synthetic.labels == c).flatten()[:shots] for c in synthetic.labels.unique()]
+            )
             features = torch.cat([features, synthetic.features[keep].float()])
             labels = torch.cat([labels, synthetic.labels[keep]])
         device = self.backbone.device
@@ -120,23 +130,38 @@ class TipAdapter:
         config = self.config
         if config.finetune and config.select == "val" and (val is None or len(val) == 0):
             # ImageNet and the fine-grained sets have no validation split; the official code chose on test.
-            warnings.warn("tip_adapter-F: no validation split to choose the epoch on; the last epoch is kept "
-                          "(select=last)", stacklevel=2)
+            warnings.warn(
+                "tip_adapter-F: no validation split to choose the epoch on; the last epoch is kept (select=last)",
+                stacklevel=2,
+            )
             config = dataclasses.replace(config, select="last")
         if self.config.finetune:
+
             def batch_loss(batch: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
                 logits = self._clip_logits(batch, weights) + self.config.alpha * self._cache_logits(
-                    batch, self.classnames, self.config.beta)
+                    batch, self.classnames, self.config.beta
+                )
                 return F.cross_entropy(logits, batch_labels)
 
-            fingerprint = json.dumps([asdict(config), self.classnames, template_key, "tip_adapter"],
-                                     sort_keys=True)
+            fingerprint = json.dumps([asdict(config), self.classnames, template_key, "tip_adapter"], sort_keys=True)
             summary["finetune"] = train_prompt_learner(
-                self.cache, batch_loss, self.backbone, train, config, epochs=config.epochs, val=val,
-                score=lambda batch: self._clip_logits(batch, weights) + self.config.alpha * self._cache_logits(
-                    batch, self.classnames, self.config.beta),
-                out_dir=out_dir, run_fingerprint=fingerprint, progress=progress, desc="tip_adapter-F",
-                synthetic=synthetic, synthetic_ratio=synthetic_ratio,
+                self.cache,
+                batch_loss,
+                self.backbone,
+                train,
+                config,
+                epochs=config.epochs,
+                val=val,
+                score=lambda batch: (
+                    self._clip_logits(batch, weights)
+                    + self.config.alpha * self._cache_logits(batch, self.classnames, self.config.beta)
+                ),
+                out_dir=out_dir,
+                run_fingerprint=fingerprint,
+                progress=progress,
+                desc="tip_adapter-F",
+                synthetic=synthetic,
+                synthetic_ratio=synthetic_ratio,
             )
         if self.config.search and val is not None and len(val):
             summary.update(self._search(val, weights, progress))
@@ -151,8 +176,9 @@ class TipAdapter:
         alpha_grid = search_grid(self.config.alpha_scale, self.config.alpha_steps)
         alphas = torch.tensor(alpha_grid, device=clip.device)
         best = (-1.0, self.alpha, self.beta)
-        for beta in tqdm(search_grid(self.config.beta_scale, self.config.beta_steps), desc="tip_adapter search",
-                         disable=not progress):
+        for beta in tqdm(
+            search_grid(self.config.beta_scale, self.config.beta_steps), desc="tip_adapter search", disable=not progress
+        ):
             cache = self._cache_logits(val.features, self.classnames, beta)
             logits = clip + alphas[:, None, None] * cache  # [alphas, N, C]
             accuracies = (logits.argmax(dim=-1) == labels).float().mean(dim=1) * 100
@@ -163,8 +189,9 @@ class TipAdapter:
         return {"val_accuracy": best[0], "alpha": self.alpha, "beta": self.beta}
 
     @torch.no_grad()
-    def logits(self, features: torch.Tensor, classnames: Sequence[str],
-               template_key: str | None = None) -> torch.Tensor:
+    def logits(
+        self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
+    ) -> torch.Tensor:
         logits = self._clip_logits(features, self.text(classnames, template_key))
         if self.values is None:  # not fitted: zero-shot CLIP
             return logits

@@ -9,13 +9,14 @@ the image-label data only, the paper's two baselines.
 
 The official repository (microsoft/UniCL) releases evaluation code only; this is the loop it leaves out.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class PretrainData:
     val: list[Sample] = field(default_factory=list)
 
     @classmethod
-    def from_specs(cls, specs: Sequence[str]) -> "PretrainData":
+    def from_specs(cls, specs: Sequence[str]) -> PretrainData:
         """Merge data sets; classes with the same name in several data sets share one label."""
         classnames: list[str] = []
         labelled, captioned, val = [], [], []
@@ -95,9 +96,18 @@ def official_train_transform(backbone) -> Callable:
     backbone's size and normalization: random resized crop (scale 0.08-1), horizontal flip, colour jitter 0.4,
     RandAugment rand-m9-mstd0.5-inc1, bicubic, random erasing with probability 0.25 (per-pixel noise)."""
     mean, std = backbone.normalization()
-    return create_transform(backbone.image_size, is_training=True, color_jitter=0.4,
-                            auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25,
-                            re_mode="pixel", re_count=1, mean=mean, std=std)
+    return create_transform(
+        backbone.image_size,
+        is_training=True,
+        color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="bicubic",
+        re_prob=0.25,
+        re_mode="pixel",
+        re_count=1,
+        mean=mean,
+        std=std,
+    )
 
 
 def channels_last_if_convolutional(tower: nn.Module) -> torch.memory_format:
@@ -116,24 +126,37 @@ class UniCLPretrainer:
         if config.loss == "ce" and not data.labelled:
             raise ClipadaptError("loss=ce needs image-label data")
         if config.workers < 0 or config.checkpoint_every < 1:
-            raise ClipadaptError(f"workers must be 0 or more and checkpoint_every 1 or more, got {config.workers} "
-                                 f"and {config.checkpoint_every}")
+            raise ClipadaptError(
+                f"workers must be 0 or more and checkpoint_every 1 or more, got {config.workers} "
+                f"and {config.checkpoint_every}"
+            )
         self.backbone, self.config, self.data = backbone, config, data
         self.rank, self.world_size = distributed_world()
         label_fraction = 1.0 if config.loss == "ce" else config.label_fraction
         n_text = 0 if config.loss == "ce" else len(data.captioned)
-        self.sampler = BalancedBatchSampler(len(data.labelled), n_text, config.batch_size, label_fraction,
-                                            seed=config.seed, rank=self.rank, world_size=self.world_size)
+        self.sampler = BalancedBatchSampler(
+            len(data.labelled),
+            n_text,
+            config.batch_size,
+            label_fraction,
+            seed=config.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
         self.dataset = ImageDataset(data.labelled + data.captioned[:n_text], backbone.image_transform(train=False))
         self.train_transform = official_train_transform(backbone) if config.augment else None
         # Every label text is tokenized once: [n_classes, 80 templates, context] and [n_captions, context]. They
         # stay on the CPU, where a batch's texts are put together and cut to the longest without waiting for a GPU.
-        self.label_tokens = torch.stack([backbone.tokenize([t(name) for t in IMAGENET_TEMPLATES])
-                                         for name in data.classnames]) if data.classnames else None
+        self.label_tokens = (
+            torch.stack([backbone.tokenize([t(name) for t in IMAGENET_TEMPLATES]) for name in data.classnames])
+            if data.classnames
+            else None
+        )
         self.caption_tokens = backbone.tokenize([s.caption for s in data.captioned[:n_text]]) if n_text else None
         self.label_of_sample = torch.tensor([s.label for s in data.labelled], dtype=torch.long)
-        self.head = nn.Linear(backbone.embed_dim, len(data.classnames)).to(backbone.device) \
-            if config.loss == "ce" else None
+        self.head = (
+            nn.Linear(backbone.embed_dim, len(data.classnames)).to(backbone.device) if config.loss == "ce" else None
+        )
         self._memory_format = channels_last_if_convolutional(backbone.model.visual)
         self._val_images: torch.Tensor | None = None
         self.module = nn.ModuleDict({"clip": backbone.model, **({"head": self.head} if self.head else {})})
@@ -164,13 +187,15 @@ class UniCLPretrainer:
         model = self.backbone.model
         # Channels-last on the device: on the CPU it would copy the pinned batch into unpinned memory.
         image_features = self.backbone.encode_image(
-            self.backbone.to_device(images).to(memory_format=self._memory_format))
+            self.backbone.to_device(images).to(memory_format=self._memory_format)
+        )
         if self.config.loss == "ce":
             return F.cross_entropy(self.head(image_features), self.backbone.to_device(self.label_of_sample[indices]))
         tokens, labels = self._texts(indices, step)
         text_features = self.backbone.encode_text(tokens)
         image_features, text_features, labels = gather_batch(  # the losses normalize the features
-            image_features, text_features, self.backbone.to_device(labels))
+            image_features, text_features, self.backbone.to_device(labels)
+        )
         scale = model.logit_scale.exp()
         if self.config.loss == "clip":
             return clip_loss(image_features, text_features, scale)
@@ -187,8 +212,12 @@ class UniCLPretrainer:
         labels = torch.tensor([s.label for s in self.data.val])
         model.eval()
         with torch.no_grad():
-            features = torch.cat([self.backbone.encode_image(self.backbone.to_device(chunk))
-                                  for chunk in self._val_images.split(cfg.batch_size)])
+            features = torch.cat(
+                [
+                    self.backbone.encode_image(self.backbone.to_device(chunk))
+                    for chunk in self._val_images.split(cfg.batch_size)
+                ]
+            )
             if self.head is not None:
                 logits = self.head(features)
                 loss = F.cross_entropy(logits, self.backbone.to_device(labels)).item()
@@ -199,8 +228,11 @@ class UniCLPretrainer:
                 for i in range(0, len(labels), cfg.batch_size):
                     part = slice(i, i + cfg.batch_size)
                     y = self.backbone.to_device(labels[part])
-                    losses.append(clip_loss(features[part], text[part], scale) if cfg.loss == "clip"
-                                  else unicl_loss(features[part], text[part], y, scale))
+                    losses.append(
+                        clip_loss(features[part], text[part], scale)
+                        if cfg.loss == "clip"
+                        else unicl_loss(features[part], text[part], y, scale)
+                    )
                 loss = torch.stack(losses).mean().item()
                 weights = zeroshot_weights(self.backbone, self.data.classnames, IMAGENET_TEMPLATES)
                 logits = F.normalize(features, dim=-1) @ weights.T
@@ -216,13 +248,20 @@ class UniCLPretrainer:
         pin = self.backbone.device.type == "cuda"  # for asynchronous copies
         batches = list(self.sampler.batches(epoch, offset))
         if self.train_transform is None:
-            return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.config.workers,
-                              persistent_workers=False, pin_memory=pin)
+            return DataLoader(
+                self.dataset,
+                batch_sampler=batches,
+                num_workers=self.config.workers,
+                persistent_workers=False,
+                pin_memory=pin,
+            )
         # Augmented: each batch drawn from a seed of its step (and rank), so a resumed run, or one with other
         # workers, sees the same views.
         first = epoch * len(self.sampler) + offset
-        tasks = [(torch.tensor(indices), self.config.seed * 1_000_003 + (first + i) * 8191 + self.rank + 500_009)
-                 for i, indices in enumerate(batches)]
+        tasks = [
+            (torch.tensor(indices), self.config.seed * 1_000_003 + (first + i) * 8191 + self.rank + 500_009)
+            for i, indices in enumerate(batches)
+        ]
         loader = decoded_batches(self.dataset.samples, tasks, self.train_transform, self.config.workers, pin)
         return ((images, None, indices) for indices, images in loader)
 
@@ -234,30 +273,61 @@ class UniCLPretrainer:
         # one convolution is the patch embedding, no gain was shown, so it is left off there.
         self.backbone.model.to(memory_format=self._memory_format)
         fused = all(p.device.type in ("cpu", "cuda") for p in self.module.parameters())
-        optimizer = torch.optim.AdamW(param_groups(self.module, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+        optimizer = torch.optim.AdamW(
+            param_groups(self.module, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=fused,
+        )
         total = cfg.epochs * len(self.sampler)
         warmup = max(1, round(cfg.warmup * total))
         # What a run computes: settings that do not change it (decoding processes, checkpoint frequency) are left
         # out, at their defaults, so a run resumes with other ones and earlier runs' fingerprints stand.
-        computed = asdict(replace(cfg, workers=PretrainConfig.workers, checkpoint_every=PretrainConfig.checkpoint_every))
+        computed = asdict(
+            replace(cfg, workers=PretrainConfig.workers, checkpoint_every=PretrainConfig.checkpoint_every)
+        )
         if not cfg.augment:  # added since: runs from before it keep their fingerprint
             del computed["augment"]
-        fingerprint = hashlib.sha256(json.dumps(
-            [computed, self.backbone.config, self.data.classnames, len(self.data.labelled),
-             len(self.data.captioned), self.world_size], sort_keys=True).encode()).hexdigest()[:16]
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                [
+                    computed,
+                    self.backbone.config,
+                    self.data.classnames,
+                    len(self.data.labelled),
+                    len(self.data.captioned),
+                    self.world_size,
+                ],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:16]
         trainer = Trainer(
-            self.module, optimizer, total_steps=total, steps_per_epoch=len(self.sampler),
-            lr_at=lambda step: cosine_lr(step, total, warmup, cfg.lr), out_dir=out_dir,
-            run_fingerprint=fingerprint, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip or None,
-            after_step=self._clamp_logit_scale, validate=self._validate if self.data.val else None,
-            progress=progress, desc=f"pretrain ({cfg.loss})",
+            self.module,
+            optimizer,
+            total_steps=total,
+            steps_per_epoch=len(self.sampler),
+            lr_at=lambda step: cosine_lr(step, total, warmup, cfg.lr),
+            out_dir=out_dir,
+            run_fingerprint=fingerprint,
+            checkpoint_every=cfg.checkpoint_every,
+            grad_clip=cfg.grad_clip or None,
+            after_step=self._clamp_logit_scale,
+            validate=self._validate if self.data.val else None,
+            progress=progress,
+            desc=f"pretrain ({cfg.loss})",
         )
         trainer.fit(self._batches, self._loss)
         self.backbone.model.eval()
         images = trainer.total_steps * cfg.batch_size * self.world_size
-        return {"loss": cfg.loss, **trainer.summary(),
-                "images_per_second": round(images / max(trainer.seconds, 1e-9), 1), "num_classes": len(self.data.classnames),
-                "num_label_samples": len(self.data.labelled), "num_text_samples": len(self.data.captioned),
-                "logit_scale": round(self.backbone.model.logit_scale.exp().item(), 3),
-                "world_size": self.world_size, "config": asdict(cfg)}
+        return {
+            "loss": cfg.loss,
+            **trainer.summary(),
+            "images_per_second": round(images / max(trainer.seconds, 1e-9), 1),
+            "num_classes": len(self.data.classnames),
+            "num_label_samples": len(self.data.labelled),
+            "num_text_samples": len(self.data.captioned),
+            "logit_scale": round(self.backbone.model.logit_scale.exp().item(), 3),
+            "world_size": self.world_size,
+            "config": asdict(cfg),
+        }
