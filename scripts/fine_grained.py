@@ -21,7 +21,7 @@ from pathlib import Path
 from clipadapt import demo
 from clipadapt.report import mean_std, write_comparisons
 
-BEST = demo.BEST_MPFGVC  # datp_init=name ssvp_layer=-1: the best variant on the badges (README, MP-FGVC)
+BEST = demo.BEST_MPFGVC  # datp_init=name ssvp_layer=-1: the best variant on the badges (docs/mpfgvc.md)
 # (label, method, config): the label names the row's folder and its line in the table.
 VARIANTS: tuple[tuple[str, str, tuple], ...] = (
     ("zeroshot", "zeroshot", ()),
@@ -35,7 +35,7 @@ VARIANTS: tuple[tuple[str, str, tuple], ...] = (
 )
 BASELINE = "finetune"
 # The paper's own number: MP-FGVC on CUB-200-2011 with an ImageNet-21k ViT-B/16 at 448 px. Its baselines' and
-# ablations' rows were not available to quote (README, MP-FGVC).
+# ablations' rows were not available to quote (docs/mpfgvc.md).
 PAPER_CUB = {"mpfgvc": 91.8}
 
 

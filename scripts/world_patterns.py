@@ -34,7 +34,7 @@ TIP_F_OFFICIAL = {
     "aerial": (("beta_scale", 12.0), ("alpha_scale", 10.0), ("alpha", 2.0), ("epochs", 100)),  # configs/eurosat.yaml
 }
 
-# The papers' own numbers, only where a published table gives them (see the README's "The papers' patterns").
+# The papers' own numbers, only where a published table gives them (see "The papers' patterns" in docs/world.md).
 # CoCoOp (Zhou et al., CVPR 2022) Table 1, base-to-new, average over 11 data sets, ViT-B/16: base, new, H.
 PAPER_BASE2NEW = {"zeroshot": (69.34, 74.22, 71.70), "coop": (82.69, 63.22, 71.66), "cocoop": (80.47, 71.69, 75.83)}
 # CoCoOp Table 2, ImageNet (16 shots) to 10 other data sets: source, average of the targets.

@@ -1,5 +1,7 @@
 """Shared fixtures: a small colour data set and a micro CLIP whose zero-shot answer on it is known."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,18 @@ from PIL import Image
 
 from clipadapt import load_backbone
 from clipadapt.data import load_dataset
+from clipadapt.engine import available_cores
 from clipadapt.text import zeroshot_weights
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers) each worker takes its share of the cores: the suite's
+    micro and tiny models run small matrix products, which a second thread speeds up far less than a second test
+    running beside them does."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, available_cores() // workers))
+
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 TEMPLATE = "a photo of a {}."

@@ -1,5 +1,5 @@
 """The measurement scripts' tables, from run folders written here (no training): the numbers they print are the
-runs' numbers, averaged as the README says."""
+runs' numbers, averaged as docs/world.md and docs/mpfgvc.md say."""
 
 import importlib.util
 import json

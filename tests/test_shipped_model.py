@@ -36,8 +36,7 @@ def test_zero_shot_on_unseen_compositions_is_far_above_chance(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, capsys, jobs):
+def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, capsys):
     from clipadapt import demo
     from clipadapt.cli import main
 
@@ -48,7 +47,8 @@ def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, cap
         *(demo.DemoRow("linear_probe", "fewshot", demo.TARGET, (("shots", k),), seeds=(1, 2)) for k in (1, 2)),
     )
     monkeypatch.setattr(demo, "ROWS", rows)
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress", "--jobs", jobs]) == 0
+    # `make demo`'s own path: the default number of worker processes (two on two cores).
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("| zeroshot |"))
     base, new, hm = (float(cell) for cell in row.split("|")[5:8])
@@ -99,6 +99,24 @@ def _running_after(pids: list[int], seconds: float) -> list[int]:
         time.sleep(0.2)
         alive = [pid for pid in alive if running(pid)]
     return alive
+
+
+def test_demo_rows_in_this_process_give_the_tables_of_worker_processes(colour_world, tmp_path):
+    from clipadapt import demo
+
+    root, _ = colour_world
+    rows = (
+        demo.DemoRow("zeroshot", "full", f"imagefolder:{root}"),
+        demo.DemoRow("linear_probe", "fewshot", f"imagefolder:{root}", (("shots", 2),), seeds=(1, 2)),
+    )
+    tables = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"demo{jobs}"
+        demo.run_demo(out, cache_dir=tmp_path / "cache", progress=False, rows=rows, jobs=jobs)
+        assert all((out / row.folder / "metrics.json").is_file() for row in rows)
+        tables[jobs] = (out / "results.md").read_text().replace(str(out), "OUT")
+    assert "| zeroshot |" in tables[1] and "| linear_probe |" in tables[1]
+    assert tables[1] == tables[2]
 
 
 def test_a_failing_demo_row_stops_the_demo_and_names_the_row(colour_world, tmp_path):

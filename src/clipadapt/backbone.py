@@ -33,7 +33,7 @@ from torch import nn
 from .errors import CheckpointError, ClipadaptError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
-# The tiny CLIP pretrained with UniCL on the generated world: the default of every command (README: "shipped model").
+# The tiny CLIP pretrained with UniCL on the generated world: the default of every command (docs/world.md).
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "tiny-vit-world-unicl.safetensors"
 CONFIG_METADATA_KEY = "clipadapt_model_config"
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")

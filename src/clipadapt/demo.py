@@ -73,11 +73,11 @@ class DemoRow:
 
 
 # CoOp's cross-data-set protocol trains on 16 shots of every source class; the demo on 4, which takes an eighth
-# of the steps (CoOp's schedule: 100 epochs for 4 shots, 200 for 16). The README's SHIP section has 16 shots.
+# of the steps (CoOp's schedule: 100 epochs for 4 shots, 200 for 16). docs/ship.md has 16 shots.
 CROSS = (("targets", CROSS_TARGETS), ("shots", 4))
 # MP-FGVC as the demo runs it: the variant that does best on the badges, with the paper's three ablations. The
-# paper's own configuration (`clipadapt run mpfgvc`) and the GZSL rows of CoOp and CoOp+SHIP are in the README's
-# MP-FGVC and SHIP sections with three seeds; the demo leaves them out to finish within ten minutes.
+# paper's own configuration (`clipadapt run mpfgvc`) and the GZSL rows of CoOp and CoOp+SHIP are in docs/mpfgvc.md
+# and docs/ship.md with three seeds; the demo leaves them out to finish within ten minutes.
 BEST_MPFGVC = (("datp_init", "name"), ("ssvp_layer", -1))
 ROWS = (
     *(

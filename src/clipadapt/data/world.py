@@ -162,7 +162,7 @@ SUPERCLASSES = {"fine": FINE_SUPERCLASS, "birds": BIRD_SUPERCLASS}
 # Images per class (`captions`: per seen composition); override with generate_world(..., NAME=count).
 DEFAULT_SIZES: dict[str, int] = {
     # 300 labelled images and 300 captioned ones per seen composition (v3: 150 each): the tiny CLIP's validation
-    # loss stopped falling at 150 (README "The shipped model").
+    # loss stopped falling at 150 (docs/world.md, "The shipped model").
     "pretrain_train": 300,
     "pretrain_val": 10,
     "pretrain_test": 10,

@@ -50,7 +50,7 @@ class PretrainConfig:
     max_logit_scale: float = 100.0
     seed: int = 0
     # microsoft/UniCL's training augmentation (`official_train_transform`); off by default: the shipped model and
-    # the README's loss comparison were trained on the plain resized centre crops
+    # the loss comparison (docs/world.md) were trained on the plain resized centre crops
     augment: bool = False
     workers: int = 0
     checkpoint_every: int = 200
