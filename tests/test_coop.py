@@ -313,3 +313,38 @@ def test_context_must_leave_room_for_names(backbone):
             with pytest.raises(ClipadaptError, match="do not fit the 16-token prompts"):
                 build_method(method, backbone, config)
         build_method(method, backbone, {"n_ctx": 12, "init": ""})
+
+
+@pytest.mark.parametrize(
+    "method, values, problem",
+    [
+        ("coop", {"select": "best", "n_ctx": 4}, "select must be one of last, val"),
+        ("cocoop", {"schedule": "linear"}, "schedule must be one of dassl, cosine_steps"),
+        ("clip_adapter", {"optimizer": "adam"}, "optimizer must be one of sgd, adamw"),
+        ("tip_adapter", {"batch_size": 0}, "batch_size must be at least 1"),
+        ("coop", {"crop_scale": 0.0, "n_ctx": 4}, "crop_scale must lie in"),
+        ("coop", {"sched": "dassl", "n_ctx": 4}, "sched"),  # a misspelt key is refused, not defaulted
+    ],
+)
+def test_training_settings_are_checked_for_every_learner(backbone, method, values, problem):
+    with pytest.raises(ClipadaptError, match=problem):
+        build_method(method, backbone, values)
+
+
+def test_training_fingerprints_of_earlier_runs_still_match():
+    """A run's checkpoints resume only under the same fingerprint: these were the strings the methods built before
+    the shared TrainConfig declared settings some of them lacked (recorded from that code)."""
+    import hashlib
+
+    from clipadapt.engine import training_fingerprint
+    from clipadapt.methods.coop import CoOp
+    from clipadapt.methods.tip_adapter import TipAdapter
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    coop = training_fingerprint(CoOp.Config(), ["red", "blue"], "coop", ignore=("class_chunk",))
+    tip = training_fingerprint(TipAdapter.Config(), ["red"], None, "tip_adapter")
+    assert (digest(coop), digest(tip)) == ("b67c3bc5b16e46c1", "4503c86d15a36f8d")
+    assert training_fingerprint(CoOp.Config(class_chunk=8), ["red", "blue"], "coop", ignore=("class_chunk",)) == coop
+    assert training_fingerprint(CoOp.Config(schedule="cosine_steps"), ["red", "blue"], "coop") != coop

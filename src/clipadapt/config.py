@@ -39,9 +39,9 @@ def build_config(
         raise ClipadaptError(
             f"unknown {config_class.__qualname__} key(s) in {source}: {', '.join(unknown)}; known: {', '.join(fields)}"
         )
-    config = config_class()
+    defaults, typed = config_class(), {}
     for key, value in (values or {}).items():
-        default = getattr(config, key)
+        default = getattr(defaults, key)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(default, float) and isinstance(value, str):
@@ -53,8 +53,8 @@ def build_config(
             value = str(value)  # e.g. a template typed without quotes that YAML read as something else
         if default is not None and not isinstance(value, type(default)):
             raise ClipadaptError(f"{key} in {source} must be {type(default).__name__}, got {value!r}")
-        setattr(config, key, value)
-    return config
+        typed[key] = value
+    return config_class(**typed)  # through the class's own checks (__post_init__), with every value in place
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -9,14 +9,16 @@ import contextlib
 import contextvars
 import copy
 import hashlib
+import json
 import math
 import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -448,20 +450,66 @@ def frozen(model: nn.Module) -> Iterator[None]:
 # augmented with random resized crop (scale 0.08-1) and horizontal flip.
 
 
-class PromptTrainingConfig(Protocol):
-    """What `train_prompt_learner` reads from a method's config. Optional fields: `optimizer` (sgd, the default,
-    or adamw), `momentum` (sgd), `warmup_epochs` and `warmup_lr` (none by default), `schedule` ("dassl", the
-    default: per-epoch cosine after the warm-up; "cosine_steps": a cosine to 0 over every step, as
-    CosineAnnealingLR stepped per batch), `drop_last` (True, Dassl's: the last partial batch is dropped) and
-    `crop_scale` (the smallest random-resized-crop area with `augment`, Dassl's 0.08)."""
+SELECTIONS = ("last", "val")
+SCHEDULES = ("dassl", "cosine_steps")
+OPTIMIZERS = ("sgd", "adamw")
+# What train_prompt_learner used for these settings before every method declared them: a run's fingerprint leaves
+# a setting out at this value, so runs trained before they were declared still resume.
+_UNDECLARED = {
+    "drop_last": True,
+    "schedule": "dassl",
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "crop_scale": 0.08,
+    "warmup_epochs": 0,
+    "warmup_lr": 0.0,
+}
 
-    select: str
-    batch_size: int
-    lr: float
-    weight_decay: float
-    augment: bool
-    seed: int
-    checkpoint_every: int
+
+@dataclass
+class TrainConfig:
+    """The training settings of the prompt learners and adapters (CoOp's official recipe by default); each method's
+    Config extends it and overrides the defaults its official code uses. Checked when built: a misspelt key is
+    refused by `build_config`, a bad value here."""
+
+    epochs: int = 0  # 0: by shots per class, as CoOp's scripts (methods.coop.epochs_for_shots)
+    batch_size: int = 32
+    lr: float = 0.002
+    optimizer: str = "sgd"  # sgd | adamw (Tip-Adapter-F's, with its eps 1e-4)
+    momentum: float = 0.9  # sgd's
+    weight_decay: float = 5e-4
+    # dassl: constant warm-up epochs at warmup_lr, then a cosine stepped per epoch; cosine_steps: a cosine stepped
+    # per batch down to 0, no warm-up (CosineAnnealingLR stepped per batch: Tip-Adapter-F, SHIP's CoOp)
+    schedule: str = "dassl"
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    drop_last: bool = True  # Dassl drops the last partial batch of an epoch when a full one exists
+    augment: bool = False  # re-encode random-crop/flip views of the train images every step (the official way)
+    crop_scale: float = 0.08  # the smallest random-resized-crop area with augment (Dassl's)
+    select: str = "last"  # last | val: keep the epoch with the best validation accuracy
+    seed: int = 1
+    checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("select", SELECTIONS), ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, key) not in allowed:
+                raise ClipadaptError(f"{key} must be one of {', '.join(allowed)}, got '{getattr(self, key)}'")
+        for key, least in (("batch_size", 1), ("checkpoint_every", 1), ("epochs", 0)):
+            if getattr(self, key) < least:
+                raise ClipadaptError(f"{key} must be at least {least}, got {getattr(self, key)}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ClipadaptError(f"crop_scale must lie in (0, 1], got {self.crop_scale}")
+
+
+def training_fingerprint(config: TrainConfig, *parts: Any, ignore: Sequence[str] = ()) -> str:
+    """What a run's checkpoints must match to be resumed: the config (less `ignore`: settings that change how the
+    work is batched, not what is learned) and `parts` (class names, the method's name, ...)."""
+    settings = {
+        key: value
+        for key, value in asdict(config).items()
+        if key not in ignore and not (key in _UNDECLARED and _UNDECLARED[key] == value)
+    }
+    return json.dumps([settings, *parts], sort_keys=True)
 
 
 def dassl_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
@@ -497,7 +545,7 @@ def train_prompt_learner(
     batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     backbone,
     train,
-    config: PromptTrainingConfig,
+    config: TrainConfig,
     *,
     epochs: int,
     val=None,
@@ -538,38 +586,27 @@ def train_prompt_learner(
 
         validate = val_accuracy
 
-    if config.batch_size < 1:
-        raise ClipadaptError(f"batch_size must be at least 1, got {config.batch_size}")
     if config.augment and not train.samples:
         raise ClipadaptError("augment=true re-encodes the training images, but these features carry no samples")
     if synthetic is not None and (len(synthetic) == 0 or synthetic_ratio <= 0):
         raise ClipadaptError("synthetic features need at least one feature and a positive synthetic_ratio")
-    if getattr(config, "drop_last", True):
+    if config.drop_last:
         steps_per_epoch = max(1, n // config.batch_size)  # Dassl drops the last partial batch if a full one exists
     else:
         steps_per_epoch = math.ceil(n / config.batch_size)
-    schedule = getattr(config, "schedule", "dassl")
-    if schedule not in ("dassl", "cosine_steps"):
-        raise ClipadaptError(f"schedule must be dassl or cosine_steps, got '{schedule}'")
     device = backbone.device
     # The best state on validation is kept as buffers beside the learner, so that checkpoints carry it.
     holder = nn.Module()
     holder.learner = learner
     holder.best = copy.deepcopy(learner).requires_grad_(False)
     holder.register_buffer("val_accuracy", torch.full((epochs,), float("nan"), device=device))
-    optimizer_name = getattr(config, "optimizer", "sgd")
-    if optimizer_name == "sgd":
+    if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(
-            learner.parameters(),
-            lr=config.lr,
-            momentum=getattr(config, "momentum", 0.0),
-            weight_decay=config.weight_decay,
+            learner.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-    elif optimizer_name == "adamw":  # Tip-Adapter-F's choice, with its eps
+    else:  # adamw: Tip-Adapter-F's choice, with its eps
         optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, eps=1e-4, weight_decay=config.weight_decay)
-    else:
-        raise ClipadaptError(f"optimizer must be sgd or adamw, got '{optimizer_name}'")
-    transform = dassl_train_transform(backbone, getattr(config, "crop_scale", 0.08)) if config.augment else None
+    transform = dassl_train_transform(backbone, config.crop_scale) if config.augment else None
     if out_dir is not None:
         digest = hashlib.sha256(run_fingerprint.encode())
         digest.update(backbone.fingerprint().encode())
@@ -618,14 +655,14 @@ def train_prompt_learner(
         total_steps=epochs * steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
         lr_at=(lambda step: cosine_lr(step, epochs * steps_per_epoch, 0, config.lr))
-        if schedule == "cosine_steps"
+        if config.schedule == "cosine_steps"
         else (
             lambda step: dassl_lr(
                 step // steps_per_epoch,
                 epochs,
                 config.lr,
-                getattr(config, "warmup_epochs", 0),
-                getattr(config, "warmup_lr", 0.0),
+                config.warmup_epochs,
+                config.warmup_lr,
             )
         ),
         out_dir=out_dir,

@@ -12,21 +12,20 @@ names: only the text weights change.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine import train_prompt_learner
+from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
 from ..errors import ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
 from . import register_method
-from .coop import SELECTIONS, epochs_for_shots
+from .coop import epochs_for_shots
 
 
 def adapter_mlp(dim: int, reduction: int) -> nn.Sequential:
@@ -38,29 +37,18 @@ def adapter_mlp(dim: int, reduction: int) -> nn.Sequential:
 @register_method("clip_adapter")
 class ClipAdapter:
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        """Trained with CoOp's recipe (TrainConfig's defaults), as CoOp's few-shot protocol compares them."""
+
         reduction: int = 4  # bottleneck D / reduction
         ratio: float = 0.2  # weight of the adapted feature in the residual mix
         templates: str = "coop"  # text weights: "coop" (per-data-set template), "ensemble", or "... {} ..."
-        epochs: int = 0  # 0: by shots per class, as CoOp (epochs_for_shots)
-        batch_size: int = 32
-        lr: float = 0.002
-        momentum: float = 0.9
-        weight_decay: float = 5e-4
-        warmup_epochs: int = 1
-        warmup_lr: float = 1e-5
-        augment: bool = False  # re-encode random-crop/flip views of the train images every step
-        select: str = "last"  # last | val
-        seed: int = 1
-        checkpoint_every: int = 200
 
     def __init__(self, backbone, config: ClipAdapter.Config):
         if not 0 <= config.ratio <= 1:
             raise ClipadaptError(f"ratio must be in [0, 1], got {config.ratio}")
         if config.reduction < 1 or backbone.embed_dim // config.reduction < 1:
             raise ClipadaptError(f"reduction {config.reduction} does not fit features of size {backbone.embed_dim}")
-        if config.select not in SELECTIONS:
-            raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
         self.backbone, self.config = backbone, config
         self.text = TextClassifier(backbone, config.templates)
         with torch.random.fork_rng(devices=[]):
@@ -94,7 +82,7 @@ class ClipAdapter:
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(self._logits(features, weights), labels)
 
-        fingerprint = json.dumps([asdict(self.config), classnames, template_key, "clip_adapter"], sort_keys=True)
+        fingerprint = training_fingerprint(self.config, classnames, template_key, "clip_adapter")
         self.history = train_prompt_learner(
             self.adapter,
             batch_loss,

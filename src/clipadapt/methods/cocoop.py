@@ -16,10 +16,9 @@ batch x classes prompts: lower `batch_size` (the lr follows) for many classes on
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_method_weights, save_method_weights
-from ..engine import train_prompt_learner
+from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from . import register_method
@@ -63,25 +62,15 @@ class CoCoOp:
     """After `fit`, `prompt` holds the learned context (`prompt.ctx`) and meta-net, `history` the training summary."""
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         n_ctx: int = 4  # context vectors (ignored with `init`: the phrase's token count is used)
         init: str = "a photo of a"  # "": random N(0, 0.02)
         epochs: int = 10
         batch_size: int = 32  # images per step, their prompts encoded in one call (the official code: 1)
         lr: float = 0.0  # 0: the official 0.002 at batch 1 scaled linearly, 0.002 * batch_size (and warmup_lr)
-        momentum: float = 0.9
-        weight_decay: float = 5e-4
-        warmup_epochs: int = 1
-        warmup_lr: float = 1e-5
-        augment: bool = False  # re-encode random-crop/flip views of the train images every step (official)
-        select: str = "last"  # last | val: keep the epoch with the best validation accuracy
         eval_batch: int = 64  # images per text-encoder call when scoring (each adds n_cls prompts)
-        seed: int = 1
-        checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
 
     def __init__(self, backbone, config: CoCoOp.Config):
-        if config.select not in ("last", "val"):
-            raise ClipadaptError(f"select must be last or val, got '{config.select}'")
         if config.eval_batch < 1:
             raise ClipadaptError(f"eval_batch must be at least 1, got {config.eval_batch}")
         backbone.context_vectors(config.n_ctx, config.init)  # fails early when the prompt is too long
@@ -129,7 +118,7 @@ class CoCoOp:
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(self._logits(features, classnames), labels)
 
-        fingerprint = json.dumps([asdict(self.config), classnames, "cocoop"], sort_keys=True)
+        fingerprint = training_fingerprint(self.config, classnames, "cocoop")
         self.history = train_prompt_learner(
             self.prompt,
             batch_loss,

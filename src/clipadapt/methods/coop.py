@@ -13,9 +13,8 @@ code does). The shared context transfers to any class names (base-to-new, cross-
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,12 +23,10 @@ from torch import nn
 
 from ..backbone import CLASS_TOKEN_POSITIONS
 from ..checkpoint import load_method_weights, save_method_weights
-from ..engine import train_prompt_learner
+from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from . import register_method
-
-SELECTIONS = ("last", "val")
 
 
 def epochs_for_shots(shots: int, dataset: str | None = None) -> int:
@@ -45,27 +42,14 @@ class CoOp:
     `history` the training summary (epoch losses, and validation accuracies with `select=val`)."""
 
     @dataclass
-    class Config:
+    class Config(TrainConfig):
+        """CoOp's official recipe is TrainConfig's defaults (SHIP's CoOp training: schedule=cosine_steps
+        drop_last=false crop_scale=0.5)."""
+
         n_ctx: int = 16  # context vectors (ignored with `init`: the phrase's token count is used)
         init: str = ""  # "": random N(0, 0.02); else a phrase whose token embeddings start the context
         csc: bool = False  # one context per class (cannot score other class names)
         class_token_position: str = "end"  # end | middle | front
-        epochs: int = 0  # 0: by shots per class, as the official scripts (epochs_for_shots)
-        batch_size: int = 32
-        lr: float = 0.002
-        momentum: float = 0.9
-        weight_decay: float = 5e-4
-        warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr before the cosine
-        warmup_lr: float = 1e-5
-        # dassl: the warm-up, then a cosine stepped per epoch; cosine_steps: a cosine stepped per batch down to 0,
-        # no warm-up (mrflogs/SHIP's CoOp training)
-        schedule: str = "dassl"
-        drop_last: bool = True  # Dassl drops the last partial batch of an epoch; SHIP's loader keeps it
-        augment: bool = False  # re-encode random-crop/flip views of the train images every step (official)
-        crop_scale: float = 0.08  # the smallest random-resized-crop area with augment (SHIP's CoOp: 0.5)
-        select: str = "last"  # last | val: keep the epoch with the best validation accuracy
-        seed: int = 1
-        checkpoint_every: int = 200  # steps; checkpoints are written only when fit gets an out_dir
         class_chunk: int = 1024  # class prompts per text-encoder call; more are chunked (activation checkpointing)
 
     def __init__(self, backbone, config: CoOp.Config):
@@ -74,8 +58,6 @@ class CoOp:
                 f"class_token_position must be one of {', '.join(CLASS_TOKEN_POSITIONS)}, "
                 f"got '{config.class_token_position}'"
             )
-        if config.select not in SELECTIONS:
-            raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
         backbone.context_vectors(config.n_ctx, config.init)  # fails early when the prompt is too long
         self.backbone = backbone
         self.config = config
@@ -159,15 +141,8 @@ class CoOp:
             # Every class prompt once per step, scored against the batch's image features.
             return F.cross_entropy(self._logits(features, self._text_features(self.classnames)), labels)
 
-        # class_chunk changes how prompts are batched, not what is learned, and options added since are left out at
-        # their defaults: runs from before them still resume.
-        defaults = asdict(CoOp.Config())
-        settings = {
-            k: v
-            for k, v in asdict(self.config).items()
-            if k != "class_chunk" and not (k in ("schedule", "drop_last", "crop_scale") and v == defaults[k])
-        }
-        fingerprint = json.dumps([settings, self.classnames, "coop"], sort_keys=True)
+        # class_chunk changes how prompts are batched, not what is learned.
+        fingerprint = training_fingerprint(self.config, self.classnames, "coop", ignore=("class_chunk",))
         self.history = train_prompt_learner(
             self.prompt,
             batch_loss,

@@ -24,10 +24,9 @@ has never seen get no cache logits: for them Tip-Adapter is zero-shot CLIP.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,12 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine import train_prompt_learner
+from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
 from ..errors import ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
 from . import register_method
-from .coop import SELECTIONS
 
 
 def search_grid(scale: float, steps: int) -> list[float]:
@@ -51,7 +49,7 @@ def search_grid(scale: float, steps: int) -> list[float]:
 @register_method("tip_adapter")
 class TipAdapter:
     @dataclass
-    class Config:
+    class Config(TrainConfig):
         alpha: float = 1.0  # weight of the cache logits (used without search, and while Tip-Adapter-F trains)
         beta: float = 1.0  # sharpness of the cache affinity (likewise)
         search: bool = True  # grid-search alpha and beta on the validation split
@@ -61,22 +59,22 @@ class TipAdapter:
         alpha_steps: int = 20
         templates: str = "coop"  # text weights: "coop" (per-data-set template), "ensemble", or "... {} ..."
         finetune: bool = False  # Tip-Adapter-F: learn the cache keys
+        # Tip-Adapter-F's official training:
         epochs: int = 20
         batch_size: int = 256
         lr: float = 1e-3
-        weight_decay: float = 0.01  # AdamW's default, which the official optimizer keeps
         optimizer: str = "adamw"
+        momentum: float = 0.0  # (sgd only)
+        weight_decay: float = 0.01  # AdamW's default, which the official optimizer keeps
         schedule: str = "cosine_steps"  # the official CosineAnnealingLR, stepped every batch down to 0
+        warmup_epochs: int = 0  # (schedule=dassl only)
+        warmup_lr: float = 0.0
         drop_last: bool = False  # the official loader keeps the last partial batch
         augment: bool = True  # Tip-Adapter-F trains on fresh random-crop/flip views of its images, as the official
         crop_scale: float = 0.5  # the official RandomResizedCrop(scale=(0.5, 1))
         select: str = "val"  # Tip-Adapter-F's epoch: val (best on validation) | last
-        seed: int = 1
-        checkpoint_every: int = 200
 
     def __init__(self, backbone, config: TipAdapter.Config):
-        if config.select not in SELECTIONS:
-            raise ClipadaptError(f"select must be one of {', '.join(SELECTIONS)}, got '{config.select}'")
         if min(config.beta_steps, config.alpha_steps) < 1:
             raise ClipadaptError("beta_steps and alpha_steps must be at least 1")
         self.backbone, self.config = backbone, config
@@ -143,7 +141,7 @@ class TipAdapter:
                 )
                 return F.cross_entropy(logits, batch_labels)
 
-            fingerprint = json.dumps([asdict(config), self.classnames, template_key, "tip_adapter"], sort_keys=True)
+            fingerprint = training_fingerprint(config, self.classnames, template_key, "tip_adapter")
             summary["finetune"] = train_prompt_learner(
                 self.cache,
                 batch_loss,
