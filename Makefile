@@ -21,7 +21,8 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium could not be installed: the report's browser test will be skipped"
 
-# Two test processes: on 2 cores the suite finishes in about 0.6 of the time one process takes (TEST_WORKERS=0: one).
+# Two test processes (TEST_WORKERS=0: one): the whole suite took 10 minutes on 2 cores, ruff included, where one
+# process took 16-20 (that run also generated the default world twice, for two demo tests now one).
 TEST_WORKERS ?= 2
 # The linter and formatter first (seconds; configured in pyproject.toml), then the suite.
 test: $(STAMP) browser
