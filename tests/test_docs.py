@@ -35,7 +35,7 @@ from clipadapt.config import build_config, load_config_file, parse_overrides
 from clipadapt.data import DATASETS
 from clipadapt.data.world import DEFAULT_SIZES, WORLD_DATASETS
 from clipadapt.errors import ClipadaptError
-from clipadapt.methods import ADDONS, METHODS, ShipConfig, _trains_on_synthetic
+from clipadapt.methods import METHODS, _trains_on_synthetic, method_configs
 from clipadapt.methods.unicl import PretrainConfig
 from clipadapt.protocols import PROTOCOLS, protocol_shots
 
@@ -198,20 +198,8 @@ def _config_values(args, overrides: list[str]) -> tuple[dict, list[str]]:
 def _run_problems(args, values: dict, synopsis: bool) -> list[str]:
     problems = []
     if not _is_placeholder(args.method):
-        inner, _, addon = args.method.partition("+")
-        if inner not in METHODS:
-            return [f"unknown method '{inner}' (known: {', '.join(sorted(METHODS))})"]
-        if addon and addon not in ADDONS:
-            return [f"unknown add-on '{addon}'"]
-        if addon and not _trains_on_synthetic(METHODS[inner]):
-            problems.append(f"'{inner}' cannot train on synthesized features, so '{args.method}' is refused")
-        own = {k: v for k, v in values.items() if not (addon and k.startswith(f"{addon}."))}
         try:
-            build_config(METHODS[inner].Config, own)
-            if addon:
-                build_config(
-                    ShipConfig, {k.removeprefix("ship."): v for k, v in values.items() if k.startswith("ship.")}
-                )
+            method_configs(args.method, values)  # what build_method checks before it needs a backbone
         except ClipadaptError as e:
             problems.append(str(e))
     targets = [t for t in args.targets.split(",") if t]

@@ -45,37 +45,47 @@ def _trains_on_synthetic(cls: type) -> bool:
     return hasattr(cls, "fit") and "synthetic" in inspect.signature(cls.fit).parameters
 
 
-def build_method(
-    name: str, backbone, values: dict[str, Any] | None = None, source: str = "overrides", seed: int | None = None
-):
-    """The method `name` on `backbone` with its config built from defaults plus `values`; a method with a `seed`
-    in its config gets the run's `seed` unless `values` sets one. `METHOD+ship` trains METHOD with SHIP's
-    synthesized features; `ship.KEY` values configure SHIP, the others METHOD."""
+def method_configs(
+    name: str, values: dict[str, Any] | None = None, source: str = "overrides", seed: int | None = None
+) -> tuple[type, Any, ShipConfig | None]:
+    """The class of method `name`, its config built from defaults plus `values`, and for `METHOD+ship` SHIP's config
+    (`ship.KEY` values; else None): every check that needs no backbone. A method with a `seed` in its config gets
+    `seed` unless `values` sets one."""
     values = dict(values or {})
-    if "+" in name:
-        inner, _, addon = name.partition("+")
-        if addon not in ADDONS:
-            raise ClipadaptError(f"unknown add-on '{addon}' in '{name}'; available: {', '.join(ADDONS)}")
-        method = build_method(
-            inner, backbone, {k: v for k, v in values.items() if not k.startswith("ship.")}, source, seed
+    inner, _, addon = name.partition("+")
+    if addon and addon not in ADDONS:
+        raise ClipadaptError(f"unknown add-on '{addon}' in '{name}'; available: {', '.join(ADDONS)}")
+    if inner not in METHODS:
+        raise ClipadaptError(
+            f"unknown method '{inner}'; available: {', '.join(sorted(METHODS))} (and METHOD+{'/'.join(ADDONS)})"
         )
-        if not _trains_on_synthetic(type(method)):
-            trainable = sorted(n for n, c in METHODS.items() if _trains_on_synthetic(c))
-            raise ClipadaptError(
-                f"'{inner}' cannot train on synthesized features; {addon} works with {', '.join(trainable)}"
-            )
+    cls = METHODS[inner]
+    if addon and not _trains_on_synthetic(cls):
+        trainable = sorted(n for n, c in METHODS.items() if _trains_on_synthetic(c))
+        raise ClipadaptError(
+            f"'{inner}' cannot train on synthesized features; {addon} works with {', '.join(trainable)}"
+        )
+    own = {k: v for k, v in values.items() if not (addon and k.startswith("ship."))}
+    if seed is not None and "seed" in {f.name for f in dataclasses.fields(cls.Config)}:
+        own.setdefault("seed", seed)
+    ship = None
+    if addon:
         ship_values = {k.removeprefix("ship."): v for k, v in values.items() if k.startswith("ship.")}
         if seed is not None:
             ship_values.setdefault("seed", seed)
-        return WithShip(method, name, backbone, build_config(ShipConfig, ship_values, source=source))
-    if name not in METHODS:
-        raise ClipadaptError(
-            f"unknown method '{name}'; available: {', '.join(sorted(METHODS))} (and METHOD+{'/'.join(ADDONS)})"
-        )
-    cls = METHODS[name]
-    if seed is not None and "seed" in {f.name for f in dataclasses.fields(cls.Config)}:
-        values.setdefault("seed", seed)
-    return cls(backbone, build_config(cls.Config, values, source=source))
+        ship = build_config(ShipConfig, ship_values, source=source)
+    return cls, build_config(cls.Config, own, source=source), ship
+
+
+def build_method(
+    name: str, backbone, values: dict[str, Any] | None = None, source: str = "overrides", seed: int | None = None
+):
+    """The method `name` on `backbone` with its config built from defaults plus `values` (`method_configs`).
+    `METHOD+ship` trains METHOD with SHIP's synthesized features; `ship.KEY` values configure SHIP, the others
+    METHOD."""
+    cls, config, ship = method_configs(name, values, source, seed)
+    method = cls(backbone, config)
+    return method if ship is None else WithShip(method, name, backbone, ship)
 
 
 def method_config(method) -> dict[str, Any]:
