@@ -35,7 +35,7 @@ from clipadapt.config import build_config, load_config_file, parse_overrides
 from clipadapt.data import DATASETS
 from clipadapt.data.world import DEFAULT_SIZES, WORLD_DATASETS
 from clipadapt.errors import ClipadaptError
-from clipadapt.methods import METHODS, _trains_on_synthetic, method_configs
+from clipadapt.methods import METHODS, method_configs
 from clipadapt.methods.unicl import PretrainConfig
 from clipadapt.protocols import PROTOCOLS, protocol_shots
 
@@ -449,7 +449,12 @@ def test_the_method_in_adding_md_registers_and_runs(tiny, one_thread, capsys):
             metrics = json.loads((out / "metrics.json").read_text())
             assert metrics["config"] == {"scale": 10.0}
             assert metrics["accuracy" if protocol == "full" else "base_accuracy"] >= 0
-        assert metrics["new_accuracy"] is None  # scores_unseen_classes = False: base only
+        assert metrics["new_accuracy"] is None  # capabilities.scores_unseen_classes is false: base only
+        # What the protocol saved loads back into a fresh instance.
+        (saved,) = out.glob("train-*/class_mean.safetensors")
+        method = METHODS["class_mean"](None, METHODS["class_mean"].Config())
+        method.load(saved)
+        assert method.weights.shape[0] == metrics["num_base_classes"]
     finally:
         METHODS.pop("class_mean", None)
         sys.modules.pop(module.__name__, None)
@@ -553,19 +558,19 @@ def _table_after(path: Path, heading: str) -> list[list[str]]:
 
 def test_the_method_protocol_table_matches_the_code():
     """The README's table against what the protocols look at: a method that scores only its training classes
-    (`scores_unseen_classes = False`) has base2new's base accuracy and no gzsl or crossdataset; `METHOD+ship` is
-    offered for the methods whose `fit` takes synthesized features and runs only where a protocol has classes
-    without training data; UniCL is not a `run` method."""
+    (`capabilities.scores_unseen_classes` false) has base2new's base accuracy and no gzsl or crossdataset;
+    `METHOD+ship` is offered for the methods that declare `trains_on_synthetic` and runs only where a protocol has
+    classes without training data; UniCL is not a `run` method."""
     header, *rows = _table_after(README, "## Methods and protocols")
     assert header == ["method", *PROTOCOLS]
     table = {row[0]: row[1:] for row in rows}
     for name, cls in METHODS.items():
-        scores = getattr(cls, "scores_unseen_classes", True)
+        scores = cls.capabilities.scores_unseen_classes
         expected = ["✓", "✓", "✓" if scores else "base only", *(["✓" if scores else "–"] * 2)]
         assert table.pop(f"`{name}`", None) == expected, name
     (ship_row,) = [key for key in table if key.startswith("`METHOD+ship`")]
     offered = set(re.findall(r"`(\w+)\+ship`", ship_row.partition(":")[2]))
-    assert offered == {name for name, cls in METHODS.items() if _trains_on_synthetic(cls)}
+    assert offered == {name for name, cls in METHODS.items() if cls.capabilities.trains_on_synthetic}
     assert table.pop(ship_row) == ["–", "–", "✓", "✓", "✓"]
     assert "unicl" not in METHODS
     assert table == {"UniCL pretraining (`clipadapt pretrain`)": ["–"] * 5}

@@ -158,8 +158,20 @@ def test_two_stage_training_learns_the_colours(colour_world, backbone, tmp_path,
     assert result["accuracy"] > 80.0  # 4 colours: chance 25%
     assert torch.equal(backbone.model.visual.proj, before)  # the backbone itself is not tuned
     assert ("prompts" in method.model) == method.config.datp
+    splits = load_dataset(f"imagefolder:{root}")
     with pytest.raises(ClipadaptError, match="cannot score other class names"):
-        method.image_logits(load_dataset(f"imagefolder:{root}").test, ["cat", "dog"], progress=False)
+        method.image_logits(splits.test, ["cat", "dog"], progress=False)
+    # The protocol saved the tuned networks; a fresh method loads them and predicts the same.
+    (saved,) = (tmp_path / "run").glob(f"train-*/{name}.safetensors")
+    reloaded = build_method(name, backbone, {**FAST, **config})
+    reloaded.load(saved)
+    torch.testing.assert_close(
+        reloaded.image_logits(splits.test, splits.classnames, progress=False),
+        method.image_logits(splits.test, splits.classnames, progress=False),
+    )
+    with pytest.raises(CheckpointError, match="do not fit this backbone and config"):
+        other = {"datp": True, "contrastive": True, "n_text_tokens": 2, "fusion": "vlfm", "expansion": 2}
+        build_method(name, backbone, {**FAST, **config, **other}).load(saved)
 
 
 def test_base2new_reports_base_only_and_bad_options(colour_world, tmp_path, backbone):

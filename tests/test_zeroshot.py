@@ -282,7 +282,7 @@ def test_closed_set_methods_refuse_gzsl_and_crossdataset_before_training(colour_
         )
         assert code == 2
         assert (
-            f"linearprobe scores only the classes it was trained on: it has no {protocol} numbers"
+            f"linear_probe scores only the classes it was trained on: it has no {protocol} numbers"
             in capsys.readouterr().err
         )
 

@@ -122,6 +122,19 @@ def load_method_weights(path: str | Path, method: str) -> tuple[dict[str, torch.
         raise CheckpointError(f"{path}: the {method} weights' header is not what clipadapt writes: {e}") from e
 
 
+def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Load `tensors` (from `load_method_weights`) into `module` when they have its parameter names and shapes; else a
+    CheckpointError naming the file (another backbone, config or class list wrote it)."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise CheckpointError(
+            f"the {what} weights in {path} do not fit this backbone and config (differing: {', '.join(differing[:4])})"
+        )
+    module.load_state_dict(tensors)
+
+
 def optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Optimizer state split into tensors and JSON-able hyper-parameters."""
     state_dict = optimizer.state_dict()

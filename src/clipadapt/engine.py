@@ -551,7 +551,8 @@ def train_prompt_learner(
     val=None,
     score: Callable[[torch.Tensor], torch.Tensor] | None = None,
     out_dir: str | Path | None = None,
-    run_fingerprint: str = "",
+    fingerprint: Sequence[Any] = (),
+    fingerprint_ignore: Sequence[str] = (),
     progress: bool = True,
     desc: str = "train",
     synthetic=None,
@@ -569,8 +570,12 @@ def train_prompt_learner(
 
     `synthetic` (a FeatureSet of generated features, e.g. SHIP's, labelled in the same label space) joins every
     batch: round(synthetic_ratio x batch size) of its features drawn at random (a function of seed and step),
-    as SHIP mixes real base-class and synthetic new-class features. Returns a summary: steps, epoch losses,
-    per-epoch validation accuracies, best epoch."""
+    as SHIP mixes real base-class and synthetic new-class features.
+
+    Checkpoints in `out_dir` resume a run only when they match `training_fingerprint(config, *fingerprint,
+    ignore=fingerprint_ignore)` (the method's name and class names go in `fingerprint`), the backbone and the
+    training (and synthetic) features. Returns a summary: steps, epoch losses, per-epoch validation accuracies,
+    best epoch. (The protocols save the trained method's weights: `Method.save`.)"""
     n = len(train)
     if n == 0:
         raise ClipadaptError("no training samples")
@@ -607,8 +612,9 @@ def train_prompt_learner(
     else:  # adamw: Tip-Adapter-F's choice, with its eps
         optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, eps=1e-4, weight_decay=config.weight_decay)
     transform = dassl_train_transform(backbone, config.crop_scale) if config.augment else None
+    run_fingerprint = ""
     if out_dir is not None:
-        digest = hashlib.sha256(run_fingerprint.encode())
+        digest = hashlib.sha256(training_fingerprint(config, *fingerprint, ignore=fingerprint_ignore).encode())
         digest.update(backbone.fingerprint().encode())
         digest.update(train.labels.cpu().numpy().tobytes())
         digest.update(train.features.float().cpu().numpy().tobytes())

@@ -27,6 +27,10 @@ from .engine import decoding_workers
 from .errors import ClipadaptError
 from .features import FeatureSet, default_cache_dir, extract_features
 from .methods import build_method, method_config
+from .methods.contract import FeatureMethod, ImageMethod
+
+# What the protocols run: they dispatch on its `capabilities`.
+AnyMethod = FeatureMethod | ImageMethod
 
 PROTOCOLS = ("full", "fewshot", "base2new", "gzsl", "crossdataset")
 # The shots a protocol trains with when --shots is not given: CoOp, CoCoOp and SHIP train base-to-new and
@@ -104,38 +108,43 @@ class RunContext:
 
 
 def _fit(
-    method,
+    method: AnyMethod,
     ctx: RunContext,
     splits: DatasetSplits,
     shots: int | None = None,
     seed: int = 1,
     unseen_classnames: Sequence[str] = (),
 ) -> dict | None:
-    """Train `method` on `splits` (on its k-shot subset when `shots` is given) and return its training summary.
-    Zero-shot methods have no `fit`, so nothing is sampled or extracted for them. Methods that synthesize data
-    for classes without any (SHIP) also get the names of the classes the protocol will test without training
-    data: names only, never their images."""
-    if not hasattr(method, "fit") and not hasattr(method, "fit_images"):
+    """Train `method` on `splits` (on its k-shot subset when `shots` is given), save what it learned to
+    `<run folder>/train-<data set>-seed<seed>/<method>.safetensors`, and return its training summary. Nothing is
+    sampled or extracted for a method that does not train. A method that uses them (SHIP) also gets the names of
+    the classes the protocol will test without training data: names only, never their images."""
+    capabilities = method.capabilities
+    if not capabilities.trains:
         return None
     if shots:
         splits = fewshot(splits, shots, seed, cache_dir=_split_cache(ctx))
     out_dir = Path(ctx.out_dir) / f"train-{splits.name}-seed{seed}" if ctx.out_dir else None
-    if hasattr(method, "fit_images"):  # tunes its image encoder: trains on the images themselves
-        return method.fit_images(splits, out_dir=out_dir, progress=ctx.progress, num_workers=ctx.num_workers)
-    val = ctx.features(splits, "val") if splits.val else None
-    extra = {}
-    if getattr(method, "uses_unseen_classnames", False):
-        extra["unseen_classnames"] = [n for n in dict.fromkeys(unseen_classnames) if n not in splits.classnames]
-    with decoding_workers(ctx.num_workers):  # augment=true training decodes in workers too
-        return method.fit(
-            ctx.features(splits, "train"),
-            splits.classnames,
-            val=val,
-            template_key=splits.template_key,
-            out_dir=out_dir,
-            progress=ctx.progress,
-            **extra,
-        )
+    if capabilities.needs_images:  # tunes its image encoder: trains on the images themselves
+        summary = method.fit_images(splits, out_dir=out_dir, progress=ctx.progress, num_workers=ctx.num_workers)
+    else:
+        val = ctx.features(splits, "val") if splits.val else None
+        extra = {}
+        if capabilities.uses_unseen_classnames:
+            extra["unseen_classnames"] = [n for n in dict.fromkeys(unseen_classnames) if n not in splits.classnames]
+        with decoding_workers(ctx.num_workers):  # augment=true training decodes in workers too
+            summary = method.fit(
+                ctx.features(splits, "train"),
+                splits.classnames,
+                val=val,
+                template_key=splits.template_key,
+                out_dir=out_dir,
+                progress=ctx.progress,
+                **extra,
+            )
+    if out_dir is not None:  # what was learned, loadable with the method's `load`
+        method.save(out_dir / f"{method.name}.safetensors")
+    return summary
 
 
 def _with_training(result: dict, summary: dict | None) -> dict:
@@ -146,10 +155,10 @@ PREDICT_ELEMENTS = 1 << 26  # logits held at once while scoring test features (2
 
 
 def _predict(
-    method, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None
+    method: AnyMethod, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     classnames = list(classnames or splits.classnames)
-    if hasattr(method, "image_logits"):  # a tuned image encoder: frozen cached features do not apply
+    if method.capabilities.needs_images:  # a tuned image encoder: frozen cached features do not apply
         if not splits.test:
             raise ClipadaptError(f"data set '{splits.name}' has no test samples")
         logits = method.image_logits(
@@ -167,7 +176,7 @@ def _predict(
     return torch.cat(predictions), test.labels
 
 
-def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:
+def _test_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits) -> dict:
     predictions, labels = _predict(method, ctx, splits)
     result = {
         "accuracy": accuracy(predictions, labels),
@@ -179,7 +188,7 @@ def _test_accuracy(method, ctx: RunContext, splits: DatasetSplits) -> dict:
     return result
 
 
-def run_full(method, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> dict:
+def run_full(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> dict:
     summary = _fit(method, ctx, splits, seed=seed)
     return _with_training(_with_part_overlap(_test_accuracy(method, ctx, splits), method, ctx, splits), summary)
 
@@ -187,7 +196,7 @@ def run_full(method, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> 
 def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
     """For token-selecting methods (MP-FGVC's SsVP) on data sets that know where each image's discriminative parts
     are (the world's badges and birds, `parts.json`), how often the kept tokens land on them, under `part_overlap`."""
-    if not getattr(method, "selects_tokens", False) or not (splits.root / "parts.json").is_file():
+    if not method.capabilities.selects_tokens or not (splits.root / "parts.json").is_file():
         return result
     parts = read_parts(splits.root)
     test = [s for s in splits.test if s.path in parts]
@@ -197,12 +206,12 @@ def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSpl
     return {**result, "part_overlap": overlap}
 
 
-def run_fewshot(method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
+def run_fewshot(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     summary = _fit(method, ctx, splits, shots, seed)
     return _with_training(_with_part_overlap(_test_accuracy(method, ctx, splits), method, ctx, splits), summary)
 
 
-def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
+def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
     summary = _fit(method, ctx, base, shots, seed, unseen_classnames=new.classnames)
     base_result = _test_accuracy(method, ctx, base)
@@ -212,7 +221,7 @@ def run_base2new(method, ctx: RunContext, splits: DatasetSplits, shots: int, see
         "num_base_classes": len(base.classnames),
         "num_new_classes": len(new.classnames),
     }
-    if not getattr(method, "scores_unseen_classes", True):  # e.g. a linear probe: base numbers only
+    if not method.capabilities.scores_unseen_classes:  # e.g. a linear probe: base numbers only
         result = {"base_accuracy": base_acc, "new_accuracy": None, "harmonic_mean": None, **counts}
         if splits.class_attributes:
             result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"]}
@@ -237,7 +246,7 @@ def _with_synthesis(result: dict, method, ctx: RunContext, splits: DatasetSplits
     """For methods that synthesize features (SHIP), how close they came to the real test features of the
     classes they were made for, under `synthesis` (a diagnostic; nothing is selected on it); a sample of both
     goes to `synthesis-<data set>.safetensors` in the run folder (the last seed's)."""
-    if not hasattr(method, "synthesis_quality"):
+    if not method.capabilities.synthesizes:
         return result
     sample = Path(ctx.out_dir) / f"synthesis-{safe_name(splits.name)}.safetensors" if ctx.out_dir is not None else None
     quality = method.synthesis_quality(ctx.features(splits, "test"), splits.classnames, sample_path=sample)
@@ -261,15 +270,17 @@ def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> l
     return sorted({splits.classnames.index(n) for n in names})  # a name listed twice is one class
 
 
-def _check_scores_unseen(method, protocol: str) -> None:
-    if not getattr(method, "scores_unseen_classes", True):
+def _check_scores_unseen(method: AnyMethod, protocol: str) -> None:
+    if not method.capabilities.scores_unseen_classes:
         raise ClipadaptError(
-            f"{type(method).__name__.lower()} scores only the classes it was trained on: it has no "
+            f"{method.name} scores only the classes it was trained on: it has no "
             f"{protocol} numbers (base2new reports its base accuracy)"
         )
 
 
-def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: str | None = None, **_) -> dict:
+def run_gzsl(
+    method: AnyMethod, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: str | None = None, **_
+) -> dict:
     _check_scores_unseen(method, "gzsl")
     unseen_labels = gzsl_classes(splits, unseen)
     unseen_set = set(unseen_labels)
@@ -300,7 +311,7 @@ def run_gzsl(method, ctx: RunContext, splits: DatasetSplits, seed: int, unseen: 
 
 
 def run_crossdataset(
-    method, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, targets: Sequence[str], **_
+    method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, targets: Sequence[str], **_
 ) -> dict:
     _check_scores_unseen(method, "crossdataset")
     target_splits = {spec: ctx.dataset_loader(spec) for spec in dict.fromkeys(targets)}  # each target once
@@ -366,7 +377,7 @@ def shots_trained(numbers: dict, shots: int | None) -> int | None:
 
 def run_protocol(
     protocol: str,
-    method,
+    method: AnyMethod,
     ctx: RunContext,
     splits: DatasetSplits,
     seed: int = 1,

@@ -1,36 +1,35 @@
 """Methods, one file each, registered by name for `clipadapt run METHOD`.
 
-A method class has a `Config` dataclass, is built as `Method(backbone, config)`, and exposes
-`logits(features, classnames, template_key=None)` on image features; methods that learn also have
-`fit(train, classnames, val=None, template_key=None, out_dir=None, progress=True) -> dict` on cached features
-(`out_dir` takes their checkpoints or weights; the returned summary goes into metrics.json as `training`).
-Optional parts of the interface, which the protocols look for:
-- `fit(..., synthetic=None, synthetic_ratio=1.0)`: trains with generated features mixed into every batch (what
-  `METHOD+ship` needs); `uses_unseen_classnames = True`: `fit` also gets `unseen_classnames`, the names of the
-  classes the protocol tests without training data (names only).
-- `scores_unseen_classes = False`: scores only its training classes (base2new reports base accuracy only).
-- `fit_images(splits, out_dir, progress, num_workers)` and `image_logits(samples, classnames, ...)` instead of
-  `fit`/`logits`: the method tunes its image encoder, so it trains and predicts on images (MP-FGVC).
-- `synthesis_quality(real, classnames, sample_path=None)`, `selects_tokens` with
-  `kept_token_overlap(samples, parts)`: diagnostics written to metrics.json (and a feature sample and overlay
-  examples that `clipadapt report` plots).
+A method class has a `Config` dataclass, is built as `Method(backbone, config)`, and declares its `capabilities`
+(`contract.Capabilities`): whether it trains, needs images, scores unseen class names, trains on synthesized
+features, and which diagnostics it writes. `contract.py` says which interface each declaration implies;
+`register_method` holds the class to it and refuses a name registered twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from ..config import build_config
 from ..errors import ClipadaptError
+from .contract import check_method_class
 
 METHODS: dict[str, type] = {}
 
 
 def register_method(name: str) -> Callable[[type], type]:
+    """Register a method class under `name` (its `name` attribute too) once it meets the contract its
+    capabilities declare; a name already taken is an error, not a silent replacement."""
+
     def register(cls: type) -> type:
+        if name in METHODS:
+            raise ClipadaptError(f"method name '{name}' is already registered (by {METHODS[name].__qualname__})")
+        if "+" in name:
+            raise ClipadaptError(f"method name '{name}': '+' joins a method and an add-on (METHOD+ship)")
+        check_method_class(cls, name)
+        cls.name = name
         METHODS[name] = cls
         return cls
 
@@ -38,11 +37,6 @@ def register_method(name: str) -> Callable[[type], type]:
 
 
 ADDONS = ("ship",)
-
-
-def _trains_on_synthetic(cls: type) -> bool:
-    """Whether the method's `fit` takes `synthetic` features (what SHIP feeds it)."""
-    return hasattr(cls, "fit") and "synthetic" in inspect.signature(cls.fit).parameters
 
 
 def method_configs(
@@ -60,8 +54,8 @@ def method_configs(
             f"unknown method '{inner}'; available: {', '.join(sorted(METHODS))} (and METHOD+{'/'.join(ADDONS)})"
         )
     cls = METHODS[inner]
-    if addon and not _trains_on_synthetic(cls):
-        trainable = sorted(n for n, c in METHODS.items() if _trains_on_synthetic(c))
+    if addon and not cls.capabilities.trains_on_synthetic:
+        trainable = sorted(n for n, c in METHODS.items() if c.capabilities.trains_on_synthetic)
         raise ClipadaptError(
             f"'{inner}' cannot train on synthesized features; {addon} works with {', '.join(trainable)}"
         )

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
+from ..checkpoint import load_method_weights, load_module_state, save_method_weights
+from ..engine import TrainConfig, train_prompt_learner
 from ..errors import ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
 from . import register_method
+from .contract import Capabilities
 from .coop import epochs_for_shots
 
 
@@ -36,6 +38,8 @@ def adapter_mlp(dim: int, reduction: int) -> nn.Sequential:
 
 @register_method("clip_adapter")
 class ClipAdapter:
+    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+
     @dataclass
     class Config(TrainConfig):
         """Trained with CoOp's recipe (TrainConfig's defaults), as CoOp's few-shot protocol compares them."""
@@ -82,7 +86,6 @@ class ClipAdapter:
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(self._logits(features, weights), labels)
 
-        fingerprint = training_fingerprint(self.config, classnames, template_key, "clip_adapter")
         self.history = train_prompt_learner(
             self.adapter,
             batch_loss,
@@ -93,7 +96,7 @@ class ClipAdapter:
             val=val,
             score=lambda features: self._logits(features, weights),
             out_dir=out_dir,
-            run_fingerprint=fingerprint,
+            fingerprint=(classnames, template_key, "clip_adapter"),
             progress=progress,
             desc="clip_adapter",
             synthetic=synthetic,
@@ -106,3 +109,10 @@ class ClipAdapter:
         self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
     ) -> torch.Tensor:
         return self._logits(features, self.text(classnames, template_key))
+
+    def save(self, path: str | Path) -> None:
+        """The adapter's weights as safetensors, with the config in the metadata (the text weights are CLIP's)."""
+        save_method_weights(path, self.adapter.state_dict(), "clip_adapter", self.config)
+
+    def load(self, path: str | Path) -> None:
+        load_module_state(self.adapter, load_method_weights(path, "clip_adapter")[0], path, "clip_adapter")

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_method_weights, save_method_weights
-from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
+from ..engine import TrainConfig, train_prompt_learner
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from . import register_method
+from .contract import Capabilities
 
 OFFICIAL_LR = 0.002  # per step at the official batch size of 1
 
@@ -60,6 +61,8 @@ class ConditionalContext(nn.Module):
 @register_method("cocoop")
 class CoCoOp:
     """After `fit`, `prompt` holds the learned context (`prompt.ctx`) and meta-net, `history` the training summary."""
+
+    capabilities = Capabilities(trains=True)
 
     @dataclass
     class Config(TrainConfig):
@@ -118,7 +121,6 @@ class CoCoOp:
         def batch_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(self._logits(features, classnames), labels)
 
-        fingerprint = training_fingerprint(self.config, classnames, "cocoop")
         self.history = train_prompt_learner(
             self.prompt,
             batch_loss,
@@ -129,12 +131,10 @@ class CoCoOp:
             val=val,
             score=lambda features: self.logits(features, classnames),
             out_dir=out_dir,
-            run_fingerprint=fingerprint,
+            fingerprint=(classnames, "cocoop"),
             progress=progress,
             desc="cocoop",
         )
-        if out_dir is not None:  # the learned prompt, loadable with `load`
-            self.save(Path(out_dir) / "cocoop.safetensors")
         return self.history
 
     @torch.no_grad()

@@ -23,10 +23,11 @@ from torch import nn
 
 from ..backbone import CLASS_TOKEN_POSITIONS
 from ..checkpoint import load_method_weights, save_method_weights
-from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
+from ..engine import TrainConfig, train_prompt_learner
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from . import register_method
+from .contract import Capabilities
 
 
 def epochs_for_shots(shots: int, dataset: str | None = None) -> int:
@@ -40,6 +41,10 @@ def epochs_for_shots(shots: int, dataset: str | None = None) -> int:
 class CoOp:
     """After `fit`, `ctx` is the learned context ([n_ctx, width], or [n_cls, n_ctx, width] with `csc`) and
     `history` the training summary (epoch losses, and validation accuracies with `select=val`)."""
+
+    # A shared context scores any class names; class-specific ones (csc) only the training classes (`logits`
+    # says so when asked for others).
+    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
 
     @dataclass
     class Config(TrainConfig):
@@ -141,8 +146,6 @@ class CoOp:
             # Every class prompt once per step, scored against the batch's image features.
             return F.cross_entropy(self._logits(features, self._text_features(self.classnames)), labels)
 
-        # class_chunk changes how prompts are batched, not what is learned.
-        fingerprint = training_fingerprint(self.config, self.classnames, "coop", ignore=("class_chunk",))
         self.history = train_prompt_learner(
             self.prompt,
             batch_loss,
@@ -153,14 +156,13 @@ class CoOp:
             val=val,
             score=lambda features: self.logits(features, self.classnames),
             out_dir=out_dir,
-            run_fingerprint=fingerprint,
+            fingerprint=(self.classnames, "coop"),
+            fingerprint_ignore=("class_chunk",),  # how prompts are batched, not what is learned
             progress=progress,
             desc="coop",
             synthetic=synthetic,
             synthetic_ratio=synthetic_ratio,
         )
-        if out_dir is not None:  # the learned prompt, loadable with `load`
-            self.save(Path(out_dir) / "coop.safetensors")
         return self.history
 
     @torch.no_grad()

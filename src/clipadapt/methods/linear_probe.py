@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint import save_method_weights
-from ..errors import ClipadaptError
+from ..checkpoint import load_method_weights, save_method_weights
+from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from . import register_method
+from .contract import Capabilities
 
 COARSE_C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # lpclip's search_list, in its order (ties go to the first)
 
@@ -108,7 +109,8 @@ class LinearProbe:
         tol: float = 1e-4  # stop when max |gradient| of the mean objective is below this (sklearn's default tol)
         normalize: bool = False  # L2-normalize features first; lpclip fits the raw features
 
-    scores_unseen_classes = False  # one weight vector per training class: base2new reports base accuracy only
+    # One weight vector per training class: base2new reports its base accuracy only.
+    capabilities = Capabilities(trains=True, scores_unseen_classes=False)
 
     def __init__(self, backbone, config: LinearProbe.Config):
         self.config = config
@@ -133,7 +135,7 @@ class LinearProbe:
         out_dir: str | Path | None = None,
         progress: bool = True,
     ) -> dict:
-        """Search C on `val`, fit, and (with `out_dir`) save the probe as `linear_probe.safetensors` there."""
+        """Search C on `val` and fit (`out_dir` is unused: the fit is deterministic and takes seconds)."""
         self.classnames = list(classnames)
         x, y = self._inputs(train.features), train.labels.to(self.device)
 
@@ -171,15 +173,6 @@ class LinearProbe:
             self.val_accuracy = self.val_accuracies[self.best_c]
         # Refit rather than keep every C's weights during the search; the fit is deterministic, so it is the same one.
         self.weight, self.bias = solve(self.best_c)
-        if out_dir is not None:
-            save_method_weights(
-                Path(out_dir) / "linear_probe.safetensors",
-                {"weight": self.weight.float(), "bias": self.bias.float()},
-                "linear_probe",
-                self.config,
-                classnames=self.classnames,
-                c=self.best_c,
-            )
         return {"best_c": self.best_c, "val_accuracy": self.val_accuracy}
 
     @torch.no_grad()
@@ -194,3 +187,18 @@ class LinearProbe:
                 f"({len(self.classnames)} classes); it cannot score other class names, e.g. base2new's new classes"
             )
         return (self._inputs(features) @ self.weight.T + self.bias).float()
+
+    def save(self, path: str | Path) -> None:
+        """Weight and bias as safetensors, with the config, the training class names and the C in the metadata."""
+        if self.weight is None:
+            raise ClipadaptError("linear_probe has nothing to save: fit it first")
+        tensors = {"weight": self.weight.float(), "bias": self.bias.float()}
+        save_method_weights(path, tensors, "linear_probe", self.config, classnames=self.classnames, c=self.best_c)
+
+    def load(self, path: str | Path) -> None:
+        tensors, metadata = load_method_weights(path, "linear_probe")
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        if weight is None or bias is None or weight.shape != (len(metadata["classnames"]), *weight.shape[1:]):
+            raise CheckpointError(f"{path} holds no linear probe of its {len(metadata['classnames'])} classes")
+        self.weight, self.bias = weight.to(self.device, torch.float64), bias.to(self.device, torch.float64)
+        self.classnames, self.best_c = list(metadata["classnames"]), metadata["c"]

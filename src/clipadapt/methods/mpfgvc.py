@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import open_clip
@@ -46,11 +46,13 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from ..backbone import block_attention, read_state_dict
+from ..checkpoint import load_method_weights, load_module_state, save_method_weights
 from ..data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
 from ..engine import Trainer, cosine_lr, frozen, param_groups, threads_beside_workers, training_batches
 from ..errors import CheckpointError, ClipadaptError
 from ..text import TextClassifier
 from . import register_method
+from .contract import Capabilities
 
 FUSIONS = ("vlfm", "concat", "none")
 SSVP_SCORES = ("attention", "rollout")
@@ -207,7 +209,8 @@ class MPFGVC:
     """Trains on images (`fit_images`) and predicts on images (`image_logits`): its image encoder is tuned, so
     cached frozen features are of no use to it. It classifies the classes it was trained on (closed set)."""
 
-    scores_unseen_classes = False
+    # SsVP's kept tokens are measured against the data set's part boxes, where it has them (not with ssvp=false).
+    capabilities = Capabilities(trains=True, needs_images=True, scores_unseen_classes=False, selects_tokens=True)
 
     @dataclass
     class Config:
@@ -270,6 +273,8 @@ class MPFGVC:
         if config.datp:
             backbone.context_vectors(config.n_text_tokens)  # fails early when the prompt cannot fit
         self.backbone, self.config = backbone, config
+        if not config.ssvp:
+            self.capabilities = replace(self.capabilities, selects_tokens=False)
         self.template_text = TextClassifier(backbone, TEMPLATE)  # the frozen prompts of datp=false
         self.classnames: list[str] = []
         self._train_samples: list[Sample] = []
@@ -575,11 +580,6 @@ class MPFGVC:
             return embeddings, (torch.cat(kept) if kept[0] is not None else None)
         return embeddings
 
-    @property
-    def selects_tokens(self) -> bool:
-        """Whether SsVP chooses tokens (what `kept_token_overlap` measures)."""
-        return self.config.ssvp
-
     @torch.no_grad()
     def kept_token_overlap(
         self,
@@ -661,6 +661,28 @@ class MPFGVC:
             return self.model["head"](visual)
         return self.model["fusion"](visual, self.text_embeddings())
 
+    def save(self, path: str | Path) -> None:
+        """The tuned encoder, head, prompts and fusion module as safetensors, with the config, the training class
+        names and the superclass in the metadata."""
+        if self.model is None:
+            raise ClipadaptError(f"{self.name} has nothing to save: fit it first")
+        save_method_weights(
+            path,
+            self.model.state_dict(),
+            self.name,
+            self.config,
+            classnames=self.classnames,
+            superclass=self.superclass,
+        )
+
+    def load(self, path: str | Path) -> None:
+        """What `save` wrote, into the networks this config builds for those class names."""
+        tensors, metadata = load_method_weights(path, self.name)
+        self.classnames = list(metadata["classnames"])
+        model = self._build(self.classnames, metadata["superclass"])
+        load_module_state(model, tensors, path, self.name)
+        self.model = model.eval()
+
 
 def patch_boxes(grid: int, image_size: int) -> torch.Tensor:
     """Pixel boxes [grid * grid, 4] (x0, y0, x1, y1; exclusive ends) of a ViT's patch tokens in row-major order."""
@@ -723,6 +745,8 @@ def part_overlap(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -
 @register_method("finetune")
 class FineTune(MPFGVC):
     """The plain fine-tuned baseline: the same encoder and linear head, cross-entropy only."""
+
+    capabilities = Capabilities(trains=True, needs_images=True, scores_unseen_classes=False)
 
     @dataclass
     class Config(MPFGVC.Config):

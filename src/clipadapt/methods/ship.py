@@ -38,11 +38,12 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_method_weights, save_method_weights
+from ..checkpoint import load_method_weights, load_module_state, save_method_weights
 from ..engine import Trainer, frozen
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from ..text import zeroshot_weights
+from .contract import Capabilities
 
 GENERATORS = ("clip_text", "mlp")
 OBJECTIVES = ("vae", "gan")
@@ -333,7 +334,7 @@ class Ship:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: the stored ship config does not fit this version: {e}") from e
         ship = cls(backbone, config)
-        ship._load_tensors(tensors, path)
+        load_module_state(ship.model, tensors, path, "ship")
         return ship
 
     def save(self, path: str | Path) -> None:
@@ -341,14 +342,7 @@ class Ship:
         save_method_weights(path, self.model.state_dict(), "ship", self.config)
 
     def load(self, path: str | Path) -> None:
-        self._load_tensors(load_method_weights(path, "ship")[0], path)
-
-    def _load_tensors(self, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in tensors.items()}
-        if expected != found:
-            raise CheckpointError(f"the ship weights in {path} do not fit this backbone and config")
-        self.model.load_state_dict(tensors)
+        load_module_state(self.model, load_method_weights(path, "ship")[0], path, "ship")
 
 
 def nearest_class_accuracy(synthetic: FeatureSet, real: FeatureSet) -> float:
@@ -370,10 +364,14 @@ class WithShip:
     without data (base2new's new classes, gzsl's unseen ones, crossdataset's targets), then fit METHOD on real
     and synthetic features over the joint label space. Scoring is METHOD's."""
 
-    uses_unseen_classnames = True
-
     def __init__(self, method, name: str, backbone, config: ShipConfig):
         self.method, self.name, self.config = method, name, config
+        self.capabilities = Capabilities(
+            trains=True,
+            uses_unseen_classnames=True,
+            synthesizes=True,
+            scores_unseen_classes=method.capabilities.scores_unseen_classes,
+        )
         self.ship = Ship(backbone, config)
         self.synthetic: FeatureSet | None = None
         self.synthetic_classnames: list[str] = []
@@ -398,8 +396,6 @@ class WithShip:
         ship_summary = self.ship.fit(
             train, classnames, out_dir=out_dir / "ship" if out_dir else None, progress=progress
         )
-        if out_dir is not None:
-            self.ship.save(out_dir / "ship.safetensors")
         synthetic = self.ship.synthesize(list(unseen_classnames), progress=progress)
         # Real cached features are not normalized: give the synthetic ones the real features' mean norm, so a
         # method sees one distribution of lengths whatever it does with them.
@@ -439,6 +435,16 @@ class WithShip:
         self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
     ) -> torch.Tensor:
         return self.method.logits(features, classnames, template_key=template_key)
+
+    def save(self, path: str | Path) -> None:
+        """METHOD's weights (trained on real and synthetic features) to `path`, SHIP's generator beside them as
+        `ship.safetensors` (what `clipadapt interpret` reads)."""
+        self.method.save(path)
+        self.ship.save(Path(path).parent / "ship.safetensors")
+
+    def load(self, path: str | Path) -> None:
+        self.method.load(path)
+        self.ship.load(Path(path).parent / "ship.safetensors")
 
     def synthesis_quality(
         self, real: FeatureSet, classnames: Sequence[str], sample_path: str | Path | None = None

@@ -34,11 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine import TrainConfig, train_prompt_learner, training_fingerprint
-from ..errors import ClipadaptError
+from ..checkpoint import load_method_weights, save_method_weights
+from ..engine import TrainConfig, train_prompt_learner
+from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
 from . import register_method
+from .contract import Capabilities
 
 
 def search_grid(scale: float, steps: int) -> list[float]:
@@ -48,6 +50,8 @@ def search_grid(scale: float, steps: int) -> list[float]:
 
 @register_method("tip_adapter")
 class TipAdapter:
+    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+
     @dataclass
     class Config(TrainConfig):
         alpha: float = 1.0  # weight of the cache logits (used without search, and while Tip-Adapter-F trains)
@@ -141,7 +145,6 @@ class TipAdapter:
                 )
                 return F.cross_entropy(logits, batch_labels)
 
-            fingerprint = training_fingerprint(config, self.classnames, template_key, "tip_adapter")
             summary["finetune"] = train_prompt_learner(
                 self.cache,
                 batch_loss,
@@ -155,7 +158,7 @@ class TipAdapter:
                     + self.config.alpha * self._cache_logits(batch, self.classnames, self.config.beta)
                 ),
                 out_dir=out_dir,
-                run_fingerprint=fingerprint,
+                fingerprint=(self.classnames, template_key, "tip_adapter"),
                 progress=progress,
                 desc="tip_adapter-F",
                 synthetic=synthetic,
@@ -194,3 +197,24 @@ class TipAdapter:
         if self.values is None:  # not fitted: zero-shot CLIP
             return logits
         return logits + self.alpha * self._cache_logits(features, classnames, self.beta)
+
+    def save(self, path: str | Path) -> None:
+        """The cache (keys as learned by Tip-Adapter-F, one-hot values) as safetensors, with the config, the
+        cache's class names and the alpha and beta in use in the metadata."""
+        if self.values is None:
+            raise ClipadaptError("tip_adapter has no cache to save: fit it first")
+        tensors = {"cache_keys": self.cache["cache_keys"], "values": self.values}
+        save_method_weights(
+            path, tensors, "tip_adapter", self.config, classnames=self.classnames, alpha=self.alpha, beta=self.beta
+        )
+
+    def load(self, path: str | Path) -> None:
+        tensors, metadata = load_method_weights(path, "tip_adapter")
+        keys, values = tensors.get("cache_keys"), tensors.get("values")
+        if keys is None or values is None or keys.shape[-1] != self.backbone.embed_dim or len(keys) != len(values):
+            raise CheckpointError(f"the tip_adapter cache in {path} does not fit this backbone")
+        device = self.backbone.device
+        self.cache = nn.ParameterDict({"cache_keys": nn.Parameter(keys.float().to(device))})
+        self.values = values.float().to(device)
+        self.classnames = list(metadata["classnames"])
+        self.alpha, self.beta = metadata["alpha"], metadata["beta"]

@@ -10,10 +10,13 @@ import torch.nn.functional as F
 
 from ..text import TextClassifier
 from . import register_method
+from .contract import Capabilities
 
 
 @register_method("zeroshot")
 class ZeroShot:
+    capabilities = Capabilities()  # no training: scores any class names through their templates
+
     @dataclass
     class Config:
         templates: str = "ensemble"  # "ensemble" (80 ImageNet templates), "coop" (per-data-set) or "... {} ..."

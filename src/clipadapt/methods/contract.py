@@ -1,0 +1,129 @@
+"""The method contract: what each method declares it can do, and the interfaces the protocols call.
+
+A registered method class has a `Config` dataclass, is built as `Method(backbone, config)` and declares its
+`capabilities`; which interface it implements follows from them (`check_method_class` holds a class to it when it
+is registered):
+- `FeatureMethod` scores cached frozen image features against any list of class names (`logits`); one that `trains`
+  also has `fit` on cached features.
+- `ImageMethod` tunes its image encoder, so it trains and predicts on images (`fit_images`, `image_logits`).
+- Every method that trains saves its learned weights to one safetensors file and loads them back (`save`, `load`);
+  the protocols save them after training, to `<name>.safetensors` in the run's training folder.
+An add-on (SHIP's `WithShip`, `METHOD+ship`) wraps a method that `trains_on_synthetic` and is itself a
+`FeatureMethod`. Pretraining (UniCL) builds a backbone rather than classifying with one: `clipadapt pretrain`
+runs it, and it is not registered here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from ..errors import ClipadaptError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method can do. The protocols dispatch on these declarations, never on which attributes a method has."""
+
+    trains: bool = False  # learns from training data (`fit` or `fit_images`), and saves and loads what it learned
+    needs_images: bool = False  # trains and predicts on images (`fit_images`, `image_logits`), not cached features
+    scores_unseen_classes: bool = True  # scores class names it was not trained on (else: base2new's base only)
+    trains_on_synthetic: bool = False  # `fit(..., synthetic=, synthetic_ratio=)`: what `METHOD+ship` feeds it
+    uses_unseen_classnames: bool = False  # `fit(..., unseen_classnames=)`: the names (never the images) of the
+    # classes the protocol tests without training data
+    synthesizes: bool = False  # `synthesis_quality(real, classnames, sample_path)`: a diagnostic in metrics.json
+    selects_tokens: bool = False  # `kept_token_overlap(samples, parts, progress)`: where kept tokens land
+
+
+class Method(Protocol):
+    name: ClassVar[str]  # the registered name (`clipadapt run NAME`)
+    capabilities: Capabilities
+    config: Any
+
+
+class FeatureMethod(Method, Protocol):
+    def logits(
+        self, features: torch.Tensor, classnames: Sequence[str], template_key: str | None = None
+    ) -> torch.Tensor:
+        """[N, len(classnames)] scores of cached image features [N, D]."""
+        ...
+
+
+class TrainedFeatureMethod(FeatureMethod, Protocol):
+    def fit(
+        self,
+        train: Any,
+        classnames: Sequence[str],
+        val: Any = None,
+        template_key: str | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> dict:
+        """Learn from cached features (a `FeatureSet`); checkpoints go to `out_dir`, and a rerun resumes from them.
+        Returns the training summary that metrics.json holds under `training`."""
+        ...
+
+    def save(self, path: str | Path) -> None: ...
+
+    def load(self, path: str | Path) -> None: ...
+
+
+class ImageMethod(Method, Protocol):
+    def fit_images(
+        self, splits: Any, out_dir: str | Path | None = None, progress: bool = True, num_workers: int = 0
+    ) -> dict:
+        """Learn from the train split's images (a `DatasetSplits`)."""
+        ...
+
+    def image_logits(
+        self,
+        samples: Sequence[Any],
+        classnames: Sequence[str],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """[N, len(classnames)] scores of the samples' images."""
+        ...
+
+    def save(self, path: str | Path) -> None: ...
+
+    def load(self, path: str | Path) -> None: ...
+
+
+def required_members(capabilities: Capabilities) -> list[str]:
+    """The callables a method with these capabilities must have."""
+    members = ["fit_images", "image_logits"] if capabilities.needs_images else ["logits"]
+    if capabilities.trains:
+        members += ([] if capabilities.needs_images else ["fit"]) + ["save", "load"]
+    if capabilities.synthesizes:
+        members.append("synthesis_quality")
+    if capabilities.selects_tokens:
+        members.append("kept_token_overlap")
+    return members
+
+
+def check_method_class(cls: type, name: str) -> None:
+    """Hold a class to the contract its capabilities declare: a clear error at registration, not a missing
+    attribute in the middle of a run."""
+    capabilities = getattr(cls, "capabilities", None)
+    if not isinstance(capabilities, Capabilities):
+        raise ClipadaptError(f"method '{name}' ({cls.__name__}) must declare `capabilities = Capabilities(...)`")
+    if not isinstance(getattr(cls, "Config", None), type):
+        raise ClipadaptError(f"method '{name}' ({cls.__name__}) must have a Config dataclass")
+    missing = [member for member in required_members(capabilities) if not callable(getattr(cls, member, None))]
+    if capabilities.needs_images and not capabilities.trains:
+        missing.append("(a method that needs images trains: capabilities.trains)")
+    fit_parameters = inspect.signature(cls.fit).parameters if callable(getattr(cls, "fit", None)) else {}
+    for flag, parameter in (("trains_on_synthetic", "synthetic"), ("uses_unseen_classnames", "unseen_classnames")):
+        if getattr(capabilities, flag) and parameter not in fit_parameters:
+            missing.append(f"fit(..., {parameter}=) for {flag}")
+    if missing:
+        raise ClipadaptError(
+            f"method '{name}' ({cls.__name__}) declares {capabilities} but lacks: {', '.join(missing)}"
+        )

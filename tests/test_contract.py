@@ -1,0 +1,188 @@
+"""The method contract: registration checks, a method defined here run through every protocol it declares, and every
+registered method's weights saved and loaded back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import COLOURS, TEMPLATE, colour_images
+
+from clipadapt import ClipadaptError, load_backbone
+from clipadapt.checkpoint import load_method_weights, save_method_weights
+from clipadapt.data import load_dataset
+from clipadapt.errors import CheckpointError
+from clipadapt.methods import METHODS, build_method, register_method
+from clipadapt.methods.contract import Capabilities
+from clipadapt.protocols import PROTOCOLS, RunContext, run_protocol
+from clipadapt.text import zeroshot_weights
+
+NAME = "test_text_mean"
+
+
+class TextMean:
+    """Each class's weight is its prompt's text embedding plus, for a class it trained on, the mean of its normalized
+    training (and synthetic) features: it scores any class name, and training moves the classes it saw."""
+
+    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+
+    @dataclass
+    class Config:
+        mix: float = 1.0  # weight of the class mean beside the text embedding
+
+    def __init__(self, backbone, config: TextMean.Config):
+        self.backbone, self.config = backbone, config
+        self.means: dict[str, torch.Tensor] = {}
+
+    def fit(
+        self,
+        train,
+        classnames,
+        val=None,
+        template_key=None,
+        out_dir=None,
+        progress=True,
+        synthetic=None,
+        synthetic_ratio=1.0,
+    ) -> dict:
+        features, labels = train.features.float(), train.labels
+        if synthetic is not None:
+            features = torch.cat([features, synthetic.features.float()])
+            labels = torch.cat([labels, synthetic.labels])
+        features = F.normalize(features, dim=-1)
+        self.means = {name: features[labels == c].mean(0) for c, name in enumerate(classnames) if (labels == c).any()}
+        return {"classes": len(self.means)}
+
+    @torch.no_grad()
+    def logits(self, features, classnames, template_key=None) -> torch.Tensor:
+        text = zeroshot_weights(self.backbone, list(classnames), [TEMPLATE]).float()
+        means = [self.means.get(name, torch.zeros_like(text[0])) for name in classnames]
+        weights = F.normalize(text + self.config.mix * torch.stack(means).to(text), dim=-1)
+        return 100 * F.normalize(features.float().to(weights), dim=-1) @ weights.T
+
+    def save(self, path) -> None:
+        save_method_weights(
+            path, {"means": torch.stack(list(self.means.values()))}, NAME, self.config, names=list(self.means)
+        )
+
+    def load(self, path) -> None:
+        tensors, metadata = load_method_weights(path, NAME)
+        self.means = dict(zip(metadata["names"], tensors["means"]))
+
+
+@pytest.fixture
+def registered():
+    register_method(NAME)(TextMean)
+    yield
+    METHODS.pop(NAME, None)
+
+
+def test_registration_refuses_a_second_name_and_a_class_that_breaks_its_declarations(registered):
+    with pytest.raises(ClipadaptError, match=f"'{NAME}' is already registered"):
+        register_method(NAME)(TextMean)
+
+    def declaring(capabilities, *members):
+        namespace = {"capabilities": capabilities, "Config": TextMean.Config}
+        namespace.update({member: getattr(TextMean, member) for member in members})
+        return type("Broken", (), namespace)
+
+    cases = [
+        (type("Broken", (), {"Config": TextMean.Config, "logits": TextMean.logits}), "must declare `capabilities"),
+        (declaring(Capabilities(trains=True), "fit", "logits"), "lacks: save, load"),
+        (declaring(Capabilities(needs_images=True, trains=True), "logits", "save", "load"), "fit_images, image_logits"),
+        (
+            declaring(Capabilities(trains=True, uses_unseen_classnames=True), "fit", "logits", "save", "load"),
+            "fit\\(..., unseen_classnames=\\) for uses_unseen_classnames",
+        ),
+        (declaring(Capabilities(synthesizes=True), "logits"), "lacks: synthesis_quality"),
+    ]
+    for cls, message in cases:
+        with pytest.raises(ClipadaptError, match=message):
+            register_method("test_broken")(cls)
+        assert "test_broken" not in METHODS
+    with pytest.raises(ClipadaptError, match="'\\+' joins a method and an add-on"):
+        register_method("a+b")(TextMean)
+    # What the registry offers follows the declarations: a method that trains on synthetic features takes SHIP.
+    assert build_method(f"{NAME}+ship", load_backbone("micro-vit")).capabilities.synthesizes
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    # Two of the source's colours, drawn afresh, whose zero-shot answer is known, and one the source lacks (what
+    # SHIP synthesizes for): at least two thirds right.
+    colours = {"yellow": COLOURS["yellow"], "red": COLOURS["red"], "cyan": (30, 210, 220)}
+    return colour_images(tmp_path_factory.mktemp("target"), {"test": 3}, colours, seed=5)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_method_defined_here_runs_through_every_protocol(protocol, registered, colour_world, target, tmp_path):
+    root, weights = colour_world
+    backbone = load_backbone(None, weights)
+    splits = load_dataset(f"imagefolder:{root}")
+    options = {
+        "fewshot": {"shots": 2},
+        "base2new": {"shots": 2},
+        "crossdataset": {"targets": [f"imagefolder:{target}"], "shots": 2},
+    }
+    names = [NAME, f"{NAME}+ship"] if protocol in ("base2new", "gzsl", "crossdataset") else [NAME]
+    for name in names:
+        out = tmp_path / name
+        method = build_method(name, backbone, {"ship.epochs": 2, "ship.batch_size": 4} if "+" in name else {})
+        ctx = RunContext(backbone, cache_dir=tmp_path / "cache", out_dir=out, progress=False)
+        result = run_protocol(protocol, method, ctx, splits, **options.get(protocol, {}))
+        headline = {
+            "full": "accuracy",
+            "fewshot": "accuracy",
+            "base2new": "harmonic_mean",
+            "gzsl": "harmonic_mean",
+            "crossdataset": "average_target_accuracy",
+        }[protocol]
+        # The colour world's zero-shot answer is right and the class means keep it so: far above chance (25%).
+        assert result[headline] > 60, (name, result)
+        assert result["training"]["classes" if name == NAME else "method"]
+        (saved,) = out.glob(f"train-*/{name}.safetensors")
+        if name.endswith("+ship"):
+            scored = next(iter(result["targets"].values())) if protocol == "crossdataset" else result
+            assert scored["synthesis"]["classes"] >= 1 and (saved.parent / "ship.safetensors").is_file()
+        # What the protocol saved scores test features as the trained method does.
+        reloaded = build_method(name, backbone)
+        reloaded.load(saved)
+        features = torch.randn(5, backbone.embed_dim)
+        torch.testing.assert_close(
+            reloaded.logits(features, splits.classnames), method.logits(features, splits.classnames)
+        )
+
+
+FAST = {
+    "coop": {"n_ctx": 4, "epochs": 2},
+    "cocoop": {"n_ctx": 2, "init": "", "epochs": 1},
+    "clip_adapter": {"epochs": 2},
+    "tip_adapter": {"finetune": True, "epochs": 2, "select": "last", "beta_steps": 4, "alpha_steps": 4},
+    "linear_probe": {},
+}
+
+
+def test_every_registered_method_that_trains_is_covered_here():
+    trained = {name for name, cls in METHODS.items() if cls.capabilities.trains}
+    # The methods that train on images save and load in test_mpfgvc.py, with a fitted model of their own.
+    assert trained - {name for name, cls in METHODS.items() if cls.capabilities.needs_images} == set(FAST)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_a_trained_method_saves_and_loads_its_weights(name, colour_world, tmp_path, one_thread):
+    root, weights = colour_world
+    backbone = load_backbone(None, weights)
+    splits = load_dataset(f"imagefolder:{root}")
+    method = build_method(name, backbone, FAST[name])
+    ctx = RunContext(backbone, cache_dir=tmp_path / "cache", out_dir=tmp_path / "run", progress=False)
+    run_protocol("fewshot", method, ctx, splits, shots=2)
+    (saved,) = (tmp_path / "run").glob(f"train-*/{name}.safetensors")
+    fresh = build_method(name, backbone, FAST[name])
+    features = ctx.features(splits, "test").features
+    fresh.load(saved)
+    torch.testing.assert_close(fresh.logits(features, splits.classnames), method.logits(features, splits.classnames))
+    other = next(n for n in FAST if n != name)
+    with pytest.raises(CheckpointError, match=f"holds no {other} weights"):
+        build_method(other, backbone, FAST[other]).load(saved)
