@@ -24,9 +24,9 @@ from timing import add_device_arg, clock, device_waits
 
 from clipadapt import load_backbone
 from clipadapt.data import load_dataset
-from clipadapt.engine import decoding_workers
 from clipadapt.features import extract_features
 from clipadapt.methods import build_method
+from clipadapt.training.batches import decoding_workers
 
 BATCH = 32
 

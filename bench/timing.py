@@ -33,7 +33,7 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 def device_waits(run: Callable[[], object]) -> str:
     """Where `run()` makes the host wait for the GPU (torch's CUDA sync debug mode: reads of device values,
     blocking copies), counted by the innermost line of clipadapt's code on the stack (waits in a backward pass count
-    at its `backward()` call), most first: e.g. `engine.py:242 x3, unicl.py:197 x1`."""
+    at its `backward()` call), most first: e.g. `loop.py:218 x3, unicl.py:197 x1`."""
     waits: Counter[str] = Counter()
 
     def record(message, *_args, **_kwargs) -> None:

@@ -9,8 +9,8 @@ from PIL import Image
 
 from clipadapt import load_backbone
 from clipadapt.data import load_dataset
-from clipadapt.engine import available_cores
 from clipadapt.text import zeroshot_weights
+from clipadapt.training.distributed import available_cores
 
 
 def pytest_configure(config):

@@ -100,7 +100,8 @@ def test_tip_adapter_f_learns_the_keys(backbone):
 def test_tip_adapter_f_follows_the_official_loop(backbone, monkeypatch):
     """Every batch, the last partial one too, and a cosine over all steps to 0 (CosineAnnealingLR per batch);
     with images, crops of scale 0.5-1."""
-    from clipadapt.engine import Trainer, dassl_train_transform
+    from clipadapt.training.batches import dassl_train_transform
+    from clipadapt.training.loop import Trainer
 
     lrs = []
     fit = Trainer.fit

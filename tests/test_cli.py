@@ -321,15 +321,15 @@ def test_run_workers_decode_augmented_batches_identically(colour_world, tmp_path
     trained prompts are the same as with none."""
     from safetensors.torch import load_file
 
-    from clipadapt import engine
+    from clipadapt.training import batches
 
     root, weights = colour_world
     trained = []
-    decode = engine.load_batch
+    decode = batches.load_batch
     for workers in ("0", "2"):
         if workers != "0":
             monkeypatch.setattr(
-                engine,
+                batches,
                 "load_batch",
                 lambda *args, **kwargs: (
                     decode(*args, **kwargs)

@@ -1,9 +1,9 @@
-"""The method contract: registration checks, a method defined here run through every protocol it declares, and every
-registered method's weights saved and loaded back."""
+"""The method and protocol contracts: registration checks, a method defined here run through every protocol it
+declares, every registered method's weights saved and loaded back, and a protocol defined here run and reported."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -12,11 +12,23 @@ from conftest import COLOURS, TEMPLATE, colour_images
 
 from clipadapt import ClipadaptError, load_backbone
 from clipadapt.checkpoint import load_method_weights, save_method_weights
+from clipadapt.cli import main
 from clipadapt.data import load_dataset
 from clipadapt.errors import CheckpointError
 from clipadapt.methods import METHODS, build_method, register_method
 from clipadapt.methods.contract import Capabilities
-from clipadapt.protocols import PROTOCOLS, RunContext, run_protocol
+from clipadapt.protocols import (
+    PROTOCOL_SPECS,
+    PROTOCOLS,
+    Column,
+    ProtocolSpec,
+    ReportTable,
+    RunContext,
+    evaluate_accuracy,
+    protocol_shots,
+    register_protocol,
+    run_protocol,
+)
 from clipadapt.text import zeroshot_weights
 
 NAME = "test_text_mean"
@@ -186,3 +198,39 @@ def test_a_trained_method_saves_and_loads_its_weights(name, colour_world, tmp_pa
     other = next(n for n in FAST if n != name)
     with pytest.raises(CheckpointError, match=f"holds no {other} weights"):
         build_method(other, backbone, FAST[other]).load(saved)
+
+
+def run_on_train_images(method, ctx, splits, seed, **_) -> dict:
+    """A protocol defined here: zero-shot scoring of the train images (what a memorization check looks like)."""
+    return {"train_accuracy": evaluate_accuracy(method, ctx, replace(splits, test=splits.train))["accuracy"]}
+
+
+@pytest.fixture
+def train_protocol():
+    table = ReportTable(
+        "On the train images",
+        (Column("method", "method"), Column("data set", "dataset"), Column("train", key="train_accuracy")),
+        position=9,
+    )
+    spec = register_protocol(ProtocolSpec("test_train", run_on_train_images, table, ("train_accuracy",)))
+    yield spec
+    PROTOCOL_SPECS.pop(spec.name)
+
+
+def test_a_protocol_registered_here_runs_from_the_command_line_and_reports(train_protocol, colour_world, tmp_path):
+    root, weights = colour_world
+    with pytest.raises(ClipadaptError, match="'test_train' is already registered"):
+        register_protocol(train_protocol)
+    with pytest.raises(ClipadaptError, match="--shots is for fewshot, base2new and crossdataset"):
+        protocol_shots("test_train", shots=4)
+    common = ["--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache", str(tmp_path / "cache")]
+    argv = ["run", "zeroshot", "--protocol", "test_train", *common, "--no-progress", "templates=" + TEMPLATE]
+    assert main([*argv, "--out", str(tmp_path / "runs" / "train")]) == 0
+    assert main(["run", "zeroshot", "--protocol", "full", *common, "--out", str(tmp_path / "runs" / "full")]) == 0
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report.html")]) == 0
+    tables = (tmp_path / "report.md").read_text()
+    # Its own table, after the built-in ones (position 9), with the column it declares: the colour world's
+    # zero-shot answer is right on the train images too.
+    assert tables.index("### Accuracy on all classes") < tables.index("### On the train images")
+    assert "| method | data set | train |" in tables
+    assert f"| zeroshot | imagefolder:{root} | 100.0 |" in tables

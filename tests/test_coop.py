@@ -9,10 +9,10 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
 from clipadapt import CheckpointError, ClipadaptError, load_backbone
 from clipadapt.data import load_dataset
-from clipadapt.engine import dassl_lr
 from clipadapt.features import FeatureSet, extract_features
 from clipadapt.methods import build_method
 from clipadapt.methods.coop import epochs_for_shots
+from clipadapt.training.schedules import dassl_lr
 
 NAMES = ["ant", "bee", "cat", "dog"]
 FAST = {"n_ctx": 4, "epochs": 50, "batch_size": 8}  # 4 steps an epoch on 32 training features
@@ -106,16 +106,16 @@ def test_epochs_by_shots(backbone):
 def test_ships_coop_recipe_keeps_the_last_batch_and_steps_a_cosine_every_batch(backbone, monkeypatch):
     """mrflogs/SHIP trains CoOp with plain SGD, a cosine over all steps without warm-up, and the last partial batch
     kept (configs/coop_ship_vit_b16_base2new.yaml)."""
-    from clipadapt import engine
+    from clipadapt.training.loop import Trainer
 
     rates = []
-    step = engine.Trainer.fit
+    step = Trainer.fit
 
     def recording_fit(trainer, batches, step_fn):
         rates.extend(trainer.lr_at(s) for s in range(trainer.total_steps))
         return step(trainer, batches, step_fn)
 
-    monkeypatch.setattr(engine.Trainer, "fit", recording_fit)
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
     config = {
         **FAST,
         "epochs": 3,
@@ -264,8 +264,8 @@ def test_augmented_training_reencodes_images(colour_world, tmp_path, monkeypatch
 def test_augmented_batches_decoded_in_workers_train_identically(colour_world, tmp_path, monkeypatch):
     """Batches decoded ahead in DataLoader workers are the main process's batches: the same context after training,
     and after an interruption resumed from a mid-epoch checkpoint."""
-    from clipadapt import engine
-    from clipadapt.engine import decoding_workers
+    from clipadapt.training import batches
+    from clipadapt.training.batches import decoding_workers
 
     root, weights = colour_world
     backbone = load_backbone(None, weights)
@@ -274,18 +274,18 @@ def test_augmented_batches_decoded_in_workers_train_identically(colour_world, tm
     config = {"init": "a photo of a", "epochs": 2, "batch_size": 4, "augment": True, "checkpoint_every": 1}
     in_process = build_method("coop", backbone, config)
     in_process.fit(train, splits.classnames, progress=False)
-    original_load_batch = engine.load_batch
+    original_load_batch = batches.load_batch
 
     def in_a_worker_only(*args, **kwargs):
         if torch.utils.data.get_worker_info() is None:
             raise AssertionError("a batch was decoded in the main process")
         return original_load_batch(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "load_batch", in_a_worker_only)  # the forked workers inherit it
+    monkeypatch.setattr(batches, "load_batch", in_a_worker_only)  # the forked workers inherit it
     with decoding_workers(2):
         in_workers = build_method("coop", backbone, config)
         in_workers.fit(train, splits.classnames, progress=False)
-    monkeypatch.setattr(engine, "load_batch", original_load_batch)
+    monkeypatch.setattr(batches, "load_batch", original_load_batch)
     assert torch.equal(in_workers.ctx, in_process.ctx)
 
     original, calls = backbone.encode_image, []
@@ -336,9 +336,9 @@ def test_training_fingerprints_of_earlier_runs_still_match():
     the shared TrainConfig declared settings some of them lacked (recorded from that code)."""
     import hashlib
 
-    from clipadapt.engine import training_fingerprint
     from clipadapt.methods.coop import CoOp
     from clipadapt.methods.tip_adapter import TipAdapter
+    from clipadapt.training.prompt_learner import training_fingerprint
 
     def digest(text: str) -> str:
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -37,7 +37,7 @@ from clipadapt.data.world import DEFAULT_SIZES, WORLD_DATASETS
 from clipadapt.errors import ClipadaptError
 from clipadapt.methods import METHODS, method_configs
 from clipadapt.methods.unicl import PretrainConfig
-from clipadapt.protocols import PROTOCOLS, protocol_shots
+from clipadapt.protocols import PROTOCOL_SPECS, PROTOCOLS, protocol_shots
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -354,13 +354,6 @@ RUNS = {
         "clipadapt run cocoop --dataset world:objects --protocol crossdataset --targets world:patterns,world:scenes"
     ),
 }
-HEADLINE = {
-    "full": ("accuracy",),
-    "fewshot": ("accuracy",),
-    "base2new": ("base_accuracy", "new_accuracy", "harmonic_mean"),
-    "gzsl": ("seen_accuracy", "unseen_accuracy", "harmonic_mean"),
-    "crossdataset": ("accuracy", "average_target_accuracy"),
-}
 TARGET_COLOURS = (
     {"purple": (140, 40, 170), "orange": (240, 140, 20)},
     {"cyan": (40, 220, 220), "pink": (250, 150, 190)},
@@ -426,7 +419,7 @@ def test_a_documented_run_of_each_protocol_runs(protocol, tiny, one_thread, caps
     assert code == 0, captured.err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == protocol
-    for key in HEADLINE[protocol]:
+    for key in PROTOCOL_SPECS[protocol].summary:
         assert isinstance(metrics[key], float) and 0 <= metrics[key] <= 100, (key, metrics[key])
     assert f"{metrics['method']} {protocol} on imagefolder:" in captured.out
 

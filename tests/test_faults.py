@@ -19,8 +19,8 @@ from torch import nn
 from clipadapt import load_backbone
 from clipadapt.checkpoint import load_checkpoint
 from clipadapt.cli import main
-from clipadapt.engine import Trainer, skipping_nonfinite_steps
 from clipadapt.errors import ClipadaptError
+from clipadapt.training.loop import Trainer, skipping_nonfinite_steps
 
 # One thread in every subprocess: the uninterrupted and the resumed runs then add floats in the same order.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -115,16 +115,16 @@ def test_ssvp_starts_at_its_epoch(colour_world, backbone, monkeypatch):
 def test_augmented_training_decodes_in_workers_identically(colour_world, backbone, monkeypatch):
     """augment=true decodes every step's images; in DataLoader workers (each batch there) the tuned weights are
     the same as decoding in this process."""
-    from clipadapt import engine
+    from clipadapt.training import batches
 
     root, _ = colour_world
     config = {**FAST, "stage1_epochs": 2, "stage2_epochs": 1, "augment": True}
     splits = load_dataset(f"imagefolder:{root}")
     here = build_method("mpfgvc", backbone, config)
     here.fit_images(splits, progress=False)
-    decode = engine.load_batch
+    decode = batches.load_batch
     monkeypatch.setattr(
-        engine,
+        batches,
         "load_batch",
         lambda *args, **kwargs: (
             decode(*args, **kwargs)

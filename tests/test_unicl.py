@@ -199,16 +199,16 @@ def test_pretraining_loss_falls(pretrain_data, tmp_path, loss):
 
 
 def test_default_workers_only_on_gpus(monkeypatch):
-    from clipadapt import engine
+    from clipadapt.training import distributed
 
     for cores, expected in ((16, 8), (4, 3), (1, 0)):
-        monkeypatch.setattr(engine, "available_cores", lambda cores=cores: cores)
-        assert engine.default_workers("cuda") == expected and engine.default_workers("cuda:1") == expected
-        assert engine.default_workers("cpu") == 0
+        monkeypatch.setattr(distributed, "available_cores", lambda cores=cores: cores)
+        assert distributed.default_workers("cuda") == expected and distributed.default_workers("cuda:1") == expected
+        assert distributed.default_workers("cpu") == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's processes on this node share its cores
     for cores, expected in ((64, 8), (16, 3), (4, 0)):
-        monkeypatch.setattr(engine, "available_cores", lambda cores=cores: cores)
-        assert engine.default_workers("cuda") == expected
+        monkeypatch.setattr(distributed, "available_cores", lambda cores=cores: cores)
+        assert distributed.default_workers("cuda") == expected
 
 
 def test_pretrain_workers_from_config_file_flag_and_checks(pretrain_data, tmp_path, capsys):

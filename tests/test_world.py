@@ -155,7 +155,8 @@ def test_fine_subcategories_differ_only_in_the_spot(world_dir):
     assert len(fine.classnames) == 9
     assert [a["mark_colour"] for a in fine.class_attributes] == list(world.MARK_COLOURS)
     assert all(set(a) == {"mark_colour"} for a in fine.class_attributes)
-    parts = world.read_parts(world_dir / "fine")
+    parts = fine.part_boxes()
+    assert load_dataset(f"world:objects:{world_dir}").part_boxes() is None  # no parts decide its classes
     samples = fine.train + fine.val + fine.test
     assert set(parts) == {s.path for s in samples} and all(set(p) == {"spot"} for p in parts.values())
     mark_rgb = np.array(list(world.MARK_COLOURS.values()), dtype=np.float32)
@@ -205,7 +206,7 @@ def test_birds_are_cub_shaped_species_decided_by_three_small_parts(world_dir):
     for name, (crown, wing, breast) in zip(birds.classnames, combos):
         assert name == f"{crown}-crowned {wing}-winged {breast}-breasted bird" and {crown, wing, breast} <= taught
     # Part boxes for every image, inside the image and the bird, each a small part of the frame.
-    parts = world.read_parts(world_dir / "birds")
+    parts = birds.part_boxes()
     attributes = image_attributes(world_dir, "birds")
     samples = birds.train + birds.val + birds.test
     assert set(parts) == {s.path for s in samples}

@@ -21,14 +21,23 @@ from .config import build_config, load_config_file, parse_overrides
 from .data import DatasetSplits, drop_unreadable_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
-from .engine import default_workers, gpu_training_settings, skipping_nonfinite_steps
 from .errors import ClipadaptError
 from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
 from .methods.ship import Ship
 from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
-from .protocols import PROTOCOLS, RunContext, protocol_shots, run_seeds, safe_name, shots_trained, write_metrics
+from .protocols import (
+    PROTOCOL_SPECS,
+    RunContext,
+    protocol_shots,
+    run_seeds,
+    safe_name,
+    shots_trained,
+    write_metrics,
+)
 from .report import write_report
+from .training.distributed import default_workers, gpu_training_settings
+from .training.loop import skipping_nonfinite_steps
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "features (ship.KEY=VALUE configures it)",
     )
     run.add_argument("--dataset", required=True, help="imagefolder:PATH, coop:NAME:ROOT, csv:PATH, ...")
-    run.add_argument("--protocol", default="full", choices=PROTOCOLS)
+    run.add_argument("--protocol", default="full", choices=tuple(PROTOCOL_SPECS))  # the registered ones
     run.add_argument(
         "--shots",
         type=int,
@@ -182,7 +191,7 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _workers(args: argparse.Namespace) -> int:
-    """--workers, or the default for --device (engine.default_workers); checked before any work starts."""
+    """--workers, or the default for --device (training.distributed.default_workers); checked before any work starts."""
     if args.workers is not None and args.workers < 0:
         raise ClipadaptError(f"--workers must be 0 or more, got {args.workers}")
     try:
@@ -285,15 +294,8 @@ def _weights_label(args: argparse.Namespace) -> str | None:
 
 
 def _summary(metrics: dict) -> str:
-    keys = (
-        "accuracy",
-        "base_accuracy",
-        "new_accuracy",
-        "seen_accuracy",
-        "unseen_accuracy",
-        "harmonic_mean",
-        "average_target_accuracy",
-    )
+    """One line of the protocol's headline numbers (its declared `summary` keys)."""
+    keys = PROTOCOL_SPECS[metrics["protocol"]].summary
     shown = "  ".join(f"{k}={metrics[k]:.2f}" for k in keys if metrics.get(k) is not None)
     return f"{metrics['method']} {metrics['protocol']} on {metrics['dataset']}: {shown}"
 

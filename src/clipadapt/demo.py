@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from .backbone import DEFAULT_WEIGHTS, load_backbone
 from .data import load_dataset
 from .data.world import default_world
-from .engine import available_cores
 from .errors import CheckpointError, ClipadaptError
 from .protocols import RunContext, protocol_shots, run_seeds, safe_name, shots_trained, write_metrics
 from .report import write_report
+from .training.distributed import available_cores
 
 TARGET = "world:objects"
 CROSS_TARGETS = ("world:patterns", "world:scenes")

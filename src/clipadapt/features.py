@@ -31,16 +31,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Sample, split_fingerprint
-from .engine import distributed_world, threads_beside_workers
 from .errors import ClipadaptError
+from .paths import default_cache_dir
+from .training.distributed import distributed_world, threads_beside_workers
 
 DEFAULT_SHARD_SIZE = 2048
 T = TypeVar("T")
-
-
-def default_cache_dir() -> Path:
-    """`$CLIPADAPT_CACHE`, else `~/.cache/clipadapt`."""
-    return Path(os.environ.get("CLIPADAPT_CACHE", Path.home() / ".cache" / "clipadapt"))
 
 
 @dataclass

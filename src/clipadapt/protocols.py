@@ -22,20 +22,14 @@ from pathlib import Path
 import torch
 
 from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_classes
-from .data.world import read_parts
-from .engine import decoding_workers
 from .errors import ClipadaptError
 from .features import FeatureSet, default_cache_dir, extract_features
 from .methods import build_method, method_config
 from .methods.contract import FeatureMethod, ImageMethod
+from .training.batches import decoding_workers
 
 # What the protocols run: they dispatch on its `capabilities`.
 AnyMethod = FeatureMethod | ImageMethod
-
-PROTOCOLS = ("full", "fewshot", "base2new", "gzsl", "crossdataset")
-# The shots a protocol trains with when --shots is not given: CoOp, CoCoOp and SHIP train base-to-new and
-# cross-data-set sources on 16 shots per class; full and gzsl train on every image (of the seen classes).
-DEFAULT_SHOTS = {"base2new": 16, "crossdataset": 16}
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
@@ -107,7 +101,7 @@ class RunContext:
         )
 
 
-def _fit(
+def fit_method(
     method: AnyMethod,
     ctx: RunContext,
     splits: DatasetSplits,
@@ -147,14 +141,14 @@ def _fit(
     return summary
 
 
-def _with_training(result: dict, summary: dict | None) -> dict:
+def with_training(result: dict, summary: dict | None) -> dict:
     return {**result, "training": summary} if summary is not None else result
 
 
 PREDICT_ELEMENTS = 1 << 26  # logits held at once while scoring test features (256 MB of float32)
 
 
-def _predict(
+def predict(
     method: AnyMethod, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     classnames = list(classnames or splits.classnames)
@@ -176,8 +170,8 @@ def _predict(
     return torch.cat(predictions), test.labels
 
 
-def _test_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits) -> dict:
-    predictions, labels = _predict(method, ctx, splits)
+def evaluate_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits) -> dict:
+    predictions, labels = predict(method, ctx, splits)
     result = {
         "accuracy": accuracy(predictions, labels),
         "per_class_accuracy": per_class_accuracy(predictions, labels),
@@ -189,16 +183,17 @@ def _test_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits) ->
 
 
 def run_full(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> dict:
-    summary = _fit(method, ctx, splits, seed=seed)
-    return _with_training(_with_part_overlap(_test_accuracy(method, ctx, splits), method, ctx, splits), summary)
+    summary = fit_method(method, ctx, splits, seed=seed)
+    return with_training(_with_part_overlap(evaluate_accuracy(method, ctx, splits), method, ctx, splits), summary)
 
 
 def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
     """For token-selecting methods (MP-FGVC's SsVP) on data sets that know where each image's discriminative parts
-    are (the world's badges and birds, `parts.json`), how often the kept tokens land on them, under `part_overlap`."""
-    if not method.capabilities.selects_tokens or not (splits.root / "parts.json").is_file():
+    are (`DatasetSplits.part_boxes`: the world's badges and birds), how often the kept tokens land on them, under
+    `part_overlap`."""
+    parts = splits.part_boxes() if method.capabilities.selects_tokens else None
+    if not parts:
         return result
-    parts = read_parts(splits.root)
     test = [s for s in splits.test if s.path in parts]
     if not test:
         return result
@@ -207,14 +202,14 @@ def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSpl
 
 
 def run_fewshot(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
-    summary = _fit(method, ctx, splits, shots, seed)
-    return _with_training(_with_part_overlap(_test_accuracy(method, ctx, splits), method, ctx, splits), summary)
+    summary = fit_method(method, ctx, splits, shots, seed)
+    return with_training(_with_part_overlap(evaluate_accuracy(method, ctx, splits), method, ctx, splits), summary)
 
 
 def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
-    summary = _fit(method, ctx, base, shots, seed, unseen_classnames=new.classnames)
-    base_result = _test_accuracy(method, ctx, base)
+    summary = fit_method(method, ctx, base, shots, seed, unseen_classnames=new.classnames)
+    base_result = evaluate_accuracy(method, ctx, base)
     base_acc = base_result["accuracy"]
     counts = {
         "num_classes": len(splits.classnames),
@@ -225,8 +220,8 @@ def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shot
         result = {"base_accuracy": base_acc, "new_accuracy": None, "harmonic_mean": None, **counts}
         if splits.class_attributes:
             result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"]}
-        return _with_training(result, summary)
-    new_result = _test_accuracy(method, ctx, new)
+        return with_training(result, summary)
+    new_result = evaluate_accuracy(method, ctx, new)
     new_acc = new_result["accuracy"]
     result = {
         "base_accuracy": base_acc,
@@ -239,7 +234,7 @@ def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shot
             "base": base_result["attribute_accuracy"],
             "new": new_result["attribute_accuracy"],
         }
-    return _with_training(_with_synthesis(result, method, ctx, new), summary)
+    return with_training(_with_synthesis(result, method, ctx, new), summary)
 
 
 def _with_synthesis(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
@@ -289,8 +284,8 @@ def run_gzsl(
         raise ClipadaptError("gzsl needs at least one seen and one unseen class")
     # Train on seen classes only (relabelled 0..S-1); test over the joint space of every class name.
     seen = select_classes(splits, seen_labels, "-seen")
-    summary = _fit(method, ctx, seen, seed=seed, unseen_classnames=[splits.classnames[c] for c in unseen_labels])
-    predictions, labels = _predict(method, ctx, splits)
+    summary = fit_method(method, ctx, seen, seed=seed, unseen_classnames=[splits.classnames[c] for c in unseen_labels])
+    predictions, labels = predict(method, ctx, splits)
     seen_acc = per_class_accuracy(predictions, labels, seen_labels)
     unseen_acc = per_class_accuracy(predictions, labels, unseen_labels)
     result = {
@@ -307,7 +302,7 @@ def run_gzsl(
             part: attribute_accuracy(predictions[mask], labels[mask], splits.class_attributes)
             for part, mask in (("seen", ~is_unseen), ("unseen", is_unseen))
         }
-    return _with_training(_with_synthesis(result, method, ctx, splits), summary)
+    return with_training(_with_synthesis(result, method, ctx, splits), summary)
 
 
 def run_crossdataset(
@@ -316,27 +311,173 @@ def run_crossdataset(
     _check_scores_unseen(method, "crossdataset")
     target_splits = {spec: ctx.dataset_loader(spec) for spec in dict.fromkeys(targets)}  # each target once
     target_names = [name for target in target_splits.values() for name in target.classnames]
-    summary = _fit(method, ctx, splits, shots, seed, unseen_classnames=target_names)
-    result = _with_training(_test_accuracy(method, ctx, splits), summary)
+    summary = fit_method(method, ctx, splits, shots, seed, unseen_classnames=target_names)
+    result = with_training(evaluate_accuracy(method, ctx, splits), summary)
     result["targets"] = {
-        spec: _with_synthesis(_test_accuracy(method, ctx, target), method, ctx, target)
+        spec: _with_synthesis(evaluate_accuracy(method, ctx, target), method, ctx, target)
         for spec, target in target_splits.items()
     }
     result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(target_splits)
     return result
 
 
-PROTOCOL_RUNNERS: dict[str, Callable[..., dict]] = {
-    "full": run_full,
-    "fewshot": run_fewshot,
-    "base2new": run_base2new,
-    "gzsl": run_gzsl,
-    "crossdataset": run_crossdataset,
-}
+# ---- the registry: how each protocol runs, which options it takes and how the report shows it ------------------
+@dataclass(frozen=True)
+class Column:
+    """A column of a protocol's report table. `kind`: `method`, `dataset`, `protocol`, `shots` or `seeds` (the run's
+    own), `metric` (metrics.json's `key`, mean ± std over seeds), `overlap` (`key` and `reference` of the run's
+    `part_overlap`, "x (y)", where the method selected tokens), `attributes` (one column per class attribute of
+    the `key` part of `attribute_accuracy`, headed "HEADER: attribute") or `targets` (one column per cross-data-set
+    target)."""
+
+    header: str
+    kind: str = "metric"
+    key: str = ""
+    reference: str = ""
+
+
+@dataclass(frozen=True)
+class ReportTable:
+    """A table of the report: the runs of every protocol that names it, in the columns it declares. `position`
+    orders the tables of one report."""
+
+    title: str
+    columns: tuple[Column, ...]
+    position: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A protocol: `run(method, ctx, splits, seed=, shots=, targets=, unseen=)` returns its numbers; `shots` is
+    `never` (it trains on every train image), `optional` (`default_shots` without --shots) or `required`;
+    `options` are the other command-line options it takes (`targets`, `unseen`), `required_options` those it
+    needs; `summary` the metrics.json keys `clipadapt run` prints; `table` where the report shows its runs."""
+
+    name: str
+    run: Callable[..., dict]
+    table: ReportTable
+    summary: tuple[str, ...]
+    shots: str = "never"
+    default_shots: int | None = None
+    options: tuple[str, ...] = ()
+    required_options: tuple[str, ...] = ()
+
+
+PROTOCOL_SPECS: dict[str, ProtocolSpec] = {}
+OPTION_USAGE = {"shots": "--shots K", "targets": "--targets SPEC[,SPEC...]", "unseen": "--unseen NAMES"}
+
+
+def register_protocol(spec: ProtocolSpec) -> ProtocolSpec:
+    """Add a protocol (a second one of the same name is an error)."""
+    if spec.name in PROTOCOL_SPECS:
+        raise ClipadaptError(f"protocol '{spec.name}' is already registered")
+    if spec.shots not in ("never", "optional", "required") or not set(spec.options) <= {"targets", "unseen"}:
+        raise ClipadaptError(
+            f"protocol '{spec.name}': shots must be never, optional or required; options targets, unseen"
+        )
+    PROTOCOL_SPECS[spec.name] = spec
+    return spec
+
+
+def _lead(*kinds: str, dataset: str = "data set") -> tuple[Column, ...]:
+    headers = {"method": "method", "dataset": dataset, "protocol": "protocol", "shots": "shots", "seeds": "seeds"}
+    return tuple(Column(headers[kind], kind) for kind in kinds)
+
+
+ALL_CLASSES_TABLE = ReportTable(
+    "Accuracy on all classes (full and few-shot)",
+    (
+        *_lead("method", "dataset", "protocol", "shots", "seeds"),
+        Column("accuracy", key="accuracy"),
+        Column("per-class accuracy", key="per_class_accuracy"),
+        Column("kept tokens on the part (random)", "overlap", "kept_tokens_on_part", "random_tokens_on_part"),
+        Column("part patches kept (random)", "overlap", "part_patches_kept", "random_part_patches_kept"),
+    ),
+    position=3,
+)
+# CoOp, CoCoOp and SHIP train base-to-new and cross-data-set sources on 16 shots per class.
+for _spec in (
+    ProtocolSpec("full", run_full, ALL_CLASSES_TABLE, ("accuracy",)),
+    ProtocolSpec("fewshot", run_fewshot, ALL_CLASSES_TABLE, ("accuracy",), shots="required"),
+    ProtocolSpec(
+        "base2new",
+        run_base2new,
+        # Data sets that know their classes' attributes (the world's colour and shape) add how often the new
+        # classes' predictions got each attribute right.
+        ReportTable(
+            "Base-to-new",
+            (
+                *_lead("method", "dataset", "shots", "seeds"),
+                Column("base", key="base_accuracy"),
+                Column("new", key="new_accuracy"),
+                Column("HM", key="harmonic_mean"),
+                Column("new", "attributes", "new"),
+            ),
+            position=0,
+        ),
+        ("base_accuracy", "new_accuracy", "harmonic_mean"),
+        shots="optional",
+        default_shots=16,
+    ),
+    ProtocolSpec(
+        "gzsl",
+        run_gzsl,
+        ReportTable(
+            "Generalized zero-shot",
+            (
+                *_lead("method", "dataset", "seeds"),
+                Column("seen", key="seen_accuracy"),
+                Column("unseen", key="unseen_accuracy"),
+                Column("H", key="harmonic_mean"),
+            ),
+            position=1,
+            note="per-class mean accuracy over the joint label space of seen and unseen classes",
+        ),
+        ("seen_accuracy", "unseen_accuracy", "harmonic_mean"),
+        options=("unseen",),
+    ),
+    ProtocolSpec(
+        "crossdataset",
+        run_crossdataset,
+        ReportTable(
+            "Cross-data-set transfer",
+            (
+                *_lead("method", "dataset", "shots", "seeds", dataset="source"),
+                Column("source accuracy", key="accuracy"),
+                Column("", "targets"),
+                Column("average", key="average_target_accuracy"),
+            ),
+            position=2,
+        ),
+        ("accuracy", "average_target_accuracy"),
+        shots="optional",
+        default_shots=16,
+        options=("targets",),
+        required_options=("targets",),
+    ),
+):
+    register_protocol(_spec)
+PROTOCOLS = tuple(PROTOCOL_SPECS)
 
 
 def _split_cache(ctx: RunContext) -> Path:
     return Path(ctx.cache_dir or default_cache_dir()) / "splits"
+
+
+def _protocols_taking(option: str) -> str:
+    names = [
+        n
+        for n, spec in PROTOCOL_SPECS.items()
+        if (spec.shots != "never" if option == "shots" else option in spec.options)
+    ]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def protocol_spec(protocol: str) -> ProtocolSpec:
+    if protocol not in PROTOCOL_SPECS:
+        raise ClipadaptError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOL_SPECS)}")
+    return PROTOCOL_SPECS[protocol]
 
 
 def protocol_shots(
@@ -344,24 +485,22 @@ def protocol_shots(
 ) -> int | None:
     """The shots per class `protocol` trains with (None: every train image), once the options are checked against
     it: an option the protocol would ignore is an error, not a number in metrics.json that did not happen."""
-    if protocol not in PROTOCOL_RUNNERS:
-        raise ClipadaptError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
-    if shots is not None and protocol in ("full", "gzsl"):
+    spec = protocol_spec(protocol)
+    if shots is not None and spec.shots == "never":
         raise ClipadaptError(
             f"protocol {protocol} trains on every train image (of the seen classes); --shots is for "
-            f"fewshot, base2new and crossdataset"
+            f"{_protocols_taking('shots')}"
         )
     if shots is not None and shots < 1:
         raise ClipadaptError(f"--shots must be 1 or more, got {shots}")
-    if protocol == "fewshot" and shots is None:
-        raise ClipadaptError("protocol fewshot needs --shots K")
-    if targets and protocol != "crossdataset":
-        raise ClipadaptError(f"--targets is for protocol crossdataset, not {protocol}")
-    if protocol == "crossdataset" and not targets:
-        raise ClipadaptError("protocol crossdataset needs --targets SPEC[,SPEC...]")
-    if unseen and protocol != "gzsl":
-        raise ClipadaptError(f"--unseen is for protocol gzsl, not {protocol}")
-    return shots if shots is not None else DEFAULT_SHOTS.get(protocol)
+    if spec.shots == "required" and shots is None:
+        raise ClipadaptError(f"protocol {protocol} needs {OPTION_USAGE['shots']}")
+    for option, value in (("targets", targets), ("unseen", unseen)):
+        if value and option not in spec.options:
+            raise ClipadaptError(f"--{option} is for protocol {_protocols_taking(option)}, not {protocol}")
+        if not value and option in spec.required_options:
+            raise ClipadaptError(f"protocol {protocol} needs {OPTION_USAGE[option]}")
+    return shots if shots is not None else spec.default_shots
 
 
 def trained(numbers: dict) -> bool:
@@ -387,7 +526,7 @@ def run_protocol(
 ) -> dict:
     """The protocol's numbers for `method` on `splits` (`protocol_shots` checks the options)."""
     shots = protocol_shots(protocol, shots, targets, unseen)
-    return PROTOCOL_RUNNERS[protocol](method, ctx, splits, seed=seed, shots=shots, targets=targets, unseen=unseen)
+    return PROTOCOL_SPECS[protocol].run(method, ctx, splits, seed=seed, shots=shots, targets=targets, unseen=unseen)
 
 
 def run_seeds(

@@ -23,7 +23,7 @@ from PIL import Image
 
 from .data import load_image
 from .errors import ClipadaptError
-from .protocols import DEFAULT_SHOTS, PROTOCOLS, safe_name, trained, write_text_atomic
+from .protocols import PROTOCOL_SPECS, Column, ReportTable, safe_name, trained, write_text_atomic
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
 NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
@@ -115,7 +115,7 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, 
                 continue
             if file.name == COMPARISON_FILE:
                 comparisons.append((file, _checked_comparison(file, content)))
-            elif content.get("protocol") in PROTOCOLS:
+            elif content.get("protocol") in PROTOCOL_SPECS:
                 runs.append(Run(file.parent, content))
     if not runs and not comparisons:
         raise ClipadaptError(
@@ -191,7 +191,7 @@ def _shots_text(run: Run) -> str:
         return "-"  # a method that trains nothing (zero-shot)
     shots = run.metrics.get("shots")
     if run.metrics.get("protocol") == "base2new":  # runs written before metrics.json held the default
-        return str(shots or DEFAULT_SHOTS["base2new"])
+        return str(shots or PROTOCOL_SPECS["base2new"].default_shots)
     return "all" if shots is None else str(shots)  # a crossdataset run of then trained on the whole source
 
 
@@ -205,118 +205,64 @@ def write_comparisons(tables: Sequence[dict], folder: Path, name: str, json_path
     return text
 
 
+def _column_names(column: Column, runs: Sequence[Run]) -> list[str]:
+    """What a column that grows with the data shows one column each of: the class attributes or the targets the
+    runs hold (in order of first appearance); [] for a column of its own."""
+    if column.kind == "attributes":
+        return list(
+            dict.fromkeys(a for run in runs for a in (run.metrics.get("attribute_accuracy") or {}).get(column.key, {}))
+        )
+    if column.kind == "targets":
+        return list(dict.fromkeys(t for run in runs for t in (run.metrics.get("targets") or {})))
+    return []
+
+
+def _overlap_cell(run: Run, column: Column) -> list[str]:
+    overlap = run.metrics.get("part_overlap") or {}
+    return [f"{_number(overlap.get(column.key))} ({_number(overlap.get(column.reference))})" if overlap else "-"]
+
+
+# A row's cells, by column kind (`protocols.Column`): the run, the column and `_column_names` give them.
+CELLS = {
+    "method": lambda run, column, names: [run.method],
+    "dataset": lambda run, column, names: [run.dataset],
+    "protocol": lambda run, column, names: [str(run.metrics["protocol"])],
+    "shots": lambda run, column, names: [_shots_text(run)],
+    "seeds": lambda run, column, names: [_seeds_text(run)],
+    "metric": lambda run, column, names: [_cell(run.metrics, column.key)],
+    "overlap": lambda run, column, names: _overlap_cell(run, column),
+    "attributes": lambda run, column, names: [
+        _number((run.metrics.get("attribute_accuracy") or {}).get(column.key, {}).get(a)) for a in names
+    ],
+    "targets": lambda run, column, names: [_target_cell(run, t) for t in names],
+}
+
+
 def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] = ()) -> list[Table]:
-    """One table per protocol that has runs (and one per recorded comparison), rows in the order given."""
-    by_protocol = defaultdict(list)
-    for run in runs:
-        by_protocol[run.metrics["protocol"]].append(run)
+    """One table per report table the runs' protocols declare (`protocols.ProtocolSpec.table`), in its columns,
+    rows in the order given (by protocol where protocols share a table); then SHIP's diagnostics and one table per
+    recorded comparison."""
+    by_table: dict[ReportTable, list[Run]] = defaultdict(list)
+    order = list(PROTOCOL_SPECS)
+    # A shared table lists its protocols' runs in the order the protocols are registered (full before fewshot).
+    for run in sorted(runs, key=lambda run: order.index(run.metrics["protocol"])):
+        by_table[PROTOCOL_SPECS[run.metrics["protocol"]].table].append(run)
     tables = []
-    if by_protocol["base2new"]:
-        # Data sets that know their classes' attributes (the world's colour and shape) add how often the new
-        # classes' predictions got each attribute right.
-        attributes = list(
-            dict.fromkeys(
-                a
-                for run in by_protocol["base2new"]
-                for a in (run.metrics.get("attribute_accuracy") or {}).get("new", {})
+    for spec in sorted(by_table, key=lambda table: table.position):
+        table_runs = by_table[spec]
+        columns = [(column, _column_names(column, table_runs)) for column in spec.columns]
+        headers = [
+            header
+            for column, names in columns
+            for header in (
+                [column.header]
+                if column.kind not in ("attributes", "targets")
+                else [f"{column.header}: {n}" if column.header else n for n in names]
             )
-        )
-        table = Table(
-            "Base-to-new",
-            ["method", "data set", "shots", "seeds", "base", "new", "HM", *(f"new: {a}" for a in attributes)],
-        )
-        for run in by_protocol["base2new"]:
-            m = run.metrics
-            new_attributes = (m.get("attribute_accuracy") or {}).get("new", {})
-            table.rows.append(
-                [
-                    run.method,
-                    run.dataset,
-                    _shots_text(run),
-                    _seeds_text(run),
-                    _cell(m, "base_accuracy"),
-                    _cell(m, "new_accuracy"),
-                    _cell(m, "harmonic_mean"),
-                    *(_number(new_attributes.get(a)) for a in attributes),
-                ]
-            )
-        tables.append(table)
-    if by_protocol["gzsl"]:
-        table = Table(
-            "Generalized zero-shot",
-            ["method", "data set", "seeds", "seen", "unseen", "H"],
-            note="per-class mean accuracy over the joint label space of seen and unseen classes",
-        )
-        for run in by_protocol["gzsl"]:
-            m = run.metrics
-            table.rows.append(
-                [
-                    run.method,
-                    run.dataset,
-                    _seeds_text(run),
-                    _cell(m, "seen_accuracy"),
-                    _cell(m, "unseen_accuracy"),
-                    _cell(m, "harmonic_mean"),
-                ]
-            )
-        tables.append(table)
-    if by_protocol["crossdataset"]:
-        targets = list(
-            dict.fromkeys(t for run in by_protocol["crossdataset"] for t in (run.metrics.get("targets") or {}))
-        )
-        table = Table(
-            "Cross-data-set transfer", ["method", "source", "shots", "seeds", "source accuracy", *targets, "average"]
-        )
-        for run in by_protocol["crossdataset"]:
-            m = run.metrics
-            table.rows.append(
-                [
-                    run.method,
-                    run.dataset,
-                    _shots_text(run),
-                    _seeds_text(run),
-                    _cell(m, "accuracy"),
-                    *(_target_cell(run, t) for t in targets),
-                    _cell(m, "average_target_accuracy"),
-                ]
-            )
-        tables.append(table)
-    closed = by_protocol["full"] + by_protocol["fewshot"]
-    if closed:
-        table = Table(
-            "Accuracy on all classes (full and few-shot)",
-            [
-                "method",
-                "data set",
-                "protocol",
-                "shots",
-                "seeds",
-                "accuracy",
-                "per-class accuracy",
-                "kept tokens on the part (random)",
-                "part patches kept (random)",
-            ],
-        )
-        for run in closed:
-            m = run.metrics
-            overlap = m.get("part_overlap") or {}
-            table.rows.append(
-                [
-                    run.method,
-                    run.dataset,
-                    m["protocol"],
-                    _shots_text(run),
-                    _seeds_text(run),
-                    _cell(m, "accuracy"),
-                    _cell(m, "per_class_accuracy"),
-                    f"{_number(overlap.get('kept_tokens_on_part'))} ({_number(overlap.get('random_tokens_on_part'))})"
-                    if overlap
-                    else "-",
-                    f"{_number(overlap.get('part_patches_kept'))} ({_number(overlap.get('random_part_patches_kept'))})"
-                    if overlap
-                    else "-",
-                ]
-            )
+        ]
+        table = Table(spec.title, headers, note=spec.note)
+        for run in table_runs:
+            table.rows.append([cell for column, names in columns for cell in CELLS[column.kind](run, column, names)])
         tables.append(table)
     # SHIP's diagnostics: the run's own (base2new, gzsl), and each cross-data-set target's.
     synthesized = [

@@ -51,12 +51,30 @@ class DatasetSplits:
     class_attributes: list[dict[str, str]] | None = None
     # What all classes are, when one word says it ("bird", "dog", "food"): the fine-grained loaders set it.
     superclass: str | None = None
+    # Where the data set records the boxes of the parts that decide each image's class, when it does (the world's
+    # badges and birds write `parts.json`): methods that select image tokens are measured against them.
+    parts_file: Path | None = None
 
     def split(self, name: str) -> list[Sample]:
         """The samples of split `name` ("train", "val" or "test")."""
         if name not in SPLIT_NAMES:
             raise DataError(f"data set {self.name} has no split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
         return getattr(self, name)
+
+    def part_boxes(self) -> dict[Path, dict[str, list[int]]] | None:
+        """Per image (keyed by its absolute path, as `Sample.path`), the boxes (x0, y0, x1, y1; x1, y1 exclusive, in
+        pixels) of the parts that decide its class, by part name; None for a data set that records none."""
+        return None if self.parts_file is None else read_part_boxes(self.parts_file)
+
+
+def read_part_boxes(path: Path) -> dict[Path, dict[str, list[int]]]:
+    """A `parts.json` (image path relative to its folder -> part name -> box) with absolute image paths."""
+    path = Path(path).expanduser().absolute()
+    try:
+        parts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the part boxes in {path}: {exc}") from exc
+    return {path.parent / rel: boxes for rel, boxes in parts.items()}
 
 
 # ---------------------------------------------------------------- images

@@ -77,6 +77,7 @@ from clipadapt.data.datasets import (
     save_split_file,
 )
 from clipadapt.errors import DataError
+from clipadapt.paths import default_cache_dir
 
 # Bump when the images, the layout or DEFAULT_SIZES change: the default world's cache folder is named by it.
 VERSION = 5
@@ -954,7 +955,6 @@ def generate_world(
 def default_world(progress: bool = True) -> Path:
     """The default world (seed 0, default sizes) in the cache folder, generated there on first use."""
     # Imported here: clipadapt.features imports clipadapt.data, which imports this module.
-    from clipadapt.features import default_cache_dir
 
     return generate_world(default_cache_dir() / "world" / f"v{VERSION}-seed0", seed=0, progress=progress)
 
@@ -990,17 +990,6 @@ def load_world(arg: str) -> DatasetSplits:
         root=folder,
         class_attributes=class_attributes,
         superclass=SUPERCLASSES.get(name),
+        parts_file=folder / "parts.json" if (folder / "parts.json").is_file() else None,
         **splits,
     )
-
-
-def read_parts(folder: Path) -> dict[Path, dict[str, list[int]]]:
-    """The boxes (x0, y0, x1, y1; x1, y1 exclusive, in pixels) of the parts that decide each image's class, by part
-    name, for every image of the data set in `folder` (keys: absolute paths, as the loaded Sample.path), from its
-    `parts.json`: the world's badges (the spot) and birds (crown, wing, breast)."""
-    folder = Path(folder).expanduser().absolute()
-    try:
-        parts = json.loads((folder / "parts.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the part boxes of {folder}: {exc}") from exc
-    return {folder / rel: boxes for rel, boxes in parts.items()}

@@ -3,38 +3,21 @@
 A method class has a `Config` dataclass, is built as `Method(backbone, config)`, and declares its `capabilities`
 (`contract.Capabilities`): whether it trains, needs images, scores unseen class names, trains on synthesized
 features, and which diagnostics it writes. `contract.py` says which interface each declaration implies;
-`register_method` holds the class to it and refuses a name registered twice.
+`register_method` (there too) holds the class to it and refuses a name registered twice. Each method module
+registers itself when imported (mpfgvc registers mpfgvc and finetune); ship is the add-on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from ..config import build_config
 from ..errors import ClipadaptError
-from .contract import check_method_class
-
-METHODS: dict[str, type] = {}
-
-
-def register_method(name: str) -> Callable[[type], type]:
-    """Register a method class under `name` (its `name` attribute too) once it meets the contract its
-    capabilities declare; a name already taken is an error, not a silent replacement."""
-
-    def register(cls: type) -> type:
-        if name in METHODS:
-            raise ClipadaptError(f"method name '{name}' is already registered (by {METHODS[name].__qualname__})")
-        if "+" in name:
-            raise ClipadaptError(f"method name '{name}': '+' joins a method and an add-on (METHOD+ship)")
-        check_method_class(cls, name)
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return register
-
+from . import clip_adapter, cocoop, coop, linear_probe, mpfgvc, tip_adapter, zeroshot  # noqa: F401  (each registers)
+from .contract import METHODS
+from .contract import register_method as register_method  # where method files outside the package register
+from .ship import ShipConfig, WithShip
 
 ADDONS = ("ship",)
 
@@ -88,8 +71,3 @@ def method_config(method) -> dict[str, Any]:
     if isinstance(method, WithShip):
         return {**method_config(method.method), "ship": dataclasses.asdict(method.config)}
     return dataclasses.asdict(method.config)
-
-
-# Each method module registers itself on import (mpfgvc registers mpfgvc and finetune); ship is the add-on.
-from . import clip_adapter, cocoop, coop, linear_probe, mpfgvc, tip_adapter, zeroshot  # noqa: E402, F401
-from .ship import ShipConfig, WithShip  # noqa: E402

@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_method_weights, load_module_state, save_method_weights
-from ..engine import TrainConfig, train_prompt_learner
 from ..errors import ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
-from . import register_method
-from .contract import Capabilities
+from ..training.prompt_learner import TrainConfig, train_prompt_learner
+from .contract import Capabilities, register_method
 from .coop import epochs_for_shots
 
 

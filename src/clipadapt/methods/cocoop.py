@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_method_weights, save_method_weights
-from ..engine import TrainConfig, train_prompt_learner
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
-from . import register_method
-from .contract import Capabilities
+from ..training.prompt_learner import TrainConfig, train_prompt_learner
+from .contract import Capabilities, register_method
 
 OFFICIAL_LR = 0.002  # per step at the official batch size of 1
 

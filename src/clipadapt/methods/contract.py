@@ -1,4 +1,4 @@
-"""The method contract: what each method declares it can do, and the interfaces the protocols call.
+"""The method contract: what each method declares it can do, the interfaces the protocols call, and the registry.
 
 A registered method class has a `Config` dataclass, is built as `Method(backbone, config)` and declares its
 `capabilities`; which interface it implements follows from them (`check_method_class` holds a class to it when it
@@ -16,7 +16,7 @@ runs it, and it is not registered here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -127,3 +127,23 @@ def check_method_class(cls: type, name: str) -> None:
         raise ClipadaptError(
             f"method '{name}' ({cls.__name__}) declares {capabilities} but lacks: {', '.join(missing)}"
         )
+
+
+METHODS: dict[str, type] = {}
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    """Register a method class under `name` (its `name` attribute too) once it meets the contract its
+    capabilities declare; a name already taken is an error, not a silent replacement."""
+
+    def register(cls: type) -> type:
+        if name in METHODS:
+            raise ClipadaptError(f"method name '{name}' is already registered (by {METHODS[name].__qualname__})")
+        if "+" in name:
+            raise ClipadaptError(f"method name '{name}': '+' joins a method and an add-on (METHOD+ship)")
+        check_method_class(cls, name)
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return register

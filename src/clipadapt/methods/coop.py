@@ -23,11 +23,10 @@ from torch import nn
 
 from ..backbone import CLASS_TOKEN_POSITIONS
 from ..checkpoint import load_method_weights, save_method_weights
-from ..engine import TrainConfig, train_prompt_learner
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
-from . import register_method
-from .contract import Capabilities
+from ..training.prompt_learner import TrainConfig, train_prompt_learner
+from .contract import Capabilities, register_method
 
 
 def epochs_for_shots(shots: int, dataset: str | None = None) -> int:

@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_method_weights, save_method_weights
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
-from . import register_method
-from .contract import Capabilities
+from .contract import Capabilities, register_method
 
 COARSE_C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # lpclip's search_list, in its order (ties go to the first)
 

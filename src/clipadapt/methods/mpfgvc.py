@@ -48,11 +48,13 @@ from tqdm.auto import tqdm
 from ..backbone import block_attention, read_state_dict
 from ..checkpoint import load_method_weights, load_module_state, save_method_weights
 from ..data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
-from ..engine import Trainer, cosine_lr, frozen, param_groups, threads_beside_workers, training_batches
 from ..errors import CheckpointError, ClipadaptError
 from ..text import TextClassifier
-from . import register_method
-from .contract import Capabilities
+from ..training.batches import training_batches
+from ..training.distributed import threads_beside_workers
+from ..training.loop import Trainer, frozen, param_groups
+from ..training.schedules import cosine_lr
+from .contract import Capabilities, register_method
 
 FUSIONS = ("vlfm", "concat", "none")
 SSVP_SCORES = ("attention", "rollout")

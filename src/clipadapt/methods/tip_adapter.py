@@ -35,12 +35,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_method_weights, save_method_weights
-from ..engine import TrainConfig, train_prompt_learner
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
-from . import register_method
-from .contract import Capabilities
+from ..training.prompt_learner import TrainConfig, train_prompt_learner
+from .contract import Capabilities, register_method
 
 
 def search_grid(scale: float, steps: int) -> list[float]:

@@ -26,10 +26,13 @@ from torch.utils.data import DataLoader
 
 from ..data import DatasetSplits, ImageDataset, Sample, load_dataset
 from ..data.samplers import BalancedBatchSampler
-from ..engine import Trainer, cosine_lr, decoded_batches, distributed_world, param_groups
 from ..errors import ClipadaptError
 from ..losses import clip_loss, gather_batch, unicl_loss
 from ..text import IMAGENET_TEMPLATES, zeroshot_weights
+from ..training.batches import decoded_batches
+from ..training.distributed import distributed_world
+from ..training.loop import Trainer, param_groups
+from ..training.schedules import cosine_lr
 
 LOSSES = ("unicl", "clip", "ce")
 

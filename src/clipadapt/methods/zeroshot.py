@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..text import TextClassifier
-from . import register_method
-from .contract import Capabilities
+from .contract import Capabilities, register_method
 
 
 @register_method("zeroshot")

@@ -1,0 +1,281 @@
+"""The one training loop (`Trainer`): warm-up + cosine learning rate, gradient clipping, bf16 autocast on GPU, a
+progress bar, a guard against non-finite losses, gradient averaging across processes, and atomic checkpoints from
+which a rerun of the same command resumes exactly (weights, optimizer, step, RNG states; the caller's batches are
+a function of (epoch, offset) so the data order resumes too)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import (
+    load_checkpoint_or_previous,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    previous_path,
+    rng_from_checkpoint,
+    rng_to_checkpoint,
+    save_checkpoint,
+)
+from ..errors import CheckpointError, ClipadaptError
+from .distributed import distributed_world
+
+CHECKPOINT_NAME = "checkpoint_last.safetensors"
+
+
+# Whether a Trainer built without an explicit skip_nonfinite skips steps whose loss is not finite (the CLI's
+# --skip-nonfinite sets it around a whole command, whichever methods train inside it).
+_SKIP_NONFINITE: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_nonfinite", default=False)
+
+
+@contextlib.contextmanager
+def set_within(variable: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
+def skipping_nonfinite_steps(enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Within this context, training steps whose loss is NaN or infinite are skipped (and reported) instead of
+    stopping the run."""
+    return set_within(_SKIP_NONFINITE, enabled)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """open_clip's split: no weight decay on gains, biases, norms and the logit scale."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exempt else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+class Trainer:
+    """Runs `step_fn(batch, step) -> loss` over `total_steps` optimizer steps of `module`'s trainable weights."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        lr_at: Callable[[int], float],
+        out_dir: str | Path | None = None,
+        run_fingerprint: str = "",
+        checkpoint_every: int = 200,
+        grad_clip: float | None = None,
+        skip_nonfinite: bool | None = None,
+        after_step: Callable[[], None] | None = None,
+        validate: Callable[[], dict[str, float]] | None = None,
+        progress: bool = True,
+        desc: str = "train",
+    ):
+        if total_steps < 1 or steps_per_epoch < 1:
+            raise ClipadaptError(f"nothing to train: {total_steps} steps, {steps_per_epoch} per epoch")
+        self.module, self.optimizer = module, optimizer
+        self.total_steps, self.steps_per_epoch, self.lr_at = total_steps, steps_per_epoch, lr_at
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_fingerprint = run_fingerprint
+        self.checkpoint_every, self.grad_clip = checkpoint_every, grad_clip
+        self.skip_nonfinite = _SKIP_NONFINITE.get() if skip_nonfinite is None else skip_nonfinite
+        self.after_step, self.validate, self.progress, self.desc = after_step, validate, progress, desc
+        self.rank, self.world_size = distributed_world()
+        self.step = 0
+        self.losses: list[float | None] = []  # mean loss of each completed epoch
+        self.validation: list[dict[str, float]] = []  # `validate()` after each completed epoch
+        self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+        self.seconds = 0.0
+        self.resumed_from: int | None = None
+        self.skipped_steps: list[int] = []  # steps whose loss was not finite (with skip_nonfinite)
+        if self.checkpoint_path is not None and (
+            self.checkpoint_path.is_file() or previous_path(self.checkpoint_path).is_file()
+        ):
+            self._resume()
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.checkpoint_path is None or self.rank != 0:
+            return
+        optim_tensors, optim_state = optimizer_to_checkpoint(self.optimizer)
+        rng_tensors, rng_state = rng_to_checkpoint()
+        tensors = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors)
+        state = {
+            "step": self.step,
+            "run": self.run_fingerprint,
+            "optimizer": optim_state,
+            "rng": rng_state,
+            "epoch_losses": self.losses,
+            "epoch_loss_sum": self._epoch_loss_sum,
+            "epoch_loss_count": self._epoch_loss_count,
+            "seconds": self.seconds,
+            "skipped_steps": self.skipped_steps,
+            "validation": self.validation,
+        }
+        save_checkpoint(self.checkpoint_path, tensors, state)
+
+    def _resume(self) -> None:
+        tensors, state, used = load_checkpoint_or_previous(self.checkpoint_path)
+        if state["run"] != self.run_fingerprint:
+            raise CheckpointError(
+                f"checkpoint {used} belongs to a run with a different configuration; "
+                "use another output folder (or delete the checkpoint to start over)"
+            )
+        self.module.load_state_dict(
+            {k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")}
+        )
+        optimizer_from_checkpoint(self.optimizer, tensors, state["optimizer"])
+        rng_from_checkpoint(tensors, state["rng"])
+        self.step = self.resumed_from = state["step"]
+        self.losses = state["epoch_losses"]
+        self._epoch_loss_sum, self._epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
+        self.seconds = state["seconds"]
+        # Absent from checkpoints written before they existed.
+        self.skipped_steps, self.validation = state.get("skipped_steps", []), state.get("validation", [])
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def _sync_gradients(self) -> None:
+        if self.world_size == 1:
+            return
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= self.world_size
+
+    def _read_loss(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """The loss's value and whether it is finite on every rank (all ranks must skip a step together or none
+        does), in one read of the device: the step's one wait for it."""
+        loss = loss.detach().float().reshape(1)
+        if self.world_size == 1:
+            value = loss.item()
+            return value, math.isfinite(value)
+        finite = torch.isfinite(loss).float()
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        value, finite_everywhere = torch.cat([loss, finite]).tolist()
+        return value, bool(finite_everywhere)
+
+    @staticmethod
+    def _nonfinite(value: float) -> str:
+        return f"loss is {value}" if not math.isfinite(value) else "loss is not finite on another process"
+
+    def summary(self) -> dict:
+        """What every training summary reports about the loop."""
+        return {
+            "steps": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_losses": self.losses,
+            "seconds": self.seconds,
+            "resumed_from_step": self.resumed_from,
+            "skipped_steps": self.skipped_steps,
+            **({"validation": self.validation} if self.validate else {}),
+        }
+
+    def fit(
+        self, epoch_batches: Callable[[int, int], Iterable[Any]], step_fn: Callable[[Any, int], torch.Tensor]
+    ) -> Trainer:
+        """`epoch_batches(epoch, offset)` yields the batches of `epoch` from batch `offset` on."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        device_type = params[0].device.type
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.desc,
+            unit="step",
+            disable=not self.progress or self.rank != 0,
+        )
+        start = time.time() - self.seconds
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            for batch in epoch_batches(epoch, offset):
+                lr = self.lr_at(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)  # groups may train at a multiple of the lr
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+                    loss = step_fn(batch, self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # The loss is read (the step's one wait for the device) after the backward pass is queued: the GPU
+                # is left idle only while the host queues the optimizer step and the next forward pass. The
+                # gradients of a loss that is not finite are dropped, the weights untouched.
+                value, finite = self._read_loss(loss)
+                if finite:
+                    self._sync_gradients()
+                    if self.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    self.optimizer.step()
+                    self._epoch_loss_sum += value
+                    self._epoch_loss_count += 1
+                elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped_steps.append(self.step)
+                    tqdm.write(
+                        f"{self.desc}: {self._nonfinite(value)} at step {self.step}; step skipped", file=sys.stderr
+                    )
+                else:
+                    raise ClipadaptError(
+                        f"{self._nonfinite(value)} at step {self.step}; stopped, the last good checkpoint is kept"
+                        + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
+                        + " (--skip-nonfinite skips such steps instead)"
+                    )
+                if self.after_step is not None:  # also after a skipped step: end-of-epoch validation still runs
+                    self.after_step()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                if self.step % self.steps_per_epoch == 0:
+                    count = self._epoch_loss_count
+                    self.losses.append(self._epoch_loss_sum / count if count else None)  # None: every step skipped
+                    self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+                    if self.validate is not None:
+                        self.validation.append(self.validate())
+                        bar.set_postfix(loss=f"{value:.4f}", **{k: f"{v:.4f}" for k, v in self.validation[-1].items()})
+                self.seconds = time.time() - start
+                if (
+                    self.step % self.checkpoint_every == 0
+                    or self.step % self.steps_per_epoch == 0
+                    or self.step == self.total_steps
+                ):
+                    self._save()
+                if self.step >= self.total_steps:
+                    break
+            else:
+                if self.step % self.steps_per_epoch:  # the batches ran out before the epoch's step count
+                    raise ClipadaptError(f"epoch {epoch} yielded fewer than {self.steps_per_epoch} batches")
+        bar.close()
+        return self
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """`model`'s weights take no gradients inside the block (gradients still flow through it to learned inputs,
+    as prompts through a frozen text encoder); without this, every step would also compute gradients for all of
+    CLIP. What was trainable before is trainable again afterwards."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
