@@ -83,7 +83,7 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
     from clipadapt import load_backbone
     from clipadapt.features import FeatureSet
     from clipadapt.methods import build_method
-    from clipadapt.methods.ship import Ship, ShipConfig
+    from clipadapt.methods.addons.ship import Ship, ShipConfig
     from clipadapt.text import zeroshot_weights
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import torch
 from timing import add_device_arg, clock
 
 from clipadapt import load_backbone
-from clipadapt.methods.ship import Ship, ShipConfig
+from clipadapt.methods.addons.ship import Ship, ShipConfig
 
 WORDS = ["red", "striped", "small", "star", "square", "dotted", "blue", "circle", "large", "green"]
 

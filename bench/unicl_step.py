@@ -32,7 +32,7 @@ from timing import add_device_arg, clock, device_waits
 
 from clipadapt import load_backbone
 from clipadapt.data import Sample
-from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
+from clipadapt.pretraining.unicl import PretrainConfig, PretrainData, UniCLPretrainer
 from clipadapt.training.distributed import gpu_training_settings
 
 CAPTION = "a small striped red star on a dark background"

@@ -621,7 +621,7 @@ def test_negative_workers_and_unknown_device_refused(colour_world, tmp_path, cap
 def test_float_settings_accept_exponents_as_typed():
     """YAML 1.1 reads `5e-4` (no dot) as a string; a float setting takes it as the number the user meant."""
     from clipadapt.config import build_config, parse_overrides
-    from clipadapt.methods.unicl import PretrainConfig
+    from clipadapt.pretraining.unicl import PretrainConfig
 
     assert build_config(PretrainConfig, parse_overrides(["lr=5e-4", "weight_decay=1E-2"])).lr == 5e-4
     with pytest.raises(ClipadaptError, match="lr in overrides must be float, got 'fast'"):

@@ -36,7 +36,7 @@ from clipadapt.data import DATASETS
 from clipadapt.data.world import DEFAULT_SIZES, WORLD_DATASETS
 from clipadapt.errors import ClipadaptError
 from clipadapt.methods import METHODS, method_configs
-from clipadapt.methods.unicl import PretrainConfig
+from clipadapt.pretraining.unicl import PretrainConfig
 from clipadapt.protocols import PROTOCOL_SPECS, PROTOCOLS, protocol_shots
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from PIL import Image
 from clipadapt.cli import main
 from clipadapt.errors import ClipadaptError
 from clipadapt.features import FeatureSet
+from clipadapt.methods.addons.ship import save_synthesis_sample
 from clipadapt.methods.mpfgvc import box_in_crop
-from clipadapt.methods.ship import save_synthesis_sample
 from clipadapt.protocols import safe_name
 from clipadapt.report import _model_input, build_tables, fewshot_points, find_runs, project_2d, write_report
 

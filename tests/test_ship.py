@@ -11,8 +11,8 @@ from clipadapt import ClipadaptError
 from clipadapt.cli import main
 from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
+from clipadapt.methods.addons.ship import Ship, ShipConfig, load_synthesis_sample, nearest_class_accuracy
 from clipadapt.methods.coop import CoOp
-from clipadapt.methods.ship import Ship, ShipConfig, load_synthesis_sample, nearest_class_accuracy
 from clipadapt.training.prompt_learner import train_prompt_learner
 
 pytestmark = pytest.mark.usefixtures("one_thread")

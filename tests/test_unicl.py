@@ -227,7 +227,7 @@ def test_pretrain_workers_from_config_file_flag_and_checks(pretrain_data, tmp_pa
 
 def test_channels_last_only_for_convolutional_towers():
     from clipadapt import load_backbone
-    from clipadapt.methods.unicl import channels_last_if_convolutional
+    from clipadapt.pretraining.unicl import channels_last_if_convolutional
 
     assert channels_last_if_convolutional(load_backbone("micro-vit").model.visual) == torch.contiguous_format
     assert channels_last_if_convolutional(load_backbone("tiny-rn").model.visual) == torch.channels_last
@@ -243,7 +243,7 @@ def test_a_pretraining_step_reads_no_device_value(loss):
 
     from clipadapt import load_backbone
     from clipadapt.data import Sample
-    from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
+    from clipadapt.pretraining.unicl import PretrainConfig, PretrainData, UniCLPretrainer
 
     backbone = load_backbone("micro-vit")
     data = PretrainData(
@@ -270,7 +270,7 @@ def test_augmented_batches_are_a_function_of_their_step(pretrain_data):
     import random
 
     from clipadapt import load_backbone
-    from clipadapt.methods.unicl import PretrainConfig, PretrainData, UniCLPretrainer
+    from clipadapt.pretraining.unicl import PretrainConfig, PretrainData, UniCLPretrainer
 
     data = PretrainData.from_specs(pretrain_data.split(","))
     backbone = load_backbone("micro-vit")
@@ -309,7 +309,7 @@ def test_augmented_batches_are_a_function_of_their_step(pretrain_data):
 def test_pretraining_resumes_exactly(pretrain_data, tmp_path, monkeypatch, model, extra):
     from safetensors.torch import load_file
 
-    from clipadapt.methods.unicl import UniCLPretrainer
+    from clipadapt.pretraining.unicl import UniCLPretrainer
 
     pretrain = functools.partial(_pretrain, model=model)
     assert pretrain(pretrain_data, tmp_path / "straight", "unicl", *extra) == 0

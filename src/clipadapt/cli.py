@@ -24,8 +24,8 @@ from .demo import run_demo
 from .errors import ClipadaptError
 from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
-from .methods.ship import Ship
-from .methods.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
+from .methods.addons.ship import Ship
+from .pretraining.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
 from .protocols import (
     PROTOCOL_SPECS,
     RunContext,

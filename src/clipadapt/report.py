@@ -451,7 +451,7 @@ def project_2d(features: torch.Tensor) -> torch.Tensor:
 def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
     """Real test features (dots) and SHIP's synthesized features (crosses) of up to eight classes, projected on
     the two principal components of both together."""
-    from .methods.ship import load_synthesis_sample
+    from .methods.addons.ship import load_synthesis_sample
 
     plt = _pyplot()
     plots = []

@@ -15,9 +15,9 @@ from typing import Any
 from ..config import build_config
 from ..errors import ClipadaptError
 from . import clip_adapter, cocoop, coop, linear_probe, mpfgvc, tip_adapter, zeroshot  # noqa: F401  (each registers)
+from .addons.ship import ShipConfig, WithShip
 from .contract import METHODS
 from .contract import register_method as register_method  # where method files outside the package register
-from .ship import ShipConfig, WithShip
 
 ADDONS = ("ship",)
 

@@ -29,7 +29,6 @@ resized crop 0.5-1 and flip; a crop can cut a world badge's small spot out of th
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -37,7 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,165 +43,22 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from ..backbone import block_attention, read_state_dict
-from ..checkpoint import load_method_weights, load_module_state, save_method_weights
-from ..data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
-from ..errors import CheckpointError, ClipadaptError
-from ..text import TextClassifier
-from ..training.batches import training_batches
-from ..training.distributed import threads_beside_workers
-from ..training.loop import Trainer, frozen, param_groups
-from ..training.schedules import cosine_lr
-from .contract import Capabilities, register_method
+from ...checkpoint import load_method_weights, load_module_state, save_method_weights
+from ...data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
+from ...errors import ClipadaptError
+from ...text import TextClassifier
+from ...training.batches import training_batches
+from ...training.distributed import threads_beside_workers
+from ...training.loop import Trainer, frozen, param_groups
+from ...training.schedules import cosine_lr
+from ..contract import Capabilities, register_method
+from .fusion import FUSIONS, VisionLanguageFusion
+from .ssvp import SSVP_SCORES, box_in_crop, part_overlap, patch_boxes, resized_shorter_side, ssvp_scores, ssvp_tokens
+from .towers import ClipTower, TimmTower
 
-FUSIONS = ("vlfm", "concat", "none")
-SSVP_SCORES = ("attention", "rollout")
 TEMPLATE = "a photo of a {}."
 PRELOAD_BYTES = 2 << 30
 DEFAULT_SUPERCLASS = "object"
-
-
-def ssvp_scores(attention_per_head: torch.Tensor) -> torch.Tensor:
-    """Each patch token's score [B, N - 1]: the class token's attention to it summed over heads (sum_m A^m)."""
-    return attention_per_head.sum(dim=1)[:, 1:]
-
-
-def ssvp_tokens(attention_per_head: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [B, k] of the k patch tokens (index >= 1; 0 is the class token) with the largest class-token
-    attention summed over heads: SsVP's id = TopK(sum_m A^m)."""
-    return ssvp_scores(attention_per_head).topk(k, dim=-1).indices + 1
-
-
-class ClipTower(nn.Module):
-    """A tuned copy of the backbone's open_clip ViT tower, seen as embed -> blocks -> pool."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        visual = backbone.model.visual
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
-            raise ClipadaptError(f"model '{backbone.name}' has no ViT image tower; mpfgvc needs one")
-        self.visual = copy.deepcopy(visual).float()
-        self.name, self.image_size, self.grid = backbone.name, backbone.image_size, visual.grid_size[0]
-        self._transform = backbone.image_transform()
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.visual.transformer.resblocks
-
-    def transform(self):
-        return self._transform
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.visual._embeds(images)
-
-    def attention(self, block: nn.Module, x: torch.Tensor, cls_only: bool = True) -> torch.Tensor:
-        return block_attention(block, x, self.name, cls_only)
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        pooled, _ = self.visual._pool(x)
-        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
-
-
-class TimmTower(nn.Module):
-    """A timm ViT (e.g. `vit_base_patch16_224`, ImageNet-21k weights as the paper) from a local weights file, its
-    class token projected to the CLIP embedding size by a new linear layer so that it meets the text prompts."""
-
-    def __init__(self, name: str, weights: str, embed_dim: int, image_size: int = 0):
-        super().__init__()
-        import timm  # a slow import, needed by this option only
-        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-
-        try:
-            model = timm.create_model(
-                name, pretrained=False, num_classes=0, **({"img_size": image_size} if image_size else {})
-            )
-        except RuntimeError as e:  # timm's error for unknown names
-            raise ClipadaptError(f"unknown timm model '{name}': {e}") from e
-        except (TypeError, ValueError, AssertionError) as e:  # an input size the architecture cannot take
-            raise ClipadaptError(f"timm model '{name}' cannot take image_size={image_size}: {e}") from e
-        if not isinstance(model, VisionTransformer) or model.num_prefix_tokens != 1 or model.global_pool != "token":
-            raise ClipadaptError(f"timm model '{name}' must be a ViT with one class token and class-token pooling")
-        if weights:
-            state_dict, _ = read_state_dict(weights)
-            state_dict = checkpoint_filter_fn(state_dict, model)  # resamples position embeddings, maps other key names
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-            try:
-                missing, unexpected = model.load_state_dict(state_dict, strict=False)
-            except RuntimeError as e:  # mis-shaped tensors
-                reason = str(e).splitlines()[-1].strip()
-                raise CheckpointError(f"{weights} does not fit timm model '{name}': {reason}") from None
-            if missing or unexpected:
-                raise CheckpointError(
-                    f"{weights} does not fit timm model '{name}': missing {missing[:5]}, unexpected {unexpected[:5]}"
-                )
-        self.vit, self.name = model, name
-        self.image_size, self.grid = model.patch_embed.img_size[0], model.patch_embed.grid_size[0]
-        if self.image_size % model.patch_embed.patch_size[0]:
-            raise ClipadaptError(
-                f"image_size={self.image_size} is not a multiple of timm model '{name}''s patch "
-                f"size {model.patch_embed.patch_size[0]}"
-            )
-        self.proj = nn.Linear(model.embed_dim, embed_dim, bias=False)
-        config = timm.data.resolve_data_config({"input_size": (3, self.image_size, self.image_size)}, model=model)
-        self._transform = timm.data.create_transform(**config)
-
-    @property
-    def blocks(self) -> nn.Sequential:
-        return self.vit.blocks
-
-    def transform(self):
-        return self._transform
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vit.norm_pre(self.vit._pos_embed(self.vit.patch_embed(images)))
-
-    def attention(self, block: nn.Module, x: torch.Tensor, cls_only: bool = True) -> torch.Tensor:
-        """As `block_attention` for a timm block: [B, heads, N] (class token's row) or [B, heads, N, N]."""
-        attn = block.attn
-        qkv = attn.qkv(block.norm1(x)).reshape(x.shape[0], x.shape[1], 3, attn.num_heads, attn.head_dim)
-        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        q = q[:, :, :1] if cls_only else q
-        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return weights.squeeze(2) if cls_only else weights
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.vit.fc_norm(self.vit.norm(x)[:, 0]))
-
-
-class VisionLanguageFusion(nn.Module):
-    """VLFM: cross-modal attention of the visual embedding over itself and the C text embeddings, the
-    translation layer, and the classifier. `fusion="concat"` replaces the attention by concatenation."""
-
-    def __init__(self, dim: int, num_classes: int, expansion: int = 4, fusion: str = "vlfm"):
-        super().__init__()
-        self.fusion = fusion
-        if fusion == "vlfm":
-            self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
-        else:
-            self.merge = nn.Linear(dim * (num_classes + 1), dim)
-        self.translation = nn.Sequential(nn.Linear(dim, dim * expansion), nn.GELU(), nn.Linear(dim * expansion, dim))
-        self.classifier = nn.Linear(dim, num_classes)
-
-    def attention(self, visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """S [B, 1 + C]: how much the fused embedding takes from E_V (column 0) and from each E_T^c."""
-        return self._attention(visual, self._tokens(visual, text))
-
-    @staticmethod
-    def _tokens(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return torch.cat([visual[:, None], text.expand(len(visual), *text.shape)], dim=1)  # [B, 1 + C, D]
-
-    def _attention(self, visual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        scores = (self.query(visual)[:, None] * self.key(tokens)).sum(dim=-1) / math.sqrt(visual.shape[-1])
-        return scores.softmax(dim=-1)
-
-    def forward(self, visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        if self.fusion == "vlfm":
-            tokens = self._tokens(visual, text)
-            fused = (self._attention(visual, tokens)[..., None] * self.value(tokens)).sum(dim=1)
-        else:
-            fused = self.merge(torch.cat([visual, text.reshape(1, -1).expand(len(visual), -1)], dim=-1))
-        return self.classifier(self.translation(fused))
 
 
 @register_method("mpfgvc")
@@ -684,75 +539,3 @@ class MPFGVC:
         model = self._build(self.classnames, metadata["superclass"])
         load_module_state(model, tensors, path, self.name)
         self.model = model.eval()
-
-
-def patch_boxes(grid: int, image_size: int) -> torch.Tensor:
-    """Pixel boxes [grid * grid, 4] (x0, y0, x1, y1; exclusive ends) of a ViT's patch tokens in row-major order."""
-    size = image_size / grid
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    x0, y0 = cols.flatten() * size, rows.flatten() * size
-    return torch.stack([x0, y0, x0 + size, y0 + size], dim=1)
-
-
-def resized_shorter_side(transform, size: int) -> int | list[int]:
-    """How the transform resizes an image before the centre `size` crop: the length its shorter side goes to
-    (open_clip's CLIP transform: the crop size; timm's ViT transforms: size / crop_pct, 248 for 224), or the
-    fixed [height, width] it squashes every image to (open_clip's `resize_mode=squash`)."""
-    for step in getattr(transform, "transforms", []):
-        if isinstance(step, transforms.Resize):
-            if isinstance(step.size, int) or len(step.size) == 1:
-                return step.size if isinstance(step.size, int) else step.size[0]
-            return [int(step.size[0]), int(step.size[1])]
-    return size
-
-
-def box_in_crop(
-    box: Sequence[float], width: int, height: int, size: int, resize: int | Sequence[int] | None = None
-) -> list[float]:
-    """`box` (x0, y0, x1, y1 in a width x height image) in the model's input after the preprocessing: the shorter
-    side resized to `resize` (default `size`, as CLIP's) or the image squashed to `resize` = [height, width], then
-    the centre `size` x `size` crop."""
-    if isinstance(resize, (list, tuple)):
-        sx, sy = resize[1] / width, resize[0] / height
-    else:
-        sx = sy = (resize or size) / min(width, height)
-    dx, dy = (width * sx - size) / 2, (height * sy - size) / 2
-    x0, y0, x1, y1 = box
-    return [x0 * sx - dx, y0 * sy - dy, x1 * sx - dx, y1 * sy - dy]
-
-
-def part_overlap(kept: torch.Tensor, boxes: torch.Tensor, parts: torch.Tensor) -> dict[str, float]:
-    """Where kept patch tokens [N, K] (1-based, as `ssvp_tokens`) lie relative to each image's part boxes [N, M, 4]
-    (or one box an image, [N, 4]), given the patch boxes [P, 4], in percent: `kept_tokens_on_part`, the kept tokens
-    whose patch intersects a part (precision; `random_tokens_on_part`: the same over all patches), and
-    `part_patches_kept`, the parts' patches that were kept (recall; `random_part_patches_kept`: K / P for tokens
-    kept at random)."""
-    parts = parts[:, None] if parts.dim() == 2 else parts
-    patch, part = boxes[None, :, None], parts[:, None]  # [1, P, 1, 4], [N, 1, M, 4]
-    hits = (
-        (patch[..., 0] < part[..., 2])
-        & (patch[..., 2] > part[..., 0])
-        & (patch[..., 1] < part[..., 3])
-        & (patch[..., 3] > part[..., 1])
-    ).any(dim=-1)  # [N, P]
-    kept_hits = torch.gather(hits, 1, kept - 1)
-    return {
-        "kept_tokens_on_part": 100.0 * kept_hits.float().mean().item(),
-        "random_tokens_on_part": 100.0 * hits.float().mean().item(),
-        "part_patches_kept": 100.0 * kept_hits.sum().item() / max(1, hits.sum().item()),
-        "random_part_patches_kept": 100.0 * kept.shape[1] / boxes.shape[0],
-    }
-
-
-@register_method("finetune")
-class FineTune(MPFGVC):
-    """The plain fine-tuned baseline: the same encoder and linear head, cross-entropy only."""
-
-    capabilities = Capabilities(trains=True, needs_images=True, scores_unseen_classes=False)
-
-    @dataclass
-    class Config(MPFGVC.Config):
-        ssvp: bool = False
-        datp: bool = False
-        contrastive: bool = False
-        fusion: str = "none"

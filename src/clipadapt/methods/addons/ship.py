@@ -38,12 +38,12 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_method_weights, load_module_state, save_method_weights
-from ..errors import CheckpointError, ClipadaptError
-from ..features import FeatureSet
-from ..text import zeroshot_weights
-from ..training.loop import Trainer, frozen
-from .contract import Capabilities
+from ...checkpoint import load_method_weights, load_module_state, save_method_weights
+from ...errors import CheckpointError, ClipadaptError
+from ...features import FeatureSet
+from ...text import zeroshot_weights
+from ...training.loop import Trainer, frozen
+from ..contract import Capabilities
 
 GENERATORS = ("clip_text", "mlp")
 OBJECTIVES = ("vae", "gan")
