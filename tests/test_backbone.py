@@ -1,4 +1,6 @@
+import json
 import pickle
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -6,7 +8,7 @@ import torch
 from torch import nn
 
 from clipadapt import CheckpointError, ClipadaptError, load_backbone
-from clipadapt.backbone import resolve_model_config
+from clipadapt.backbone import Backbone, resolve_model_config
 
 NAMES = ["cat", "red star", "striped blue square with a hat", "x"]
 
@@ -305,3 +307,79 @@ def test_a_checkpoint_of_another_text_context_is_interpolated_as_open_clip_does(
     torch.testing.assert_close(long.model.positional_embedding.detach(), expected)
     assert long.context_length == 24
     torch.testing.assert_close(long.model.token_embedding.weight, short.model.token_embedding.weight)
+
+
+# ---- open_clip's pretrained names, from a Hugging Face cache laid out as the hub lays it out -------------------
+def hub_cache(root: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """`root` as a Hugging Face hub cache holding `files` in `repo`'s main revision (refs/main -> snapshot)."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    snapshot = folder / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty hub cache, and no network: what the hub library does offline, read where it reads it."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def _micro_files(tmp_path: Path) -> tuple[dict[str, bytes], Backbone]:
+    torch.manual_seed(3)
+    micro = load_backbone("micro-vit")
+    micro.save(tmp_path / "micro.safetensors")
+    return {"open_clip_model.safetensors": (tmp_path / "micro.safetensors").read_bytes()}, micro
+
+
+def test_an_hf_hub_name_loads_from_the_cache_with_the_repos_config(offline_hub, tmp_path):
+    weights, micro = _micro_files(tmp_path)
+    model_cfg = {k: v for k, v in micro.config.items() if k != "preprocess"}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    hub_cache(
+        offline_hub, "clipadapt-test/micro-vit", {**weights, "open_clip_config.json": json.dumps(config).encode()}
+    )
+    backbone = load_backbone(None, "hf-hub:clipadapt-test/micro-vit")
+    assert backbone.normalization() == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # the repo's preprocessing
+    for name, tensor in micro.model.state_dict().items():
+        assert torch.equal(backbone.model.state_dict()[name], tensor), name
+    with pytest.raises(ClipadaptError, match="holds no clipadapt-test/absent/open_clip_pytorch_model.bin"):
+        load_backbone(None, "hf-hub:clipadapt-test/absent")
+
+
+def test_an_open_clip_tag_resolves_through_open_clips_registry_and_the_cache(offline_hub, tmp_path, monkeypatch):
+    from open_clip import factory, pretrained
+
+    weights, micro = _micro_files(tmp_path)
+    # micro-vit as an open_clip architecture with one pretrained tag whose weights live on the hub (as laion's do).
+    monkeypatch.setitem(
+        factory._MODEL_CONFIGS, "micro-vit", {k: v for k, v in micro.config.items() if k != "preprocess"}
+    )
+    tag = pretrained._pcfg(hf_hub="clipadapt-test/micro-vit-tag/", quick_gelu=True, mean=(0.1, 0.2, 0.3))
+    monkeypatch.setitem(pretrained._PRETRAINED, "micro-vit", {"test_tag": tag})
+    with pytest.raises(
+        ClipadaptError, match="holds no clipadapt-test/micro-vit-tag/open_clip_pytorch_model.bin.*HF_HUB_OFFLINE"
+    ):
+        load_backbone("micro-vit", "test_tag")
+    hub_cache(offline_hub, "clipadapt-test/micro-vit-tag", weights)
+    backbone = load_backbone("micro-vit", "test_tag")
+    assert backbone.config["quick_gelu"] and backbone.normalization()[0] == (0.1, 0.2, 0.3)
+    assert torch.equal(backbone.model.visual.proj, micro.model.visual.proj)
+    with pytest.raises(ClipadaptError, match="no pretrained 'other' for micro-vit; its tags: test_tag"):
+        load_backbone("micro-vit", "other")
+    with pytest.raises(ClipadaptError, match="needs the open_clip model it belongs to"):
+        load_backbone(None, "test_tag")
+    with pytest.raises(ClipadaptError, match="model tiny-vit is not one of open_clip's"):
+        load_backbone("tiny-vit", "openai")
+    with pytest.raises(CheckpointError, match="does not exist"):  # a path is a path, not a tag
+        load_backbone("micro-vit", str(tmp_path / "missing.safetensors"))

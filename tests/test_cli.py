@@ -626,3 +626,14 @@ def test_float_settings_accept_exponents_as_typed():
     assert build_config(PretrainConfig, parse_overrides(["lr=5e-4", "weight_decay=1E-2"])).lr == 5e-4
     with pytest.raises(ClipadaptError, match="lr in overrides must be float, got 'fast'"):
         build_config(PretrainConfig, parse_overrides(["lr=fast"]))
+
+
+def test_the_default_model_says_once_that_it_knows_only_the_world(colour_world, tmp_path, capsys):
+    root, weights = colour_world
+    common = ["run", "zeroshot", "--dataset", f"imagefolder:{root}", "--cache", str(tmp_path / "cache")]
+    assert main([*common, "--out", str(tmp_path / "default"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the default model is a tiny CLIP that knows only the generated world") == 1
+    assert "--model ViT-B-32 --pretrained openai" in err
+    assert main([*common, "--pretrained", str(weights), "--out", str(tmp_path / "own"), "--no-progress"]) == 0
+    assert "note:" not in capsys.readouterr().err  # weights of the user's own: nothing to say

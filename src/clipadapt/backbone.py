@@ -153,6 +153,87 @@ def _check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], pat
         raise CheckpointError(f"weights file {path} does not fit model '{name}': " + " | ".join(problems))
 
 
+HF_HUB_PREFIX = "hf-hub:"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def is_pretrained_name(pretrained: str | Path) -> bool:
+    """Whether `--pretrained` names weights (an open_clip tag such as `openai`, or `hf-hub:ORG/REPO`) rather than a
+    file: not an existing file, and not shaped like a path."""
+    text = str(pretrained)
+    if text.startswith(HF_HUB_PREFIX):
+        return True
+    return not Path(text).exists() and "/" not in text and "\\" not in text and not text.endswith(WEIGHT_SUFFIXES)
+
+
+def _hub_file(repo: str, filename: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo, filename=filename)
+
+
+def _fetch_failed(what: str, hub: str, url: str, error: Exception) -> ClipadaptError:
+    """One line: which file was needed, where to put it without a network, and why fetching it failed. `hub` is
+    open_clip's `ORG/REPO/FILENAME` (a trailing slash: its default file names)."""
+    from huggingface_hub import constants
+
+    if hub:
+        repo, filename = hub.rstrip("/") if hub.endswith("/") else hub.rsplit("/", 1)[0], hub.rsplit("/", 1)[1]
+        filename = filename or "open_clip_pytorch_model.bin"
+        where = (
+            f"the Hugging Face cache ({constants.HF_HUB_CACHE}) holds no {repo}/{filename} "
+            f"(on a connected machine `hf download {repo} {filename}` puts it there)"
+        )
+    else:
+        where = f"{Path('~/.cache/clip') / url.rsplit('/', 1)[-1]} is missing (open_clip downloads it from {url})"
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else str(error).split("Last error:")[-1].strip()
+    return ClipadaptError(f"cannot get the weights of {what}: {where}; or pass the file's path ({reason[:160]})")
+
+
+def fetch_pretrained(model: str | dict | Path | None, pretrained: str) -> tuple[Path, dict, dict | None]:
+    """The file of open_clip pretrained weights named `pretrained` (a tag of `model`, such as `openai` or
+    `laion2b_s34b_b79k`, or `hf-hub:ORG/REPO`), fetched as open_clip fetches it: from the Hugging Face cache,
+    downloaded into it the first time. Returns (file, what the tag implies for the model config: preprocessing and
+    QuickGELU, the hub repo's own model config or None)."""
+    if pretrained.startswith(HF_HUB_PREFIX):
+        repo = pretrained.removeprefix(HF_HUB_PREFIX).strip("/")
+        try:
+            hub_config = json.loads(Path(_hub_file(repo, "open_clip_config.json")).read_text())
+            target = open_clip.pretrained.download_pretrained_from_hf(repo)
+        except Exception as e:
+            raise _fetch_failed(pretrained, repo + "/", "", e) from e
+        model_config = hub_config.get("model_cfg")
+        preprocess = {k: v for k, v in (hub_config.get("preprocess_cfg") or {}).items() if k in PREPROCESS_KEYS}
+        return Path(target), {"preprocess": preprocess} if preprocess else {}, model_config
+    if model is None:
+        raise ClipadaptError(
+            f"--pretrained {pretrained}: an open_clip pretrained tag needs the open_clip model it belongs to, e.g. "
+            "--model ViT-B-32 --pretrained openai (`clipadapt models` lists the models; a file path needs no --model)"
+        )
+    if not isinstance(model, str) or open_clip.get_model_config(model.replace("/", "-")) is None:
+        raise ClipadaptError(
+            f"--pretrained {pretrained}: model {model} is not one of open_clip's, which have pretrained tags; "
+            "give a weights file's path"
+        )
+    name = model.replace("/", "-")
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ClipadaptError(
+            f"open_clip has no pretrained '{pretrained}' for {name}"
+            + (f"; its tags: {', '.join(tags)}" if tags else " (it lists no pretrained weights for it)")
+        )
+    try:
+        target = open_clip.download_pretrained(cfg)
+    except Exception as e:
+        raise _fetch_failed(f"{name} '{pretrained}'", cfg.get("hf_hub", ""), cfg.get("url", ""), e) from e
+    settings: dict = {"preprocess": {k: cfg[k] for k in PREPROCESS_KEYS if cfg.get(k)}}
+    if cfg.get("quick_gelu"):
+        settings["quick_gelu"] = True
+    return Path(target), settings, None
+
+
 def build_model(config: dict) -> nn.Module:
     """An open_clip CLIP / CustomTextCLIP with random weights from a config dict (never downloads)."""
     config = copy.deepcopy(config)
@@ -174,12 +255,19 @@ def load_backbone(
     pretrained: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> Backbone:
-    """Build a `Backbone` from a model name / config and optional local weights file.
+    """Build a `Backbone` from a model name / config and optional weights: a local file, or an open_clip pretrained
+    name (`fetch_pretrained`: a tag of `model` such as `openai`, or `hf-hub:ORG/REPO`).
 
-    With `model=None`, the config stored in our own safetensors file is used; with neither, the shipped tiny CLIP.
+    With `model=None`, the config stored in our own safetensors file (or a hub repo's) is used; with neither, the
+    shipped tiny CLIP.
     """
     if model is None and pretrained is None and DEFAULT_WEIGHTS.is_file():
         pretrained = DEFAULT_WEIGHTS
+    settings: dict = {}
+    if pretrained is not None and is_pretrained_name(pretrained):
+        pretrained, settings, hub_config = fetch_pretrained(model, str(pretrained))
+        if model is None and hub_config is not None:
+            model = {"name": str(pretrained), **hub_config}
     state_dict, metadata = read_state_dict(pretrained) if pretrained is not None else (None, {})
     if model is None:
         if CONFIG_METADATA_KEY not in metadata:
@@ -192,6 +280,10 @@ def load_backbone(
         name, config = resolve_model_config(model)
     if metadata.get("format") == "openai-torchscript" and not config.get("quick_gelu", False):
         config["quick_gelu"] = True  # every OpenAI release was trained with QuickGELU; open_clip does the same
+    if settings.get("quick_gelu"):
+        config["quick_gelu"] = True  # open_clip's pretrained config says so (the OpenAI tags)
+    if settings.get("preprocess"):
+        config["preprocess"] = {**config.get("preprocess", {}), **settings["preprocess"]}
     clip = build_model(config)
     if state_dict is not None:
         state_dict = convert_state_dict(clip, state_dict)

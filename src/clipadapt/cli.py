@@ -214,6 +214,16 @@ def _default_run_folder(
     return Path("runs") / f"{safe_name('-'.join(parts))}-{safe_name(dataset_name, 30)}-seed{seed_label}-{digest}"
 
 
+def _note_default_model(args: argparse.Namespace, specs: list[str]) -> None:
+    """One line when the shipped world model meets data that is not the generated world: it knows nothing else."""
+    if args.model is None and args.pretrained is None and any(not spec.startswith("world:") for spec in specs):
+        print(
+            "note: the default model is a tiny CLIP that knows only the generated world; for other data name real "
+            "weights, e.g. --model ViT-B-32 --pretrained openai (docs/commands.md#models---model-and---pretrained)",
+            file=sys.stderr,
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
@@ -225,6 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.model is not None and args.pretrained is None:
         torch.manual_seed(seeds[0])  # a model without weights: its random ones follow the seed too
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
+    _note_default_model(args, [args.dataset, *targets])
     source = str(args.config or "overrides")
     out = args.out or _default_run_folder(args, splits.name, shots, targets, seeds)
     loaded_targets: dict[str, DatasetSplits] = {}
