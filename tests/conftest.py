@@ -33,6 +33,14 @@ def flip_last_byte(path):
     path.write_bytes(bytes(data))
 
 
+def tensorboard_scalars(log_dir, tag: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of scalar `tag` in the event files under `log_dir`, as tensorboard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir)).Reload().Scalars(tag)
+    return [e.step for e in events], [e.value for e in events]
+
+
 def colour_images(root, per_split=None, colours=COLOURS, seed=0):
     per_split = per_split or {"train": 4, "test": 6}
     rng = np.random.default_rng(seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import re
 import sys
 from collections import defaultdict
@@ -565,6 +566,14 @@ td.text{text-align:left}thead{background:#f0f0f0}
 figure{margin:1em 0 2em}figcaption{font-size:0.9em;color:#555}img{max-width:100%}.note{color:#555;font-size:0.9em}"""
 
 
+def tensorboard_command(runs: Sequence[Run]) -> str | None:
+    """`tensorboard --logdir FOLDER` over the runs' training logs (the folder that holds every run), or None when
+    the runs trained nothing."""
+    if not any(next(run.folder.rglob("events.out.tfevents.*"), None) for run in runs):
+        return None
+    return f"tensorboard --logdir {os.path.commonpath([str(run.folder) for run in runs])}"
+
+
 def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Table], list[Plot]]:
     """Read the runs under `paths` and write `out` (HTML), the same tables as markdown beside it (`.md`) and the
     plots as PNG files in the folder `<out stem>_files/`. Returns what it wrote."""
@@ -593,12 +602,16 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
         f"<figcaption>{html.escape(p.title)}</figcaption></figure>"
         for p in plots
     )
+    tensorboard = tensorboard_command(runs)
+    logs = f"Training curves (loss, learning rate, validation, step time): `{tensorboard}`." if tensorboard else ""
     page = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>clipadapt report</title>"
         f"<style>{STYLE}</style></head><body><h1>clipadapt report</h1>"
         f"<p>{len(runs)} run(s) {html.escape(sources)}. Accuracies in percent; ± is the standard deviation "
         f"over seeds.</p><h2>Tables</h2>{''.join(t.html() for t in tables)}"
-        f"<h2>Plots</h2>{figures or '<p>No plot: these runs hold no data for one.</p>'}</body></html>\n"
+        f"<h2>Plots</h2>{figures or '<p>No plot: these runs hold no data for one.</p>'}"
+        + (f"<h2>Training logs</h2><p>{html.escape(logs)}</p>" if logs else "")
+        + "</body></html>\n"
     )
     markdown = (
         "\n\n".join(
@@ -606,6 +619,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
                 f"# clipadapt report\n\n{len(runs)} run(s) {sources}.",
                 *(t.markdown() for t in tables),
                 *(f"![{p.title}]({link}{quote(p.path.name)})" for p in plots),
+                *([f"## Training logs\n\n{logs}"] if logs else []),
             ]
         )
         + "\n"

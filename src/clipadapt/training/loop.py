@@ -32,6 +32,7 @@ from ..errors import CheckpointError, ClipadaptError
 from .distributed import distributed_world
 
 CHECKPOINT_NAME = "checkpoint_last.safetensors"
+TENSORBOARD_DIR = "tensorboard"  # beside the checkpoints: each training run's scalars, as open_clip's trainer logs
 
 
 # Whether a Trainer built without an explicit skip_nonfinite skips steps whose loss is not finite (the CLI's
@@ -103,6 +104,7 @@ class Trainer:
         self.seconds = 0.0
         self.resumed_from: int | None = None
         self.skipped_steps: list[int] = []  # steps whose loss was not finite (with skip_nonfinite)
+        self._writer = None  # TensorBoard's SummaryWriter while `fit` runs (rank 0, with an out_dir)
         if self.checkpoint_path is not None and (
             self.checkpoint_path.is_file() or previous_path(self.checkpoint_path).is_file()
         ):
@@ -180,6 +182,30 @@ class Trainer:
     def _nonfinite(value: float) -> str:
         return f"loss is {value}" if not math.isfinite(value) else "loss is not finite on another process"
 
+    # ---- TensorBoard --------------------------------------------------------------------------------------
+    def _open_log(self) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when a run logs
+
+        # Scalars are logged at the count of steps done (1..total). A resumed run drops what the interrupted one logged
+        # after its last checkpoint (steps > self.step): those steps run again.
+        self._writer = SummaryWriter(
+            str(self.out_dir / TENSORBOARD_DIR), purge_step=self.step + 1 if self.step else None
+        )
+
+    def log_scalars(self, values: dict[str, float], step: int | None = None) -> None:
+        """Scalars for TensorBoard at `step` (default: the steps done so far), e.g. `{"val/accuracy": 71.2}`."""
+        if self._writer is not None:
+            for name, value in values.items():
+                if value is not None and math.isfinite(value):
+                    self._writer.add_scalar(name, value, self.step if step is None else step)
+
+    def _close_log(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def summary(self) -> dict:
         """What every training summary reports about the loop."""
         return {
@@ -206,6 +232,24 @@ class Trainer:
             disable=not self.progress or self.rank != 0,
         )
         start = time.time() - self.seconds
+        self._open_log()
+        try:
+            self._loop(epoch_batches, step_fn, params, device_type, bar, start)
+        finally:
+            self._close_log()
+        bar.close()
+        return self
+
+    def _loop(
+        self,
+        epoch_batches: Callable[[int, int], Iterable[Any]],
+        step_fn: Callable[[Any, int], torch.Tensor],
+        params: list[torch.Tensor],
+        device_type: str,
+        bar: tqdm,
+        start: float,
+    ) -> None:
+        step_start = time.time()
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             for batch in epoch_batches(epoch, offset):
@@ -244,12 +288,17 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                now = time.time()
+                self.log_scalars({"train/loss": value, "train/lr": lr, "train/step_seconds": now - step_start})
+                step_start = now
                 if self.step % self.steps_per_epoch == 0:
                     count = self._epoch_loss_count
                     self.losses.append(self._epoch_loss_sum / count if count else None)  # None: every step skipped
                     self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+                    self.log_scalars({"train/epoch_loss": self.losses[-1]})
                     if self.validate is not None:
                         self.validation.append(self.validate())
+                        self.log_scalars({f"val/{k}": v for k, v in self.validation[-1].items()})
                         bar.set_postfix(loss=f"{value:.4f}", **{k: f"{v:.4f}" for k, v in self.validation[-1].items()})
                 self.seconds = time.time() - start
                 if (
@@ -263,8 +312,6 @@ class Trainer:
             else:
                 if self.step % self.steps_per_epoch:  # the batches ran out before the epoch's step count
                     raise ClipadaptError(f"epoch {epoch} yielded fewer than {self.steps_per_epoch} batches")
-        bar.close()
-        return self
 
 
 @contextlib.contextmanager

@@ -209,6 +209,7 @@ def train_prompt_learner(
         if epoch == 0 or accuracy > previous.max().item():
             holder.best.load_state_dict(learner.state_dict())
         holder.val_accuracy[epoch] = accuracy
+        trainer.log_scalars({"val/accuracy": accuracy}, step=trainer.step + 1)
 
     trainer = Trainer(
         holder,
