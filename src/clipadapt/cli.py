@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from .protocols import (
     write_metrics,
 )
 from .report import write_report
+from .sweep import TABLE_FOLDER, expand_grid, read_grid, run_sweep
 from .training.distributed import default_workers, gpu_training_settings
 from .training.loop import skipping_nonfinite_steps
 
@@ -158,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("report.html"),
         help="the HTML file; the markdown goes beside it (.md), the plots to <stem>_files/",
     )
+
+    sweep = sub.add_parser(
+        "sweep", help="a grid of runs (methods x data sets x protocols x shots x seeds), N at a time"
+    )
+    sweep.add_argument("grid", type=Path, help="the grid, a YAML file (docs/commands.md#sweeps-clipadapt-sweep)")
+    sweep.add_argument(
+        "--out", type=Path, default=None, help="where every run's folder goes (default runs/<grid name>)"
+    )
+    sweep.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per GPU, else one)")
+    sweep.add_argument("--dry-run", action="store_true", help="check the grid and list its runs; run nothing")
+    sweep.add_argument("--no-progress", action="store_true")
 
     interpret = sub.add_parser("interpret", help="nearest vocabulary words to the prompt vectors SHIP learned in a run")
     interpret.add_argument("run_dir", type=Path, help="a `clipadapt run METHOD+ship` output folder")
@@ -424,6 +437,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    out = args.out or Path("runs") / safe_name(args.grid.stem)
+    if args.dry_run:
+        jobs = expand_grid(read_grid(args.grid), out)
+        for job in jobs:
+            print(("done  " if job.finished else "to do ") + shlex.join(["clipadapt", *job.argv()]))
+        print(f"{len(jobs)} runs, {sum(job.finished for job in jobs)} finished")
+        return 0
+    text, failed = run_sweep(args.grid, out, args.jobs, progress=not args.no_progress)
+    print(text)
+    for job in failed:
+        print(f"failed: {shlex.join(['clipadapt', *job.argv()])} (its log: {job.folder / 'log.txt'})", file=sys.stderr)
+    print(f"wrote {out / 'report.html'} and {out / TABLE_FOLDER / 'summary.md'}")
+    return 1 if failed else 0
+
+
 def cmd_models(_: argparse.Namespace) -> int:
     print("\n".join(list_models()))
     return 0
@@ -472,6 +501,7 @@ COMMANDS = {
     "world": cmd_world,
     "demo": cmd_demo,
     "report": cmd_report,
+    "sweep": cmd_sweep,
     "models": cmd_models,
 }
 
