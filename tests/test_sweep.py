@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -152,3 +153,156 @@ def test_the_shipped_grid_reads_and_its_method_configs_build(monkeypatch):
     assert len(grid["datasets"]) == 11 and grid["pretrained"] == "openai"
     for method, path in grid["method_config"].items():
         method_configs(method, load_config_file(path), source=path)
+
+
+# ---- Slurm: a real single-node cluster on this machine -------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """slurmctld and slurmd (Debian's slurm-wlm, `make slurm`) for this host, with munge, configured in a temp
+    folder; SLURM_CONF points the commands at it. Skipped where Slurm is not installed or we are not root, unless
+    CLIPADAPT_REQUIRE_SLURM=1 (CI), which turns the skip into a failure."""
+    import os
+    import shutil
+    import socket
+
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch", "scontrol") if shutil.which(b) is None]
+    if missing or os.geteuid() != 0:
+        reason = f"Slurm is not installed ({', '.join(missing)})" if missing else "slurmd needs root"
+        if os.environ.get("CLIPADAPT_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason + "; `make slurm` installs it")
+    root = tmp_path_factory.mktemp("slurm")
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    for folder in ("state", "spool", "log"):
+        (root / folder).mkdir()
+    conf.write_text(
+        "\n".join(
+            [
+                "ClusterName=clipadapt-test",
+                f"SlurmctldHost={host}(127.0.0.1)",
+                "AuthType=auth/munge",
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "JobAcctGatherType=jobacct_gather/none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_Core",
+                "ReturnToService=2",
+                "SlurmUser=root",
+                "JobRequeue=1",
+                "KillWait=2",
+                f"StateSaveLocation={root / 'state'}",
+                f"SlurmdSpoolDir={root / 'spool'}",
+                f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+                f"SlurmdPidFile={root / 'slurmd.pid'}",
+                f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+                f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+                f"SlurmctldPort={_free_port()}",
+                f"SlurmdPort={_free_port()}",
+                f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN",
+                f"PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+            ]
+        )
+        + "\n"
+    )
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["munged", "--force"], capture_output=True)  # another test worker may have started it
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)
+    subprocess.run(["slurmctld", "-f", str(conf)], check=True)
+    subprocess.run(["slurmd", "-f", str(conf)], check=True)
+    deadline = time.time() + 60
+    while subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip() != "idle":
+        assert time.time() < deadline, (root / "log" / "slurmctld.log").read_text()[-2000:]
+        time.sleep(0.5)
+    yield conf
+    subprocess.run(["scontrol", "shutdown"], capture_output=True)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+
+
+@pytest.mark.slow
+def test_a_grid_runs_as_a_slurm_job_array(slurm_cluster, grid_inputs, tmp_path, capsys):
+    source, other, weights = grid_inputs
+    path = write_grid(
+        tmp_path / "grid.yaml",
+        methods=["zeroshot", "linear_probe"],
+        datasets=[source, other],
+        protocols=["fewshot"],
+        shots=[2],
+        seeds=[1, 2],
+        config={"templates": "a photo of a {}."},
+        pretrained=str(weights),
+        slurm={"cpus_per_task": 1, "timeout_min": 30},
+    )
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--out", str(out), "--launcher", "slurm", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "submitted 8 runs as Slurm job array" in captured.err
+    assert len(list(out.rglob("metrics.json"))) == 8 and "### Sweep: fewshot, 2 shots" in captured.out
+
+
+@pytest.mark.slow
+def test_a_requeued_slurm_job_resumes_to_the_same_metrics(slurm_cluster, grid_inputs, tmp_path):
+    source, _, weights = grid_inputs
+    grid = {
+        "methods": ["coop"],
+        "datasets": [source],
+        "protocols": ["fewshot"],
+        "shots": [2],
+        "seeds": [1],
+        "config": {"epochs": 150, "n_ctx": 4, "batch_size": 4, "checkpoint_every": 10},
+        "pretrained": str(weights),
+        "slurm": {"cpus_per_task": 1, "timeout_min": 30},
+    }
+    path = write_grid(tmp_path / "grid.yaml", **grid)
+    straight = tmp_path / "straight"
+    assert main(["sweep", str(path), "--out", str(straight), "--jobs", "1", "--no-progress"]) == 0
+    out = tmp_path / "requeued"
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clipadapt",
+            "sweep",
+            str(path),
+            "--out",
+            str(out),
+            "--launcher",
+            "slurm",
+            "--no-progress",
+        ]
+    )
+    deadline = time.time() + 180
+    while not list(out.rglob("checkpoint_last.safetensors")):  # the job is training
+        assert time.time() < deadline and sweep.poll() is None, "the job did not start"
+        time.sleep(0.5)
+    job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
+    subprocess.run(["scontrol", "requeue", job_id], check=True)  # as a preemption with requeue does
+    # Slurm holds a requeued job back (about two minutes) before it may start again; once it is pending, let it start.
+    while (
+        subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%t"], capture_output=True, text=True).stdout.strip()
+        != "PD"
+    ):
+        assert time.time() < deadline + 120 and sweep.poll() is None, "the job was not requeued"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    assert sweep.wait(timeout=600) == 0
+    (resumed,) = out.rglob("metrics.json")
+    (reference,) = straight.rglob("metrics.json")
+    resumed, reference = json.loads(resumed.read_text()), json.loads(reference.read_text())
+    assert resumed["training"]["resumed_from_step"] > 0
+    assert resumed["accuracy"] == reference["accuracy"]
+    assert resumed["training"]["epoch_losses"] == reference["training"]["epoch_losses"]

@@ -168,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--out", type=Path, default=None, help="where every run's folder goes (default runs/<grid name>)"
     )
-    sweep.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per GPU, else one)")
+    sweep.add_argument(
+        "--launcher", choices=("local", "slurm"), default="local", help="this machine, or a Slurm job array"
+    )
+    sweep.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per GPU, else one)")
     sweep.add_argument("--dry-run", action="store_true", help="check the grid and list its runs; run nothing")
     sweep.add_argument("--no-progress", action="store_true")
 
@@ -445,7 +448,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(("done  " if job.finished else "to do ") + shlex.join(["clipadapt", *job.argv()]))
         print(f"{len(jobs)} runs, {sum(job.finished for job in jobs)} finished")
         return 0
-    text, failed = run_sweep(args.grid, out, args.jobs, progress=not args.no_progress)
+    text, failed = run_sweep(args.grid, out, args.jobs, progress=not args.no_progress, launcher=args.launcher)
     print(text)
     for job in failed:
         print(f"failed: {shlex.join(['clipadapt', *job.argv()])} (its log: {job.folder / 'log.txt'})", file=sys.stderr)

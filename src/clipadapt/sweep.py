@@ -15,6 +15,7 @@ A grid (YAML):
     method_config: {coop: {n_ctx: 4}}     # one method's (or a --config YAML file's path)
     model: ViT-B-16                       # optional, with pretrained: the default model otherwise
     pretrained: openai
+    slurm: {partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 32, timeout_min: 240}   # --launcher slurm
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .data import load_dataset
 from .errors import ClipadaptError
 from .methods import method_configs
 from .protocols import PROTOCOL_SPECS, harmonic_mean, protocol_shots, safe_name
-from .report import mean_std, write_comparisons
+from .report import mean_std, write_comparisons, write_report
 from .training.distributed import available_cores
 
 GRID_KEYS = {
@@ -53,6 +54,19 @@ GRID_KEYS = {
     "method_config",
     "model",
     "pretrained",
+    "slurm",
+}
+# What a grid's `slurm:` section may set for `--launcher slurm`, as submitit's Slurm executor names it.
+SLURM_KEYS = {
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+    "qos": "slurm_qos",
+    "gpus_per_node": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "mem_gb": "mem_gb",
+    "timeout_min": "timeout_min",
+    "array_parallelism": "slurm_array_parallelism",
+    "constraint": "slurm_constraint",
 }
 TABLE_FOLDER = "sweep-tables"  # the summary: one comparison.json per table (what `clipadapt report` shows)
 
@@ -100,6 +114,9 @@ def read_grid(path: str | Path) -> dict:
     unknown = sorted(set(grid) - GRID_KEYS)
     if unknown:
         raise ClipadaptError(f"grid {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(GRID_KEYS))}")
+    unknown = sorted(set(grid.get("slurm") or {}) - set(SLURM_KEYS))
+    if unknown:
+        raise ClipadaptError(f"grid {path}: unknown slurm key(s) {', '.join(unknown)}; known: {', '.join(SLURM_KEYS)}")
     return grid
 
 
@@ -232,6 +249,63 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
+# ---- the Slurm launcher (submitit) ---------------------------------------------------------------------------
+class SlurmRun:
+    """One job of the array: `clipadapt run` in the Slurm task. When Slurm preempts or times it out, submitit calls
+    `checkpoint`, which requeues the same run: it resumes from the checkpoints in its run folder."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+
+    def __call__(self) -> int:
+        from .cli import main
+
+        code = main([*self.argv, "--no-progress"])
+        if code:
+            raise ClipadaptError(f"clipadapt {' '.join(self.argv)} exited with {code}")
+        return code
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.argv))
+
+
+def run_slurm(jobs: list[Job], out: Path, resources: dict, progress: bool = True) -> list[Job]:
+    """The jobs not finished yet as one Slurm job array through submitit (its files in OUT/slurm/), with the grid's
+    resources, requeued when preempted. Prints the array's job id, waits with one progress line, cancels the array
+    on Ctrl-C. Returns the jobs that failed."""
+    import submitit
+
+    pending = [job for job in jobs if not job.finished]
+    if not pending:
+        return []
+    executor = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster="slurm")
+    parameters = {SLURM_KEYS[key]: value for key, value in resources.items()}
+    executor.update_parameters(name="clipadapt-sweep", slurm_additional_parameters={"requeue": True}, **parameters)
+    with executor.batch():
+        submitted = [executor.submit(SlurmRun(job.argv())) for job in pending]
+    print(f"submitted {len(submitted)} runs as Slurm job array {submitted[0].job_id.split('_')[0]}", file=sys.stderr)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="sweep", unit="run", disable=not progress)
+    failed, waiting = [], dict(zip(submitted, pending))
+    try:
+        while waiting:
+            for handle in [h for h in waiting if h.done()]:
+                job = waiting.pop(handle)
+                if handle.exception() is not None:
+                    failed.append(job)
+                bar.update(1)
+                bar.set_postfix(failed=len(failed))
+            time.sleep(1)
+    except KeyboardInterrupt:
+        for handle in waiting:
+            handle.cancel(check=False)
+        raise
+    finally:
+        bar.close()
+    return failed
+
+
 # ---- the summary ---------------------------------------------------------------------------------------------
 def summary_tables(jobs: list[Job]) -> list[dict]:
     """Per (protocol, shots): rows are the data sets and their average, columns each method's headline numbers
@@ -284,15 +358,21 @@ def summary_tables(jobs: list[Job]) -> list[dict]:
 
 
 def run_sweep(
-    grid_path: str | Path, out: str | Path, jobs: int | None = None, progress: bool = True
+    grid_path: str | Path,
+    out: str | Path,
+    jobs: int | None = None,
+    progress: bool = True,
+    launcher: str = "local",
 ) -> tuple[str, list[Job]]:
-    """Expand, check and run the grid; write its summary (OUT/sweep-table/comparison.json) and report
-    (OUT/report.html). Returns the summary as markdown and the failed jobs."""
-    from .report import write_report
-
+    """Expand, check and run the grid (`launcher`: local or slurm); write its summary (OUT/sweep-tables/) and
+    report (OUT/report.html). Returns the summary as markdown and the failed jobs."""
     out = Path(out)
-    grid_jobs = expand_grid(read_grid(grid_path), out)
-    failed = run_local(grid_jobs, jobs, progress)
+    grid = read_grid(grid_path)
+    grid_jobs = expand_grid(grid, out)
+    if launcher == "slurm":
+        failed = run_slurm(grid_jobs, out, dict(grid.get("slurm") or {}), progress)
+    else:
+        failed = run_local(grid_jobs, jobs, progress)
     tables = summary_tables(grid_jobs)
     folder = out / TABLE_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
