@@ -48,6 +48,23 @@ def evaluate(weights: Path, zero_shot: bool) -> dict[str, float]:
     return row
 
 
+def with_averages(rows: dict[str, dict[str, float]]) -> list[str]:
+    """Adds to each row the mean zero-shot accuracy over the held-out sets (objects-new and the far targets) and the
+    mean linear-probe accuracy over the far targets; returns the columns in the order they were measured, zero-shot
+    first, each average after its kind."""
+    held_out = ["objects-new", *FAR_TARGETS]
+    for row in rows.values():
+        if all(f"zero-shot {n}" in row for n in held_out):
+            row["zero-shot held-out mean"] = sum(row[f"zero-shot {n}"] for n in held_out) / len(held_out)
+        if all(f"linear probe {n}" in row for n in FAR_TARGETS):
+            row["linear probe far mean"] = sum(row[f"linear probe {n}"] for n in FAR_TARGETS) / len(FAR_TARGETS)
+    order = ["zero-shot objects-base", "zero-shot objects-new shape"]
+    order += [f"{kind} {name}" for kind in ("zero-shot", "linear probe") for name in held_out]
+    order = [*order[:10], "zero-shot held-out mean", *order[10:], "linear probe far mean"]
+    present = {c for row in rows.values() for c in row}
+    return [c for c in order if c in present]
+
+
 def main(argv: list[str]) -> None:
     json_path = Path(argv[argv.index("--json") + 1]) if "--json" in argv else None
     pairs = [a for i, a in enumerate(argv) if "=" in a and (i == 0 or argv[i - 1] != "--json")]
@@ -55,7 +72,7 @@ def main(argv: list[str]) -> None:
     for pair in pairs:
         loss, _, run_dir = pair.partition("=")
         rows[loss] = evaluate(Path(run_dir) / "model.safetensors", zero_shot=loss != "ce")
-    columns = sorted({c for row in rows.values() for c in row}, key=lambda c: (not c.startswith("zero"), c))
+    columns = with_averages(rows)
     print("| loss | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for loss, row in rows.items():
