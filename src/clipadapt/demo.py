@@ -109,8 +109,7 @@ ROWS = (
         for method in ("linear_probe", "tip_adapter")
         for shots in (1, 2, 4, 8, 16)
     ),
-    DemoRow("zeroshot", "full", FINE),
-    DemoRow("linear_probe", "full", FINE),
+    DemoRow("zeroshot", "full", FINE),  # the frozen features' linear probe on the badges: docs/mpfgvc.md
     DemoRow("finetune", "full", FINE, config=FINE_BUDGET[:1], label="finetune, 8 epochs"),
     DemoRow("mpfgvc", "full", FINE, config=BEST_MPFGVC + FINE_BUDGET, label="mpfgvc, 8+8 epochs"),
 )
