@@ -51,6 +51,42 @@ def _fit_line(tmp_path, bad_step: int, loss_at_bad_step: float, skip: bool | Non
     return trainer.fit(lambda epoch, offset: (torch.tensor([2 * b, 2 * b + 1]) for b in range(offset, 4)), step_fn)
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """The step scalars go to TensorBoard every LOG_EVERY_STEPS steps; a run killed after a log its checkpoint does
+    not cover drops that log when it resumes, so TensorBoard's reader sees each logged step once."""
+    from conftest import tensorboard_scalars
+
+    from clipadapt.training.loop import LOG_EVERY_STEPS
+
+    def fit(stop_at: int | None) -> None:
+        torch.manual_seed(0)
+        model = nn.Linear(1, 1)
+        total = 2 * LOG_EVERY_STEPS + 50
+        trainer = Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            total_steps=total,
+            steps_per_epoch=total,
+            lr_at=lambda step: 0.01,
+            out_dir=tmp_path,
+            checkpoint_every=LOG_EVERY_STEPS + 50,
+            progress=False,
+        )
+
+        def step_fn(batch: torch.Tensor, step: int) -> torch.Tensor:
+            if step == stop_at:
+                raise KeyboardInterrupt
+            return (model(torch.ones(1, 1)) - 1).pow(2).sum()
+
+        trainer.fit(lambda epoch, offset: (torch.tensor([0]) for _ in range(offset, total)), step_fn)
+
+    with pytest.raises(KeyboardInterrupt):  # after the log at step 200, checkpointed at 150
+        fit(stop_at=2 * LOG_EVERY_STEPS + 10)
+    fit(stop_at=None)
+    steps, _ = tensorboard_scalars(tmp_path / "tensorboard", "train/loss")
+    assert steps == [LOG_EVERY_STEPS, 2 * LOG_EVERY_STEPS, 2 * LOG_EVERY_STEPS + 50]
+
+
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     with pytest.raises(ClipadaptError, match=r"loss is nan at step 5; stopped, the last good checkpoint is kept in"):
         _fit_line(tmp_path, bad_step=5, loss_at_bad_step=float("nan"))

@@ -172,12 +172,16 @@ def test_demo_workers_end_when_the_demo_is_killed(colour_world, tmp_path):
     try:
         workers: list[int] = []
         deadline = time.time() + 120
-        while len(workers) < 2 and time.time() < deadline:  # both workers started (their rows are training)
+        training = 0
+        # Both workers started and their rows are training (each has written a checkpoint), so each worker has
+        # its watch on the parent running: a worker still importing under load is not what this tests.
+        while (len(workers) < 2 or training < 2) and time.time() < deadline:
             time.sleep(0.5)
             found = subprocess.run(
                 ["pgrep", "-P", str(parent.pid), "-f", "multiprocessing-fork"], capture_output=True, text=True
             ).stdout.split()
             workers = [int(pid) for pid in found]
+            training = len({p.parents[2] for p in (tmp_path / "demo").glob("*/train-*/*/checkpoint_last.safetensors")})
         assert len(workers) >= 2, "the demo's workers did not start"
         parent.send_signal(signal.SIGKILL)
         parent.wait()

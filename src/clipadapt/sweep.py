@@ -251,19 +251,20 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 # ---- the Slurm launcher (submitit) ---------------------------------------------------------------------------
 class SlurmRun:
-    """One job of the array: `clipadapt run` in the Slurm task. When Slurm preempts or times it out, submitit calls
-    `checkpoint`, which requeues the same run: it resumes from the checkpoints in its run folder."""
+    """One job of the array: `clipadapt run` in the Slurm task, as the local launcher runs it. When Slurm preempts
+    or times it out, submitit calls `checkpoint`, which requeues the same run: it resumes from the checkpoints in
+    its run folder."""
 
     def __init__(self, argv: list[str]):
         self.argv = argv
 
-    def __call__(self) -> int:
-        from .cli import main
-
-        code = main([*self.argv, "--no-progress"])
+    def __call__(self) -> None:
+        command = [sys.executable, "-m", "clipadapt", *self.argv, "--no-progress"]
+        # Slurm's SIGTERM before a requeue (or a cancellation) is left to the SIGKILL that follows, as submitit's own
+        # process leaves it: a run stopped that way records no failure, and its requeued job resumes it.
+        code = subprocess.run(command, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)).returncode
         if code:
             raise ClipadaptError(f"clipadapt {' '.join(self.argv)} exited with {code}")
-        return code
 
     def checkpoint(self):
         import submitit

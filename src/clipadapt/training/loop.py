@@ -33,6 +33,9 @@ from .distributed import distributed_world
 
 CHECKPOINT_NAME = "checkpoint_last.safetensors"
 TENSORBOARD_DIR = "tensorboard"  # beside the checkpoints: each training run's scalars, as open_clip's trainer logs
+# open_clip's --log-every-n-steps default: the step scalars (means over the steps since the last log) go out every
+# this many steps and at the end of every epoch. Writing them every step cost about 0.3 ms a step.
+LOG_EVERY_STEPS = 100
 
 
 # Whether a Trainer built without an explicit skip_nonfinite skips steps whose loss is not finite (the CLI's
@@ -250,6 +253,7 @@ class Trainer:
         start: float,
     ) -> None:
         step_start = time.time()
+        interval = {"loss": 0.0, "finite": 0, "seconds": 0.0, "steps": 0}  # since the last log
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             for batch in epoch_batches(epoch, offset):
@@ -289,8 +293,17 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
                 now = time.time()
-                self.log_scalars({"train/loss": value, "train/lr": lr, "train/step_seconds": now - step_start})
+                interval["seconds"] += now - step_start
+                interval["steps"] += 1
+                if finite:
+                    interval["loss"] += value
+                    interval["finite"] += 1
                 step_start = now
+                if self.step % LOG_EVERY_STEPS == 0 or self.step % self.steps_per_epoch == 0:
+                    loss = interval["loss"] / interval["finite"] if interval["finite"] else None
+                    seconds = interval["seconds"] / interval["steps"]
+                    self.log_scalars({"train/loss": loss, "train/lr": lr, "train/step_seconds": seconds})
+                    interval.update(loss=0.0, finite=0, seconds=0.0, steps=0)
                 if self.step % self.steps_per_epoch == 0:
                     count = self._epoch_loss_count
                     self.losses.append(self._epoch_loss_sum / count if count else None)  # None: every step skipped
