@@ -167,12 +167,6 @@ def is_pretrained_name(pretrained: str | Path) -> bool:
     return not Path(text).exists() and "/" not in text and "\\" not in text and not text.endswith(WEIGHT_SUFFIXES)
 
 
-def _hub_file(repo: str, filename: str) -> str:
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(repo_id=repo, filename=filename)
-
-
 def _fetch_failed(what: str, hub: str, url: str, error: Exception) -> ClipadaptError:
     """One line: which file was needed, where to put it without a network, and why fetching it failed. `hub` is
     open_clip's `ORG/REPO/FILENAME` (a trailing slash: its default file names)."""
@@ -199,7 +193,8 @@ def fetch_pretrained(model: str | dict | Path | None, pretrained: str) -> tuple[
     if pretrained.startswith(HF_HUB_PREFIX):
         repo = pretrained.removeprefix(HF_HUB_PREFIX).strip("/")
         try:
-            hub_config = json.loads(Path(_hub_file(repo, "open_clip_config.json")).read_text())
+            config_file = open_clip.pretrained.download_pretrained_from_hf(repo, filename="open_clip_config.json")
+            hub_config = json.loads(Path(config_file).read_text())
             target = open_clip.pretrained.download_pretrained_from_hf(repo)
         except Exception as e:
             raise _fetch_failed(pretrained, repo + "/", "", e) from e

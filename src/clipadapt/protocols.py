@@ -562,6 +562,14 @@ def _mean_of(values: list):
     return first if all(v == first for v in values) else None
 
 
+def rederive_harmonic_mean(means: dict) -> None:
+    """Set `harmonic_mean` of averaged numbers from the averaged base and new (or seen and unseen) accuracies, as
+    CoOp's and CoCoOp's tables report it, not as the mean of the harmonic means."""
+    for a, b in (("base_accuracy", "new_accuracy"), ("seen_accuracy", "unseen_accuracy")):
+        if isinstance(means.get(a), float) and isinstance(means.get(b), float):
+            means["harmonic_mean"] = harmonic_mean(means[a], means[b])
+
+
 def aggregate_seeds(results: list[dict], seeds: Sequence[int]) -> dict:
     """Several seeds' numbers as one result: means under the usual keys, population standard deviations of the
     top-level accuracies as `<key>_std` (as CoOp's parse_test_res.py reports), each seed's numbers under
@@ -576,9 +584,7 @@ def aggregate_seeds(results: list[dict], seeds: Sequence[int]) -> dict:
         if isinstance(value, float) and not key.startswith("num_"):
             mean = merged[key]
             merged[f"{key}_std"] = math.sqrt(sum((r[key] - mean) ** 2 for r in results) / len(results))
-    for a, b in (("base_accuracy", "new_accuracy"), ("seen_accuracy", "unseen_accuracy")):
-        if isinstance(merged.get(a), float) and isinstance(merged.get(b), float):
-            merged["harmonic_mean"] = harmonic_mean(merged[a], merged[b])
+    rederive_harmonic_mean(merged)
     merged["per_seed"] = {str(seed): result for seed, result in zip(seeds, results)}
     return merged
 

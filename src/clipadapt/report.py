@@ -206,6 +206,9 @@ def write_comparisons(tables: Sequence[dict], folder: Path, name: str, json_path
     return text
 
 
+EXPANDING_KINDS = ("attributes", "targets")  # column kinds that give one column per name the runs hold
+
+
 def _column_names(column: Column, runs: Sequence[Run]) -> list[str]:
     """What a column that grows with the data shows one column each of: the class attributes or the targets the
     runs hold (in order of first appearance); [] for a column of its own."""
@@ -257,7 +260,7 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
             for column, names in columns
             for header in (
                 [column.header]
-                if column.kind not in ("attributes", "targets")
+                if column.kind not in EXPANDING_KINDS
                 else [f"{column.header}: {n}" if column.header else n for n in names]
             )
         ]

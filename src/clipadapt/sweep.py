@@ -37,7 +37,7 @@ from .config import load_config_file
 from .data import load_dataset
 from .errors import ClipadaptError
 from .methods import method_configs
-from .protocols import PROTOCOL_SPECS, harmonic_mean, protocol_shots, safe_name
+from .protocols import PROTOCOL_SPECS, protocol_shots, rederive_harmonic_mean, safe_name
 from .report import mean_std, write_comparisons, write_report
 from .training.distributed import available_cores
 
@@ -308,6 +308,11 @@ def run_slurm(jobs: list[Job], out: Path, resources: dict, progress: bool = True
 
 
 # ---- the summary ---------------------------------------------------------------------------------------------
+def _column(method: str, key: str) -> str:
+    """A summary column's header: `coop base`, `coop HM`, `zeroshot accuracy`."""
+    return f"{method} {key.removesuffix('_accuracy').replace('harmonic_mean', 'HM')}"
+
+
 def summary_tables(jobs: list[Job]) -> list[dict]:
     """Per (protocol, shots): rows are the data sets and their average, columns each method's headline numbers
     (`ProtocolSpec.summary`), cells [mean, std] over the seeds whose runs finished. The average row averages each
@@ -326,7 +331,7 @@ def summary_tables(jobs: list[Job]) -> list[dict]:
             if job.finished:
                 results[(job.method, job.dataset, job.seed)] = json.loads((job.folder / "metrics.json").read_text())
         seeds = sorted({job.seed for job in group})
-        columns = [f"{m} {k.removesuffix('_accuracy').replace('harmonic_mean', 'HM')}" for m in methods for k in keys]
+        columns = [_column(m, k) for m in methods for k in keys]
         rows: dict[str, dict[str, list[float]]] = {}
         for dataset in [*datasets, "average"]:
             row = {}
@@ -341,14 +346,12 @@ def summary_tables(jobs: list[Job]) -> list[dict]:
                     if any(v is None for vs in values.values() for v in vs):
                         continue
                     means = {k: sum(vs) / len(vs) for k, vs in values.items()}
-                    for a, b in (("base_accuracy", "new_accuracy"), ("seen_accuracy", "unseen_accuracy")):
-                        if "harmonic_mean" in means and a in means and b in means:
-                            means["harmonic_mean"] = harmonic_mean(means[a], means[b])
+                    if "harmonic_mean" in means:
+                        rederive_harmonic_mean(means)
                     for k in keys:
                         per_seed[k].append(means[k])
                 for k in keys:
-                    column = f"{method} {k.removesuffix('_accuracy').replace('harmonic_mean', 'HM')}"
-                    row[column] = [round(v, 2) for v in mean_std(per_seed[k])] if per_seed[k] else None
+                    row[_column(method, k)] = [round(v, 2) for v in mean_std(per_seed[k])] if per_seed[k] else None
             rows[dataset] = row
         title = f"Sweep: {protocol}" + (f", {shots} shot{'s' if shots != 1 else ''}" if shots else "")
         note = (

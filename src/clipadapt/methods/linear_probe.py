@@ -197,7 +197,7 @@ class LinearProbe:
     def load(self, path: str | Path) -> None:
         tensors, metadata = load_method_weights(path, "linear_probe")
         weight, bias = tensors.get("weight"), tensors.get("bias")
-        if weight is None or bias is None or weight.shape != (len(metadata["classnames"]), *weight.shape[1:]):
+        if weight is None or bias is None or len(weight) != len(metadata["classnames"]):
             raise CheckpointError(f"{path} holds no linear probe of its {len(metadata['classnames'])} classes")
         self.weight, self.bias = weight.to(self.device, torch.float64), bias.to(self.device, torch.float64)
         self.classnames, self.best_c = list(metadata["classnames"]), metadata["c"]
