@@ -5,7 +5,7 @@ numbers from its metrics.json and the seconds, or `FAILED` with the error's last
 number of failures (125 when the world could not be generated). The tests run everything on the CPU; this is the
 check that nothing assumes it.
 
-    python scripts/device_smoke.py [--device cuda] [--out DIR] [--only NAME,...]
+    python scripts/device_smoke.py [--device cuda] [--out DIR] [--only NAME,...] [--world DIR]
 """
 
 from __future__ import annotations
@@ -154,11 +154,12 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--only", default="", help="comma-separated case names")
+    parser.add_argument("--world", type=Path, default=None, help="the small world (generated there if absent)")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory()
     out = args.out or Path(scratch.name) / "runs"
     out.mkdir(parents=True, exist_ok=True)
-    world, cache = Path(scratch.name) / "world", Path(scratch.name) / "cache"
+    world, cache = args.world or Path(scratch.name) / "world", Path(scratch.name) / "cache"
     (out / "pretrain.yaml").write_text("epochs: 2\nbatch_size: 32\n")
     chosen = cases(world, out)
     names = [n for n in args.only.split(",") if n] or list(chosen)

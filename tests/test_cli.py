@@ -565,15 +565,16 @@ def test_real_size_configs_build_their_methods():
 
 
 @pytest.mark.slow
-def test_device_smoke_script_runs_and_reports_failures():
+def test_device_smoke_script_runs_and_reports_failures(tmp_path):
     """scripts/device_smoke.py (what bench/gpu.sh runs on a GPU) on the CPU: cases pass with their numbers, and a
     failing case is reported with its error and counted in the exit code instead of stopping the rest."""
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "device_smoke.py"
 
-    def smoke(*args):
-        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    def smoke(*args):  # the first call generates the small world, the others find it
+        command = [sys.executable, str(script), "--world", str(tmp_path / "world"), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
     run = smoke("--device", "cpu", "--only", "zeroshot-base2new,pretrain-unicl,pretrain-unicl-again,report")
     assert run.returncode == 0, run.stderr[-2000:]

@@ -82,6 +82,9 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):  # after the log at step 200, checkpointed at 150
         fit(stop_at=2 * LOG_EVERY_STEPS + 10)
+    # TensorBoard reads a directory's event files in name order, and a name starts with the second it was opened (then
+    # host, pid and a per-process counter): a real resume is a later process in a later second, so wait for one here.
+    time.sleep(1.01 - time.time() % 1)
     fit(stop_at=None)
     steps, _ = tensorboard_scalars(tmp_path / "tensorboard", "train/loss")
     assert steps == [LOG_EVERY_STEPS, 2 * LOG_EVERY_STEPS, 2 * LOG_EVERY_STEPS + 50]
