@@ -217,6 +217,7 @@ def test_full_protocol_on_the_world_fine_grained_sets_reports_part_overlap(backb
     method = build_method("mpfgvc", backbone, {**FAST, "stage1_epochs": 1, "stage2_epochs": 1, "top_k": 4})
     result = run_protocol("full", method, RunContext(backbone, cache_dir=tmp_path / "cache", progress=False), splits)
     overlap = result["part_overlap"]
+    assert 0 <= result["val_accuracy"] <= 100  # on the val images, through the tuned encoder
     assert overlap["tokens_kept"] == 4 and overlap["tokens"] == 16
     assert 0 <= overlap["kept_tokens_on_part"] <= 100 and 0 < overlap["random_tokens_on_part"] < 100
     assert method.superclass == superclass

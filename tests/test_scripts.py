@@ -25,7 +25,7 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
     accuracy = {1: {"finetune": 40.0, "mpfgvc": 44.0}, 2: {"finetune": 50.0, "mpfgvc": 52.0}}
     for seed in (1, 2):
         for row in script.rows("world:birds", seed):
-            metrics = {"accuracy": accuracy[seed].get(row.name, 10.0 * seed)}
+            metrics = {"accuracy": accuracy[seed].get(row.name, 10.0 * seed), "val_accuracy": 20.0 + seed}
             if row.method == "mpfgvc" and dict(row.config).get("ssvp", True):
                 metrics["part_overlap"] = {"kept_tokens_on_part": 30.0 + seed, "random_tokens_on_part": 20.0}
             write_metrics(tmp_path / f"seed{seed}" / row.folder, metrics)
@@ -35,6 +35,7 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
     rows = table["rows"]
     assert rows["finetune"]["accuracy"] == [45.0, 5.0] and rows["mpfgvc"]["accuracy"] == [48.0, 4.0]
     assert rows["mpfgvc"]["minus finetune (per seed)"] == [3.0, 1.0]  # +4 and +2
+    assert rows["mpfgvc"]["val accuracy"] == [21.5, 0.5]
     assert rows["mpfgvc"]["kept tokens on a part"] == [31.5, 0.5] and rows["mpfgvc"]["paper, CUB"] == 91.8
     assert "kept tokens on a part" not in rows["mpfgvc ssvp=false"]
     assert "minus finetune (per seed)" not in rows["zeroshot"]

@@ -196,6 +196,21 @@ def test_run_zeroshot_full_known_answer(colour_world, tmp_path):
     assert metrics["num_classes"] == 4 and metrics["method"] == "zeroshot" and metrics["protocol"] == "full"
     assert metrics["config"]["templates"] == TEMPLATE and metrics["seconds"] >= 0
     assert (tmp_path / "run" / "config.yaml").is_file()
+    assert "val_accuracy" not in metrics  # the colour set has no val split
+
+
+def test_full_protocol_reports_validation_accuracy_on_the_val_split(colour_world, tmp_path):
+    """`val_accuracy` (what configurations are chosen on) is measured on val/, not test/: with two colours' val
+    folders swapped, half the val images carry the other colour's label."""
+    _, weights = colour_world
+    root = colour_images(tmp_path / "colours", per_split={"train": 1, "val": 3, "test": 3})
+    (root / "val" / "red").rename(root / "val" / "swap")
+    (root / "val" / "green").rename(root / "val" / "red")
+    (root / "val" / "swap").rename(root / "val" / "green")
+    code, metrics = _run(
+        tmp_path, "zeroshot", "--dataset", f"imagefolder:{root}", "--pretrained", str(weights), f"templates={TEMPLATE}"
+    )
+    assert code == 0 and metrics["accuracy"] == 100.0 and metrics["val_accuracy"] == 50.0
 
 
 def test_test_features_are_scored_in_blocks_of_rows(colour_world, tmp_path, monkeypatch):

@@ -149,17 +149,22 @@ PREDICT_ELEMENTS = 1 << 26  # logits held at once while scoring test features (2
 
 
 def predict(
-    method: AnyMethod, ctx: RunContext, splits: DatasetSplits, classnames: Sequence[str] | None = None
+    method: AnyMethod,
+    ctx: RunContext,
+    splits: DatasetSplits,
+    classnames: Sequence[str] | None = None,
+    split: str = "test",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     classnames = list(classnames or splits.classnames)
     if method.capabilities.needs_images:  # a tuned image encoder: frozen cached features do not apply
-        if not splits.test:
-            raise ClipadaptError(f"data set '{splits.name}' has no test samples")
+        samples = splits.split(split)
+        if not samples:
+            raise ClipadaptError(f"data set '{splits.name}' has no {split} samples")
         logits = method.image_logits(
-            splits.test, classnames, batch_size=ctx.batch_size, num_workers=ctx.num_workers, progress=ctx.progress
+            samples, classnames, batch_size=ctx.batch_size, num_workers=ctx.num_workers, progress=ctx.progress
         )
-        return logits.argmax(dim=-1).cpu(), torch.tensor([s.label for s in splits.test])
-    test = ctx.features(splits, "test")
+        return logits.argmax(dim=-1).cpu(), torch.tensor([s.label for s in samples])
+    test = ctx.features(splits, split)
     # Scored in blocks of rows, so that the logits of many test images over many classes (50,000 x 21,000 would
     # be 4 GB) never exist at once.
     rows = max(1, PREDICT_ELEMENTS // max(1, len(classnames)))
@@ -170,8 +175,8 @@ def predict(
     return torch.cat(predictions), test.labels
 
 
-def evaluate_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits) -> dict:
-    predictions, labels = predict(method, ctx, splits)
+def evaluate_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, split: str = "test") -> dict:
+    predictions, labels = predict(method, ctx, splits, split=split)
     result = {
         "accuracy": accuracy(predictions, labels),
         "per_class_accuracy": per_class_accuracy(predictions, labels),
@@ -184,7 +189,10 @@ def evaluate_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits)
 
 def run_full(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, seed: int, **_) -> dict:
     summary = fit_method(method, ctx, splits, seed=seed)
-    return with_training(_with_part_overlap(evaluate_accuracy(method, ctx, splits), method, ctx, splits), summary)
+    result = evaluate_accuracy(method, ctx, splits)
+    if splits.val:  # what a choice between configurations is made on (never the test accuracy)
+        result["val_accuracy"] = evaluate_accuracy(method, ctx, splits, "val")["accuracy"]
+    return with_training(_with_part_overlap(result, method, ctx, splits), summary)
 
 
 def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
