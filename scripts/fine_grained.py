@@ -73,6 +73,10 @@ def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
         "random tokens on a part",
         "paper, CUB",
     ]
+    # Which parts each method gets right (the share of test images whose predicted species has the true crown,
+    # wing or breast): where a species is lost.
+    parts = list(next(iter(runs.values()))[BASELINE].get("attribute_accuracy", {}))
+    columns += [f"{part} right" for part in parts]
     table_rows = {}
     for label, _, _ in VARIANTS:
         accuracy = [runs[s][label]["accuracy"] for s in runs]
@@ -88,6 +92,8 @@ def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
             cells[columns[4]] = _cell([o["random_tokens_on_part"] for o in overlaps])
         if label in PAPER_CUB:
             cells[columns[5]] = PAPER_CUB[label]
+        for part in parts:
+            cells[f"{part} right"] = _cell([runs[s][label]["attribute_accuracy"][part] for s in runs])
         table_rows[label] = cells
     return {
         "title": "MP-FGVC against fine-tuning on the world's birds (CUB's regime)",

@@ -26,6 +26,7 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
     for seed in (1, 2):
         for row in script.rows("world:birds", seed):
             metrics = {"accuracy": accuracy[seed].get(row.name, 10.0 * seed), "val_accuracy": 20.0 + seed}
+            metrics["attribute_accuracy"] = {"crown": 70.0 + seed, "wing": 25.0}
             if row.method == "mpfgvc" and dict(row.config).get("ssvp", True):
                 metrics["part_overlap"] = {"kept_tokens_on_part": 30.0 + seed, "random_tokens_on_part": 20.0}
             write_metrics(tmp_path / f"seed{seed}" / row.folder, metrics)
@@ -36,6 +37,7 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
     assert rows["finetune"]["accuracy"] == [45.0, 5.0] and rows["mpfgvc"]["accuracy"] == [48.0, 4.0]
     assert rows["mpfgvc"]["minus finetune (per seed)"] == [3.0, 1.0]  # +4 and +2
     assert rows["mpfgvc"]["val accuracy"] == [21.5, 0.5]
+    assert rows["zeroshot"]["crown right"] == [71.5, 0.5] and rows["finetune"]["wing right"] == [25.0, 0.0]
     assert rows["mpfgvc"]["kept tokens on a part"] == [31.5, 0.5] and rows["mpfgvc"]["paper, CUB"] == 91.8
     assert "kept tokens on a part" not in rows["mpfgvc ssvp=false"]
     assert "minus finetune (per seed)" not in rows["zeroshot"]

@@ -60,11 +60,13 @@ def test_demo_prints_the_tables_and_writes_the_report(tmp_path, monkeypatch, cap
     assert "| unicl | 57.7 | 65.2 | 65.2 |" in table  # the recorded pretraining comparison
     for title in ("Few-shot", "Base-to-new", "Cross-data-set transfer"):  # the recorded patterns, papers beside
         assert f"### {title} on the world vs in the paper" in table
+    assert "### MP-FGVC against fine-tuning on the world's birds (CUB's regime)" in table  # recorded, 5 seeds
+    assert "| finetune | 19.0 ± 0.6 | 18.8 ± 1.2 |" in table
     assert (tmp_path / "demo" / "results.md").read_text().strip() in table
     assert (tmp_path / "demo" / "zeroshot-base2new-objects" / "metrics.json").is_file()
     assert (tmp_path / "demo" / "linear_probe-fewshot-objects-2shot" / "metrics.json").is_file()
     page = (tmp_path / "demo" / "report.html").read_text()
-    assert page.count("<table>") == 6 and "report_files/base2new-world_objects.png" in page
+    assert page.count("<table>") == 7 and "report_files/base2new-world_objects.png" in page
     assert "report_files/fewshot-world_objects.png" in page
 
 
