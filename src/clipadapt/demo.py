@@ -1,9 +1,9 @@
 """`make demo` / `clipadapt demo`: the whole story on the generated world with the shipped tiny CLIP: the recorded
 UniCL vs CLIP vs CE comparison; zero-shot, linear probe, CoOp, CoCoOp, CLIP-Adapter and Tip-Adapter with and
 without SHIP on base-to-new and cross-data-set transfer; SHIP's generalized zero-shot; few-shot curves; MP-FGVC
-against fine-tuning. Each row is an ordinary `clipadapt run` whose metrics.json lands in the
-demo folder (so each number can be reproduced with one command), and `clipadapt report` turns the folder into
-`results.md` and `report.html`."""
+against fine-tuning on the badges, and the recorded five-seed comparison on the birds. Each row is an ordinary
+`clipadapt run` whose metrics.json lands in the demo folder (so each number can be reproduced with one command),
+and `clipadapt report` turns the folder into `results.md` and `report.html`."""
 
 from __future__ import annotations
 
