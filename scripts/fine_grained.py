@@ -65,33 +65,26 @@ def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
             runs[seed] = found
     if not runs:
         return None
-    columns = [
-        "accuracy",
-        "val accuracy",
-        f"minus {BASELINE} (per seed)",
-        "kept tokens on a part",
-        "random tokens on a part",
-        "paper, CUB",
-    ]
+    difference, kept, random = f"minus {BASELINE} (per seed)", "kept tokens on a part", "random tokens on a part"
     # Which parts each method gets right (the share of test images whose predicted species has the true crown,
     # wing or breast): where a species is lost.
     parts = list(next(iter(runs.values()))[BASELINE].get("attribute_accuracy", {}))
-    columns += [f"{part} right" for part in parts]
+    columns = ["accuracy", "val accuracy", difference, kept, random, "paper, CUB", *(f"{p} right" for p in parts)]
     table_rows = {}
     for label, _, _ in VARIANTS:
         accuracy = [runs[s][label]["accuracy"] for s in runs]
         cells = {"accuracy": _cell(accuracy)}
         validation = [runs[s][label].get("val_accuracy") for s in runs]
         if all(v is not None for v in validation):  # what the method's default is chosen on
-            cells[columns[1]] = _cell(validation)
+            cells["val accuracy"] = _cell(validation)
         if label != BASELINE and label not in ("zeroshot", "linear_probe"):
-            cells[columns[2]] = _cell([a - runs[s][BASELINE]["accuracy"] for a, s in zip(accuracy, runs)])
+            cells[difference] = _cell([a - runs[s][BASELINE]["accuracy"] for a, s in zip(accuracy, runs)])
         overlaps = [runs[s][label].get("part_overlap") for s in runs]
         if all(overlaps):
-            cells[columns[3]] = _cell([o["kept_tokens_on_part"] for o in overlaps])
-            cells[columns[4]] = _cell([o["random_tokens_on_part"] for o in overlaps])
+            cells[kept] = _cell([o["kept_tokens_on_part"] for o in overlaps])
+            cells[random] = _cell([o["random_tokens_on_part"] for o in overlaps])
         if label in PAPER_CUB:
-            cells[columns[5]] = PAPER_CUB[label]
+            cells["paper, CUB"] = PAPER_CUB[label]
         for part in parts:
             cells[f"{part} right"] = _cell([runs[s][label]["attribute_accuracy"][part] for s in runs])
         table_rows[label] = cells

@@ -164,15 +164,15 @@ def predict(
             samples, classnames, batch_size=ctx.batch_size, num_workers=ctx.num_workers, progress=ctx.progress
         )
         return logits.argmax(dim=-1).cpu(), torch.tensor([s.label for s in samples])
-    test = ctx.features(splits, split)
+    scored = ctx.features(splits, split)
     # Scored in blocks of rows, so that the logits of many test images over many classes (50,000 x 21,000 would
     # be 4 GB) never exist at once.
     rows = max(1, PREDICT_ELEMENTS // max(1, len(classnames)))
     predictions = [
         method.logits(block, classnames, template_key=splits.template_key).argmax(dim=-1).cpu()
-        for block in test.features.split(rows)
+        for block in scored.features.split(rows)
     ]
-    return torch.cat(predictions), test.labels
+    return torch.cat(predictions), scored.labels
 
 
 def evaluate_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, split: str = "test") -> dict:
