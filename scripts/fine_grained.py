@@ -5,6 +5,7 @@ recipe, mean ± std over seeds with the per-seed difference to fine-tuning, and 
 
     python scripts/fine_grained.py --out runs/fine-grained                  # seeds 1-5 on world:birds
     python scripts/fine_grained.py --out runs/fine-grained --tables-only    # the tables of the seeds done so far
+    python scripts/fine_grained.py --out runs/fine-grained-128 --image-size 128   # the tuned towers at 128 px
 
 Every row is an ordinary `clipadapt run` (the demo's machinery: resumable run folders, metrics.json, the report),
 one pass per seed into OUT/seed<S>/, so a partial run has whole seeds; rerunning the command resumes every
@@ -34,14 +35,20 @@ VARIANTS: tuple[tuple[str, str, tuple], ...] = (
     ("mpfgvc datp_init=name ssvp_layer=-1", "mpfgvc", BEST),
 )
 BASELINE = "finetune"
+TUNED = ("finetune", "mpfgvc")
 # The paper's own number: MP-FGVC on CUB-200-2011 with an ImageNet-21k ViT-B/16 at 448 px. Its baselines' and
 # ablations' rows were not available to quote (docs/mpfgvc.md).
 PAPER_CUB = {"mpfgvc": 91.8}
 
 
-def rows(dataset: str, seed: int) -> list[demo.DemoRow]:
+def rows(dataset: str, seed: int, image_size: int = 0) -> list[demo.DemoRow]:
+    """One seed's rows; `image_size` runs the tuned towers (fine-tuning and MP-FGVC alike) at that input size, as
+    the paper runs its 224-pixel ViT at 448, while zero-shot and the linear probe keep the frozen model's."""
+    size = (("image_size", image_size),) if image_size else ()
     return [
-        demo.DemoRow(method, "full", dataset, config=config, label=label, seeds=(seed,))
+        demo.DemoRow(
+            method, "full", dataset, config=config + (size if method in TUNED else ()), label=label, seeds=(seed,)
+        )
         for label, method, config in VARIANTS
     ]
 
@@ -51,14 +58,14 @@ def _cell(values: list[float]) -> list[float]:
     return [round(v, 2) for v in mean_std(values)]
 
 
-def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
+def comparison(out: Path, dataset: str, seeds: tuple[int, ...], image_size: int = 0) -> dict | None:
     """The table (in the form of `clipadapt report`'s comparison.json: cells [mean, std] over the seeds whose runs
     are all there), or None before the first seed is complete."""
     runs: dict[int, dict[str, dict]] = {}
     for seed in seeds:
         found = {
             row.name: json.loads((out / f"seed{seed}" / row.folder / "metrics.json").read_text())
-            for row in rows(dataset, seed)
+            for row in rows(dataset, seed, image_size)
             if (out / f"seed{seed}" / row.folder / "metrics.json").is_file()
         }
         if len(found) == len(VARIANTS):
@@ -93,7 +100,9 @@ def comparison(out: Path, dataset: str, seeds: tuple[int, ...]) -> dict | None:
         "row_label": "method",
         "columns": columns,
         "rows": table_rows,
-        "note": f"{dataset}: 64 species, 30 training images each; the same CLIP vision tower, 15 + 15 epochs "
+        "note": f"{dataset}: 64 species, 30 training images each; the same CLIP vision tower"
+        + (f" run at {image_size} px" if image_size else "")
+        + ", 15 + 15 epochs "
         f"(fine-tuning: the same schedule, cross-entropy only); seeds {','.join(map(str, runs))}, "
         "mean ± std over seeds. Paper: MP-FGVC on CUB-200-2011 (ViT-B/16, ImageNet-21k, 448 px).",
     }
@@ -105,15 +114,21 @@ def main() -> int:
     parser.add_argument("--dataset", default="world:birds")
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--jobs", type=int)
+    parser.add_argument(
+        "--image-size", type=int, default=0, help="input size of the tuned towers (default: the model's own)"
+    )
     parser.add_argument("--tables-only", action="store_true", help="print the table of the runs already there")
     parser.add_argument("--json", type=Path, help="also write the table here (a list of one, as world-patterns.json)")
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     for seed in seeds if not args.tables_only else ():
         demo.run_demo(
-            args.out / f"seed{seed}", rows=tuple(rows(args.dataset, seed)), jobs=args.jobs, with_recorded=False
+            args.out / f"seed{seed}",
+            rows=tuple(rows(args.dataset, seed, args.image_size)),
+            jobs=args.jobs,
+            with_recorded=False,
         )
-    found = comparison(args.out, args.dataset, seeds)
+    found = comparison(args.out, args.dataset, seeds, args.image_size)
     if found is None:
         print("no seed has all its runs yet", file=sys.stderr)
         return 1

@@ -309,6 +309,25 @@ def test_a_checkpoint_of_another_text_context_is_interpolated_as_open_clip_does(
     torch.testing.assert_close(long.model.token_embedding.weight, short.model.token_embedding.weight)
 
 
+def test_an_fp16_checkpoint_is_run_at_another_image_size_as_open_clip_resamples(tmp_path):
+    """Our shipped weights are fp16, which the CPU cannot resample bicubically: the grid is resampled in float32."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    small = load_backbone("micro-vit")  # 32 pixels: 4 x 4 patches
+    path = tmp_path / "small.safetensors"
+    small.save(path, dtype=torch.float16)
+    config = {**small.config, "vision_cfg": {**small.config["vision_cfg"], "image_size": 64}}
+    large = load_backbone(config, path)
+    old = small.model.visual.positional_embedding.detach().half().float()
+    grid = old[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(8, 8), mode="bicubic", antialias=True, align_corners=False)
+    resampled = large.model.visual.positional_embedding.detach()
+    torch.testing.assert_close(resampled[0], old[0])  # the class token's
+    torch.testing.assert_close(resampled[1:], expected.permute(0, 2, 3, 1).reshape(64, -1))
+    assert large.encode_image(torch.randn(2, 3, 64, 64)).shape == (2, small.embed_dim)
+
+
 # ---- open_clip's pretrained names, from a Hugging Face cache laid out as the hub lays it out -------------------
 def hub_cache(root: Path, repo: str, files: dict[str, bytes]) -> Path:
     """`root` as a Hugging Face hub cache holding `files` in `repo`'s main revision (refs/main -> snapshot)."""

@@ -44,6 +44,10 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
     assert "seeds 1,2," in table["note"]
     assert script.comparison(tmp_path, "world:birds", (3,)) is None
     assert len({row.folder for row in script.rows("world:birds", 1)}) == len(script.VARIANTS)
+    # --image-size: every tuned tower (fine-tuning and each MP-FGVC row) at that size, the frozen rows at the model's.
+    sized = {row.name: dict(row.config).get("image_size") for row in script.rows("world:birds", 1, 128)}
+    assert sized.pop("zeroshot") is None and sized.pop("linear_probe") is None and set(sized.values()) == {128}
+    assert "run at 128 px" in script.comparison(tmp_path, "world:birds", (1, 2), 128)["note"]
 
 
 def test_world_patterns_average_each_seed_over_the_targets_then_over_seeds(tmp_path):

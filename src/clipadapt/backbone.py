@@ -284,6 +284,10 @@ def load_backbone(
         state_dict = convert_state_dict(clip, state_dict)
         # As open_clip's load_checkpoint: position embeddings of another length (image size, text context) are
         # interpolated to the model's (e.g. a 16-token checkpoint into a 40-token model, which then trains on).
+        # In float32: an fp16 file (ours ship so) cannot be resampled bicubically on the CPU.
+        for key in ("visual.positional_embedding", "positional_embedding"):
+            if key in state_dict and state_dict[key].is_floating_point():
+                state_dict[key] = state_dict[key].float()
         for resize in (open_clip.model.resize_pos_embed, open_clip.model.resize_text_pos_embed):
             try:
                 resize(state_dict, clip)
@@ -388,11 +392,12 @@ class Backbone(nn.Module):
             tuple(pre.get("std") or open_clip.OPENAI_DATASET_STD),
         )
 
-    def image_transform(self, train: bool = False) -> Any:
-        """CLIP preprocessing (resize, centre crop, normalize) for this model; random resized crop when training."""
+    def image_transform(self, train: bool = False, size: int = 0) -> Any:
+        """CLIP preprocessing (resize, centre crop, normalize) for this model; random resized crop when training.
+        `size`: another input size than the model's (a tower run at a higher resolution)."""
         pre = self.config.get("preprocess", {})
         return open_clip.image_transform(
-            self.image_size,
+            size or self.image_size,
             is_train=train,
             mean=pre.get("mean"),
             std=pre.get("std"),

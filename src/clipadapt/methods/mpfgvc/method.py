@@ -73,7 +73,8 @@ class MPFGVC:
     class Config:
         image_encoder: str = "clip"  # clip (the backbone's vision tower) | timm:NAME (e.g. timm:vit_base_patch16_224)
         image_encoder_weights: str = ""  # timm: a local weights file (.safetensors, .pth, .bin); "": random init
-        image_size: int = 0  # timm: input size (e.g. 448 as the paper; position embeddings resampled); 0: the model's
+        image_size: int = 0  # input size of the tuned tower (the paper: 448 for a 224-pixel ViT-B/16), its position
+        # embeddings resampled; 0: the encoder's own
         ssvp: bool = True
         top_k: int = 0  # patch tokens kept by SsVP; 0: a quarter of them
         ssvp_layer: int = -2  # whose class-token attention chooses: -2 the penultimate block (the paper), -1 the
@@ -119,8 +120,6 @@ class MPFGVC:
             raise ClipadaptError(f"image_encoder must be clip or timm:NAME, got '{config.image_encoder}'")
         if config.image_size < 0:
             raise ClipadaptError(f"image_size must be positive (or 0: the encoder's own), got {config.image_size}")
-        if config.image_size and config.image_encoder == "clip":
-            raise ClipadaptError("image_size applies to timm image encoders; the CLIP tower keeps the backbone's")
         if config.datp_init not in ("random", "name"):
             raise ClipadaptError(f"datp_init must be random or name, got '{config.datp_init}'")
         if config.ssvp_score not in SSVP_SCORES:
@@ -145,7 +144,7 @@ class MPFGVC:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             if config.image_encoder == "clip":
-                tower = ClipTower(backbone)
+                tower = ClipTower(backbone, config.image_size)
             else:
                 tower = TimmTower(
                     config.image_encoder.removeprefix("timm:"),

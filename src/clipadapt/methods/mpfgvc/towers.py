@@ -16,14 +16,30 @@ from ...errors import CheckpointError, ClipadaptError
 class ClipTower(nn.Module):
     """A tuned copy of the backbone's open_clip ViT tower, seen as embed -> blocks -> pool."""
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, image_size: int = 0):
         super().__init__()
         visual = backbone.model.visual
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
             raise ClipadaptError(f"model '{backbone.name}' has no ViT image tower; mpfgvc needs one")
         self.visual = copy.deepcopy(visual).float()
-        self.name, self.image_size, self.grid = backbone.name, backbone.image_size, visual.grid_size[0]
-        self._transform = backbone.image_transform()
+        self.name = backbone.name
+        if image_size and image_size != backbone.image_size:
+            self._resize(image_size)
+        self.image_size, self.grid = _size(self.visual.image_size), _size(self.visual.grid_size)
+        self._transform = backbone.image_transform(size=self.image_size)
+
+    def _resize(self, image_size: int) -> None:
+        """Run the tower at `image_size`: its position embeddings resampled to the larger (or smaller) patch grid
+        as open_clip does for a checkpoint of another size; the paper runs its 224-pixel ViT-B/16 at 448."""
+        patch = _size(self.visual.patch_size)
+        if image_size % patch:
+            raise ClipadaptError(
+                f"image_size={image_size} is not a multiple of model '{self.name}''s patch size {patch}"
+            )
+        self.visual.image_size, self.visual.grid_size = (image_size, image_size), (image_size // patch,) * 2
+        state = {"visual.positional_embedding": self.visual.positional_embedding.data}
+        open_clip.model.resize_pos_embed(state, self)
+        self.visual.positional_embedding = nn.Parameter(state["visual.positional_embedding"])
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -41,6 +57,10 @@ class ClipTower(nn.Module):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         pooled, _ = self.visual._pool(x)
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+
+def _size(value: int | tuple[int, ...]) -> int:
+    return int(value[0] if isinstance(value, (tuple, list)) else value)
 
 
 class TimmTower(nn.Module):
