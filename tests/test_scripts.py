@@ -71,3 +71,29 @@ def test_world_patterns_average_each_seed_over_the_targets_then_over_seeds(tmp_p
     assert base2new["rows"]["CoCoOp"]["base"] == [42.0, 2.0] and base2new["rows"]["CoCoOp"]["new"] == [21.0, 1.0]
     textures = script.rows(("textures",), 1, "", ("fewshot",))
     assert all(("beta_scale", 13.0) in row.config for row in textures if row.name == "tip_adapter_f")
+
+
+def test_part_labels_relabel_the_birds_by_one_part_keeping_their_split(tmp_path):
+    import pytest
+
+    from clipadapt import DataError
+    from clipadapt.data import load_dataset
+    from clipadapt.data.world import DEFAULT_SIZES, PATTERNS, generate_world
+
+    script = load_script("part_labels")
+    root = generate_world(tmp_path / "w", image_size=32, progress=False, **{k: 1 for k in DEFAULT_SIZES})
+    birds = load_dataset(f"world:birds:{root}")
+    counts = script.write_attribute_folder(birds, "wing", tmp_path / "wing")
+    wings = load_dataset(f"imagefolder:{tmp_path / 'wing'}")
+    assert wings.classnames == sorted(PATTERNS)
+    for split in ("train", "val", "test"):
+        # 64 species, each wing pattern shared by 16 of them: one image a species and split here
+        assert len(wings.split(split)) == len(birds.split(split)) == 64
+        assert counts[split] == {pattern: 16 for pattern in PATTERNS}
+        for sample in wings.split(split):  # each link is the bird's own image, labelled with its species' wing
+            species = birds.classnames.index(sample.path.resolve().parent.name.replace("_", " "))
+            assert birds.class_attributes[species]["wing"] == wings.classnames[sample.label]
+    with pytest.raises(DataError, match="no class attribute 'tail'"):
+        script.write_attribute_folder(birds, "tail", tmp_path / "tail")
+    with pytest.raises(DataError, match="is not empty"):
+        script.write_attribute_folder(birds, "wing", tmp_path / "wing")

@@ -954,8 +954,6 @@ def generate_world(
 
 def default_world(progress: bool = True) -> Path:
     """The default world (seed 0, default sizes) in the cache folder, generated there on first use."""
-    # Imported here: clipadapt.features imports clipadapt.data, which imports this module.
-
     return generate_world(default_cache_dir() / "world" / f"v{VERSION}-seed0", seed=0, progress=progress)
 
 
