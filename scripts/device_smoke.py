@@ -91,6 +91,7 @@ def cases(world: Path, out: Path) -> dict[str, list[str]]:
             fine,
             "stage1_epochs=2",
             "stage2_epochs=1",
+            "ssvp=true",  # the paper's configuration: the GPU path of SsVP's token selection too
             "ssvp_start_epoch=1",
             "batch_size=16",
         ],

@@ -34,7 +34,8 @@ def test_ssvp_keeps_the_most_attended_patches():
 
 @pytest.mark.parametrize("layer", [-2, -1])
 def test_ssvp_with_every_token_kept_is_the_plain_encoder(backbone, layer):
-    method = build_method("mpfgvc", backbone, {"top_k": 16, "ssvp_layer": layer})  # micro-vit: 4 x 4 patches
+    config = {"ssvp": True, "top_k": 16, "ssvp_layer": layer}  # micro-vit: 4 x 4 patches
+    method = build_method("mpfgvc", backbone, config)
     method.classnames, method.model = ["a", "b"], method._build(["a", "b"], "thing")
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -74,7 +75,7 @@ def test_the_clip_tower_runs_at_a_higher_resolution_as_the_paper_runs_its_vit(ba
 
 @pytest.mark.parametrize("layer", [-2, -1])
 def test_rollout_chooses_by_the_product_of_attention_maps(backbone, layer):
-    method = build_method("mpfgvc", backbone, {"top_k": 4, "ssvp_layer": layer, "ssvp_score": "rollout"})
+    method = build_method("mpfgvc", backbone, {"ssvp": True, "top_k": 4, "ssvp_layer": layer, "ssvp_score": "rollout"})
     method.classnames, method.model = ["a", "b"], method._build(["a", "b"], "thing")
     torch.manual_seed(3)
     images = torch.randn(5, 3, 32, 32)
@@ -122,7 +123,7 @@ def test_vlfm_matches_a_loop_reference():
 
 def test_ssvp_starts_at_its_epoch(colour_world, backbone, monkeypatch):
     root, _ = colour_world
-    config = {**FAST, "stage1_epochs": 3, "stage2_epochs": 1, "ssvp_start_epoch": 2, "top_k": 4}
+    config = {**FAST, "stage1_epochs": 3, "stage2_epochs": 1, "ssvp": True, "ssvp_start_epoch": 2, "top_k": 4}
     method = build_method("mpfgvc", backbone, config)
     calls = []
     encode = method.encode_images
@@ -165,6 +166,7 @@ def test_augmented_training_decodes_in_workers_identically(colour_world, backbon
 @pytest.mark.parametrize(
     "name,config",
     [
+        ("mpfgvc", {"ssvp": True}),  # the paper's configuration
         ("mpfgvc", {}),
         ("mpfgvc", {"datp": False, "fusion": "concat"}),
         ("finetune", {}),
@@ -196,6 +198,9 @@ def test_two_stage_training_learns_the_colours(colour_world, backbone, tmp_path,
     with pytest.raises(CheckpointError, match="do not fit this backbone and config"):
         other = {"datp": True, "contrastive": True, "n_text_tokens": 2, "fusion": "vlfm", "expansion": 2}
         build_method(name, backbone, {**FAST, **config, **other}).load(saved)
+    if config.get("ssvp"):  # SsVP adds no weights: its setting is checked by name
+        with pytest.raises(CheckpointError, match="was trained with ssvp=true: load it with the same setting"):
+            build_method(name, backbone, {**FAST, **config, "ssvp": False}).load(saved)
 
 
 def test_base2new_reports_base_only_and_bad_options(colour_world, tmp_path, backbone):
@@ -210,6 +215,10 @@ def test_base2new_reports_base_only_and_bad_options(colour_world, tmp_path, back
         build_method("mpfgvc", backbone, {"contrastive": False})
     with pytest.raises(ClipadaptError, match="ssvp_layer must be"):
         build_method("mpfgvc", backbone, {"ssvp_layer": 0})
+    with pytest.raises(ClipadaptError, match="top_k=8, ssvp_layer=-1 set how SsVP .* without SsVP: add ssvp=true"):
+        build_method("mpfgvc", backbone, {"top_k": 8, "ssvp_layer": -1})
+    with pytest.raises(ClipadaptError, match="finetune runs without SsVP: SsVP is MP-FGVC's"):
+        build_method("finetune", backbone, {"ssvp_score": "rollout"})
     with pytest.raises(ClipadaptError, match="fit it first"):
         build_method("mpfgvc", backbone).image_logits([], [], progress=False)
 
@@ -238,7 +247,8 @@ def test_full_protocol_on_the_world_fine_grained_sets_reports_part_overlap(backb
     root = generate_world(tmp_path / "w", image_size=32, progress=False, **{k: 1 for k in DEFAULT_SIZES})
     splits = load_dataset(f"world:{name}:{root}")
     assert splits.superclass == superclass
-    method = build_method("mpfgvc", backbone, {**FAST, "stage1_epochs": 1, "stage2_epochs": 1, "top_k": 4})
+    config = {**FAST, "stage1_epochs": 1, "stage2_epochs": 1, "ssvp": True, "top_k": 4}
+    method = build_method("mpfgvc", backbone, config)
     result = run_protocol("full", method, RunContext(backbone, cache_dir=tmp_path / "cache", progress=False), splits)
     overlap = result["part_overlap"]
     assert 0 <= result["val_accuracy"] <= 100  # on the val images, through the tuned encoder
@@ -314,6 +324,7 @@ def test_timm_vit_encoder_from_a_local_weights_file(colour_world, backbone, tmp_
         "image_encoder_weights": str(weights),
         "stage1_epochs": 1,
         "stage2_epochs": 1,
+        "ssvp": True,
         "top_k": 8,
     }
     fresh = build_method("mpfgvc", backbone, config)._build(["a"], "x")["visual"]

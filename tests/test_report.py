@@ -260,6 +260,9 @@ def test_tables_hold_every_protocol_with_the_seed_spread(runs_folder):
     ]
     closed = tables["Accuracy on all classes (full and few-shot)"]
     assert ["mpfgvc", "world:fine", "full", "all", "1", "64.4", "64.0", "7.8 (5.0)", "38.9 (25.0)"] in closed.rows
+    without_overlap = [run for run in runs if not run.metrics.get("part_overlap")]
+    closed_alone = {t.title: t for t in build_tables(without_overlap)}["Accuracy on all classes (full and few-shot)"]
+    assert closed_alone.columns == closed.columns[:-2] and all(len(row) == 7 for row in closed_alone.rows)
     assert tables["CE vs CLIP vs UniCL"].rows == [
         ["unicl", "69.0", "62.3"],
         ["ce", "-", "65.6"],

@@ -27,7 +27,7 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
         for row in script.rows("world:birds", seed):
             metrics = {"accuracy": accuracy[seed].get(row.name, 10.0 * seed), "val_accuracy": 20.0 + seed}
             metrics["attribute_accuracy"] = {"crown": 70.0 + seed, "wing": 25.0}
-            if row.method == "mpfgvc" and dict(row.config).get("ssvp", True):
+            if row.method == "mpfgvc" and dict(row.config).get("ssvp", False):
                 metrics["part_overlap"] = {"kept_tokens_on_part": 30.0 + seed, "random_tokens_on_part": 20.0}
             write_metrics(tmp_path / f"seed{seed}" / row.folder, metrics)
     # Seed 3 is incomplete: left out of every cell.
@@ -43,6 +43,9 @@ def test_fine_grained_table_has_means_per_seed_differences_and_part_overlap(tmp_
     assert "minus finetune (per seed)" not in rows["zeroshot"]
     assert "seeds 1,2," in table["note"]
     assert script.comparison(tmp_path, "world:birds", (3,)) is None
+    # The paper's configuration turns SsVP on; the method's default (the ssvp=false row) leaves it off.
+    commands = {row.name: row.command for row in script.rows("world:birds", 1)}
+    assert "ssvp=true" in commands["mpfgvc"] and "ssvp=true" in commands["mpfgvc fusion=none"]
     assert len({row.folder for row in script.rows("world:birds", 1)}) == len(script.VARIANTS)
     # --image-size: every tuned tower (fine-tuning and each MP-FGVC row) at that size, the frozen rows at the model's.
     sized = {row.name: dict(row.config).get("image_size") for row in script.rows("world:birds", 1, 128)}

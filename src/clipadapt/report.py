@@ -254,7 +254,12 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
     tables = []
     for spec in sorted(by_table, key=lambda table: table.position):
         table_runs = by_table[spec]
-        columns = [(column, _column_names(column, table_runs)) for column in spec.columns]
+        columns = [
+            (column, _column_names(column, table_runs))
+            for column in spec.columns
+            # SsVP's part overlap is a diagnostic of some runs: no column where no run has it.
+            if column.kind != "overlap" or any(run.metrics.get("part_overlap") for run in table_runs)
+        ]
         headers = [
             header
             for column, names in columns
