@@ -1,4 +1,5 @@
-"""Run every benchmark and print one line each: `NAME ratio=R target=T` (each script's own last line).
+"""Run every benchmark and print its ratio lines: `NAME ratio=R target=T` (a script may print several, the last
+one its own name's).
 
 Each script runs in its own process (as `python bench/NAME.py ARGS`), so one's threads and caches do not slow the
 next. `--quick` uses small sizes (all in under 5 minutes on 2 CPU cores); without it, each script's defaults.
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ship_synthesis": (["--classes", "50"], []),
     "unicl_step": (["--batch", "64", "--steps", "3"], []),
     "extract_workers": ([], []),
+    "predict": (["--images", "300"], []),
 }
 
 
@@ -54,7 +56,7 @@ def main() -> int:
             failed = True
             print(f"{name} failed (exit code {result.returncode}): {result.stderr.strip()[-500:]}", flush=True)
         else:
-            print("\n".join(lines if args.verbose else lines[-1:]), flush=True)
+            print("\n".join(lines if args.verbose else [line for line in lines if " ratio=" in line]), flush=True)
     print(f"# {len(names)} benchmarks in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 1 if failed else 0
 

@@ -7,9 +7,10 @@ during the workload alone (the kernel's high-water mark, reset once the model an
 resident memory at that moment. CoOp runs
 its default `class_chunk=1024` (prompts in chunks, activations recomputed in the backward pass) and, for
 comparison, `class_chunk=0` (all prompts in one call). Writes `scaling-<model>-<device>.json` and `.md` into
-`--out-dir` (default bench/results).
+`--out-dir` (default bench/results); exits with 1 when a point failed.
 
     python bench/scaling.py [--model tiny-vit] [--classes 10,1000,21000] [--rows 10000,100000,1000000]
+    python bench/scaling.py --quick [--out-dir DIR]   # the smallest sizes: every workload runs (the test suite's)
 """
 
 from __future__ import annotations
@@ -19,11 +20,22 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
+
+# At the top, not in run_point: importing this file (tests/test_bench.py does) checks every name it uses.
+from clipadapt import load_backbone
+from clipadapt.data import DatasetSplits
+from clipadapt.features import DEFAULT_SHARD_SIZE, FeatureSet, _read_shards, _shard_path, _write_atomic_npy
+from clipadapt.methods import build_method
+from clipadapt.methods.addons.ship import Ship, ShipConfig
+from clipadapt.protocols import predict
+from clipadapt.text import zeroshot_weights
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = ("zeroshot", "coop_step", "coop_step_unchunked", "ship_synthesis", "score")
@@ -52,6 +64,8 @@ WORDS = [
     "plain",
 ]
 TEST_FEATURES = 10_000  # rows scored by `score`
+SIZES = {"classes": "10,1000,21000", "rows": "10000,100000,1000000"}
+QUICK_SIZES = {"classes": "10", "rows": "1000"}  # --quick: the smallest, to check that every workload runs
 
 
 def class_names(n: int) -> list[str]:
@@ -80,12 +94,6 @@ def peak_mb() -> float:
 
 
 def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
-    from clipadapt import load_backbone
-    from clipadapt.features import FeatureSet
-    from clipadapt.methods import build_method
-    from clipadapt.methods.addons.ship import Ship, ShipConfig
-    from clipadapt.text import zeroshot_weights
-
     torch.manual_seed(0)
     backbone = load_backbone(model, device=device)
     names = class_names(n_classes)
@@ -104,14 +112,6 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
         ship = Ship(backbone, ShipConfig())
         run = lambda: ship.synthesize(names, per_class=4, progress=False)  # noqa: E731
     elif workload == "cache_score":
-        import tempfile
-
-        import numpy as np
-
-        from clipadapt.data import DatasetSplits
-        from clipadapt.features import DEFAULT_SHARD_SIZE, _read_shards, _shard_path, _write_atomic_npy
-        from clipadapt.protocols import _predict
-
         rows, names = n_classes, class_names(1000)
         scratch = tempfile.TemporaryDirectory()  # removed when this process ends
         folder = Path(scratch.name)
@@ -134,11 +134,8 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
                 )
 
         splits = DatasetSplits("scaling", names, [], [], [], Path("."))
-        run = lambda: _predict(zeroshot, Cached(), splits)  # noqa: E731
+        run = lambda: predict(zeroshot, Cached(), splits)  # noqa: E731
     else:
-        from clipadapt.data import DatasetSplits
-        from clipadapt.protocols import _predict
-
         zeroshot = build_method("zeroshot", backbone, {"templates": "a photo of a {}."})
         zeroshot.logits(features[:1], names)  # the classifier weights, built once and kept by the method
         test = FeatureSet(torch.randn(TEST_FEATURES, backbone.embed_dim), torch.zeros(TEST_FEATURES, dtype=torch.long))
@@ -148,7 +145,7 @@ def run_point(workload: str, n_classes: int, model: str, device: str) -> dict:
                 return test
 
         splits = DatasetSplits("scaling", names, [], [], [], Path("."))
-        run = lambda: _predict(zeroshot, Context(), splits)  # noqa: E731
+        run = lambda: predict(zeroshot, Context(), splits)  # noqa: E731
     base = resident_mb()
     reset_peak()
     on_gpu = backbone.device.type == "cuda"
@@ -179,25 +176,29 @@ def _cells(row: dict) -> tuple[str, str, str]:
     return str(row["seconds"]), f"+{row['peak_mb_above_setup']:.0f}", "-" if gpu is None else f"+{gpu:.0f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-vit", help="architecture (random weights)")
-    parser.add_argument("--classes", default="10,1000,21000")
+    parser.add_argument("--classes", help=f"class counts (default {SIZES['classes']})")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rows", default="10000,100000,1000000", help="cached features read and scored")
+    parser.add_argument("--rows", help=f"cached features read and scored (default {SIZES['rows']})")
     parser.add_argument("--workloads", default=",".join(WORKLOADS + DATA_WORKLOADS))
-    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--quick", action="store_true", help="10 classes, 1,000 rows: checks that every workload runs")
+    parser.add_argument("--out-dir", type=Path, help="default bench/results; with --quick, a temporary folder")
     parser.add_argument("--point", nargs=2, metavar=("WORKLOAD", "CLASSES"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.point:
         print(json.dumps(run_point(args.point[0], int(args.point[1]), args.model, args.device)))
-        return
+        return 0
+    sizes = {key: getattr(args, key) or (QUICK_SIZES if args.quick else SIZES)[key] for key in SIZES}
+    scratch = tempfile.TemporaryDirectory() if args.quick and args.out_dir is None else None
+    out_dir = args.out_dir or (Path(scratch.name) if scratch else HERE / "results")  # quick: keep the recorded tables
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu-{torch.get_num_threads()}threads"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    out = args.out_dir / f"scaling-{args.model}-{device.replace(' ', '_')}"
-    rows = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"scaling-{args.model}-{device.replace(' ', '_')}"
+    rows, failed = [], False
     for workload in args.workloads.split(","):
-        for n in map(int, (args.rows if workload in DATA_WORKLOADS else args.classes).split(",")):
+        for n in map(int, sizes["rows" if workload in DATA_WORKLOADS else "classes"].split(",")):
             result = subprocess.run(
                 [sys.executable, __file__, "--model", args.model, "--device", args.device, "--point", workload, str(n)],
                 capture_output=True,
@@ -205,6 +206,7 @@ def main() -> None:
             )
             if result.returncode != 0:
                 print(f"{workload} {n}: failed: {result.stderr.strip()[-300:]}", flush=True)
+                failed = True
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(
@@ -214,6 +216,7 @@ def main() -> None:
             )
             write_tables(out, args.model, device, rows)  # after every point: a run cut short keeps what it measured
     print(f"wrote {out}.json and .md")
+    return 1 if failed else 0
 
 
 def write_tables(out: Path, model: str, device: str, rows: list[dict]) -> None:
@@ -243,4 +246,4 @@ def write_tables(out: Path, model: str, device: str, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -259,6 +259,10 @@ def test_model_from_yaml_dict_and_bad_names(tmp_path):
     assert load_backbone(yaml_path).embed_dim == 16
     with pytest.raises(ClipadaptError, match="unknown model 'not-a-model'"):
         load_backbone("not-a-model")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("embed_dim: 16\nvision_cfg: {image_size: 16\n")
+    with pytest.raises(ClipadaptError, match=r"^cannot read model config .*broken.yaml: line 3, column 1: expected"):
+        load_backbone(broken)
     plain = tmp_path / "plain.pt"
     torch.save(from_dict.model.state_dict(), plain)
     with pytest.raises(ClipadaptError, match="no model given"):
@@ -402,3 +406,109 @@ def test_an_open_clip_tag_resolves_through_open_clips_registry_and_the_cache(off
         load_backbone("tiny-vit", "openai")
     with pytest.raises(CheckpointError, match="does not exist"):  # a path is a path, not a tag
         load_backbone("micro-vit", str(tmp_path / "missing.safetensors"))
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """An empty hub cache on a machine whose network is down (every connection fails as DNS fails here), without
+    HF_HUB_OFFLINE. The hub library's requests (method, URL) are recorded, and its back-off sleeps recorded, not
+    slept."""
+    import socket
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    requests, sleeps = [], []
+    backoff = _http.http_backoff
+
+    def recorded(method, url, **kwargs):
+        requests.append((method, url))
+        return backoff(method, url, **kwargs)
+
+    monkeypatch.setattr(_http, "http_backoff", recorded)
+    monkeypatch.setattr(_http.time, "sleep", sleeps.append)
+    return cache, requests, sleeps
+
+
+@pytest.fixture
+def micro_tag(tmp_path, monkeypatch):
+    """micro-vit as an open_clip architecture with a pretrained tag on the hub, and its weights' files."""
+    from open_clip import factory, pretrained
+
+    weights, micro = _micro_files(tmp_path)
+    monkeypatch.setitem(
+        factory._MODEL_CONFIGS, "micro-vit", {k: v for k, v in micro.config.items() if k != "preprocess"}
+    )
+    monkeypatch.setitem(pretrained._PRETRAINED, "micro-vit", {"test_tag": pretrained._pcfg(hf_hub="clipadapt-test/t/")})
+    return weights, micro
+
+
+def test_cached_hub_weights_are_used_without_a_network_call_or_a_download(no_network, micro_tag, monkeypatch):
+    cache, requests, _ = no_network
+    weights, micro = micro_tag
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the file is in the cache")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_hf", no_download)
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", no_download)
+    hub_cache(cache, "clipadapt-test/t", weights)
+    model_cfg = {k: v for k, v in micro.config.items() if k != "preprocess"}
+    hub_cache(
+        cache, "clipadapt-test/r", {**weights, "open_clip_config.json": json.dumps({"model_cfg": model_cfg}).encode()}
+    )
+    for backbone in (load_backbone("micro-vit", "test_tag"), load_backbone(None, "hf-hub:clipadapt-test/r")):
+        assert torch.equal(backbone.model.visual.proj, micro.model.visual.proj)
+    assert requests == []
+
+
+@pytest.mark.parametrize(
+    "model, name, first",  # first: the file the fetch needs first (an hf-hub name's config, then its weights)
+    [
+        ("micro-vit", "test_tag", "open_clip_model.safetensors"),
+        (None, "hf-hub:clipadapt-test/t", "open_clip_config.json"),
+    ],
+)
+def test_without_cache_or_network_the_error_comes_after_one_attempt(no_network, micro_tag, model, name, first):
+    _, requests, sleeps = no_network
+    with pytest.raises(ClipadaptError) as error:
+        load_backbone(model, name)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "holds no clipadapt-test/t/open_clip_pytorch_model.bin" in message
+    assert "`hf download clipadapt-test/t open_clip_pytorch_model.bin` puts it there" in message
+    assert "cannot be reached: [Errno -2] Name or service not known" in message
+    # One request, not retried: huggingface_hub's own download asks 12 times, sleeping 46 s between them.
+    assert requests == [("HEAD", f"https://huggingface.co/clipadapt-test/t/resolve/main/{first}")]
+    assert sleeps == []
+
+
+def test_when_the_hub_answers_open_clip_downloads_into_the_cache(no_network, micro_tag, monkeypatch):
+    import huggingface_hub
+
+    cache, _, _ = no_network
+    weights, micro = micro_tag
+    asked, downloads = [], []
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kwargs: asked.append(url))
+
+    def download(repo, filename=None, **kwargs):
+        downloads.append((repo, filename))
+        hub_cache(cache, repo, weights)
+        return huggingface_hub.try_to_load_from_cache(repo, "open_clip_model.safetensors")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_hf", download)
+    assert torch.equal(load_backbone("micro-vit", "test_tag").model.visual.proj, micro.model.visual.proj)
+    assert asked == ["https://huggingface.co/clipadapt-test/t/resolve/main/open_clip_model.safetensors"]
+    assert downloads == [("clipadapt-test/t", None)]
+    load_backbone("micro-vit", "test_tag")  # now from the cache: neither asked nor downloaded again
+    assert len(asked) == 1 and len(downloads) == 1

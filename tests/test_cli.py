@@ -181,6 +181,19 @@ def test_options_a_protocol_would_ignore_are_refused_before_any_work(tmp_path, c
     assert code == 2 and problem in capsys.readouterr().err
 
 
+def test_a_config_file_with_a_yaml_syntax_error_is_named_with_its_line_and_column(tmp_path, capsys):
+    # PyYAML's message spans four lines and ends with a caret; the error printed must say where and what.
+    config = tmp_path / "cfg.yaml"
+    config.write_text("epochs: 2\nlr: 0.002\nn_ctx: 4: 8\n")
+    argv = ["run", "coop", "--dataset", f"imagefolder:{tmp_path / 'nowhere'}", "--model", "micro-vit"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--config", str(config), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"clipadapt: error: cannot read config file {config}: line 3, column 9: mapping values are not allowed here"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_default_run_folders_keep_runs_apart():
     import argparse
 

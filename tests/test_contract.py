@@ -74,9 +74,9 @@ class TextMean:
         weights = F.normalize(text + self.config.mix * torch.stack(means).to(text), dim=-1)
         return 100 * F.normalize(features.float().to(weights), dim=-1) @ weights.T
 
-    def save(self, path) -> None:
+    def save(self, path, **header) -> None:
         save_method_weights(
-            path, {"means": torch.stack(list(self.means.values()))}, NAME, self.config, names=list(self.means)
+            path, {"means": torch.stack(list(self.means.values()))}, NAME, self.config, names=list(self.means), **header
         )
 
     def load(self, path) -> None:

@@ -14,6 +14,8 @@ then not asked for)."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
 import io
 import json
 import re
@@ -28,8 +30,10 @@ import pytest
 import torch
 import yaml
 from conftest import colour_images
+from PIL import Image
 
-from clipadapt import load_backbone
+import clipadapt
+from clipadapt import load_backbone, load_classifier
 from clipadapt.cli import _parse_seeds, build_parser, main
 from clipadapt.config import build_config, load_config_file, parse_overrides
 from clipadapt.data import DATASETS
@@ -455,6 +459,51 @@ def test_the_method_in_adding_md_registers_and_runs(tiny, one_thread, capsys):
         sys.modules.pop(module.__name__, None)
 
 
+QUICK_START = "## Classify new images with what you trained"
+
+
+def test_the_quick_start_classifies_new_images_exports_and_runs_the_export_without_clipadapt(
+    tiny, one_thread, tmp_path, monkeypatch, capsys
+):
+    """The README's quick start and docs/predict.md, run as written in a folder of their own but for the model (the
+    micro one): train CoOp on data/mine, predict new.jpg and photos/, export; then docs/predict.md's export and its
+    Python blocks (onnxruntime alone, and the API)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine").symlink_to(tiny.data)
+    red = sorted((tiny.data / "test" / "red").glob("*.png"))
+    Image.open(red[0]).convert("RGB").save("new.jpg")
+    (tmp_path / "photos").mkdir()
+    for path in red[1:]:
+        (tmp_path / "photos" / path.name).write_bytes(path.read_bytes())
+    quick_start = [c for c in bash_commands(README) if c.line > _line_of(README, QUICK_START)][:3]
+    run, predict, export = (shlex.split(c.text)[1:] for c in quick_start)
+    assert (run[0], predict[0], export[0]) == ("run", "predict", "export")
+    assert main(_on_tiny_inputs(run, tiny, Path(run[run.index("--out") + 1]))) == 0, capsys.readouterr().err
+    assert main(predict) == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open("predictions.csv")))
+    assert [Path(row["path"]).name for row in rows] == ["new.jpg", *[p.name for p in red[1:]]]
+    assert main(export) == 0, capsys.readouterr().err
+    assert list(Path("runs/mine").glob("train-*/coop.onnx")) and list(Path("runs/mine").glob("train-*/coop.json"))
+    documented = [shlex.split(c.text)[1:] for c in bash_commands(ROOT / "docs/predict.md")]
+    assert main(next(argv for argv in documented if argv[0] == "export" and "--out" in argv)) == 0
+    onnx_block, api_block = _python_blocks(ROOT / "docs/predict.md")
+    exec(compile(onnx_block, "docs/predict.md", "exec"), {})
+    label = capsys.readouterr().out.strip().splitlines()[-1]
+    assert label == load_classifier("runs/mine").predict(["new.jpg"])[0]
+    # The API block, on the micro model too.
+    monkeypatch.setattr(
+        clipadapt, "adapt", functools.partial(clipadapt.adapt, model=str(tiny.model), pretrained=tiny.weights)
+    )
+    exec(compile(api_block, "docs/predict.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] in ("['zebra']", "['okapi']") and Path("mine.clipadapt.safetensors").is_file()
+
+
+def _line_of(path: Path, heading: str) -> int:
+    return path.read_text(encoding="utf-8").splitlines().index(heading) + 1
+
+
 # ---- links ----------------------------------------------------------------------------------------------------
 def _without_code(text: str) -> str:
     """`text` without fenced blocks and with inline code spans emptied (links inside them are not links)."""
@@ -557,15 +606,17 @@ def test_the_method_protocol_table_matches_the_code():
     `METHOD+ship` is offered for the methods that declare `trains_on_synthetic` and runs only where a protocol has
     classes without training data; UniCL is not a `run` method."""
     header, *rows = _table_after(README, "## Methods and protocols")
-    assert header == ["method", *PROTOCOLS]
+    assert header == ["method", *PROTOCOLS, "predict / export"]
     table = {row[0]: row[1:] for row in rows}
+    names = {True: "✓, any class names", False: "✓, its classes"}  # what `Classifier.with_classes` allows
     for name, cls in METHODS.items():
         scores = cls.capabilities.scores_unseen_classes
-        expected = ["✓", "✓", "✓" if scores else "base only", *(["✓" if scores else "–"] * 2)]
+        expected = ["✓", "✓", "✓" if scores else "base only", *(["✓" if scores else "–"] * 2), names[scores]]
         assert table.pop(f"`{name}`", None) == expected, name
     (ship_row,) = [key for key in table if key.startswith("`METHOD+ship`")]
     offered = set(re.findall(r"`(\w+)\+ship`", ship_row.partition(":")[2]))
     assert offered == {name for name, cls in METHODS.items() if cls.capabilities.trains_on_synthetic}
-    assert table.pop(ship_row) == ["–", "–", "✓", "✓", "✓"]
+    assert all(METHODS[name].capabilities.scores_unseen_classes for name in offered)
+    assert table.pop(ship_row) == ["–", "–", "✓", "✓", "✓", names[True]]
     assert "unicl" not in METHODS
-    assert table == {"UniCL pretraining (`clipadapt pretrain`)": ["–"] * 5}
+    assert table == {"UniCL pretraining (`clipadapt pretrain`)": ["–"] * 6}

@@ -55,6 +55,20 @@ def test_a_bad_grid_is_refused_before_any_run(grid_inputs, tmp_path, change, pro
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_grid_with_a_yaml_syntax_error_is_named_with_its_line_and_column(tmp_path, capsys, dry_run):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("methods: [coop, linear_probe\ndatasets: [imagefolder:x]\n")
+    argv = ["sweep", str(grid), "--out", str(tmp_path / "out"), *(["--dry-run"] if dry_run else [])]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"clipadapt: error: cannot read the grid {grid}: line 2, column 9: expected ',' or ']', but got ':' "
+        "(while parsing a flow sequence at line 1, column 10)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_grid_expands_into_one_run_a_cell_with_each_protocols_options(grid_inputs, tmp_path):
     source, other, weights = grid_inputs
     path = write_grid(

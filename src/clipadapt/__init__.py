@@ -1,10 +1,15 @@
 """clipadapt: adapt CLIP-style vision-language models to new image-classification tasks."""
 
+from .api import adapt
 from .backbone import Backbone, ImageTokens, list_models, load_backbone
+from .classifier import Classifier, load_classifier
 from .errors import CheckpointError, ClipadaptError, DataError
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
+    "adapt",
+    "load_classifier",
+    "Classifier",
     "Backbone",
     "ImageTokens",
     "load_backbone",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import warnings
 import zipfile
@@ -24,13 +23,15 @@ import open_clip
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-import yaml
 from open_clip.convert import convert_state_dict
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import read_yaml_file
+from .digest import fingerprint
 from .errors import CheckpointError, ClipadaptError
+from .paths import write_atomic
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
 # The tiny CLIP pretrained with UniCL on the generated world: the default of every command (docs/world.md).
@@ -69,10 +70,7 @@ def resolve_model_config(model: str | dict | Path) -> tuple[str, dict]:
 
 
 def _read_config_file(path: Path) -> dict:
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ClipadaptError(f"cannot read model config {path}: {e}") from e
+    config = read_yaml_file(path, "model config")
     if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
         raise ClipadaptError(f"model config {path} must be a mapping with embed_dim, vision_cfg and text_cfg")
     return config.get("model_cfg", config)
@@ -185,6 +183,51 @@ def _fetch_failed(what: str, hub: str, url: str, error: Exception) -> ClipadaptE
     return ClipadaptError(f"cannot get the weights of {what}: {where}; or pass the file's path ({reason[:160]})")
 
 
+def _hub_filenames(filename: str | None) -> list[str]:
+    """The names open_clip's `download_pretrained_from_hf` tries for `filename`, in its order: the safetensors
+    alternative first, then the file itself (by default open_clip_pytorch_model.bin)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        return [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]
+
+
+def hub_file(repo: str, filename: str | None = None) -> Path:
+    """The file of hub repo `repo` that open_clip's `download_pretrained_from_hf` would fetch: the cached copy
+    when there is one, with no network call; otherwise open_clip's download into the cache, once one request has
+    shown that the hub answers. Without a network, huggingface_hub retries each name five times with back-off
+    (a minute in all) before it gives up; the check fails in one request."""
+    from huggingface_hub import try_to_load_from_cache
+
+    names = _hub_filenames(filename)
+    for name in names:
+        cached = try_to_load_from_cache(repo, name)
+        if isinstance(cached, str):  # not None (never fetched) nor a marker that the repo has no such file
+            return Path(cached)
+    _check_hub_answers(repo, names[0])
+    return Path(open_clip.pretrained.download_pretrained_from_hf(repo, filename=filename))
+
+
+def _check_hub_answers(repo: str, filename: str) -> None:
+    """Raise ConnectionError unless the hub answers one HEAD request for `filename` (the name the download asks
+    for first), made without retries and within the hub library's own wait for it (HF_HUB_ETAG_TIMEOUT)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConnectionError("HF_HUB_OFFLINE is set")
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:
+        return  # an answer (e.g. 404 for a name the repo lacks: the download tries the next one)
+    except Exception as e:
+        raise ConnectionError(f"the hub ({constants.ENDPOINT}) cannot be reached: {e}") from e
+
+
 def fetch_pretrained(model: str | dict | Path | None, pretrained: str) -> tuple[Path, dict, dict | None]:
     """The file of open_clip pretrained weights named `pretrained` (a tag of `model`, such as `openai` or
     `laion2b_s34b_b79k`, or `hf-hub:ORG/REPO`), fetched as open_clip fetches it: from the Hugging Face cache,
@@ -193,9 +236,8 @@ def fetch_pretrained(model: str | dict | Path | None, pretrained: str) -> tuple[
     if pretrained.startswith(HF_HUB_PREFIX):
         repo = pretrained.removeprefix(HF_HUB_PREFIX).strip("/")
         try:
-            config_file = open_clip.pretrained.download_pretrained_from_hf(repo, filename="open_clip_config.json")
-            hub_config = json.loads(Path(config_file).read_text())
-            target = open_clip.pretrained.download_pretrained_from_hf(repo)
+            hub_config = json.loads(hub_file(repo, "open_clip_config.json").read_text())
+            target = hub_file(repo)
         except Exception as e:
             raise _fetch_failed(pretrained, repo + "/", "", e) from e
         model_config = hub_config.get("model_cfg")
@@ -220,7 +262,11 @@ def fetch_pretrained(model: str | dict | Path | None, pretrained: str) -> tuple[
             + (f"; its tags: {', '.join(tags)}" if tags else " (it lists no pretrained weights for it)")
         )
     try:
-        target = open_clip.download_pretrained(cfg)
+        if cfg.get("hf_hub") and "file" not in cfg:  # ORG/REPO/FILE, or ORG/REPO/ for open_clip's default names
+            repo, filename = cfg["hf_hub"].rsplit("/", 1)
+            target = hub_file(repo, filename or None)
+        else:  # a URL only (open_clip's own download, which does not retry)
+            target = open_clip.download_pretrained(cfg)
     except Exception as e:
         raise _fetch_failed(f"{name} '{pretrained}'", cfg.get("hf_hub", ""), cfg.get("url", ""), e) from e
     settings: dict = {"preprocess": {k: cfg[k] for k in PREPROCESS_KEYS if cfg.get(k)}}
@@ -256,6 +302,7 @@ def load_backbone(
     With `model=None`, the config stored in our own safetensors file (or a hub repo's) is used; with neither, the
     shipped tiny CLIP.
     """
+    source = weights_source(model, pretrained)
     if model is None and pretrained is None and DEFAULT_WEIGHTS.is_file():
         pretrained = DEFAULT_WEIGHTS
     settings: dict = {}
@@ -295,7 +342,25 @@ def load_backbone(
                 pass
         _check_state_dict(clip, state_dict, Path(pretrained), name)
         clip.load_state_dict(state_dict)
-    return Backbone(clip, config, name=name).to(device).eval()
+    backbone = Backbone(clip, config, name=name)
+    backbone.source = source
+    return backbone.to(device).eval()
+
+
+def weights_source(model: str | dict | Path | None, pretrained: str | Path | None) -> dict:
+    """`load_backbone`'s arguments as a record that loads the same backbone on another machine: names as given,
+    files as absolute paths, the shipped model as neither (whatever folder it is installed in)."""
+
+    def where(value: str | Path | None) -> str | None:
+        if value is None or (isinstance(value, str) and is_pretrained_name(value)):
+            return value
+        path = Path(value).expanduser()
+        return str(path.absolute()) if path.exists() else str(value)
+
+    shipped = pretrained is not None and Path(pretrained).expanduser().absolute() == DEFAULT_WEIGHTS.absolute()
+    if model is None and shipped:  # what load_backbone() loads with neither
+        pretrained = None
+    return {"model": model if isinstance(model, dict) else where(model), "pretrained": where(pretrained)}
 
 
 @dataclass
@@ -353,6 +418,8 @@ class Backbone(nn.Module):
         self.tokenizer = SimpleTokenizer(context_length=self.context_length)
         self._suffix_cache: dict[tuple[tuple[str, ...], int, str, torch.device], tuple[torch.Tensor, ...]] = {}
         self._fingerprint: str | None = None
+        # What `load_backbone` was given (`weights_source`): how a saved classifier finds its backbone again.
+        self.source: dict = {"model": dict(config, name=name), "pretrained": None}
 
     # ---- sizes and preprocessing -------------------------------------------------------------------------
     @property
@@ -572,7 +639,9 @@ class Backbone(nn.Module):
         token_embeds = self.text.token_embedding(ids).to(ctx.dtype)
         x = torch.where(ctx_mask[..., None], ctx_at_slots, token_embeds)
         features = self._run_text_transformer(
-            x.reshape(-1, length, x.shape[-1]), eot_index.repeat(batch_shape.numel())
+            # expand, not repeat(batch_shape.numel()): an exported graph keeps its batch size free
+            x.reshape(-1, length, x.shape[-1]),
+            eot_index.expand(*batch_shape, n_cls).reshape(-1),
         ).reshape(*batch_shape, n_cls, -1)
         return F.normalize(features, dim=-1) if normalize else features
 
@@ -601,12 +670,14 @@ class Backbone(nn.Module):
     def fingerprint(self) -> str:
         """A digest of the config and weights, for keying caches of frozen features."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
-            for key, tensor in sorted(self.model.state_dict().items()):
-                digest.update(key.encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
+            weights = [part for key, tensor in sorted(self.model.state_dict().items()) for part in (key, tensor)]
+            self._fingerprint = fingerprint(self.config, *weights)
         return self._fingerprint
+
+    def identity(self) -> dict:
+        """What a saved classifier records of the backbone it was trained on: the name, how to load it again
+        (`source`), the digest of its config and weights (`fingerprint`) and the input size."""
+        return {"name": self.name, **self.source, "fingerprint": self.fingerprint(), "image_size": self.image_size}
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
         """Weights as safetensors with the model config in the metadata, so `load_backbone(None, path)` works."""
@@ -614,9 +685,5 @@ class Backbone(nn.Module):
             k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous().cpu()
             for k, v in self.model.state_dict().items()
         }
-        config = dict(self.config, name=self.name)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(config)})
-        tmp.replace(path)
+        metadata = {CONFIG_METADATA_KEY: json.dumps(dict(self.config, name=self.name))}
+        write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))

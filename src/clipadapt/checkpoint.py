@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
+from .paths import write_atomic
 
 STATE_KEY = "clipadapt_state"
 CHECKSUM_KEY = "clipadapt_sha256"
@@ -41,17 +41,10 @@ def _checksum(tensors: dict[str, torch.Tensor], state_json: str) -> str:
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Write to a temp file, fsync, keep the checkpoint it replaces as `previous_path(path)`, rename into place.
     The header carries a SHA-256 of every tensor byte and the state, so damage is detected on load."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     state_json = json.dumps(state)
-    save_file(tensors, str(tmp), metadata={STATE_KEY: state_json, CHECKSUM_KEY: _checksum(tensors, state_json)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    if path.is_file():
-        path.replace(previous_path(path))
-    tmp.replace(path)
+    header = {STATE_KEY: state_json, CHECKSUM_KEY: _checksum(tensors, state_json)}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), keep_previous=previous_path(path))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -92,34 +85,57 @@ def save_method_weights(
     path: str | Path, tensors: dict[str, torch.Tensor], method: str, config: Any, **metadata: Any
 ) -> None:
     """A method's learned weights as safetensors, written atomically, with the method name, its config (a
-    dataclass) and any other JSON-able `metadata` in the header: what `load_method_weights` reads back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    dataclass), any other JSON-able `metadata` (class names, a classifier's description) and a SHA-256 of it all in
+    the header: what `load_method_weights` reads back and checks."""
     header = {
         "method": method,
         "config": json.dumps(dataclasses.asdict(config)),
         **{key: json.dumps(value) for key, value in metadata.items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=header)
-    tmp.replace(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    header[CHECKSUM_KEY] = _checksum(tensors, json.dumps(header, sort_keys=True))
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def read_method_header(path: str | Path) -> dict[str, Any]:
+    """The header of a `save_method_weights` file, JSON values decoded, without reading its tensors; CheckpointError
+    naming the file when it is missing, not safetensors or not a clipadapt method's."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for missing or corrupt files
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+    if "method" not in header or "config" not in header:
+        raise CheckpointError(f"{path} holds no clipadapt method weights")
+    return _decoded(header, path)
+
+
+def _decoded(header: dict[str, str], path: str | Path) -> dict[str, Any]:
+    try:
+        return {k: (v if k in ("method", CHECKSUM_KEY) else json.loads(v)) for k, v in header.items()}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the header is not what clipadapt writes: {e}") from e
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def load_method_weights(path: str | Path, method: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, header with JSON values decoded) of a `save_method_weights` file of `method`; a missing,
-    corrupt or other method's file raises CheckpointError naming it."""
+    corrupt, damaged (its checksum does not match) or other method's file raises CheckpointError naming it."""
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for missing or corrupt files
-        raise CheckpointError(f"cannot read {method} weights from {path}: {e}") from e
+        raise CheckpointError(f"cannot read {method} weights from {path}: {_first_line(e)}") from e
     if header.get("method") != method:
         raise CheckpointError(f"{path} holds no {method} weights")
-    try:
-        return tensors, {k: (v if k == "method" else json.loads(v)) for k, v in header.items()}
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the {method} weights' header is not what clipadapt writes: {e}") from e
+    checksum = header.pop(CHECKSUM_KEY, None)  # files from before checksums were written have none to check
+    if checksum is not None and checksum != _checksum(tensors, json.dumps(header, sort_keys=True)):
+        raise CheckpointError(f"{path} is damaged: its contents do not match the checksum written with it")
+    return tensors, _decoded(header, path)
 
 
 def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path, what: str) -> None:

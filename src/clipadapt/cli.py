@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -18,11 +17,14 @@ import torch.distributed as dist
 import yaml
 
 from .backbone import DEFAULT_WEIGHTS, list_models, load_backbone
+from .classifier import Classifier, classifier_file, load_classifier, predict_to_file
 from .config import build_config, load_config_file, parse_overrides
-from .data import DatasetSplits, drop_unreadable_images, load_dataset
+from .data import DatasetSplits, drop_unreadable_images, find_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
+from .digest import fingerprint
 from .errors import ClipadaptError
+from .export import FORMATS, export_classifier
 from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
 from .methods.addons.ship import Ship
@@ -38,6 +40,7 @@ from .protocols import (
 )
 from .report import write_report
 from .sweep import TABLE_FOLDER, expand_grid, read_grid, run_sweep
+from .text import read_names
 from .training.distributed import default_workers, gpu_training_settings
 from .training.loop import skipping_nonfinite_steps
 
@@ -175,6 +178,37 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="check the grid and list its runs; run nothing")
     sweep.add_argument("--no-progress", action="store_true")
 
+    predict = sub.add_parser("predict", help="classify new images with a trained method (a run folder or its file)")
+    predict.add_argument("source", type=Path, help="a `clipadapt run` folder, or a classifier .safetensors file")
+    predict.add_argument(
+        "images", nargs="+", help="image files, folders (searched recursively), glob patterns, or a CSV of paths"
+    )
+    predict.add_argument("--out", type=Path, default=Path("predictions.csv"), help="a .csv or .json file")
+    predict.add_argument("--top", type=int, default=5, help="classes per image, most likely first (5)")
+    predict.add_argument(
+        "--classes", default=None, help="other class names to score (a comma list or a file, one a line)"
+    )
+    predict.add_argument("--seed", type=int, default=None, help="which classifier of a run that trained several")
+    predict.add_argument(
+        "--model", help="the backbone, when the one the classifier records cannot be loaded here (with --pretrained)"
+    )
+    predict.add_argument("--pretrained", help="that backbone's weights file or open_clip tag")
+    predict.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per encoder call (64)")
+    predict.add_argument("--workers", type=int, default=None, help="DataLoader processes decoding images")
+    predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    export = sub.add_parser("export", help="write a trained method as an ONNX file that runs without clipadapt")
+    export.add_argument("source", type=Path, help="a `clipadapt run` folder, or a classifier .safetensors file")
+    export.add_argument("--format", choices=FORMATS, default="onnx")
+    export.add_argument(
+        "--out", type=Path, default=None, help="the .onnx file (default: beside the classifier, METHOD.onnx)"
+    )
+    export.add_argument("--classes", default=None, help="other class names (a comma list or a file, one a line)")
+    export.add_argument("--seed", type=int, default=None, help="which classifier of a run that trained several")
+    export.add_argument("--model", help="the backbone, when the one the classifier records cannot be loaded here")
+    export.add_argument("--pretrained", help="that backbone's weights file or open_clip tag")
+
     interpret = sub.add_parser("interpret", help="nearest vocabulary words to the prompt vectors SHIP learned in a run")
     interpret.add_argument("run_dir", type=Path, help="a `clipadapt run METHOD+ship` output folder")
     interpret.add_argument("--top", type=int, default=5, help="words per prompt vector")
@@ -226,7 +260,7 @@ def _default_run_folder(
     seed_label = "-".join(map(str, seeds))
     if len(seed_label) > 20:
         seed_label = f"{seeds[0]}-to-{seeds[-1]}-{len(seeds)}seeds"
-    digest = hashlib.sha256(json.dumps([args.dataset, targets, args.unseen, seeds]).encode()).hexdigest()[:8]
+    digest = fingerprint([args.dataset, targets, args.unseen, seeds], length=8)
     return Path("runs") / f"{safe_name('-'.join(parts))}-{safe_name(dataset_name, 30)}-seed{seed_label}-{digest}"
 
 
@@ -496,8 +530,52 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_classifier(args: argparse.Namespace, device: str = "cpu") -> Classifier:
+    """The classifier `predict` and `export` are given (on --model/--pretrained when named), with --classes."""
+    backbone = None
+    if args.model is not None or args.pretrained is not None:
+        backbone = load_backbone(args.model, args.pretrained, device=device)
+    classifier = load_classifier(args.source, backbone=backbone, device=device, seed=args.seed)
+    return classifier.with_classes(read_names(args.classes)) if args.classes else classifier
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    workers = _workers(args)
+    images = find_images(args.images)
+    classifier = _load_classifier(args, args.device)
+    records = predict_to_file(
+        classifier, images, args.out, args.top, args.batch_size, workers, progress=not args.no_progress
+    )
+    shown = 10 if len(records) > 20 else len(records)
+    for record in records[:shown]:
+        top = record["top"][0] if record["top"] else None
+        print(f"{record['path']}: " + (f"{top['label']} ({top['probability']:.3f})" if top else record["error"]))
+    if shown < len(records):
+        print(f"... {len(records) - shown} more")
+    unreadable = sum(record["error"] is not None for record in records)
+    listed = f" ({unreadable} unreadable, listed with their error)" if unreadable else ""
+    print(
+        f"classified {len(records) - unreadable} images with {classifier.name} over {len(classifier.classnames)} "
+        f"classes{listed}; wrote {args.out}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    classifier = _load_classifier(args)
+    out = args.out or classifier_file(args.source, args.seed).with_suffix(".onnx")
+    graph, description = export_classifier(classifier, out, args.format)
+    print(
+        f"exported {classifier.name} over {len(classifier.classnames)} classes: {graph} (preprocessed images "
+        f"[batch, 3, H, W] -> logits), its preprocessing and class names in {description}"
+    )
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
+    "predict": cmd_predict,
+    "export": cmd_export,
     "interpret": cmd_interpret,
     "extract": cmd_extract,
     "pretrain": cmd_pretrain,

@@ -57,14 +57,41 @@ def build_config(
     return config_class(**typed)  # through the class's own checks (__post_init__), with every value in place
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The YAML document in the user's file `path`. A file that cannot be read or parsed raises one line,
+    `cannot read WHAT PATH: ...`, with a syntax error's line, column and problem: PyYAML's own message spans
+    several lines and ends with a caret under the spot, and the CLI prints only an error's last line."""
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ClipadaptError(f"cannot read config file {path}: {e}") from e
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipadaptError(f"cannot read {what} {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ClipadaptError(f"cannot read {what} {path}: {yaml_problem(e)}") from e
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error as one line: `line L, column C: PROBLEM` (1-based), with what PyYAML was in the middle of
+    (`while parsing a flow sequence at line 1, column 4`) in brackets when it says."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or not problem:  # not a syntax error at a place (e.g. an emitter or representer error)
+        return " ".join(str(error).split())
+    line = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None:
+        return f"{line} ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return f"{line} ({context})" if context else line
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    values = read_yaml_file(path, "config file") or {}
     if not isinstance(values, dict):
         raise ClipadaptError(f"config file {path} must hold a mapping of key: value")
-    # An add-on's section (`ship:` with its keys under it) reads as `ship.KEY`, as on the command line.
+    return flatten_sections(values)
+
+
+def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values with an add-on's section (`ship:` with its keys under it, as a YAML file or a saved
+    classifier holds it) as `ship.KEY`, as on the command line."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):

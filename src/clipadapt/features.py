@@ -14,7 +14,6 @@ every rank reads the whole entry.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -31,8 +30,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset, Sample, split_fingerprint
+from .digest import fingerprint
 from .errors import ClipadaptError
-from .paths import default_cache_dir
+from .paths import default_cache_dir, write_atomic
 from .training.distributed import distributed_world, threads_beside_workers
 
 DEFAULT_SHARD_SIZE = 2048
@@ -53,10 +53,7 @@ class FeatureSet:
 
 
 def cache_key(backbone, samples: Sequence[Sample], transform) -> str:
-    digest = hashlib.sha256()
-    for part in (backbone.fingerprint(), split_fingerprint(samples), repr(transform)):
-        digest.update(part.encode())
-    return digest.hexdigest()[:20]
+    return fingerprint(backbone.fingerprint(), split_fingerprint(samples), repr(transform), length=20)
 
 
 def _tmp_path(path: Path) -> Path:
@@ -87,12 +84,11 @@ def _is_abandoned(tmp: Path) -> bool:
 
 
 def _write_atomic_npy(path: Path, array: np.ndarray) -> None:
-    tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, np.save would add ".npy" to it
+            np.save(f, array)
+
+    write_atomic(path, write, tmp=_tmp_path(path))
 
 
 def _shard_path(folder: Path, index: int, shard_size: int) -> Path:
@@ -233,9 +229,7 @@ def _finish_entry(folder: Path, shard_size: int, meta: dict) -> None:
     for tmp in folder.glob("*.tmp"):
         if _is_abandoned(tmp):
             tmp.unlink(missing_ok=True)
-    tmp = _tmp_path(meta_path)
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_path)
+    write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)), tmp=_tmp_path(meta_path))
 
 
 def _extract_shards(

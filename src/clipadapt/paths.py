@@ -1,12 +1,41 @@
-"""Where clipadapt keeps what it generates and caches. Imports nothing of clipadapt's, so that any module (the
-world generator in data/, the feature cache, the CLI) can use it without an import cycle."""
+"""Where clipadapt keeps what it generates and caches, and the one way it writes a file. Imports nothing of
+clipadapt's, so that any module (the world generator in data/, the feature cache, the CLI) can use it without an
+import cycle."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
 def default_cache_dir() -> Path:
     """`$CLIPADAPT_CACHE`, else `~/.cache/clipadapt`: features, split files and the default world live under it."""
     return Path(os.environ.get("CLIPADAPT_CACHE", Path.home() / ".cache" / "clipadapt"))
+
+
+def write_atomic(
+    path: str | Path, write: Callable[[Path], object], tmp: Path | None = None, keep_previous: Path | None = None
+) -> Path:
+    """Write `path` through `write(temp file)`, flush it to disk and rename it into place: a reader, or a run
+    killed mid-write, sees the old file or the new one, never half of one. `tmp`: the temp file's name (default
+    `<path>.<pid>.tmp` beside it); `keep_previous`: where the file it replaces is kept (a fallback for
+    checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp or path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if keep_previous is not None and path.is_file():
+            path.replace(keep_previous)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """`text` (UTF-8) to `path` through `write_atomic`."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import torch
 
+from .classifier import Classifier
 from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_classes
 from .errors import ClipadaptError
 from .features import FeatureSet, default_cache_dir, extract_features
 from .methods import build_method, method_config
 from .methods.contract import FeatureMethod, ImageMethod
+from .paths import write_text_atomic
+from .text import read_names
 from .training.batches import decoding_workers
 
 # What the protocols run: they dispatch on its `capabilities`.
@@ -109,16 +112,20 @@ def fit_method(
     seed: int = 1,
     unseen_classnames: Sequence[str] = (),
 ) -> dict | None:
-    """Train `method` on `splits` (on its k-shot subset when `shots` is given), save what it learned to
-    `<run folder>/train-<data set>-seed<seed>/<method>.safetensors`, and return its training summary. Nothing is
-    sampled or extracted for a method that does not train. A method that uses them (SHIP) also gets the names of
+    """Train `method` on `splits` (on its k-shot subset when `shots` is given), save it as a classifier of the
+    training classes to `<run folder>/train-<data set>-seed<seed>/<method>.safetensors` (`clipadapt predict` and
+    `load_classifier` read it), and return its training summary. Nothing is sampled or extracted for a method that
+    does not train (its classifier is saved all the same). A method that uses them (SHIP) also gets the names of
     the classes the protocol will test without training data: names only, never their images."""
     capabilities = method.capabilities
-    if not capabilities.trains:
-        return None
-    if shots:
+    if shots and capabilities.trains:
         splits = fewshot(splits, shots, seed, cache_dir=_split_cache(ctx))
     out_dir = Path(ctx.out_dir) / f"train-{splits.name}-seed{seed}" if ctx.out_dir else None
+    classifier = classifier_of(method, ctx.backbone, splits, seed, shots)
+    if not capabilities.trains:
+        if out_dir is not None:
+            classifier.save(out_dir / f"{method.name}.safetensors")
+        return None
     if capabilities.needs_images:  # tunes its image encoder: trains on the images themselves
         summary = method.fit_images(splits, out_dir=out_dir, progress=ctx.progress, num_workers=ctx.num_workers)
     else:
@@ -136,9 +143,18 @@ def fit_method(
                 progress=ctx.progress,
                 **extra,
             )
-    if out_dir is not None:  # what was learned, loadable with the method's `load`
-        method.save(out_dir / f"{method.name}.safetensors")
+    if out_dir is not None:  # what was learned, as a classifier `load_classifier` rebuilds from the file alone
+        classifier.save(out_dir / f"{method.name}.safetensors")
     return summary
+
+
+def classifier_of(
+    method: AnyMethod, backbone, splits: DatasetSplits, seed: int, shots: int | None = None
+) -> Classifier:
+    """`method` on `backbone`, trained (by `fit_method`) on `splits` with `seed` and `shots`, as a classifier of its
+    classes."""
+    trained_on = {"dataset": splits.name, "seed": seed, "shots": shots if method.capabilities.trains else None}
+    return Classifier(method, backbone, splits.classnames, splits.template_key, trained_on)
 
 
 def with_training(result: dict, summary: dict | None) -> dict:
@@ -261,12 +277,7 @@ def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> l
     default the new half of CoOp's base/new split."""
     if not unseen:
         return list(range(math.ceil(len(splits.classnames) / 2), len(splits.classnames)))
-    if isinstance(unseen, str):
-        path = Path(unseen)
-        names = path.read_text().splitlines() if path.is_file() else unseen.split(",")
-    else:
-        names = list(unseen)
-    names = [n.strip().replace("_", " ") for n in names if n.strip()]
+    names = read_names(unseen)
     missing = [n for n in names if n not in splits.classnames]
     if missing:
         raise ClipadaptError(f"unseen class(es) not in data set '{splits.name}': {', '.join(missing[:5])}")
@@ -603,13 +614,6 @@ def safe_name(text: str, limit: int = 80, keep_end: bool = False) -> str:
     its name)."""
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
     return (name[-limit:] if keep_end else name[:limit]) or "_"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """`text` to `path` through a temp file that is renamed: a reader sees the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:

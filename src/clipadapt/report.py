@@ -24,7 +24,8 @@ from PIL import Image
 
 from .data import load_image
 from .errors import ClipadaptError
-from .protocols import PROTOCOL_SPECS, Column, ReportTable, safe_name, trained, write_text_atomic
+from .paths import write_text_atomic
+from .protocols import PROTOCOL_SPECS, Column, ReportTable, safe_name, trained
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
 NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
-from .config import load_config_file
+from .config import load_config_file, read_yaml_file
 from .data import load_dataset
 from .errors import ClipadaptError
 from .methods import method_configs
@@ -105,10 +104,7 @@ def _as_list(grid: dict, key: str, default: list | None = None) -> list:
 
 def read_grid(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        grid = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ClipadaptError(f"cannot read the grid {path}: {e}") from e
+    grid = read_yaml_file(path, "the grid")
     if not isinstance(grid, dict):
         raise ClipadaptError(f"the grid {path} must be a mapping (methods, datasets, protocols, seeds, ...)")
     unknown = sorted(set(grid) - GRID_KEYS)

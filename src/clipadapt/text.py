@@ -7,6 +7,7 @@ template per data set is kept here, keyed by the CoOp data set class name.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from open_clip import build_zero_shot_classifier
@@ -35,6 +36,18 @@ COOP_TEMPLATES: dict[str, str] = {
     "ImageNetA": "a photo of a {}.",
     "ImageNetR": "a photo of a {}.",
 }
+
+
+def read_names(names: str | Sequence[str]) -> list[str]:
+    """Class names from a comma list, a file with one name a line, or a list; underscores read as spaces (as in
+    folder names)."""
+    if isinstance(names, str):
+        path = Path(names).expanduser()
+        names = path.read_text(encoding="utf-8").splitlines() if path.is_file() else names.split(",")
+    names = [name.strip().replace("_", " ") for name in names if name.strip()]
+    if not names:
+        raise ClipadaptError("no class names given")
+    return names
 
 
 def resolve_templates(spec: str, template_key: str | None = None) -> list[Callable[[str], str] | str]:

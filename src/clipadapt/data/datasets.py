@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from clipadapt.errors import DataError
+from clipadapt.paths import write_text_atomic
 
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -157,6 +158,60 @@ def drop_unreadable_images(
     return replace(splits, **kept), bad
 
 
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+PATH_COLUMNS = ("path", "image", "filepath", "file", "filename")
+
+
+def _paths_in_csv(path: Path) -> list[Path]:
+    """The image paths a CSV lists: its `path` (or `image`, `filepath`, `file`, `filename`) column, else its first;
+    relative paths are relative to the CSV's folder."""
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read the image list {path}: {e}") from e
+    # (line number, cells) of the lines that are not blank
+    rows = [(number, row) for number, row in enumerate(rows, 1) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise DataError(f"the image list {path} is empty")
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    column = next((header.index(name) for name in PATH_COLUMNS if name in header), None)
+    if column is not None:
+        rows = rows[1:]
+    column = column or 0
+    missing = [number for number, row in rows if len(row) <= column or not row[column].strip()]
+    if missing:
+        raise DataError(f"the image list {path}: line {missing[0]} has no path")
+    return [(path.parent / row[column].strip()).absolute() for _, row in rows]
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files `inputs` name, in order, each once: files (a `.csv` is a list of image paths), folders
+    (their image files, searched recursively, sorted) and glob patterns (`photos/*.jpg`, `**` recursive). An input
+    that names nothing, or inputs with no image among them, raise DataError."""
+    found: dict[Path, None] = {}
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_file():
+            found.update(dict.fromkeys(_paths_in_csv(path) if path.suffix.lower() == ".csv" else [path.absolute()]))
+        elif path.is_dir():
+            images = sorted(p.absolute() for p in path.rglob("*") if _is_image_file(p))
+            if not images:
+                raise DataError(f"folder {path} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})")
+            found.update(dict.fromkeys(images))
+        else:
+            matches = sorted(Path(p).absolute() for p in glob.glob(str(path), recursive=True))
+            images = [p for p in matches if _is_image_file(p)]
+            if not images:
+                raise DataError(f"{text} is no file or folder, and matches no image file")
+            found.update(dict.fromkeys(images))
+    if not found:
+        raise DataError("no images given")
+    return list(found)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Samples as (transformed RGB image, label, index); the index maps outputs back to samples."""
 
@@ -266,18 +321,8 @@ def save_split_file(path: Path, splits: Mapping[str, Sequence[Sample]], root: Pa
             entries.append([rel.as_posix(), sample.label, classnames[sample.label]])
         data[key] = entries
 
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-            # A reader never sees a half-written file, even if this run is killed mid-write.
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+    try:  # a reader never sees a half-written file, even if this run is killed mid-write
+        write_text_atomic(path, json.dumps(data))
     except OSError as exc:
         raise DataError(f"cannot write split file {path}: {exc}") from exc
 
@@ -328,11 +373,7 @@ def _class_folders(directory: Path) -> dict[str, list[Path]]:
     """Image files (sorted) of each non-hidden sub-folder of `directory`."""
     classes = {}
     for sub in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = sorted(
-            p
-            for p in sub.iterdir()
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-        )
+        images = sorted(p for p in sub.iterdir() if _is_image_file(p))
         if not images:
             raise DataError(f"class folder {sub} contains no images ({' '.join(sorted(IMAGE_EXTENSIONS))})")
         classes[sub.name] = images

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from clipadapt.data.datasets import DatasetSplits, Sample, read_split_file, save_split_file
+from clipadapt.digest import fingerprint
 from clipadapt.errors import DataError
 
 # CoOp samples the validation set with min(shots, 4) images per class.
@@ -61,7 +61,7 @@ def _pool_digest(splits: DatasetSplits, allow_repeat: bool) -> str | None:
     moved data set keeps its subsets) with their labels, and whether images may repeat. None when an image lies
     outside the root: a split file holds paths under its root only."""
     root = Path(os.path.abspath(splits.root))
-    digest = hashlib.sha256(json.dumps([splits.classnames, allow_repeat]).encode())
+    pools = []
     for samples in (splits.train, splits.val):
         entries = []
         for sample in samples:
@@ -69,8 +69,8 @@ def _pool_digest(splits: DatasetSplits, allow_repeat: bool) -> str | None:
                 entries.append((Path(os.path.abspath(sample.path)).relative_to(root).as_posix(), sample.label))
             except ValueError:
                 return None
-        digest.update(json.dumps(sorted(entries)).encode())
-    return digest.hexdigest()[:12]
+        pools.append(sorted(entries))
+    return fingerprint([splits.classnames, allow_repeat], *pools, length=12)
 
 
 def _read_cached(path: Path, splits: DatasetSplits, allow_repeat: bool) -> tuple[list[Sample], list[Sample]] | None:
@@ -154,11 +154,11 @@ def base_new_split(splits: DatasetSplits) -> tuple[DatasetSplits, DatasetSplits]
 
 def split_fingerprint(samples: Sequence[Sample]) -> str:
     """sha256 (first 16 hex digits) over each sample's path, label, file size and mtime, in order."""
-    digest = hashlib.sha256()
+    lines = []
     for sample in samples:
         try:
             stat = os.stat(sample.path)
         except OSError as exc:
             raise DataError(f"cannot fingerprint image {sample.path}: {exc.strerror or exc}") from exc
-        digest.update(json.dumps([str(sample.path), sample.label, stat.st_size, stat.st_mtime_ns]).encode() + b"\n")
-    return digest.hexdigest()[:16]
+        lines.append(json.dumps([str(sample.path), sample.label, stat.st_size, stat.st_mtime_ns]) + "\n")
+    return fingerprint(*lines)

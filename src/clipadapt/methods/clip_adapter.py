@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,9 +110,10 @@ class ClipAdapter:
     ) -> torch.Tensor:
         return self._logits(features, self.text(classnames, template_key))
 
-    def save(self, path: str | Path) -> None:
-        """The adapter's weights as safetensors, with the config in the metadata (the text weights are CLIP's)."""
-        save_method_weights(path, self.adapter.state_dict(), "clip_adapter", self.config)
+    def save(self, path: str | Path, **header: Any) -> None:
+        """The adapter's weights as safetensors, with the config (and `header`) in the metadata (the text weights
+        are CLIP's)."""
+        save_method_weights(path, self.adapter.state_dict(), "clip_adapter", self.config, **header)
 
     def load(self, path: str | Path) -> None:
         load_module_state(self.adapter, load_method_weights(path, "clip_adapter")[0], path, "clip_adapter")

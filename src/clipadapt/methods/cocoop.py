@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -142,11 +143,13 @@ class CoCoOp:
     ) -> torch.Tensor:
         """Any class names: the context is shared, only its per-image shift depends on the image."""
         classnames = list(classnames)
+        if torch.compiler.is_exporting():  # one graph for any batch size: whoever runs the exported file batches
+            return self._logits(features, classnames)
         return torch.cat([self._logits(chunk, classnames) for chunk in features.split(self.config.eval_batch)])
 
-    def save(self, path: str | Path) -> None:
-        """Context and meta-net as safetensors, with the config in the metadata."""
-        save_method_weights(path, self.prompt.state_dict(), "cocoop", self.config)
+    def save(self, path: str | Path, **header: Any) -> None:
+        """Context and meta-net as safetensors, with the config (and `header`) in the metadata."""
+        save_method_weights(path, self.prompt.state_dict(), "cocoop", self.config, **header)
 
     def load(self, path: str | Path) -> None:
         state, _ = load_method_weights(path, "cocoop")

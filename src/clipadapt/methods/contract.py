@@ -6,8 +6,9 @@ is registered):
 - `FeatureMethod` scores cached frozen image features against any list of class names (`logits`); one that `trains`
   also has `fit` on cached features.
 - `ImageMethod` tunes its image encoder, so it trains and predicts on images (`fit_images`, `image_logits`).
-- Every method that trains saves its learned weights to one safetensors file and loads them back (`save`, `load`);
-  the protocols save them after training, to `<name>.safetensors` in the run's training folder.
+- Every method that trains saves its learned weights to one safetensors file and loads them back (`save(path,
+  **header)`, `load`); the protocols save them after training, as a classifier (`classifier.Classifier.save`: the
+  header also says how to rebuild the method and its backbone) to `<name>.safetensors` in the run's training folder.
 An add-on (SHIP's `WithShip`, `METHOD+ship`) wraps a method that `trains_on_synthetic` and is itself a
 `FeatureMethod`. Pretraining (UniCL) builds a backbone rather than classifying with one: `clipadapt pretrain`
 runs it, and it is not registered here.
@@ -68,7 +69,7 @@ class TrainedFeatureMethod(FeatureMethod, Protocol):
         Returns the training summary that metrics.json holds under `training`."""
         ...
 
-    def save(self, path: str | Path) -> None: ...
+    def save(self, path: str | Path, **header: Any) -> None: ...
 
     def load(self, path: str | Path) -> None: ...
 
@@ -91,14 +92,25 @@ class ImageMethod(Method, Protocol):
         """[N, len(classnames)] scores of the samples' images."""
         ...
 
-    def save(self, path: str | Path) -> None: ...
+    def image_transform(self) -> Callable:
+        """The preprocessing (PIL image -> tensor) of the images `batch_logits` scores."""
+        ...
+
+    def batch_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, C] scores over the training classes of preprocessed images [B, 3, H, W]: what a saved classifier
+        runs on new images."""
+        ...
+
+    def save(self, path: str | Path, **header: Any) -> None: ...
 
     def load(self, path: str | Path) -> None: ...
 
 
 def required_members(capabilities: Capabilities) -> list[str]:
     """The callables a method with these capabilities must have."""
-    members = ["fit_images", "image_logits"] if capabilities.needs_images else ["logits"]
+    members = (
+        ["fit_images", "image_logits", "image_transform", "batch_logits"] if capabilities.needs_images else ["logits"]
+    )
     if capabilities.trains:
         members += ([] if capabilities.needs_images else ["fit"]) + ["save", "load"]
     if capabilities.synthesizes:
@@ -123,6 +135,11 @@ def check_method_class(cls: type, name: str) -> None:
     for flag, parameter in (("trains_on_synthetic", "synthetic"), ("uses_unseen_classnames", "unseen_classnames")):
         if getattr(capabilities, flag) and parameter not in fit_parameters:
             missing.append(f"fit(..., {parameter}=) for {flag}")
+    save = getattr(cls, "save", None)
+    if capabilities.trains and callable(save):
+        kinds = {p.kind for p in inspect.signature(save).parameters.values()}
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            missing.append("save(path, **header): a saved classifier adds its description to the header")
     if missing:
         raise ClipadaptError(
             f"method '{name}' ({cls.__name__}) declares {capabilities} but lacks: {', '.join(missing)}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -175,9 +176,10 @@ class CoOp:
             )
         return self._logits(features, self._text_features(classnames))
 
-    def save(self, path: str | Path) -> None:
-        """The learned context as safetensors, with the config and training class names in the metadata."""
-        save_method_weights(path, {"ctx": self.ctx}, "coop", self.config, classnames=self.classnames)
+    def save(self, path: str | Path, **header: Any) -> None:
+        """The learned context as safetensors, with the config and training class names in the metadata (and
+        `header`: what a saved classifier adds)."""
+        save_method_weights(path, {"ctx": self.ctx}, "coop", self.config, classnames=self.classnames, **header)
 
     def load(self, path: str | Path) -> None:
         """Context and training class names from `save`; the config's shape settings must match the file's."""

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -187,12 +188,14 @@ class LinearProbe:
             )
         return (self._inputs(features) @ self.weight.T + self.bias).float()
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, **header: Any) -> None:
         """Weight and bias as safetensors, with the config, the training class names and the C in the metadata."""
         if self.weight is None:
             raise ClipadaptError("linear_probe has nothing to save: fit it first")
         tensors = {"weight": self.weight.float(), "bias": self.bias.float()}
-        save_method_weights(path, tensors, "linear_probe", self.config, classnames=self.classnames, c=self.best_c)
+        save_method_weights(
+            path, tensors, "linear_probe", self.config, classnames=self.classnames, c=self.best_c, **header
+        )
 
     def load(self, path: str | Path) -> None:
         tensors, metadata = load_method_weights(path, "linear_probe")

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -197,14 +198,21 @@ class TipAdapter:
             return logits
         return logits + self.alpha * self._cache_logits(features, classnames, self.beta)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, **header: Any) -> None:
         """The cache (keys as learned by Tip-Adapter-F, one-hot values) as safetensors, with the config, the
         cache's class names and the alpha and beta in use in the metadata."""
         if self.values is None:
             raise ClipadaptError("tip_adapter has no cache to save: fit it first")
         tensors = {"cache_keys": self.cache["cache_keys"], "values": self.values}
         save_method_weights(
-            path, tensors, "tip_adapter", self.config, classnames=self.classnames, alpha=self.alpha, beta=self.beta
+            path,
+            tensors,
+            "tip_adapter",
+            self.config,
+            classnames=self.classnames,
+            alpha=self.alpha,
+            beta=self.beta,
+            **header,
         )
 
     def load(self, path: str | Path) -> None:

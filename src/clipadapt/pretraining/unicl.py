@@ -12,8 +12,6 @@ The official repository (microsoft/UniCL) releases evaluation code only; this is
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..data import DatasetSplits, ImageDataset, Sample, load_dataset
 from ..data.samplers import BalancedBatchSampler
+from ..digest import fingerprint as digest  # `fingerprint` names the run's own here
 from ..errors import ClipadaptError
 from ..losses import clip_loss, gather_batch, unicl_loss
 from ..text import IMAGENET_TEMPLATES, zeroshot_weights
@@ -292,19 +291,16 @@ class UniCLPretrainer:
         )
         if not cfg.augment:  # added since: runs from before it keep their fingerprint
             del computed["augment"]
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                [
-                    computed,
-                    self.backbone.config,
-                    self.data.classnames,
-                    len(self.data.labelled),
-                    len(self.data.captioned),
-                    self.world_size,
-                ],
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()[:16]
+        fingerprint = digest(
+            [
+                computed,
+                self.backbone.config,
+                self.data.classnames,
+                len(self.data.labelled),
+                len(self.data.captioned),
+                self.world_size,
+            ]
+        )
         trainer = Trainer(
             self.module,
             optimizer,

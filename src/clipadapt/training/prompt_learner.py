@@ -4,7 +4,6 @@ Tip-Adapter-F share (`TrainConfig`), what a checkpoint must match to be resumed,
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..digest import fingerprint as digest  # `fingerprint` names the run's parts here
 from ..errors import ClipadaptError
 from .batches import dassl_train_transform, decoding_worker_count, training_batches
 from .distributed import threads_beside_workers
@@ -169,15 +169,12 @@ def train_prompt_learner(
     transform = dassl_train_transform(backbone, config.crop_scale) if config.augment else None
     run_fingerprint = ""
     if out_dir is not None:
-        digest = hashlib.sha256(training_fingerprint(config, *fingerprint, ignore=fingerprint_ignore).encode())
-        digest.update(backbone.fingerprint().encode())
-        digest.update(train.labels.cpu().numpy().tobytes())
-        digest.update(train.features.float().cpu().numpy().tobytes())
+        data = [train.labels, train.features.float()]
         if synthetic is not None:
-            digest.update(f"{synthetic_ratio}".encode())
-            digest.update(synthetic.labels.cpu().numpy().tobytes())
-            digest.update(synthetic.features.float().cpu().numpy().tobytes())
-        run_fingerprint = digest.hexdigest()[:16]
+            data += [f"{synthetic_ratio}", synthetic.labels, synthetic.features.float()]
+        run_fingerprint = digest(
+            training_fingerprint(config, *fingerprint, ignore=fingerprint_ignore), backbone.fingerprint(), *data
+        )
 
     workers = decoding_worker_count() if transform is not None else 0
     batches = training_batches(

@@ -24,12 +24,12 @@ Options go after the method's own as `ship.KEY=VALUE`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...checkpoint import load_method_weights, load_module_state, save_method_weights
+from ...digest import fingerprint as digest  # `fingerprint` names the run's own here
 from ...errors import CheckpointError, ClipadaptError
 from ...features import FeatureSet
+from ...paths import write_atomic
 from ...text import zeroshot_weights
 from ...training.loop import Trainer, frozen
 from ..contract import Capabilities
@@ -237,11 +239,8 @@ class Ship:
             for k, v in asdict(self.config).items()
             if k not in ("synthetic_ratio", "synthetic_per_class", "synthetic_val", "checkpoint_every")
         }
-        data = hashlib.sha256(train.labels.cpu().numpy().tobytes())
-        data.update(train.features.float().cpu().numpy().tobytes())
-        fingerprint = json.dumps(
-            [trained_by, classnames, self.backbone.fingerprint(), data.hexdigest()], sort_keys=True
-        )
+        data = digest(train.labels, train.features.float(), length=64)
+        fingerprint = json.dumps([trained_by, classnames, self.backbone.fingerprint(), data], sort_keys=True)
         trainer = Trainer(
             self.model,
             optimizer,
@@ -365,7 +364,7 @@ class WithShip:
     and synthetic features over the joint label space. Scoring is METHOD's."""
 
     def __init__(self, method, name: str, backbone, config: ShipConfig):
-        self.method, self.name, self.config = method, name, config
+        self.method, self.name, self.config, self.backbone = method, name, config, backbone
         self.capabilities = Capabilities(
             trains=True,
             uses_unseen_classnames=True,
@@ -436,15 +435,19 @@ class WithShip:
     ) -> torch.Tensor:
         return self.method.logits(features, classnames, template_key=template_key)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, **header: Any) -> None:
         """METHOD's weights (trained on real and synthetic features) to `path`, SHIP's generator beside them as
         `ship.safetensors` (what `clipadapt interpret` reads)."""
-        self.method.save(path)
+        self.method.save(path, **header)
         self.ship.save(Path(path).parent / "ship.safetensors")
 
     def load(self, path: str | Path) -> None:
+        """METHOD's weights, and SHIP's generator when `ship.safetensors` is beside them: scoring needs only
+        METHOD's, so a classifier file copied alone still loads."""
         self.method.load(path)
-        self.ship.load(Path(path).parent / "ship.safetensors")
+        ship = Path(path).parent / "ship.safetensors"
+        if ship.is_file():
+            self.ship.load(ship)
 
     def synthesis_quality(
         self, real: FeatureSet, classnames: Sequence[str], sample_path: str | Path | None = None
@@ -510,13 +513,9 @@ def save_synthesis_sample(
         "synthetic": F.normalize(synthetic.features.float(), dim=-1).half(),
         "synthetic_labels": synthetic.labels,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"classnames": json.dumps(list(classnames))}
-    )
-    tmp.replace(path)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {"classnames": json.dumps(list(classnames))}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_synthesis_sample(path: str | Path) -> tuple[FeatureSet, FeatureSet, list[str]]:

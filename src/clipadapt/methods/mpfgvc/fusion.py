@@ -31,7 +31,7 @@ class VisionLanguageFusion(nn.Module):
 
     @staticmethod
     def _tokens(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return torch.cat([visual[:, None], text.expand(len(visual), *text.shape)], dim=1)  # [B, 1 + C, D]
+        return torch.cat([visual[:, None], text.expand(visual.shape[0], *text.shape)], dim=1)  # [B, 1 + C, D]
 
     def _attention(self, visual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         scores = (self.query(visual)[:, None] * self.key(tokens)).sum(dim=-1) / math.sqrt(visual.shape[-1])
@@ -42,5 +42,5 @@ class VisionLanguageFusion(nn.Module):
             tokens = self._tokens(visual, text)
             fused = (self._attention(visual, tokens)[..., None] * self.value(tokens)).sum(dim=1)
         else:
-            fused = self.merge(torch.cat([visual, text.reshape(1, -1).expand(len(visual), -1)], dim=-1))
+            fused = self.merge(torch.cat([visual, text.reshape(1, -1).expand(visual.shape[0], -1)], dim=-1))
         return self.classifier(self.translation(fused))

@@ -31,12 +31,12 @@ resized crop 0.5-1 and flip; a crop can cut a world badge's small spot out of th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from ...checkpoint import load_method_weights, load_module_state, save_method_weights
 from ...data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
+from ...digest import fingerprint as digest  # `fingerprint` names the run's own here
 from ...errors import CheckpointError, ClipadaptError
 from ...text import TextClassifier
 from ...training.batches import training_batches
@@ -152,9 +153,12 @@ class MPFGVC:
         self.superclass = ""
         self.model: nn.ModuleDict | None = None
         self.history: dict = {}
+        self._text_cache: tuple | None = None  # (key, E_T) of `_scoring_text`
 
     # ---- the networks ----------------------------------------------------------------------------------
-    def _build(self, classnames: Sequence[str], superclass: str) -> nn.ModuleDict:
+    def _build(self, classnames: Sequence[str], superclass: str, encoder_weights: bool = True) -> nn.ModuleDict:
+        """The networks for `classnames`; `encoder_weights=False` leaves a timm encoder's weights file unread (its
+        weights come from a saved model next)."""
         backbone, config = self.backbone, self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -163,7 +167,7 @@ class MPFGVC:
             else:
                 tower = TimmTower(
                     config.image_encoder.removeprefix("timm:"),
-                    config.image_encoder_weights,
+                    config.image_encoder_weights if encoder_weights else "",
                     backbone.embed_dim,
                     config.image_size,
                 )
@@ -300,7 +304,7 @@ class MPFGVC:
             num_workers,
         )
 
-        data = hashlib.sha256("\n".join(f"{s.path}\t{s.label}" for s in self._train_samples).encode()).hexdigest()
+        data = digest("\n".join(f"{s.path}\t{s.label}" for s in self._train_samples), length=64)
         fingerprint = json.dumps(
             [asdict(self.config), self.classnames, self.superclass, name, self.backbone.fingerprint(), data],
             sort_keys=True,
@@ -527,12 +531,34 @@ class MPFGVC:
                 f"{type(self).__name__.lower()} classifies the classes it was trained on; it "
                 "cannot score other class names"
             )
-        visual = self._embed_samples(samples, progress, num_workers, batch_size)
+        return self._scores(self._embed_samples(samples, progress, num_workers, batch_size))
+
+    def image_transform(self) -> Callable:
+        """The preprocessing `batch_logits` expects: the tuned tower's (its own input size)."""
+        if self.model is None:
+            raise ClipadaptError(f"{type(self).__name__.lower()} predicts with its tuned encoder: fit it first")
+        return self.model["visual"].transform()
+
+    @torch.no_grad()
+    def batch_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] over the training classes of images [B, 3, H, W] preprocessed by `image_transform`."""
+        return self._scores(self.encode_images(images.to(self.backbone.device)).float())
+
+    def _scores(self, visual: torch.Tensor) -> torch.Tensor:
         if self.config.fusion == "none":
             return self.model["head"](visual)
-        return self.model["fusion"](visual, self.text_embeddings())
+        return self.model["fusion"](visual, self._scoring_text())
 
-    def save(self, path: str | Path) -> None:
+    def _scoring_text(self) -> torch.Tensor:
+        """E_T for scoring (no gradients), kept until DaTP's prompts change: scoring in batches encodes the prompts
+        once, and an exported classifier holds them as a constant instead of the text tower."""
+        ctx = self.model["prompts"]["ctx"] if self.config.datp else None
+        key = (id(self.model), id(ctx), ctx._version if ctx is not None else None)
+        if self._text_cache is None or self._text_cache[0] != key:
+            self._text_cache = (key, self.text_embeddings())
+        return self._text_cache[1]
+
+    def save(self, path: str | Path, **header: Any) -> None:
         """The tuned encoder, head, prompts and fusion module as safetensors, with the config, the training class
         names and the superclass in the metadata."""
         if self.model is None:
@@ -544,6 +570,7 @@ class MPFGVC:
             self.config,
             classnames=self.classnames,
             superclass=self.superclass,
+            **header,
         )
 
     def load(self, path: str | Path) -> None:
@@ -559,6 +586,6 @@ class MPFGVC:
         if differing:
             raise CheckpointError(f"{path} was trained with {', '.join(differing)}: load it with the same setting")
         self.classnames = list(metadata["classnames"])
-        model = self._build(self.classnames, metadata["superclass"])
+        model = self._build(self.classnames, metadata["superclass"], encoder_weights=False)
         load_module_state(model, tensors, path, self.name)
         self.model = model.eval()
