@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import COLOURS, colour_images, flip_last_byte
+from PIL import Image
 
 from clipadapt import Classifier, ClipadaptError, adapt, load_backbone, load_classifier
 from clipadapt.classifier import predict_to_file
@@ -36,7 +39,8 @@ METHOD_RUNS = {
 }
 
 # Run in a new process: the classifier rebuilt from its run folder alone, scored through the API, `clipadapt
-# predict` and the exported ONNX file under onnxruntime (preprocessed with PIL and numpy from the JSON beside it).
+# predict` and the exported ONNX file under onnxruntime, preprocessed by docs/predict.md's own `preprocess` (PIL and
+# numpy, from the JSON beside the export).
 NEW_PROCESS = r"""
 import json, sys
 import numpy as np, onnxruntime, torch
@@ -44,27 +48,34 @@ from PIL import Image
 from clipadapt import load_classifier
 from clipadapt.cli import main
 
-run, images, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+run, images, out, preprocess_code = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 classifier = load_classifier(run)
 api = classifier.logits(images).tolist()
 assert main(["predict", run, *images, "--out", out + "/predictions.csv", "--top", "99", "--no-progress"]) == 0
 assert main(["export", run, "--out", out + "/model.onnx"]) == 0
-spec = json.load(open(out + "/model.json"))["preprocessing"]
-
-def preprocess(path):
-    image = Image.open(path).convert("RGB")
-    size = spec["resize"]["size"]
-    scale = size / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
-    height, width = spec["center_crop"]
-    left, top = round((image.width - width) / 2), round((image.height - height) / 2)
-    pixels = np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.float32) / 255
-    return ((pixels - spec["mean"]) / spec["std"]).transpose(2, 0, 1).astype(np.float32)
-
+steps = json.load(open(out + "/model.json"))["preprocessing"]
+exec(preprocess_code)
 session = onnxruntime.InferenceSession(out + "/model.onnx")
 onnx = session.run(None, {"images": np.stack([preprocess(p) for p in images])})[0].tolist()
 print(json.dumps({"api": api, "onnx": onnx, "classnames": classifier.classnames}))
 """
+
+
+def documented_preprocess() -> str:
+    """The `preprocess` function of docs/predict.md's onnxruntime example."""
+    text = (Path(__file__).parents[1] / "docs" / "predict.md").read_text()
+    match = re.search(r"^def preprocess\(path\):\n(?:    .*\n|\n(?=    ))+", text, re.M)
+    assert match, "docs/predict.md no longer defines preprocess(path)"
+    return match.group(0)
+
+
+def odd_shaped(image: Path, folder: Path) -> list[str]:
+    """`image` at two shapes that are not square (resized by the shorter side, then centre-cropped)."""
+    shapes = []
+    for width, height in ((61, 37), (40, 90)):
+        shapes.append(str(folder / f"{width}x{height}.png"))
+        Image.open(image).convert("RGB").resize((width, height)).save(shapes[-1])
+    return shapes
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +103,14 @@ def test_a_trained_method_reloads_in_a_new_process_and_predicts_and_exports_the_
     numbers = run_protocol(protocol, method, ctx, splits, seed=1, shots=shots)
     write_metrics(run, numbers)
     trained = base_new_split(splits)[0] if protocol == "base2new" else splits  # the classes it was trained on
-    images = [str(sample.path) for sample in trained.test]
+    tests = [str(sample.path) for sample in trained.test]
+    images = tests + odd_shaped(trained.test[0].path, tmp_path)
     in_memory = classifier_of(method, backbone, trained, seed=1).logits(images)
 
     out = tmp_path / "out"
     out.mkdir()
     result = subprocess.run(
-        [sys.executable, "-c", NEW_PROCESS, str(run), json.dumps(images), str(out)],
+        [sys.executable, "-c", NEW_PROCESS, str(run), json.dumps(images), str(out), documented_preprocess()],
         capture_output=True,
         text=True,
         timeout=300,
@@ -119,7 +131,7 @@ def test_a_trained_method_reloads_in_a_new_process_and_predicts_and_exports_the_
 
     # The accuracy on the test split is the one metrics.json holds.
     labels = torch.tensor([sample.label for sample in trained.test])
-    accuracy = 100.0 * (torch.tensor(reloaded["api"]).argmax(dim=-1) == labels).float().mean().item()
+    accuracy = 100.0 * (torch.tensor(reloaded["api"][: len(tests)]).argmax(dim=-1) == labels).float().mean().item()
     recorded = json.loads((run / "metrics.json").read_text())
     assert accuracy == pytest.approx(recorded["base_accuracy" if protocol == "base2new" else "accuracy"])
 
@@ -131,8 +143,6 @@ def test_the_api_adapts_predicts_renames_and_saves(colour_run, tmp_path, one_thr
     )
     assert isinstance(clf, Classifier) and clf.classnames == list(splits.classnames)
     red = sorted((root / "test" / "red").glob("*.png"))
-    from PIL import Image
-
     pil = Image.open(red[0])
     tensor = clf.transform()(pil.convert("RGB"))
     logits = clf.logits([red[0], pil, tensor, tensor[None]])
@@ -286,3 +296,94 @@ def test_an_edited_header_is_refused_even_without_weights(colour_world, tmp_path
     path.write_bytes(data.replace(b"yellow", b"purple"))  # same length: the header still parses
     with pytest.raises(CheckpointError, match="is damaged"):
         load_classifier(path, backbone=clf.backbone)
+
+
+def test_rows_of_a_classifier_not_loaded_from_a_file_are_never_reused(colour_run, tmp_path):
+    root, weights, _ = colour_run
+    clf = adapt("zeroshot", f"imagefolder:{root}", pretrained=weights, progress=False, cache=tmp_path)
+    images = find_images([root / "test" / "blue"])
+    made_with = {"classifier": None, "classes": clf.classnames, "k": 2}
+    done = {"path": str(images[0]), "top": [{"label": "another", "probability": 1.0}], "error": None}
+    (tmp_path / "p.csv.partial").write_text(json.dumps(made_with) + "\n" + json.dumps(done) + "\n")
+    predict_to_file(clf, images, tmp_path / "p.csv", k=2, progress=False)
+    assert all(row["label_1"] != "another" for row in csv.DictReader((tmp_path / "p.csv").open()))
+
+
+def test_a_file_name_that_is_not_utf8_is_classified_and_written_back_as_its_bytes(coop_run, colour_world, tmp_path):
+    root, _ = colour_world
+    odd = os.fsencode(tmp_path) + b"/caf\xe9.png"
+    with open(odd, "wb") as f:
+        f.write((root / "test" / "red" / "0.png").read_bytes())
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(coop_run), str(tmp_path), "--seed", "1", "--out", str(out), "--no-progress"]) == 0
+    assert odd in out.read_bytes()
+
+
+def test_two_ship_classifiers_in_one_folder_keep_their_own_generators(colour_run, tmp_path, one_thread):
+    root, weights, splits = colour_run
+    values = {"n_ctx": 4, "epochs": 1, "ship.epochs": 1, "ship.synthetic_per_class": 4}
+    saved = []
+    for seed in (1, 2):
+        clf = adapt(
+            "coop+ship", f"imagefolder:{root}", shots=2, seed=seed, pretrained=weights, progress=False,
+            cache=tmp_path, unseen_classnames=["purple"], **values,
+        )  # fmt: skip
+        saved.append(clf.save(tmp_path / f"seed{seed}.safetensors"))
+    generators = [path.with_name(f"{path.stem}.ship.safetensors") for path in saved]
+    assert all(g.is_file() for g in generators) and generators[0].read_bytes() != generators[1].read_bytes()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "copy.safetensors").write_bytes(saved[0].read_bytes())  # without its generator: scores, saves no SHIP
+    copy = load_classifier(alone / "copy.safetensors")
+    assert copy.predict([root / "test/red/0.png"]) == load_classifier(saved[0]).predict([root / "test/red/0.png"])
+    copy.save(alone / "again.safetensors")
+    assert not list(alone.glob("*.ship.safetensors"))
+
+
+def test_csv_lists_without_a_path_column_or_rows_are_refused(tmp_path):
+    (tmp_path / "labels.csv").write_text("label,img\ncat,a.png\n")
+    with pytest.raises(DataError, match="first line \\(label,img\\) is no image path and names no path column"):
+        find_images([tmp_path / "labels.csv"])
+    (tmp_path / "header.csv").write_text("path\n")
+    with pytest.raises(DataError, match="header.csv lists no images"):
+        find_images([tmp_path / "header.csv"])
+
+
+def test_images_the_api_cannot_take_are_named(colour_run, tmp_path):
+    root, weights, _ = colour_run
+    clf = adapt("zeroshot", f"imagefolder:{root}", pretrained=weights, progress=False, cache=tmp_path)
+    with pytest.raises(ClipadaptError, match="no images to classify"):
+        clf.predict(iter([]))
+    with pytest.raises(ClipadaptError, match="a torch.uint8 tensor is not preprocessed"):
+        clf.predict(torch.zeros(3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ClipadaptError, match="a tensor of shape \\(32, 32, 3\\)"):
+        clf.predict(torch.zeros(32, 32, 3))
+
+
+def test_a_damaged_classifier_in_a_run_folder_is_named(coop_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "train-x-seed1").mkdir(parents=True)
+    (classifier,) = sorted(coop_run.glob("train-*seed1/coop.safetensors"))
+    (run / "train-x-seed1" / "coop.safetensors").write_bytes(classifier.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="holds no readable classifier: cannot read .*coop.safetensors"):
+        load_classifier(run)
+
+
+def test_the_preprocessing_of_an_export_is_plain_json_whatever_the_tower_gives():
+    from torchvision import transforms
+
+    from clipadapt.export import describe_preprocessing
+
+    timm_like = transforms.Compose(
+        [
+            transforms.Resize(40, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(32),
+            transforms.ToTensor(),
+            transforms.Normalize(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])),  # timm's: tensors
+        ]
+    )
+    steps = json.loads(json.dumps(describe_preprocessing(timm_like)))
+    assert steps["resize"] == {"size": 40, "mode": "shorter side to size, aspect kept", "interpolation": "bilinear"}
+    assert steps["center_crop"] == [32, 32] and steps["mean"] == [0.5] * 3 and steps["std"] == [0.25] * 3
+    with pytest.raises(ClipadaptError, match="cannot describe the preprocessing step"):
+        describe_preprocessing(transforms.Compose([transforms.RandomHorizontalFlip()]))

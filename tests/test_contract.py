@@ -157,7 +157,7 @@ def test_a_method_defined_here_runs_through_every_protocol(protocol, registered,
         (saved,) = out.glob(f"train-*/{name}.safetensors")
         if name.endswith("+ship"):
             scored = next(iter(result["targets"].values())) if protocol == "crossdataset" else result
-            assert scored["synthesis"]["classes"] >= 1 and (saved.parent / "ship.safetensors").is_file()
+            assert scored["synthesis"]["classes"] >= 1 and saved.with_name(f"{name}.ship.safetensors").is_file()
         # What the protocol saved scores test features as the trained method does.
         reloaded = build_method(name, backbone)
         reloaded.load(saved)

@@ -36,7 +36,7 @@ import clipadapt
 from clipadapt import load_backbone, load_classifier
 from clipadapt.cli import _parse_seeds, build_parser, main
 from clipadapt.config import build_config, load_config_file, parse_overrides
-from clipadapt.data import DATASETS
+from clipadapt.data import DATASETS, find_images
 from clipadapt.data.world import DEFAULT_SIZES, WORLD_DATASETS
 from clipadapt.errors import ClipadaptError
 from clipadapt.methods import METHODS, method_configs
@@ -475,17 +475,23 @@ def test_the_quick_start_classifies_new_images_exports_and_runs_the_export_witho
     Image.open(red[0]).convert("RGB").save("new.jpg")
     (tmp_path / "photos").mkdir()
     for path in red[1:]:
-        (tmp_path / "photos" / path.name).write_bytes(path.read_bytes())
+        Image.open(path).convert("RGB").save(tmp_path / "photos" / f"{path.stem}.jpg")
+    Path("list.csv").write_text("path\nnew.jpg\n")
     quick_start = [c for c in bash_commands(README) if c.line > _line_of(README, QUICK_START)][:3]
     run, predict, export = (shlex.split(c.text)[1:] for c in quick_start)
     assert (run[0], predict[0], export[0]) == ("run", "predict", "export")
     assert main(_on_tiny_inputs(run, tiny, Path(run[run.index("--out") + 1]))) == 0, capsys.readouterr().err
     assert main(predict) == 0, capsys.readouterr().err
     rows = list(csv.DictReader(open("predictions.csv")))
-    assert [Path(row["path"]).name for row in rows] == ["new.jpg", *[p.name for p in red[1:]]]
+    assert [Path(row["path"]).name for row in rows] == ["new.jpg", *[f"{p.stem}.jpg" for p in red[1:]]]
     assert main(export) == 0, capsys.readouterr().err
-    assert list(Path("runs/mine").glob("train-*/coop.onnx")) and list(Path("runs/mine").glob("train-*/coop.json"))
     documented = [shlex.split(c.text)[1:] for c in bash_commands(ROOT / "docs/predict.md")]
+    predicts = [argv for argv in documented if argv[0] == "predict"]
+    assert len(predicts) >= 4  # the page's every way of naming images and outputs
+    for argv in predicts:
+        assert main(argv) == 0, (argv, capsys.readouterr().err)
+    assert {r["path"] for r in json.load(open("predictions.json"))} == {str(p) for p in find_images(["photos"])}
+    assert list(Path("runs/mine").glob("train-*/coop.onnx")) and list(Path("runs/mine").glob("train-*/coop.json"))
     assert main(next(argv for argv in documented if argv[0] == "export" and "--out" in argv)) == 0
     onnx_block, api_block = _python_blocks(ROOT / "docs/predict.md")
     exec(compile(onnx_block, "docs/predict.md", "exec"), {})

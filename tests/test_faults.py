@@ -308,7 +308,7 @@ def test_killed_pretraining_resumes_to_the_same_weights(tmp_path):
     "method, protocol, checkpoint, weights",
     [
         ("coop", "fewshot", "train-*/checkpoint_last.safetensors", "train-*/coop.safetensors"),
-        ("coop+ship", "base2new", "train-*/ship/checkpoint_last.safetensors", "train-*/ship.safetensors"),
+        ("coop+ship", "base2new", "train-*/ship/checkpoint_last.safetensors", "train-*/coop+ship.ship.safetensors"),
     ],
 )
 def test_killed_run_resumes_to_the_same_metrics(colour_world, tmp_path, method, protocol, checkpoint, weights):

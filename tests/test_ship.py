@@ -158,7 +158,10 @@ def test_coop_ship_base2new_run(colour_world, tmp_path):
     assert metrics["training"]["synthetic_features"] == 2 * 8 and metrics["training"]["ship"]["steps"] == 3
     assert metrics["training"]["method"]["steps"] == 2 * 2
     assert 0 <= metrics["synthesis"]["nearest_class_accuracy"] <= 100 and metrics["synthesis"]["classes"] == 2
-    assert metrics["new_accuracy"] is not None and len(list(out.glob("train-*-base-seed1/ship.safetensors"))) == 1
+    assert (
+        metrics["new_accuracy"] is not None
+        and len(list(out.glob("train-*-base-seed1/coop+ship.ship.safetensors"))) == 1
+    )
     assert main(["interpret", str(out), "--pretrained", str(weights), "--top", "3"]) == 0
     (words,) = json.loads((out / "interpret.json").read_text()).values()
     assert len(words["prompts"]) == 4 and all(len(row) == 3 for row in words["mean_latent_prompts"])

@@ -84,13 +84,14 @@ class Classifier:
     def logits(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> torch.Tensor:
         """Logits [N, len(classnames)] of images: paths, PIL images, preprocessed tensors, or a list of them (decoded
         `batch_size` at a time)."""
-        if isinstance(images, (str, Path, Image.Image, torch.Tensor)):
-            images = [images]
+        images = [images] if isinstance(images, (str, Path, Image.Image, torch.Tensor)) else list(images)
         if not images:
             raise ClipadaptError("no images to classify")
-        images = list(images)
-        chunks = [self._preprocess(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
-        return torch.cat([self.batch_logits(batch) for chunk in chunks for batch in chunk.split(batch_size)])
+        logits = []
+        for start in range(0, len(images), batch_size):  # decoded and scored a chunk at a time
+            chunk = self._preprocess(images[start : start + batch_size])
+            logits += [self.batch_logits(batch) for batch in chunk.split(batch_size)]
+        return torch.cat(logits)
 
     def predict_proba(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> torch.Tensor:
         """Class probabilities [N, len(classnames)] (softmax of the logits)."""
@@ -121,9 +122,14 @@ class Classifier:
             if isinstance(image, Image.Image):
                 transform = transform or self.transform()
                 image = transform(image.convert("RGB"))
-            if not torch.is_tensor(image) or image.ndim not in (3, 4):
+            if not torch.is_tensor(image) or image.ndim not in (3, 4) or image.shape[-3] != 3:
                 raise ClipadaptError(
-                    f"an image must be a path, a PIL image or a tensor [3, H, W] / [B, 3, H, W], got {image!r:.80}"
+                    "an image must be a path, a PIL image or a preprocessed tensor [3, H, W] / [B, 3, H, W], got "
+                    + (f"a tensor of shape {tuple(image.shape)}" if torch.is_tensor(image) else f"{image!r:.80}")
+                )
+            if not image.is_floating_point():
+                raise ClipadaptError(
+                    f"a {image.dtype} tensor is not preprocessed: give the image itself, or `transform()` of it"
                 )
             tensors.append(image if image.ndim == 4 else image[None])
         return torch.cat(tensors)
@@ -158,12 +164,16 @@ class Classifier:
     def with_classes(self, classnames: Sequence[str]) -> Classifier:
         """The same trained method scoring other class names, without training: for methods that score class names
         through text (zero-shot, CoOp, CoCoOp, the adapters); the others say they cannot."""
-        if not self.method.capabilities.scores_unseen_classes or getattr(self.method.config, "csc", False):
+        csc = getattr(self.method.config, "csc", False)
+        if not self.method.capabilities.scores_unseen_classes or csc:
             raise ClipadaptError(
-                f"{self.name} scores only the {len(self.classnames)} classes it was trained on: it cannot score "
-                "other class names (methods that can: zeroshot, coop, cocoop, clip_adapter, tip_adapter)"
+                f"{self.name}{' with csc=true' if csc else ''} scores only the {len(self.classnames)} classes it was "
+                "trained on: it cannot score other class names (methods that can: zeroshot, coop, cocoop, "
+                "clip_adapter, tip_adapter)"
             )
-        return Classifier(self.method, self.backbone, classnames, self.template_key, self.trained_on)
+        renamed = Classifier(self.method, self.backbone, classnames, self.template_key, self.trained_on)
+        renamed.checksum = self.checksum
+        return renamed
 
     # ---- saving ----------------------------------------------------------------------------------------------------
     def description(self) -> dict:
@@ -213,12 +223,13 @@ def predict_to_file(
     partial = out.with_name(out.name + ".partial")
     # What the rows in a partial file were made with: rows of another classifier, class list or k are not reused.
     made_with = {"classifier": classifier.checksum, "classes": classifier.classnames, "k": k}
-    done = _rows_of_partial(partial, made_with)
+    # A classifier not loaded from a file has no checksum to tell it by: its rows are never reused.
+    done = _rows_of_partial(partial, made_with) if classifier.checksum else {}
     todo = [path for path in paths if str(path) not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "w" if not done else "a", encoding="utf-8") as rows:
-        if not done:
-            rows.write(json.dumps(made_with) + "\n")
+    # The rows kept, rewritten: a line the kill cut off is not continued by the next row.
+    write_text_atomic(partial, "".join(json.dumps(row) + "\n" for row in [made_with, *done.values()]))
+    with open(partial, "a", encoding="utf-8") as rows:
         for path, top, error in classifier.predict_files(todo, k, batch_size, num_workers, progress):
             record = {
                 "path": str(path),
@@ -303,18 +314,22 @@ def classifier_file(source: str | Path, seed: int | None = None) -> Path:
         return source
     if not source.is_dir():
         raise ClipadaptError(f"{source} is neither a classifier file nor a run folder")
-    found = {}
+    found, unreadable = {}, []
     for path in sorted(source.glob("**/*.safetensors")):
         try:
             header = read_method_header(path)
-        except CheckpointError:
-            continue  # training checkpoints, SHIP's generator, synthesis samples
+        except CheckpointError as e:  # training checkpoints, SHIP's generator, synthesis samples; or damage
+            if "holds no clipadapt method weights" not in str(e):
+                unreadable.append(str(e))
+            continue
         if HEADER_KEY in header:
             found[path] = header[HEADER_KEY].get("trained_on", {}).get("seed")
     if seed is not None:
         found = {path: s for path, s in found.items() if s == seed}
     if len(found) == 1:
         return next(iter(found))
+    if not found and unreadable:
+        raise CheckpointError(f"{source} holds no readable classifier: {unreadable[0]}")
     if not found:
         raise ClipadaptError(
             f"{source} holds no classifier"

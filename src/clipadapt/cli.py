@@ -245,7 +245,10 @@ def _workers(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise ClipadaptError(f"--workers must be 0 or more, got {args.workers}")
     try:
-        return default_workers(args.device) if args.workers is None else args.workers
+        workers = default_workers(args.device) if args.workers is None else args.workers
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise ClipadaptError(f"--device {args.device}: no CUDA GPU is available here (--device cpu)")
+        return workers
     except RuntimeError as e:  # torch's own words for a device string it does not know
         raise ClipadaptError(f"--device {args.device}: {e}") from None
 
@@ -504,10 +507,12 @@ def _one_line(message: str) -> str:
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
-    files = sorted(args.run_dir.glob("**/ship.safetensors"))
+    # METHOD+ship.ship.safetensors, or ship.safetensors as runs before clipadapt 0.2 named it
+    files = sorted({*args.run_dir.glob("**/*.ship.safetensors"), *args.run_dir.glob("**/ship.safetensors")})
     if not files:
         raise ClipadaptError(
-            f"no ship.safetensors under {args.run_dir}: interpret a `clipadapt run METHOD+ship` folder"
+            f"no SHIP generator (*.ship.safetensors) under {args.run_dir}: interpret a `clipadapt run METHOD+ship` "
+            "folder"
         )
     model, pretrained = args.model, args.pretrained
     run_config = args.run_dir / "config.yaml"
@@ -549,7 +554,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     shown = 10 if len(records) > 20 else len(records)
     for record in records[:shown]:
         top = record["top"][0] if record["top"] else None
-        print(f"{record['path']}: " + (f"{top['label']} ({top['probability']:.3f})" if top else record["error"]))
+        path = record["path"].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # any name
+        print(f"{path}: " + (f"{top['label']} ({top['probability']:.3f})" if top else record["error"]))
     if shown < len(records):
         print(f"... {len(records) - shown} more")
     unreadable = sum(record["error"] is not None for record in records)

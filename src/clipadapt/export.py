@@ -11,6 +11,7 @@ tracing; CoCoOp, whose prompts depend on the image, carries the text tower.
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torchvision import transforms
 
 from .classifier import Classifier
 from .errors import ClipadaptError
-from .paths import write_atomic, write_text_atomic
+from .paths import write_text_atomic
 
 FORMATS = ("onnx",)
 
@@ -51,8 +52,8 @@ def describe_preprocessing(transform: transforms.Compose) -> dict:
             }
         elif isinstance(step, transforms.CenterCrop):
             steps["center_crop"] = list(step.size)
-        elif isinstance(step, transforms.Normalize):
-            steps["mean"], steps["std"] = list(step.mean), list(step.std)
+        elif isinstance(step, transforms.Normalize):  # tuples, or tensors (timm's)
+            steps["mean"], steps["std"] = [float(v) for v in step.mean], [float(v) for v in step.std]
         elif type(step).__name__ not in ("MaybeConvertMode", "MaybeToTensor", "ToTensor", "function"):
             raise ClipadaptError(f"cannot describe the preprocessing step {step!r} for an exported classifier")
     steps["input"] = "RGB, pixel values / 255, then (x - mean) / std, channels first"
@@ -85,7 +86,6 @@ def export_classifier(classifier: Classifier, out: str | Path, format: str = "on
     except Exception as e:  # the exporters raise many types; the first line says why
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ClipadaptError(f"{classifier.name} cannot be exported to ONNX: {reason}") from e
-    write_atomic(out, lambda tmp: onnx_program.save(str(tmp)))
     description = {
         "format": "onnx",
         "input": {"name": "images", "shape": ["batch", 3, height, width], "dtype": "float32"},
@@ -94,5 +94,12 @@ def export_classifier(classifier: Classifier, out: str | Path, format: str = "on
         "classnames": classifier.classnames,
         "method": classifier.description(),
     }
-    description_path = write_text_atomic(out.with_suffix(".json"), json.dumps(description, indent=1) + "\n")
-    return out, description_path
+    text = json.dumps(description, indent=1) + "\n"  # before anything is written: all of it is JSON
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Into a folder of its own first: a graph over 2 GB keeps its weights in `<name>.data` beside it, named after the
+    # file it was saved as; both are then moved into place, the data first.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as folder:
+        onnx_program.save(str(Path(folder) / out.name))
+        for saved in sorted(Path(folder).iterdir(), key=lambda p: p.name == out.name):
+            saved.replace(out.parent / saved.name)
+    return out, write_text_atomic(out.with_suffix(".json"), text)

@@ -5,6 +5,7 @@ import cycle."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +20,14 @@ def write_atomic(
 ) -> Path:
     """Write `path` through `write(temp file)`, flush it to disk and rename it into place: a reader, or a run
     killed mid-write, sees the old file or the new one, never half of one. `tmp`: the temp file's name (default
-    `<path>.<pid>.tmp` beside it); `keep_previous`: where the file it replaces is kept (a fallback for
-    checkpoints)."""
+    `.<name>.<random>.tmp` beside it, unique even among processes of several machines that share the folder);
+    `keep_previous`: where the file it replaces is kept (a fallback for checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp or path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    if tmp is None:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        tmp = Path(name)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -37,5 +41,6 @@ def write_atomic(
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """`text` (UTF-8) to `path` through `write_atomic`."""
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """`text` (UTF-8) to `path` through `write_atomic`. File names that are not UTF-8 (read from the disk as
+    surrogate escapes) are written back as the bytes they were."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))

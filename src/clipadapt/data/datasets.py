@@ -180,6 +180,13 @@ def _paths_in_csv(path: Path) -> list[Path]:
     column = next((header.index(name) for name in PATH_COLUMNS if name in header), None)
     if column is not None:
         rows = rows[1:]
+    elif not (path.parent / rows[0][1][0].strip()).is_file():  # a header naming no path column, not a path
+        raise DataError(
+            f"the image list {path}: its first line ({','.join(rows[0][1])[:80]}) is no image path and names no path "
+            f"column ({', '.join(PATH_COLUMNS)})"
+        )
+    if not rows:
+        raise DataError(f"the image list {path} lists no images")
     column = column or 0
     missing = [number for number, row in rows if len(row) <= column or not row[column].strip()]
     if missing:

@@ -358,6 +358,13 @@ def nearest_class_accuracy(synthetic: FeatureSet, real: FeatureSet) -> float:
     return 100.0 * (nearest == truth).float().mean().item()
 
 
+def generator_path(path: str | Path) -> Path:
+    """Where `WithShip` keeps SHIP's generator beside METHOD's weights file `path`: named after it, so that two
+    classifiers in one folder keep their own."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.ship.safetensors")
+
+
 class WithShip:
     """`METHOD+ship`: train SHIP on the real features, synthesize features for the classes the protocol tests
     without data (base2new's new classes, gzsl's unseen ones, crossdataset's targets), then fit METHOD on real
@@ -375,6 +382,7 @@ class WithShip:
         self.synthetic: FeatureSet | None = None
         self.synthetic_classnames: list[str] = []
         self.num_real_classes = 0
+        self.generator_ready = False  # SHIP trained or loaded: what `save` writes beside METHOD's weights
 
     def fit(
         self,
@@ -395,6 +403,7 @@ class WithShip:
         ship_summary = self.ship.fit(
             train, classnames, out_dir=out_dir / "ship" if out_dir else None, progress=progress
         )
+        self.generator_ready = True
         synthetic = self.ship.synthesize(list(unseen_classnames), progress=progress)
         # Real cached features are not normalized: give the synthetic ones the real features' mean norm, so a
         # method sees one distribution of lengths whatever it does with them.
@@ -436,18 +445,19 @@ class WithShip:
         return self.method.logits(features, classnames, template_key=template_key)
 
     def save(self, path: str | Path, **header: Any) -> None:
-        """METHOD's weights (trained on real and synthetic features) to `path`, SHIP's generator beside them as
-        `ship.safetensors` (what `clipadapt interpret` reads)."""
+        """METHOD's weights (trained on real and synthetic features) to `path`, and SHIP's generator, once trained
+        or loaded, beside them as `generator_path(path)` (what `clipadapt interpret` reads)."""
         self.method.save(path, **header)
-        self.ship.save(Path(path).parent / "ship.safetensors")
+        if self.generator_ready:
+            self.ship.save(generator_path(path))
 
     def load(self, path: str | Path) -> None:
-        """METHOD's weights, and SHIP's generator when `ship.safetensors` is beside them: scoring needs only
-        METHOD's, so a classifier file copied alone still loads."""
+        """METHOD's weights, and SHIP's generator when its file is beside them: scoring needs only METHOD's, so a
+        classifier file copied alone still loads."""
         self.method.load(path)
-        ship = Path(path).parent / "ship.safetensors"
-        if ship.is_file():
-            self.ship.load(ship)
+        if generator_path(path).is_file():
+            self.ship.load(generator_path(path))
+            self.generator_ready = True
 
     def synthesis_quality(
         self, real: FeatureSet, classnames: Sequence[str], sample_path: str | Path | None = None
