@@ -26,6 +26,7 @@ from .data import load_image
 from .errors import ClipadaptError
 from .paths import write_text_atomic
 from .protocols import PROTOCOL_SPECS, Column, ReportTable, safe_name, trained
+from .summary import summarize
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
 NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
@@ -583,6 +584,25 @@ def tensorboard_command(runs: Sequence[Run]) -> str | None:
     return f"tensorboard --logdir {os.path.commonpath([str(run.folder) for run in runs])}"
 
 
+def findings_html(lines: Sequence[str]) -> str:
+    """`summarize`'s markdown bullets (two levels, `code` spans) as nested HTML lists."""
+
+    def inline(text: str) -> str:
+        return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+    parts, nested = ["<ul>"], False
+    for line in lines:
+        inner = line.startswith("  - ")
+        if inner and not nested:
+            parts.append("<ul>")
+        elif not inner:
+            parts.append("</ul></li>" if nested else "</li>" if len(parts) > 1 else "")
+        nested = inner
+        parts.append(f"<li>{inline(line.lstrip()[2:])}" + ("</li>" if inner else ""))
+    parts.append("</ul></li></ul>" if nested else "</li></ul>")
+    return "".join(parts)
+
+
 def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Table], list[Plot]]:
     """Read the runs under `paths` and write `out` (HTML), the same tables as markdown beside it (`.md`) and the
     plots as PNG files in the folder `<out stem>_files/`. Returns what it wrote."""
@@ -611,13 +631,16 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
         f"<figcaption>{html.escape(p.title)}</figcaption></figure>"
         for p in plots
     )
+    findings = summarize(runs)
     tensorboard = tensorboard_command(runs)
     logs = f"Training curves (loss, learning rate, validation, step time): `{tensorboard}`." if tensorboard else ""
     page = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>clipadapt report</title>"
         f"<style>{STYLE}</style></head><body><h1>clipadapt report</h1>"
         f"<p>{len(runs)} run(s) {html.escape(sources)}. Accuracies in percent; ± is the standard deviation "
-        f"over seeds.</p><h2>Tables</h2>{''.join(t.html() for t in tables)}"
+        f"over seeds.</p>"
+        + (f"<h2>What these runs show</h2>{findings_html(findings)}" if findings else "")
+        + f"<h2>Tables</h2>{''.join(t.html() for t in tables)}"
         f"<h2>Plots</h2>{figures or '<p>No plot: these runs hold no data for one.</p>'}"
         + (f"<h2>Training logs</h2><p>{html.escape(logs)}</p>" if logs else "")
         + "</body></html>\n"
@@ -626,6 +649,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
         "\n\n".join(
             [
                 f"# clipadapt report\n\n{len(runs)} run(s) {sources}.",
+                *(["## What these runs show\n\n" + "\n".join(findings)] if findings else []),
                 *(t.markdown() for t in tables),
                 *(f"![{p.title}]({link}{quote(p.path.name)})" for p in plots),
                 *([f"## Training logs\n\n{logs}"] if logs else []),

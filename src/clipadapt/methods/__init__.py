@@ -10,13 +10,14 @@ registers itself when imported (mpfgvc registers mpfgvc and finetune); ship is t
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from typing import Any
 
 from ..config import build_config
 from ..errors import ClipadaptError
 from . import clip_adapter, cocoop, coop, linear_probe, mpfgvc, tip_adapter, zeroshot  # noqa: F401  (each registers)
 from .addons.ship import ShipConfig, WithShip
-from .contract import METHODS
+from .contract import METHODS, Claim
 from .contract import register_method as register_method  # where method files outside the package register
 
 ADDONS = ("ship",)
@@ -52,6 +53,15 @@ def method_configs(
             ship_values.setdefault("seed", seed)
         ship = build_config(ShipConfig, ship_values, source=source)
     return cls, build_config(cls.Config, own, source=source), ship
+
+
+def method_claims(name: str) -> tuple[Claim, ...]:
+    """What the papers report for method `name` (`METHOD+ship`: SHIP's claims against METHOD); () for a name not
+    registered."""
+    inner, _, addon = name.partition("+")
+    if addon == "ship":
+        return tuple(replace(c, baseline=inner) if c.baseline == "METHOD" else c for c in WithShip.claims)
+    return tuple(getattr(METHODS.get(inner), "claims", ())) if not addon else ()
 
 
 def build_method(

@@ -26,7 +26,7 @@ from ..errors import ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
 from ..training.prompt_learner import TrainConfig, train_prompt_learner
-from .contract import Capabilities, register_method
+from .contract import Capabilities, Claim, register_method
 from .coop import epochs_for_shots
 
 
@@ -39,6 +39,7 @@ def adapter_mlp(dim: int, reduction: int) -> nn.Sequential:
 @register_method("clip_adapter")
 class ClipAdapter:
     capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+    claims = (Claim("fewshot", "accuracy", "zeroshot", +1, "CLIP-Adapter (IJCV 2023), Fig. 3: 16 shots", 16),)
 
     @dataclass
     class Config(TrainConfig):

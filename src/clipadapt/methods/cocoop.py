@@ -30,7 +30,7 @@ from ..checkpoint import load_method_weights, save_method_weights
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from ..training.prompt_learner import TrainConfig, train_prompt_learner
-from .contract import Capabilities, register_method
+from .contract import Capabilities, Claim, register_method
 
 OFFICIAL_LR = 0.002  # per step at the official batch size of 1
 
@@ -63,6 +63,11 @@ class CoCoOp:
     """After `fit`, `prompt` holds the learned context (`prompt.ctx`) and meta-net, `history` the training summary."""
 
     capabilities = Capabilities(trains=True)
+    claims = (
+        Claim("base2new", "new_accuracy", "coop", +1, "CoCoOp (CVPR 2022), Table 1"),
+        Claim("base2new", "harmonic_mean", "coop", +1, "CoCoOp (CVPR 2022), Table 1"),
+        Claim("crossdataset", "average_target_accuracy", "coop", +1, "CoCoOp (CVPR 2022), Table 2"),
+    )
 
     @dataclass
     class Config(TrainConfig):

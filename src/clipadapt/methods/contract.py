@@ -41,6 +41,21 @@ class Capabilities:
     selects_tokens: bool = False  # `kept_token_overlap(samples, parts, progress)`: where kept tokens land
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A direction its paper reports for a method: under `protocol`, the method's `metric` (a metrics.json key) lies
+    above (`direction` +1) or below (-1) the `baseline` method's on the same data set; `min_shots`: only for runs of
+    at least that many shots. `source`: where the paper shows it. The report checks each claim against the runs it
+    is given (`summary.py`); a method declares its own as `claims`."""
+
+    protocol: str
+    metric: str
+    baseline: str
+    direction: int
+    source: str
+    min_shots: int = 0
+
+
 class Method(Protocol):
     name: ClassVar[str]  # the registered name (`clipadapt run NAME`)
     capabilities: Capabilities

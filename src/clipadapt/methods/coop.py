@@ -27,7 +27,7 @@ from ..checkpoint import load_method_weights, save_method_weights
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from ..training.prompt_learner import TrainConfig, train_prompt_learner
-from .contract import Capabilities, register_method
+from .contract import Capabilities, Claim, register_method
 
 
 def epochs_for_shots(shots: int, dataset: str | None = None) -> int:
@@ -45,6 +45,11 @@ class CoOp:
     # A shared context scores any class names; class-specific ones (csc) only the training classes (`logits`
     # says so when asked for others).
     capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+    claims = (
+        Claim("fewshot", "accuracy", "zeroshot", +1, "CoOp (IJCV 2022), Fig. 3: 16 shots", min_shots=16),
+        Claim("base2new", "base_accuracy", "zeroshot", +1, "CoCoOp (CVPR 2022), Table 1"),
+        Claim("base2new", "new_accuracy", "zeroshot", -1, "CoCoOp (CVPR 2022), Table 1: CoOp's new classes fall"),
+    )
 
     @dataclass
     class Config(TrainConfig):

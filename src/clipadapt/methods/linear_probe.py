@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_method_weights, save_method_weights
 from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
-from .contract import Capabilities, register_method
+from .contract import Capabilities, Claim, register_method
 
 COARSE_C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # lpclip's search_list, in its order (ties go to the first)
 
@@ -111,6 +111,7 @@ class LinearProbe:
 
     # One weight vector per training class: base2new reports its base accuracy only.
     capabilities = Capabilities(trains=True, scores_unseen_classes=False)
+    claims = (Claim("fewshot", "accuracy", "zeroshot", +1, "CoOp (IJCV 2022), Fig. 3: 16 shots", min_shots=16),)
 
     def __init__(self, backbone, config: LinearProbe.Config):
         self.config = config

@@ -40,7 +40,7 @@ from ..errors import CheckpointError, ClipadaptError
 from ..features import FeatureSet
 from ..text import TextClassifier
 from ..training.prompt_learner import TrainConfig, train_prompt_learner
-from .contract import Capabilities, register_method
+from .contract import Capabilities, Claim, register_method
 
 
 def search_grid(scale: float, steps: int) -> list[float]:
@@ -51,6 +51,7 @@ def search_grid(scale: float, steps: int) -> list[float]:
 @register_method("tip_adapter")
 class TipAdapter:
     capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+    claims = (Claim("fewshot", "accuracy", "zeroshot", +1, "Tip-Adapter (ECCV 2022), Table 1: 1 to 16 shots"),)
 
     @dataclass
     class Config(TrainConfig):

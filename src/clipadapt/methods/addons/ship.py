@@ -45,7 +45,7 @@ from ...features import FeatureSet
 from ...paths import write_atomic
 from ...text import zeroshot_weights
 from ...training.loop import Trainer, frozen
-from ..contract import Capabilities
+from ..contract import Capabilities, Claim
 
 GENERATORS = ("clip_text", "mlp")
 OBJECTIVES = ("vae", "gan")
@@ -369,6 +369,13 @@ class WithShip:
     """`METHOD+ship`: train SHIP on the real features, synthesize features for the classes the protocol tests
     without data (base2new's new classes, gzsl's unseen ones, crossdataset's targets), then fit METHOD on real
     and synthetic features over the joint label space. Scoring is METHOD's."""
+
+    # Against METHOD without SHIP (`METHOD` stands for it: `methods.method_claims` names it).
+    claims = (
+        Claim("base2new", "new_accuracy", "METHOD", +1, "SHIP (ICCV 2023), base-to-new table"),
+        Claim("base2new", "harmonic_mean", "METHOD", +1, "SHIP (ICCV 2023), base-to-new table"),
+        Claim("gzsl", "harmonic_mean", "METHOD", +1, "SHIP (ICCV 2023), generalized zero-shot table"),
+    )
 
     def __init__(self, method, name: str, backbone, config: ShipConfig):
         self.method, self.name, self.config, self.backbone = method, name, config, backbone

@@ -14,6 +14,7 @@ class FineTune(MPFGVC):
     """The plain fine-tuned baseline: the same encoder and linear head, cross-entropy only."""
 
     capabilities = Capabilities(trains=True, needs_images=True, scores_unseen_classes=False)
+    claims = ()  # the baseline MP-FGVC is measured against
 
     @dataclass
     class Config(MPFGVC.Config):

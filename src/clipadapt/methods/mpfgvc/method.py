@@ -54,7 +54,7 @@ from ...training.batches import training_batches
 from ...training.distributed import threads_beside_workers
 from ...training.loop import Trainer, frozen, param_groups
 from ...training.schedules import cosine_lr
-from ..contract import Capabilities, register_method
+from ..contract import Capabilities, Claim, register_method
 from .fusion import FUSIONS, VisionLanguageFusion
 from .ssvp import SSVP_SCORES, box_in_crop, part_overlap, patch_boxes, resized_shorter_side, ssvp_scores, ssvp_tokens
 from .towers import ClipTower, TimmTower
@@ -73,6 +73,7 @@ class MPFGVC:
 
     # SsVP's kept tokens are measured against the data set's part boxes, where it has them (not with ssvp=false).
     capabilities = Capabilities(trains=True, needs_images=True, scores_unseen_classes=False, selects_tokens=True)
+    claims = (Claim("full", "accuracy", "finetune", +1, "MP-FGVC (AAAI 2024), ablation: CUB-200-2011"),)
 
     @dataclass
     class Config:
