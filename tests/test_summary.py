@@ -99,3 +99,23 @@ def test_the_report_opens_with_the_summary(runs):
     assert "<code>cocoop</code>" in page
     markdown = (runs / "report.md").read_text()
     assert "## What these runs show\n\n- `cocoop` on world:objects" in markdown  # in path order
+
+
+def test_a_table_whose_data_sets_have_columns_of_their_own_is_split_by_data_set(tmp_path):
+    from clipadapt.report import build_tables
+
+    def with_attributes(base: float, new: float, attributes: dict) -> dict:
+        return {**base2new(base, new), "attribute_accuracy": {"base": attributes, "new": attributes}}
+
+    write_run(tmp_path, "a", "zeroshot", "base2new", [with_attributes(60, 70, {"colour": 90.0, "shape": 70.0})])
+    write_run(tmp_path, "b", "coop", "base2new", [with_attributes(70, 60, {"colour": 95.0, "shape": 60.0})], 16)
+    runs, _ = find_runs([tmp_path])
+    (table,) = [t for t in build_tables(runs) if t.title.startswith("Base-to-new")]  # one data set: one table
+    assert table.title == "Base-to-new" and table.columns[-2:] == ["new: colour", "new: shape"]
+    far = {"colour": 50.0, "pattern": 40.0}
+    write_run(tmp_path, "c", "zeroshot", "base2new", [with_attributes(50, 26, far)], dataset="world:textures")
+    tables = {t.title: t for t in build_tables(find_runs([tmp_path])[0]) if t.title.startswith("Base-to-new")}
+    assert list(tables) == ["Base-to-new on world:objects", "Base-to-new on world:textures"]
+    assert tables["Base-to-new on world:objects"].columns[-2:] == ["new: colour", "new: shape"]
+    assert tables["Base-to-new on world:textures"].columns[-2:] == ["new: colour", "new: pattern"]
+    assert [row[0] for row in tables["Base-to-new on world:objects"].rows] == ["zeroshot", "coop"]

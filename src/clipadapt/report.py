@@ -244,37 +244,59 @@ CELLS = {
 }
 
 
+def _split_by_dataset(spec: ReportTable, runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """The table's runs as one table, or one per data set (`TITLE on DATA SET`) where the data sets have columns of
+    their own (other class attributes, other targets): one table would be wide and mostly empty."""
+    datasets = list(dict.fromkeys(run.dataset for run in runs))
+    expanding = [column for column in spec.columns if column.kind in EXPANDING_KINDS]
+    groups = {d: [run for run in runs if run.dataset == d] for d in datasets}
+    own_columns = any(
+        set(_column_names(column, group)) != set(_column_names(column, runs))
+        for column in expanding
+        for group in groups.values()
+    )
+    if len(datasets) < 2 or not own_columns:
+        return [(spec.title, runs)]
+    return [(f"{spec.title} on {dataset}", group) for dataset, group in groups.items()]
+
+
+def _table(spec: ReportTable, title: str, runs: list[Run]) -> Table:
+    """`runs` in the report table `spec` declares, its expanding columns one per name the runs hold."""
+    columns = [
+        (column, _column_names(column, runs))
+        for column in spec.columns
+        # SsVP's part overlap is a diagnostic of some runs: no column where no run has it.
+        if column.kind != "overlap" or any(run.metrics.get("part_overlap") for run in runs)
+    ]
+    headers = [
+        header
+        for column, names in columns
+        for header in (
+            [column.header]
+            if column.kind not in EXPANDING_KINDS
+            else [f"{column.header}: {n}" if column.header else n for n in names]
+        )
+    ]
+    table = Table(title, headers, note=spec.note)
+    for run in runs:
+        table.rows.append([cell for column, names in columns for cell in CELLS[column.kind](run, column, names)])
+    return table
+
+
 def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] = ()) -> list[Table]:
     """One table per report table the runs' protocols declare (`protocols.ProtocolSpec.table`), in its columns,
-    rows in the order given (by protocol where protocols share a table); then SHIP's diagnostics and one table per
-    recorded comparison."""
+    rows in the order given (by protocol where protocols share a table; by data set where their columns differ:
+    `_split_by_dataset`); then SHIP's diagnostics and one table per recorded comparison."""
     by_table: dict[ReportTable, list[Run]] = defaultdict(list)
     order = list(PROTOCOL_SPECS)
     # A shared table lists its protocols' runs in the order the protocols are registered (full before fewshot).
     for run in sorted(runs, key=lambda run: order.index(run.metrics["protocol"])):
         by_table[PROTOCOL_SPECS[run.metrics["protocol"]].table].append(run)
-    tables = []
-    for spec in sorted(by_table, key=lambda table: table.position):
-        table_runs = by_table[spec]
-        columns = [
-            (column, _column_names(column, table_runs))
-            for column in spec.columns
-            # SsVP's part overlap is a diagnostic of some runs: no column where no run has it.
-            if column.kind != "overlap" or any(run.metrics.get("part_overlap") for run in table_runs)
-        ]
-        headers = [
-            header
-            for column, names in columns
-            for header in (
-                [column.header]
-                if column.kind not in EXPANDING_KINDS
-                else [f"{column.header}: {n}" if column.header else n for n in names]
-            )
-        ]
-        table = Table(spec.title, headers, note=spec.note)
-        for run in table_runs:
-            table.rows.append([cell for column, names in columns for cell in CELLS[column.kind](run, column, names)])
-        tables.append(table)
+    tables = [
+        _table(spec, title, table_runs)
+        for spec in sorted(by_table, key=lambda table: table.position)
+        for title, table_runs in _split_by_dataset(spec, by_table[spec])
+    ]
     # SHIP's diagnostics: the run's own (base2new, gzsl), and each cross-data-set target's.
     synthesized = [
         (run, run.dataset, run.metrics["synthesis"]) for run in runs if isinstance(run.metrics.get("synthesis"), dict)
