@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .paths import write_atomic
 
 STATE_KEY = "clipadapt_state"
@@ -104,7 +104,7 @@ def read_method_header(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for missing or corrupt files
-        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from e
     if "method" not in header or "config" not in header:
         raise CheckpointError(f"{path} holds no clipadapt method weights")
     return _decoded(header, path)
@@ -117,10 +117,6 @@ def _decoded(header: dict[str, str], path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the header is not what clipadapt writes: {e}") from e
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]
-
-
 def load_method_weights(path: str | Path, method: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, header with JSON values decoded) of a `save_method_weights` file of `method`; a missing,
     corrupt, damaged (its checksum does not match) or other method's file raises CheckpointError naming it."""
@@ -129,7 +125,7 @@ def load_method_weights(path: str | Path, method: str) -> tuple[dict[str, torch.
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for missing or corrupt files
-        raise CheckpointError(f"cannot read {method} weights from {path}: {_first_line(e)}") from e
+        raise CheckpointError(f"cannot read {method} weights from {path}: {first_line(e)}") from e
     if header.get("method") != method:
         raise CheckpointError(f"{path} holds no {method} weights")
     checksum = header.pop(CHECKSUM_KEY, None)  # files from before checksums were written have none to check

@@ -30,7 +30,7 @@ from .checkpoint import CHECKSUM_KEY, load_method_weights, read_method_header, s
 from .config import flatten_sections
 from .data.datasets import load_image
 from .errors import CheckpointError, ClipadaptError, DataError
-from .methods import build_method, method_config
+from .methods import METHODS, build_method, method_config
 from .paths import write_text_atomic
 from .version import __version__
 
@@ -168,8 +168,7 @@ class Classifier:
         if not self.method.capabilities.scores_unseen_classes or csc:
             raise ClipadaptError(
                 f"{self.name}{' with csc=true' if csc else ''} scores only the {len(self.classnames)} classes it was "
-                "trained on: it cannot score other class names (methods that can: zeroshot, coop, cocoop, "
-                "clip_adapter, tip_adapter)"
+                f"trained on: it cannot score other class names (methods that can: {', '.join(_text_scoring())})"
             )
         renamed = Classifier(self.method, self.backbone, classnames, self.template_key, self.trained_on)
         renamed.checksum = self.checksum
@@ -381,6 +380,11 @@ def load_classifier(
     )
     classifier.checksum = header.get(CHECKSUM_KEY)
     return classifier
+
+
+def _text_scoring() -> list[str]:
+    """The registered methods that score class names through text, so score names they were not trained on."""
+    return sorted(name for name, cls in METHODS.items() if cls.capabilities.scores_unseen_classes)
 
 
 def _backbone_label(identity: dict) -> str:

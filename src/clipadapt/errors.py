@@ -11,3 +11,8 @@ class DataError(ClipadaptError):
 
 class CheckpointError(ClipadaptError):
     """A weights file that is missing, unreadable or does not fit the model."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error (some span pages), or its type's name when it says nothing."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision import transforms
 
 from .classifier import Classifier
-from .errors import ClipadaptError
+from .errors import ClipadaptError, first_line
 from .paths import write_text_atomic
 
 FORMATS = ("onnx",)
@@ -84,8 +84,7 @@ def export_classifier(classifier: Classifier, out: str | Path, format: str = "on
                 program, input_names=["images"], output_names=["logits"], dynamo=True, verbose=False
             )
     except Exception as e:  # the exporters raise many types; the first line says why
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClipadaptError(f"{classifier.name} cannot be exported to ONNX: {reason}") from e
+        raise ClipadaptError(f"{classifier.name} cannot be exported to ONNX: {first_line(e)}") from e
     description = {
         "format": "onnx",
         "input": {"name": "images", "shape": ["batch", 3, height, width], "dtype": "float32"},

@@ -69,6 +69,12 @@ def attribute_accuracy(
     }
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (as `aggregate_seeds`; the cells of comparison tables)."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
 def harmonic_mean(a: float, b: float) -> float:
     """Harmonic mean of two accuracies in percent (0 when either is 0), as base/new HM and GZSL H."""
     return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)

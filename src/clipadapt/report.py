@@ -25,7 +25,7 @@ from PIL import Image
 from .data import load_image
 from .errors import ClipadaptError
 from .paths import write_text_atomic
-from .protocols import PROTOCOL_SPECS, Column, ReportTable, safe_name, trained
+from .protocols import PROTOCOL_SPECS, Column, ReportTable, mean_std, safe_name, trained
 from .summary import summarize
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
@@ -161,12 +161,6 @@ def _cell(metrics: dict, key: str) -> str:
     text = _number(metrics.get(key))
     std = metrics.get(f"{key}_std")
     return f"{text} ± {std:.1f}" if text != "-" and isinstance(std, (int, float)) else text
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (as `aggregate_seeds`; the cells of comparison tables)."""
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
 def _target_cell(run: Run, target: str) -> str:

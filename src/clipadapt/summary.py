@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .methods import method_claims
 from .methods.contract import Claim
-from .protocols import PROTOCOL_SPECS, trained
+from .protocols import PROTOCOL_SPECS, mean_std, trained
 
 ZERO_SHOT = "zeroshot"
 
@@ -49,9 +49,7 @@ def difference(run, baseline, metric: str) -> Difference | None:
     paired = [(_value(mine[s], metric), _value(theirs[s], metric)) for s in sorted(mine.keys() & theirs.keys())]
     paired = [(a, b) for a, b in paired if a is not None and b is not None]
     if len(paired) >= 2:
-        deltas = [a - b for a, b in paired]
-        mean = sum(deltas) / len(deltas)
-        return Difference(metric, mean, math.sqrt(sum((d - mean) ** 2 for d in deltas) / len(deltas)), len(deltas))
+        return Difference(metric, *mean_std([a - b for a, b in paired]), len(paired))
     a, b = _value(run.metrics, metric), _value(baseline.metrics, metric)
     if a is None or b is None:
         return None

@@ -59,9 +59,9 @@ def method_claims(name: str) -> tuple[Claim, ...]:
     """What the papers report for method `name` (`METHOD+ship`: SHIP's claims against METHOD); () for a name not
     registered."""
     inner, _, addon = name.partition("+")
-    if addon == "ship":
+    if addon:  # ship, the one add-on
         return tuple(replace(c, baseline=inner) if c.baseline == "METHOD" else c for c in WithShip.claims)
-    return tuple(getattr(METHODS.get(inner), "claims", ())) if not addon else ()
+    return tuple(getattr(METHODS.get(inner), "claims", ()))
 
 
 def build_method(

@@ -378,7 +378,7 @@ class WithShip:
     )
 
     def __init__(self, method, name: str, backbone, config: ShipConfig):
-        self.method, self.name, self.config, self.backbone = method, name, config, backbone
+        self.method, self.name, self.config = method, name, config
         self.capabilities = Capabilities(
             trains=True,
             uses_unseen_classnames=True,
