@@ -12,7 +12,9 @@ pretraining at all), the world:patterns / world:scenes data sets, and the far ta
 sketch: all 32 objects classes through a shift; world:textures, world:aerial: tasks pretraining never showed).
 Any run folder holding a model.safetensors works, e.g. to compare two pretrainings of the same loss. Zero-shot uses
 the 80-template ensemble; the linear probe is lpclip's, 16 shots, seed 1. CE trains no text tower, so it has no
-zero-shot numbers.
+zero-shot numbers. The birds (world:birds, CUB's regime) come last, zero-shot and the probe on all 30 training
+images of a species (as scripts/fine_grained.py runs them), each with the share of test birds whose predicted
+species has the true crown, wing and breast: whether the frozen features carry each part.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from clipadapt.methods import build_method
 from clipadapt.protocols import RunContext, run_protocol
 
 FAR_TARGETS = ("patterns", "scenes", "sensor", "clutter", "sketch", "textures", "aerial")
+BIRD_PARTS = ("crown", "wing", "breast")
 
 
 def evaluate(weights: Path, zero_shot: bool) -> dict[str, float]:
@@ -45,6 +48,13 @@ def evaluate(weights: Path, zero_shot: bool) -> dict[str, float]:
                 row["zero-shot objects-new shape"] = result["attribute_accuracy"]["shape"]
         result = run_protocol("fewshot", build_method("linear_probe", backbone), ctx, splits, shots=16, seed=1)
         row[f"linear probe {name}"] = result["accuracy"]
+    birds = load_dataset("world:birds")
+    for kind, method in (("zero-shot", "zeroshot"), ("linear probe", "linear_probe")):
+        if kind == "zero-shot" and not zero_shot:
+            continue
+        result = run_protocol("full", build_method(method, backbone), ctx, birds, seed=1)
+        row[f"{kind} birds"] = result["accuracy"]
+        row.update({f"{kind} birds {part}": result["attribute_accuracy"][part] for part in BIRD_PARTS})
     return row
 
 
@@ -61,6 +71,9 @@ def with_averages(rows: dict[str, dict[str, float]]) -> list[str]:
     order = ["zero-shot objects-base", "zero-shot objects-new shape"]
     order += [f"{kind} {name}" for kind in ("zero-shot", "linear probe") for name in held_out]
     order = [*order[:10], "zero-shot held-out mean", *order[10:], "linear probe far mean"]
+    order += [
+        f"{kind} birds{part}" for kind in ("zero-shot", "linear probe") for part in ("", *(f" {p}" for p in BIRD_PARTS))
+    ]
     present = {c for row in rows.values() for c in row}
     return [c for c in order if c in present]
 

@@ -23,7 +23,17 @@ from pathlib import Path
 from clipadapt.cli import main as clipadapt
 
 # Small enough to generate in seconds, big enough for every protocol (32 object classes, base/new halves).
-WORLD_SIZES = ["pretrain_train=2", "pretrain_val=1", "pretrain_test=1", "captions=2", "train=8", "val=2", "test=4"]
+WORLD_SIZES = [
+    "pretrain_train=2",
+    "pretrain_val=1",
+    "pretrain_test=1",
+    "captions=2",
+    "bird_captions=8",
+    "pretrain_bird_train=2",
+    "train=8",
+    "val=2",
+    "test=4",
+]
 FEW_EPOCHS = ["epochs=2"]
 WORLD_FAILED = 125
 

@@ -283,6 +283,7 @@ def test_python_dash_m_entry_point():
 
 def test_world_command_writes_every_data_set(tmp_path, capsys):
     sizes = ["pretrain_train=2", "pretrain_val=1", "pretrain_test=1", "captions=2", "train=2", "val=1", "test=1"]
+    sizes += ["bird_captions=2", "pretrain_bird_train=1"]  # (the defaults draw 9,600 of pretraining's birds)
     assert (
         main(["world", "--out", str(tmp_path / "w"), "--seed", "3", "--image-size", "32", "--no-progress", *sizes]) == 0
     )
@@ -592,7 +593,9 @@ def test_device_smoke_script_runs_and_reports_failures(tmp_path):
     run = smoke("--device", "cpu", "--only", "zeroshot-base2new,pretrain-unicl,pretrain-unicl-again,report")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "OK zeroshot-base2new" in run.stdout and "harmonic_mean=" in run.stdout
-    assert "OK pretrain-unicl-again" in run.stdout and "resumed_from_step=12" in run.stdout
+    assert (
+        "OK pretrain-unicl-again" in run.stdout and "resumed_from_step=20" in run.stdout
+    )  # all 20 steps of its 2 epochs
     assert "OK report" in run.stdout and "4/4 cases ran on cpu" in run.stdout
     bad = smoke("--device", "nonsense", "--only", "zeroshot-base2new")
     assert bad.returncode == 1 and "FAILED zeroshot-base2new" in bad.stdout and "0/1 cases" in bad.stdout

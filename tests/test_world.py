@@ -16,7 +16,17 @@ from clipadapt.data import base_new_split, load_dataset, world
 from clipadapt.errors import DataError
 
 SMALL = dict(
-    pretrain_train=2, pretrain_val=1, pretrain_test=1, captions=2, train=3, val=1, test=2, fine_train=4, birds_train=2
+    pretrain_train=2,
+    pretrain_val=1,
+    pretrain_test=1,
+    captions=2,
+    train=3,
+    val=1,
+    test=2,
+    fine_train=4,
+    birds_train=2,
+    bird_captions=12,
+    pretrain_bird_train=2,
 )
 TINY = {key: 1 for key in world.DEFAULT_SIZES}
 SIZE = 32
@@ -54,6 +64,8 @@ def test_world_json_and_counts(world_dir):
     assert meta["sizes"] == {**world.DEFAULT_SIZES, **SMALL}
     assert meta["datasets"]["fine"]["superclass"] == world.FINE_SUPERCLASS
     assert meta["datasets"]["birds"]["superclass"] == world.BIRD_SUPERCLASS == "bird"
+    assert meta["datasets"]["birds"]["image_size"] == 2 * SIZE  # drawn at twice the size, as CUB's photos
+    assert meta["datasets"]["captions"]["birds"] == SMALL["bird_captions"]
     assert set(meta["datasets"]) == set(world.WORLD_DATASETS)
     for name in world.TARGET_DATASETS + ("pretrain",):
         splits = load_dataset(f"world:{name}:{world_dir}")
@@ -64,10 +76,16 @@ def test_world_json_and_counts(world_dir):
             per_split["train"] = SMALL[f"{name}_train"]
         for split, count in per_split.items():
             labels = Counter(s.label for s in splits.split(split))
-            assert labels == {label: count for label in range(len(splits.classnames))}
+            expected = {label: count for label in range(len(splits.classnames))}
+            if name == "pretrain" and split == "train":  # its labelled birds
+                expected.update(
+                    dict.fromkeys(range(len(world.SEEN), len(splits.classnames)), SMALL["pretrain_bird_train"])
+                )
+            assert labels == expected
         assert meta["datasets"][name]["classes"] == splits.classnames
+        size = SIZE * world.IMAGE_SCALE.get(name, 1)
         with Image.open(splits.train[0].path) as image:
-            assert (image.mode, image.size) == ("RGB", (SIZE, SIZE))
+            assert (image.mode, image.size) == ("RGB", (size, size))
 
 
 def test_world_spec_and_generic_coop_spec_read_the_same_split(world_dir):
@@ -105,7 +123,7 @@ def test_base_is_seen_and_new_is_held_out_of_every_pretraining_image(world_dir):
     assert len(held_out) == 16
     assert (world_dir / "objects" / "unseen_classes.txt").read_text().split("\n")[:-1] == new.classnames
     pretraining = [a for name in ("pretrain", "captions") for a in image_attributes(world_dir, name).values()]
-    shown = {(a["colour"], a["shape"]) for a in pretraining}
+    shown = {(a["colour"], a["shape"]) for a in pretraining if "shape" in a}  # (not the birds)
     assert not shown & held_out
     assert {(a["colour"], a["shape"]) for a in base.class_attributes} <= shown
     # Every word of a new class was seen, in other compositions.
@@ -123,13 +141,18 @@ def test_no_single_attribute_names_a_class(world_dir, half):
 
 def test_captions_load_as_image_text_pairs_naming_the_image(world_dir):
     pairs = load_dataset(f"csv:{world_dir / 'captions' / 'captions.csv'}")
-    assert pairs.classnames == [] and len(pairs.train) == 48 * SMALL["captions"]
+    assert pairs.classnames == [] and len(pairs.train) == 48 * SMALL["captions"] + SMALL["bird_captions"]
     assert load_dataset(f"world:captions:{world_dir}").train == pairs.train
     attributes = image_attributes(world_dir, "captions")
     for sample in pairs.train:
         a = attributes[sample.path]
         words = sample.caption.replace(",", " ").replace(";", " ").split()
         assert sample.label == -1
+        if a.get("layout") == "bird":
+            assert "bird" in words and a["crown"] in world.COLOURS, sample.caption
+            with Image.open(sample.path) as image:  # pretraining's birds at the world's size
+                assert image.size == (SIZE, SIZE)
+            continue
         assert a["colour"] in words and a["shape"] in words, sample.caption
         assert [w for w in words if w in world.COLOURS] == [a["colour"]], sample.caption
         assert (a["colour"], a["shape"]) in world.SEEN
@@ -202,10 +225,11 @@ def test_birds_are_cub_shaped_species_decided_by_three_small_parts(world_dir):
     for combo in combos:
         neighbours = [other for other in combos if sum(x != y for x, y in zip(combo, other)) == 1]
         assert len(neighbours) == 9
-    taught = {word for a in image_attributes(world_dir, "captions").values() for word in (a["colour"], a["pattern"])}
+    captions = [a for a in image_attributes(world_dir, "captions").values() if "shape" in a]
+    taught = {word for a in captions for word in (a["colour"], a["pattern"])}
     for name, (crown, wing, breast) in zip(birds.classnames, combos):
         assert name == f"{crown}-crowned {wing}-winged {breast}-breasted bird" and {crown, wing, breast} <= taught
-    # Part boxes for every image, inside the image and the bird, each a small part of the frame.
+    # Part boxes for every image, inside the image and the bird, each a small part of the frame (drawn at 2 x SIZE).
     parts = birds.part_boxes()
     attributes = image_attributes(world_dir, "birds")
     samples = birds.train + birds.val + birds.test
@@ -216,7 +240,75 @@ def test_birds_are_cub_shaped_species_decided_by_three_small_parts(world_dir):
         for x0, y0, x1, y1 in parts[sample.path].values():
             # (the bird's box holds its pixels over half covered; a part's box every pixel it touches)
             assert bx0 - 1 <= x0 < x1 <= bx1 + 1 and by0 - 1 <= y0 < y1 <= by1 + 1
-            assert (x1 - x0) * (y1 - y0) <= 0.08 * SIZE * SIZE
+            assert (x1 - x0) * (y1 - y0) <= 0.12 * (2 * SIZE) ** 2
+
+
+def test_each_part_spans_several_patches_of_the_tower():
+    """At the frozen tower's 64 pixels the wing covers 2.5 or more of its 8-pixel patches and each part at least
+    one, as CUB's parts span several of ViT-B/16's at 224; drawn at 128 (twice, as the paper's 448) every part
+    covers 3 or more, the wing 8."""
+    for n, least in (
+        (64, {"crown": 1.0, "wing": 2.5, "breast": 1.5}),
+        (128, {"crown": 3.0, "wing": 8.0, "breast": 4.0}),
+    ):
+        rng = np.random.default_rng(3)
+        for seed in range(20):
+            bird = world._draw_attributes("birds", {"crown": "red", "wing": "striped", "breast": "white"}, rng)
+            for part, (x0, y0, x1, y1) in world._render(bird, (seed, 4), n)[1]["parts"].items():
+                assert (x1 - x0) * (y1 - y0) / 8**2 >= least[part], (n, seed, part)
+
+
+def test_pretraining_labels_other_species_with_the_same_kinds_of_field_marks(world_dir):
+    """Pretraining's labelled birds (ImageNet-21k's bird synsets): 64 species named as the downstream ones are, with
+    every wing pattern, whose crowns and breasts take the palette's other four colours: no downstream species is a
+    pretraining label, every downstream wing pattern is."""
+    pretrain = load_dataset(f"world:pretrain:{world_dir}")
+    species = [a for a in pretrain.class_attributes if "crown" in a]
+    assert len(pretrain.classnames) == len(world.SEEN) + 64 and len(species) == 64
+    assert pretrain.classnames[len(world.SEEN) :] == [world._class_name(a) for a in species]
+    assert {a["wing"] for a in species} == set(world.PATTERNS)
+    assert not {a[p] for a in species for p in ("crown", "breast")} & set(world.BIRD_COLOURS)
+    downstream = set(load_dataset(f"world:birds:{world_dir}").classnames)
+    assert not downstream & set(pretrain.classnames)
+    bird = pretrain.train[-1]  # drawn as the downstream birds, at the world's size
+    assert image_attributes(world_dir, "pretrain")[bird.path]["layout"] == "bird"
+    with Image.open(bird.path) as image:
+        assert image.size == (SIZE, SIZE)
+
+
+def test_pretraining_birds_name_one_or_two_parts_never_a_species():
+    """Pretraining's birds: all 256 part combinations of the palette (the 64 species a quarter of them), captions
+    naming none, one or two parts in the shares fixed before any run (never all three), in both word forms, and
+    the words are the bird's own."""
+    rng = np.random.default_rng(0)
+    named, combos, forms = Counter(), set(), Counter()
+    species = set(load_species_names())
+    for _ in range(3000):
+        a = world._draw_attributes("bird_captions", {}, rng)
+        caption = world._caption(a, rng)
+        combos.add((a["crown"], a["wing"], a["breast"]))
+        mentions = [p for p in world.BIRD_PARTS if f"-{p}ed" in caption or f" {p}" in caption]
+        named[len(mentions)] += 1
+        for part in mentions:
+            value = a[part]
+            assert f"{value}-{part}ed" in caption or f"{value} {part}" in caption, caption
+            forms["adjective" if f"-{part}ed" in caption else "phrase"] += 1
+        assert "bird" in caption and not any(name.removesuffix(" bird") in caption for name in species)
+    assert len(combos) == 256
+    shares = [named[k] / 3000 for k in range(3)]
+    assert named[3] == 0 and np.allclose(shares, world.BIRD_CAPTION_PARTS_NAMED, atol=0.03), shares
+    assert 0.4 < forms["adjective"] / sum(forms.values()) < 0.6
+
+
+def load_species_names() -> list[str]:
+    return [world._class_name(a) for a in world._class_list("birds")]
+
+
+def test_pretraining_bird_drawings_are_pencil_on_paper():
+    bird = world._draw_attributes("bird_captions", {}, np.random.default_rng(1)) | {"style": "sketch"}
+    image = world._render(bird, (0, 5), 64)[0]
+    corner = _mean_rgb(image[:6, :6])
+    assert np.abs(corner - np.array(world._PAPER)).max() < 25  # the paper shows where the bird is not
 
 
 @pytest.mark.parametrize("part, other", [("crown", "blue"), ("wing", "dotted"), ("breast", "yellow")])

@@ -8,7 +8,11 @@ Pretraining is web-like: image-label data and noisy image-text pairs, photos of 
 - `pretrain` (image-label) and `captions` (image-text) show only the 48 "seen" colour-shape compositions. Captions
   run from 4 to 40 tokens, as web alt-texts do (mostly short, a long tail), so a text tower pretrained on them
   has used every position a 16-word learned prompt plus a class name needs; 3% of them are line drawings called
-  "a drawing of ..." / "a sketch of ...", as the web holds a few sketches of everything.
+  "a drawing of ..." / "a sketch of ...", as the web holds a few sketches of everything. `captions` also holds
+  4,800 captioned birds (v6), as CLIP's web data and ImageNet-21k hold many: every crown and breast colour of the
+  palette, every wing pattern, captions that name no part, one or two (never all three: never a species' name);
+  and `pretrain` labels 64 bird species (v6, as ImageNet-21k's bird synsets label species), 75 photos each, whose
+  crowns and breasts take the palette's other four colours: every wing pattern, no downstream species.
 
 Downstream targets sit at graded distances from that pretraining, as the CoOp benchmarks sit from CLIP's web data
 (ImageNet and Caltech101 near; DTD, EuroSAT, FGVCAircraft far). Each far target models one property of a real one:
@@ -36,11 +40,13 @@ Downstream targets sit at graded distances from that pretraining, as the CoOp be
   4, every combination: each part value is shared by 16 species, each pair of values by 4, and every species has
   9 nearest neighbours that differ in one part only, as CUB's sparrows and warblers do); 30 training images a
   species, the world's 10 val and 30 test. Per image, shared by every species: facing left or right, tilted by up
-  to 30 degrees, the bird's length 50-75% of the frame, anywhere in it, on any of the 6 backgrounds, brown, grey or
+  to 30 degrees, the bird's length 55-80% of the frame, anywhere it fits, on any of the 6 backgrounds, brown, grey or
   olive plumage elsewhere, daylight from 60% to 115% with a white-balance tint of up to 8% per channel. Names are
   "red-crowned striped-winged white-breasted bird": the colour and pattern words are the ones pretraining taught
-  (the part words and "bird" it never saw), so the text encoder knows something about each part. Pretraining never
-  shows a bird. `parts.json` holds each image's crown, wing and breast boxes (CUB's part locations).
+  (and, since v6, the part words and "bird" too: pretraining's birds), so the text encoder knows something about
+  each part. The birds are drawn at twice the world's size (128 pixels at 64), where each part spans several
+  8-pixel patches, as CUB's parts do at the paper's 448 pixels. `parts.json` holds each image's crown, wing and
+  breast boxes (CUB's part locations), in the pixels of the image as written.
 
 The world is written in the formats the loaders of `datasets.py` read (CoOp split JSON, image-text CSV), to a
 temp folder renamed into place at the end, and is byte-identical for the same seed and sizes.
@@ -80,7 +86,7 @@ from clipadapt.errors import DataError
 from clipadapt.paths import default_cache_dir
 
 # Bump when the images, the layout or DEFAULT_SIZES change: the default world's cache folder is named by it.
-VERSION = 5
+VERSION = 6
 
 # Saturated colours, far from each other and from the muted or dark backgrounds.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -110,7 +116,8 @@ BACKGROUNDS: dict[str, tuple[str, ...]] = {
 # The objects' classes seen through a shift of rendering, camera or scene (each with the objects' base/new split).
 SHIFTED_DATASETS = ("sensor", "clutter", "sketch")
 # Each image's random draws are seeded by its data set's place in this tuple: new data sets go at the end, so the
-# images of the others stay the same (v5 added `birds`; the rest is byte-identical to v4).
+# images of the others stay the same (v5 added `birds`; v6 added pretraining's birds to `captions` and `pretrain`,
+# each with seeds of its own, and redrew `birds`; every other image is byte-identical to v5).
 WORLD_DATASETS = (
     "pretrain",
     "captions",
@@ -156,6 +163,9 @@ BIRD_SUPERCLASS = "bird"
 # four of the palette's that stay apart under the lighting and from the plumage; the wing takes the four patterns.
 BIRD_COLOURS = ("red", "yellow", "blue", "white")
 BIRD_PARTS = ("crown", "wing", "breast")
+# Pretraining's labelled species (v6; ImageNet-21k's bird synsets): crowns and breasts of the palette's other four
+# colours with every wing pattern, so they share the downstream species' kinds of field marks but none of them.
+PRETRAIN_BIRD_COLOURS = tuple(colour for colour in COLOURS if colour not in BIRD_COLOURS)
 # The rest of the plumage, drawn per image: dull colours, as most of CUB's species are mainly brown, grey or olive.
 PLUMAGE: dict[str, tuple[int, int, int]] = {"brown": (125, 90, 55), "grey": (120, 120, 116), "olive": (112, 112, 58)}
 SUPERCLASSES = {"fine": FINE_SUPERCLASS, "birds": BIRD_SUPERCLASS}
@@ -175,7 +185,16 @@ DEFAULT_SIZES: dict[str, int] = {
     # reaches 33%; at 120 it reaches 77%, where the fine-grained methods' differences can be seen.
     "fine_train": 120,
     "birds_train": 30,  # CUB-200-2011: 5,994 training images of 200 species, 30 a species
+    # Captioned bird photos in `captions` (v6): each crown and breast colour on 600 of them, each wing pattern on
+    # 1,200, the exposure a seen object composition gets (300 labelled + 300 captioned photos).
+    "bird_captions": 4800,
+    # Labelled birds in `pretrain` (v6): 75 photos of each of its 64 species, as many as the captioned birds.
+    "pretrain_bird_train": 75,
 }
+# Data sets drawn at a multiple of the world's image size: CUB's photos are about 500x375 and the paper reads
+# them at 448 with a 224-pixel tower, so the birds are drawn at 128 (at the default 64), where each part spans
+# several 8-pixel patches; the frozen model reads them resized to its own size, a tuned tower at `image_size`.
+IMAGE_SCALE: dict[str, int] = {"birds": 2}
 
 _SUPERSAMPLE = 4  # polygons are drawn at 4x and box-filtered down: antialiased edges
 _RADIUS = {"small": 0.2, "large": 0.32}  # object radius as a fraction of the image side
@@ -189,7 +208,7 @@ _NOISE_STD = 5.0
 _PAPER = (236, 230, 214)
 _GRAPHITE = (60, 60, 66)
 # Birds: length as a fraction of the frame, tilt, daylight gain and white-balance tint (see the module docstring).
-_BIRD_LENGTH = (0.5, 0.75)
+_BIRD_LENGTH = (0.55, 0.8)
 _BIRD_TILT = 30.0
 _DAYLIGHT_GAIN = (0.6, 1.15)
 _DAYLIGHT_TINT = 0.08
@@ -229,6 +248,24 @@ _SKETCH_CAPTION_TEMPLATES = (
 )
 SKETCH_CAPTION_SHARE = 0.03
 
+# Pretraining's birds (in `captions`): any of the world's colours on the crown and breast, any wing pattern, so the
+# 64 downstream species are a quarter of the 256 combinations shown; a caption names no part, one or two (never a
+# species' three), each in the species-name form ("red-crowned") or in a phrase ("with a red crown").
+BIRD_CAPTION_PARTS_NAMED = (0.2, 0.5, 0.3)  # P(0, 1, 2 parts named)
+_BIRD_CAPTION_TEMPLATES = (
+    "a {bird} {where}",
+    "photo of a {bird}, {where}",
+    "{where}, a {bird}",
+    "a {bird}",
+    "close-up of a {bird} {where}",
+    "a wild {bird} photographed {where}",
+    "a photo taken outside of a {bird}, seen {where}; the bird sits off the centre of the frame and is slightly turned",
+)
+_BIRD_SKETCH_CAPTION_TEMPLATES = ("a drawing of a {bird}", "a sketch of a {bird}", "a pencil drawing of a {bird}")
+_BIRD_PART_NOUNS = {"crown": "crown", "wing": "wings", "breast": "breast"}
+# Seeds of pretraining's birds: an index of their own, past any data set's, so no other image changes.
+_BIRD_CAPTIONS_SEED_INDEX = 100
+
 
 # ---------------------------------------------------------------- classes
 
@@ -247,7 +284,15 @@ SEEN = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT]
 
 def _class_list(name: str) -> list[dict[str, str]]:
     """The defining attribute values of each class of data set `name` (index = label)."""
-    if name in ("pretrain", "captions"):
+    if name == "pretrain":
+        species = [
+            {"crown": c, "wing": w, "breast": b}
+            for c in PRETRAIN_BIRD_COLOURS
+            for w in PATTERNS
+            for b in PRETRAIN_BIRD_COLOURS
+        ]
+        return [{"colour": c, "shape": s} for c, s in SEEN] + species
+    if name == "captions":
         return [{"colour": c, "shape": s} for c, s in SEEN]
     if name == "objects" or name in SHIFTED_DATASETS:
         return [{"colour": c, "shape": s} for c, s in _compositions(BASE_OFFSETS) + HELD_OUT]
@@ -297,6 +342,8 @@ _RENDERING: dict[str, dict[str, str]] = {
 
 def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
     """All attribute values of one image: the class's own, the others drawn uniformly (in a fixed key order)."""
+    if dataset == "pretrain" and "crown" in fixed:  # pretraining's labelled species, drawn as the downstream birds
+        dataset = "birds"
     if dataset == "textures":
         free = {"colour": tuple(COLOURS), "pattern": TEXTURE_PATTERNS}
     elif dataset == "aerial":  # each tiny object's colour and heading are drawn as it is drawn
@@ -313,6 +360,15 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
         }
     elif dataset == "birds":  # the nuisances; the tilt, size, place and light are drawn as the image is drawn
         free = {"background": tuple(BACKGROUNDS), "plumage": tuple(PLUMAGE), "facing": ("left", "right")}
+    elif dataset == "bird_captions":  # pretraining's birds: every part drawn, from the whole palette
+        free = {
+            "crown": tuple(COLOURS),
+            "wing": PATTERNS,
+            "breast": tuple(COLOURS),
+            "background": tuple(BACKGROUNDS),
+            "plumage": tuple(PLUMAGE),
+            "facing": ("left", "right"),
+        }
     else:
         free = {
             "colour": tuple(COLOURS),
@@ -322,17 +378,39 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
             "background": tuple(BACKGROUNDS),
         }
     drawn = {key: fixed[key] if key in fixed else values[rng.integers(len(values))] for key, values in free.items()}
-    if dataset == "captions" and rng.uniform() < SKETCH_CAPTION_SHARE:
+    if dataset in ("captions", "bird_captions") and rng.uniform() < SKETCH_CAPTION_SHARE:
         drawn["style"] = "sketch"
-    return {**drawn, **{key: value for key, value in fixed.items() if key not in drawn}, **_RENDERING.get(dataset, {})}
+    rendering = _RENDERING["birds"] if dataset == "bird_captions" else _RENDERING.get(dataset, {})
+    return {**drawn, **{key: value for key, value in fixed.items() if key not in drawn}, **rendering}
 
 
 def _caption(attributes: dict[str, str], rng: np.random.Generator) -> str:
-    templates = _SKETCH_CAPTION_TEMPLATES if attributes.get("style") == "sketch" else _CAPTION_TEMPLATES
+    sketch = attributes.get("style") == "sketch"
+    if attributes.get("layout") == "bird":
+        templates = _BIRD_SKETCH_CAPTION_TEMPLATES if sketch else _BIRD_CAPTION_TEMPLATES
+        words = {"bird": _bird_words(attributes, rng)}
+    else:
+        templates = _SKETCH_CAPTION_TEMPLATES if sketch else _CAPTION_TEMPLATES
+        words = attributes
     template = templates[rng.integers(len(templates))]
     phrases = BACKGROUNDS[attributes["background"]]
-    text = template.format(where=phrases[rng.integers(len(phrases))], **attributes)
+    text = template.format(where=phrases[rng.integers(len(phrases))], **words)
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def _bird_words(attributes: dict[str, str], rng: np.random.Generator) -> str:
+    """ "bird" with none, one or two of its parts named: "red-crowned bird with striped wings"."""
+    count = int(rng.choice(len(BIRD_CAPTION_PARTS_NAMED), p=BIRD_CAPTION_PARTS_NAMED))
+    named = sorted(rng.choice(len(BIRD_PARTS), size=count, replace=False))
+    before, after = [], []
+    for part in (BIRD_PARTS[i] for i in named):
+        if rng.uniform() < 0.5:
+            before.append(f"{attributes[part]}-{part}ed")
+        else:
+            noun = _BIRD_PART_NOUNS[part]
+            after.append(f"{attributes[part]} {noun}" if noun.endswith("s") else f"a {attributes[part]} {noun}")
+    text = " ".join([*before, BIRD_SUPERCLASS])
+    return f"{text} with {' and '.join(after)}" if after else text
 
 
 # ---------------------------------------------------------------- drawing
@@ -523,6 +601,15 @@ def _paper(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(_PAPER, np.float32) + shade[..., None]
 
 
+def _pencil_ink(n: int, rng: np.random.Generator) -> np.ndarray:
+    """How much of a colour loose diagonal pencil hatching lays down, [n, n, 1] in [0.35, 0.85]."""
+    ys, xs = _pixel_grid(n)
+    turn = math.radians(float(rng.uniform(20, 70)))
+    period = max(2.0, n / 16)
+    hatch = np.clip(1.5 * np.sin(2 * np.pi * (xs * math.cos(turn) + ys * math.sin(turn)) / period), 0.0, 1.0)
+    return (0.35 + 0.5 * hatch)[..., None]
+
+
 def _draw_object(
     image: np.ndarray,
     shape: str,
@@ -543,11 +630,7 @@ def _draw_object(
     if sketch:
         # A coloured-pencil drawing: a graphite outline, the colour laid in loose diagonal hatching, the pattern
         # pencilled over it.
-        ys, xs = _pixel_grid(n)
-        turn = math.radians(float(rng.uniform(20, 70)))
-        period = max(2.0, n / 16)
-        hatch = np.clip(1.5 * np.sin(2 * np.pi * (xs * math.cos(turn) + ys * math.sin(turn)) / period), 0.0, 1.0)
-        colour_ink = (alpha * (0.35 + 0.5 * hatch))[..., None]
+        colour_ink = alpha[..., None] * _pencil_ink(n, rng)
         image = image * (1.0 - colour_ink) + rgb * colour_ink
         graphite = np.clip(_dilate(alpha) - _erode(alpha) + 0.45 * shade * alpha, 0.0, 1.0)[..., None]
         return image * (1.0 - graphite) + np.array(_GRAPHITE, np.float32) * graphite, alpha
@@ -563,7 +646,7 @@ def _free_spot(
 ) -> tuple[float, float]:
     """A centre for an object of `radius` inside the image, clear of the `taken` (x, y, r) discs if one is found
     in `tries` draws (else the last draw: a crowded image may overlap)."""
-    margin = 1.05 * radius + 1.0
+    margin = min(1.05 * radius + 1.0, n / 2)  # (a bird at 80% of a small frame just fits)
     for _ in range(tries):
         cx, cy = (float(v) for v in rng.uniform(margin, n - margin, 2))
         if all(math.hypot(cx - x, cy - y) > radius + r for x, y, r in taken):
@@ -575,9 +658,9 @@ def _free_spot(
 # Ellipses: centre, semi-axes and tilt in degrees; the crown is the head's upper half.
 _BIRD_ELLIPSES: dict[str, tuple[tuple[float, float], float, float, float]] = {
     "body": ((0.0, 0.0), 0.30, 0.17, 0.0),
-    "breast": ((0.13, 0.06), 0.15, 0.11, 0.0),
-    "wing": ((-0.09, -0.04), 0.19, 0.085, 8.0),
-    "head": ((0.30, -0.17), 0.12, 0.12, 0.0),
+    "breast": ((0.14, 0.07), 0.16, 0.12, 0.0),
+    "wing": ((-0.11, -0.05), 0.24, 0.11, 8.0),
+    "head": ((0.30, -0.17), 0.14, 0.14, 0.0),
     "eye": ((0.345, -0.16), 0.025, 0.025, 0.0),
 }
 _BIRD_POLYGONS = {
@@ -585,15 +668,16 @@ _BIRD_POLYGONS = {
     "bill": [(0.39, -0.205), (0.53, -0.155), (0.39, -0.115)],
 }
 _BIRD_EXTENT = ((0.0, -0.05), 0.56)  # a disc holding the whole bird under any tilt
-_WING_PATTERN_PERIOD = 0.11  # in bird lengths: 4-5 pixels at 64, three or four periods along the wing
+_WING_PATTERN_PERIOD = 0.15  # in bird lengths: 5-8 pixels at 64, about three periods along the wing
 _BILL = (70, 62, 52)
 _EYE = (15, 15, 15)
 
 
 def _draw_bird(
-    image: np.ndarray, attributes: dict[str, str], rng: np.random.Generator
+    image: np.ndarray, attributes: dict[str, str], rng: np.random.Generator, sketch: bool = False
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
-    """`image` with the bird drawn on it, the bird's box and its parts' boxes (the visible pixels of each)."""
+    """`image` with the bird drawn on it, the bird's box and its parts' boxes (the visible pixels of each).
+    `sketch`: a coloured-pencil drawing (graphite outlines, each colour in loose hatching), as `_draw_object`'s."""
     n = image.shape[0]
     length = n * float(rng.uniform(*_BIRD_LENGTH))
     angle = float(rng.uniform(-_BIRD_TILT, _BIRD_TILT))
@@ -624,7 +708,12 @@ def _draw_bird(
     wing = plumage * 0.85 * (1.0 - marks[..., None] * (1.0 - _PATTERN_SHADE))
     silhouette = np.max([alpha[name] for name in ("body", "head", "tail", "bill")], axis=0)
     outline = _dilate(silhouette)[..., None]
-    image = image * (1.0 - outline) + np.array(_OUTLINE, np.float32) * outline
+    ink = np.ones((n, n, 1), np.float32)
+    if sketch:
+        ink = _pencil_ink(n, rng)
+        outline = np.clip(outline - silhouette[..., None], 0.0, 1.0)  # a line around the bird, not a filled shape
+    edge = np.array(_GRAPHITE if sketch else _OUTLINE, np.float32)
+    image = image * (1.0 - outline) + edge * outline
     for name, fill in (
         ("tail", plumage * 0.8),
         ("body", plumage),
@@ -635,10 +724,10 @@ def _draw_bird(
         ("eye", _EYE),
         ("bill", _BILL),
     ):
-        a = alpha[name][..., None]
+        a = alpha[name][..., None] * ink
         image = image * (1.0 - a) + np.asarray(fill, np.float32) * a
     wing_edge = 0.6 * (_dilate(alpha["wing"]) - alpha["wing"])[..., None] * alpha["body"][..., None]
-    image = image * (1.0 - wing_edge) + np.array(_OUTLINE, np.float32) * wing_edge
+    image = image * (1.0 - wing_edge) + edge * wing_edge
     boxes = {"box": _box(silhouette, 0.5), "parts": {part: _box(alpha[part], 0.0) for part in BIRD_PARTS}}
     return image, boxes
 
@@ -692,6 +781,8 @@ def _render(attributes: dict[str, str], seed: tuple[int, ...], n: int) -> tuple[
                 image, attributes["shape"], colour, "solid", cx, cy, radius, float(rng.uniform(0, 360)), False, rng
             )
         boxes = {"box": frame}
+    elif layout == "bird" and style == "sketch":
+        image, boxes = _draw_bird(_paper(n, rng), attributes, rng, sketch=True)
     elif layout == "bird":
         image, boxes = _draw_bird(_background(attributes["background"], n, rng), attributes, rng)
         image = _daylight(image, rng)
@@ -752,9 +843,11 @@ def _folder_name(text: str) -> str:
     return text.replace(" ", "_")
 
 
-def _counts(name: str, sizes: dict[str, int]) -> dict[str, int]:
+def _counts(name: str, sizes: dict[str, int], attributes: dict[str, str]) -> dict[str, int]:
+    """Images per split of the class of data set `name` with the defining `attributes`."""
     if name == "pretrain":
-        return {split: sizes[f"pretrain_{split}"] for split in SPLIT_NAMES}
+        counts = {split: sizes[f"pretrain_{split}"] for split in SPLIT_NAMES}
+        return {**counts, "train": sizes["pretrain_bird_train"]} if "crown" in attributes else counts
     if name == "captions":
         return {"train": sizes["captions"]}
     if name in ("fine", "birds"):
@@ -767,8 +860,8 @@ def _plan(seed: int, sizes: dict[str, int]) -> list[_ImageSpec]:
     so the result does not depend on how the work is spread over processes."""
     specs = []
     for index, name in enumerate(WORLD_DATASETS):
-        counts = _counts(name, sizes)
         for label, fixed in enumerate(_class_list(name)):
+            counts = _counts(name, sizes, fixed)
             folder = _folder_name(_class_name(fixed))
             splits = [split for split, count in counts.items() for _ in range(count)]
             for i, split in enumerate(splits):
@@ -784,12 +877,25 @@ def _plan(seed: int, sizes: dict[str, int]) -> list[_ImageSpec]:
                         caption=_caption(attributes, rng) if name == "captions" else None,
                     )
                 )
+    for i in range(sizes["bird_captions"]):  # pretraining's birds, in the image-text half
+        rng = np.random.default_rng([seed, _BIRD_CAPTIONS_SEED_INDEX, 0, i, 0])
+        attributes = _draw_attributes("bird_captions", {}, rng)
+        specs.append(
+            _ImageSpec(
+                path=f"captions/images/{BIRD_SUPERCLASS}/{i}.png",
+                seed=(seed, _BIRD_CAPTIONS_SEED_INDEX, 0, i, 1),
+                attributes=attributes,
+                split="train",
+                label=len(SEEN),  # unused: each caption is its own class
+                caption=_caption(attributes, rng),
+            )
+        )
     return specs
 
 
 def _render_file(task: tuple[str, int, _ImageSpec]) -> dict[str, list[int]]:
     root, image_size, spec = task
-    pixels, boxes = _render(spec.attributes, spec.seed, image_size)
+    pixels, boxes = _render(spec.attributes, spec.seed, image_size * IMAGE_SCALE.get(spec.path.split("/")[0], 1))
     # Level 1: noisy pixels barely compress anyway, and encoding time adds up over the world.
     Image.fromarray(pixels).save(Path(root) / spec.path, format="PNG", compress_level=1)
     return boxes
@@ -845,7 +951,13 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
                 writer = csv.writer(f, lineterminator="\n")
                 writer.writerow(["image", "caption"])
                 writer.writerows([spec.path[len(name) + 1 :], spec.caption] for spec, _ in mine)
-            datasets[name] = {"file": f"{name}/captions.csv", "compositions": classnames, "images": len(mine)}
+            birds = sum(spec.attributes.get("layout") == "bird" for spec, _ in mine)
+            datasets[name] = {
+                "file": f"{name}/captions.csv",
+                "compositions": classnames,
+                "images": len(mine),
+                "birds": birds,
+            }
             continue
         splits = {
             split: [Sample(root / spec.path, spec.label) for spec, _ in mine if spec.split == split]
@@ -857,6 +969,8 @@ def _write_world(root: Path, seed: int, image_size: int, sizes: dict[str, int], 
         if name in SUPERCLASSES:
             _write_json(folder / "parts.json", {spec.path[len(name) + 1 :]: box["parts"] for spec, box in mine})
             datasets[name]["superclass"] = SUPERCLASSES[name]
+        if name in IMAGE_SCALE:
+            datasets[name]["image_size"] = image_size * IMAGE_SCALE[name]
     new_classes = [_name(c, s) for c, s in HELD_OUT]
     (root / "objects" / "unseen_classes.txt").write_text("".join(f"{c}\n" for c in new_classes), encoding="utf-8")
     datasets["objects"].update(
@@ -933,7 +1047,9 @@ def generate_world(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        total = sum(len(_class_list(name)) * sum(_counts(name, sizes).values()) for name in WORLD_DATASETS)
+        total = sizes["bird_captions"] + sum(
+            sum(_counts(name, sizes, fixed).values()) for name in WORLD_DATASETS for fixed in _class_list(name)
+        )
         # Below a few hundred images starting worker processes costs more than it saves.
         workers = 1 if total < 500 else (workers or os.cpu_count() or 1)
         _write_world(tmp, seed, image_size, sizes, workers, progress)
