@@ -262,7 +262,7 @@ _BIRD_CAPTION_TEMPLATES = (
     "a photo taken outside of a {bird}, seen {where}; the bird sits off the centre of the frame and is slightly turned",
 )
 _BIRD_SKETCH_CAPTION_TEMPLATES = ("a drawing of a {bird}", "a sketch of a {bird}", "a pencil drawing of a {bird}")
-_BIRD_PART_NOUNS = {"crown": "crown", "wing": "wings", "breast": "breast"}
+_BIRD_PART_PHRASES = {"crown": "a {} crown", "wing": "{} wings", "breast": "a {} breast"}
 # Seeds of pretraining's birds: an index of their own, past any data set's, so no other image changes.
 _BIRD_CAPTIONS_SEED_INDEX = 100
 
@@ -337,7 +337,11 @@ _RENDERING: dict[str, dict[str, str]] = {
     "textures": {"layout": "texture"},
     "aerial": {"layout": "aerial"},
     "birds": {"layout": "bird"},
+    "bird_captions": {"layout": "bird"},
 }
+
+
+_BIRD_NUISANCES = {"background": tuple(BACKGROUNDS), "plumage": tuple(PLUMAGE), "facing": ("left", "right")}
 
 
 def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
@@ -359,16 +363,9 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
             "mark_position": tuple(MARK_POSITIONS),
         }
     elif dataset == "birds":  # the nuisances; the tilt, size, place and light are drawn as the image is drawn
-        free = {"background": tuple(BACKGROUNDS), "plumage": tuple(PLUMAGE), "facing": ("left", "right")}
+        free = _BIRD_NUISANCES
     elif dataset == "bird_captions":  # pretraining's birds: every part drawn, from the whole palette
-        free = {
-            "crown": tuple(COLOURS),
-            "wing": PATTERNS,
-            "breast": tuple(COLOURS),
-            "background": tuple(BACKGROUNDS),
-            "plumage": tuple(PLUMAGE),
-            "facing": ("left", "right"),
-        }
+        free = {"crown": tuple(COLOURS), "wing": PATTERNS, "breast": tuple(COLOURS), **_BIRD_NUISANCES}
     else:
         free = {
             "colour": tuple(COLOURS),
@@ -380,8 +377,7 @@ def _draw_attributes(dataset: str, fixed: dict[str, str], rng: np.random.Generat
     drawn = {key: fixed[key] if key in fixed else values[rng.integers(len(values))] for key, values in free.items()}
     if dataset in ("captions", "bird_captions") and rng.uniform() < SKETCH_CAPTION_SHARE:
         drawn["style"] = "sketch"
-    rendering = _RENDERING["birds"] if dataset == "bird_captions" else _RENDERING.get(dataset, {})
-    return {**drawn, **{key: value for key, value in fixed.items() if key not in drawn}, **rendering}
+    return {**drawn, **{key: value for key, value in fixed.items() if key not in drawn}, **_RENDERING.get(dataset, {})}
 
 
 def _caption(attributes: dict[str, str], rng: np.random.Generator) -> str:
@@ -407,8 +403,7 @@ def _bird_words(attributes: dict[str, str], rng: np.random.Generator) -> str:
         if rng.uniform() < 0.5:
             before.append(f"{attributes[part]}-{part}ed")
         else:
-            noun = _BIRD_PART_NOUNS[part]
-            after.append(f"{attributes[part]} {noun}" if noun.endswith("s") else f"a {attributes[part]} {noun}")
+            after.append(_BIRD_PART_PHRASES[part].format(attributes[part]))
     text = " ".join([*before, BIRD_SUPERCLASS])
     return f"{text} with {' and '.join(after)}" if after else text
 
