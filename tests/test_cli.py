@@ -160,6 +160,7 @@ def test_skip_bad_images_covers_crossdataset_targets(colour_world, tmp_path, cap
         (["--protocol", "base2new", "--targets", "x:y"], "--targets is for protocol crossdataset, not base2new"),
         (["--protocol", "base2new", "--unseen", "red"], "--unseen is for protocol gzsl, not base2new"),
         (["--protocol", "crossdataset"], "protocol crossdataset needs --targets"),
+        (["--protocol", "full", "--fewshot-sampler", "dassl"], "protocol full draws no k-shot subset"),
     ],
 )
 def test_options_a_protocol_would_ignore_are_refused_before_any_work(tmp_path, capsys, argv, problem):

@@ -209,7 +209,7 @@ def _run_problems(args, values: dict, synopsis: bool) -> list[str]:
     targets = [t for t in args.targets.split(",") if t]
     try:
         if not synopsis:  # a synopsis lists every option, not a combination that runs
-            protocol_shots(args.protocol, args.shots, targets, args.unseen)
+            protocol_shots(args.protocol, args.shots, targets, args.unseen, args.fewshot_sampler)
         if args.seeds:
             _parse_seeds(args.seeds)
     except ClipadaptError as e:

@@ -100,3 +100,25 @@ def test_part_labels_relabel_the_birds_by_one_part_keeping_their_split(tmp_path)
         script.write_attribute_folder(birds, "tail", tmp_path / "tail")
     with pytest.raises(DataError, match="is not empty"):
         script.write_attribute_folder(birds, "wing", tmp_path / "wing")
+
+
+def test_part_similarity_averages_the_pairs_that_differ_in_one_part_alone():
+    import pytest
+    import torch
+
+    script = load_script("part_similarity")
+    # Four classes, crown x wing: the embedding sees the crown (one axis each) and a little of the wing.
+    attributes = [{"crown": c, "wing": w} for c in ("red", "blue") for w in ("solid", "striped")]
+    embeddings = torch.tensor([[1.0, 0.0, 0.1], [1.0, 0.0, -0.1], [0.0, 1.0, 0.1], [0.0, 1.0, -0.1]])
+    found = script.similarity_by_difference(embeddings * 3.0, attributes)  # scale does not matter: cosines
+    assert found["wing"] == pytest.approx(0.99 / 1.01)  # pairs (0, 1) and (2, 3)
+    assert found["crown"] == pytest.approx(0.01 / 1.01)  # pairs (0, 2) and (1, 3)
+    assert found["all"] == pytest.approx(-0.01 / 1.01)  # pairs (0, 3) and (1, 2)
+    means = script.class_means(torch.tensor([[2.0, 0.0], [0.0, 5.0], [0.0, 1.0]]), [0, 0, 1], 2)
+    assert torch.allclose(means, torch.tensor([[0.5, 0.5], [0.0, 1.0]]))  # each sample's unit vector, averaged
+    with pytest.raises(ValueError, match="classes \\[2\\] have no samples"):
+        script.class_means(torch.ones(2, 2), [0, 1], 3)
+    with pytest.raises(ValueError, match="3 class embeddings for 4 classes"):
+        script.similarity_by_difference(embeddings[:3], attributes)
+    table = script.markdown({"text": found, "images": found})
+    assert "| the wing alone | 0.980 | 0.980 |" in table and "| every part | -0.010 |" in table

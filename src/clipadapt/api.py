@@ -28,11 +28,13 @@ def adapt(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = True,
+    fewshot_sampler: str = "clipadapt",
     **config: Any,
 ) -> Classifier:
     """Train `method` (a registered name, `METHOD+ship` included; `config`: its settings, as `key=value` on the
     command line) on `dataset` (a spec such as `imagefolder:data/mine`, or loaded splits): on its train split, or
-    CoOp's `shots`-per-class subset drawn with `seed`. `model`/`pretrained` name the backbone (default: the shipped
+    CoOp's `shots`-per-class subset drawn with `seed` (by `fewshot_sampler`: clipadapt's, or "dassl" for the images
+    CoOp's code draws). `model`/`pretrained` name the backbone (default: the shipped
     world model); with `out`, checkpoints go there (a rerun resumes) and the classifier is saved under it as
     `clipadapt run` saves it. `METHOD+ship` needs the names of classes without data: `unseen_classnames=[...]`."""
     splits = load_dataset(dataset) if isinstance(dataset, str) else dataset
@@ -47,6 +49,7 @@ def adapt(
         batch_size=batch_size,
         num_workers=num_workers,
         progress=progress,
+        fewshot_sampler=fewshot_sampler,
     )
     fit_method(trained, ctx, splits, shots, seed, unseen_classnames=unseen)
     return classifier_of(trained, backbone, splits, seed, shots)

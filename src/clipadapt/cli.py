@@ -19,7 +19,7 @@ import yaml
 from .backbone import DEFAULT_WEIGHTS, list_models, load_backbone
 from .classifier import Classifier, classifier_file, load_classifier, predict_to_file
 from .config import build_config, load_config_file, parse_overrides
-from .data import DatasetSplits, drop_unreadable_images, find_images, load_dataset
+from .data import FEWSHOT_SAMPLERS, DatasetSplits, drop_unreadable_images, find_images, load_dataset
 from .data.world import WORLD_DATASETS, generate_world
 from .demo import run_demo
 from .digest import fingerprint
@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="k images per class for fewshot, base2new and crossdataset (the last two: default 16)",
+    )
+    run.add_argument(
+        "--fewshot-sampler",
+        default="clipadapt",
+        choices=FEWSHOT_SAMPLERS,
+        help="how k-shot subsets are drawn: clipadapt's, or dassl (the images CoOp's code draws for the seed)",
     )
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 1,2,3): run each, report mean and std")
@@ -283,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = _workers(args)
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
     targets = [t for t in args.targets.split(",") if t]
-    shots = protocol_shots(args.protocol, args.shots, targets, args.unseen)  # checked before any work
+    shots = protocol_shots(args.protocol, args.shots, targets, args.unseen, args.fewshot_sampler)  # before any work
     splits, skipped = _load_dataset(args)
     if args.model is not None and args.pretrained is None:
         torch.manual_seed(seeds[0])  # a model without weights: its random ones follow the seed too
@@ -307,6 +313,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         num_workers=workers,
         progress=not args.no_progress,
         dataset_loader=load_target,
+        fewshot_sampler=args.fewshot_sampler,
     )
     start = time.time()
     numbers, config = run_seeds(
@@ -326,6 +333,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "dataset": args.dataset,
         "protocol": args.protocol,
         "shots": shots_trained(numbers, shots),
+        **({"fewshot_sampler": args.fewshot_sampler} if shots else {}),
         "seed": seeds[0] if len(seeds) == 1 else seeds,
         "seconds": round(time.time() - start, 3),
         "model": backbone.name,

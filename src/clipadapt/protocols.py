@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -94,6 +94,8 @@ class RunContext:
     # How a protocol loads the other data sets it names (cross-data-set targets): the CLI's loader also drops
     # unreadable images under --skip-bad-images, as it does for --dataset.
     dataset_loader: Callable[[str], DatasetSplits] = load_dataset
+    # How k-shot subsets are drawn (`FEWSHOT_SAMPLERS`): "dassl" gives the images CoOp's code gives for a seed.
+    fewshot_sampler: str = "clipadapt"
 
     def features(self, splits: DatasetSplits, split: str) -> FeatureSet:
         samples = splits.split(split)
@@ -117,15 +119,17 @@ def fit_method(
     shots: int | None = None,
     seed: int = 1,
     unseen_classnames: Sequence[str] = (),
+    whole: DatasetSplits | None = None,
 ) -> dict | None:
-    """Train `method` on `splits` (on its k-shot subset when `shots` is given), save it as a classifier of the
-    training classes to `<run folder>/train-<data set>-seed<seed>/<method>.safetensors` (`clipadapt predict` and
-    `load_classifier` read it), and return its training summary. Nothing is sampled or extracted for a method that
-    does not train (its classifier is saved all the same). A method that uses them (SHIP) also gets the names of
-    the classes the protocol will test without training data: names only, never their images."""
+    """Train `method` on `splits` (on its k-shot subset when `shots` is given; `whole`: the data set `splits`' classes
+    were taken from, see `fewshot_subset`), save it as a classifier of the training classes to
+    `<run folder>/train-<data set>-seed<seed>/<method>.safetensors` (`clipadapt predict` and `load_classifier` read
+    it), and return its training summary. Nothing is sampled or extracted for a method that does not train (its
+    classifier is saved all the same). A method that uses them (SHIP) also gets the names of the classes the
+    protocol will test without training data: names only, never their images."""
     capabilities = method.capabilities
     if shots and capabilities.trains:
-        splits = fewshot(splits, shots, seed, cache_dir=_split_cache(ctx))
+        splits = fewshot_subset(ctx, splits, shots, seed, whole)
     out_dir = Path(ctx.out_dir) / f"train-{splits.name}-seed{seed}" if ctx.out_dir else None
     classifier = classifier_of(method, ctx.backbone, splits, seed, shots)
     if not capabilities.trains:
@@ -231,6 +235,20 @@ def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSpl
     return {**result, "part_overlap": overlap}
 
 
+def fewshot_subset(
+    ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, whole: DatasetSplits | None = None
+) -> DatasetSplits:
+    """The k-shot subset of `splits`, drawn by `ctx.fewshot_sampler`. With "dassl", a subset of `whole`'s classes
+    (base-to-new's base half) is drawn over every class of `whole` and then restricted, as CoOp draws before it
+    keeps the base half: only so are the images Dassl's for the seed."""
+    cache_dir, sampler = _split_cache(ctx), ctx.fewshot_sampler
+    if sampler != "dassl" or whole is None:
+        return fewshot(splits, shots, seed, cache_dir=cache_dir, sampler=sampler)
+    drawn = fewshot(whole, shots, seed, cache_dir=cache_dir, sampler=sampler)
+    kept = select_classes(drawn, [whole.classnames.index(name) for name in splits.classnames], "")
+    return replace(splits, train=kept.train, val=kept.val)
+
+
 def run_fewshot(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     summary = fit_method(method, ctx, splits, shots, seed)
     return with_training(_with_part_overlap(evaluate_accuracy(method, ctx, splits), method, ctx, splits), summary)
@@ -238,7 +256,7 @@ def run_fewshot(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots
 
 def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     base, new = base_new_split(splits)
-    summary = fit_method(method, ctx, base, shots, seed, unseen_classnames=new.classnames)
+    summary = fit_method(method, ctx, base, shots, seed, unseen_classnames=new.classnames, whole=splits)
     base_result = evaluate_accuracy(method, ctx, base)
     base_acc = base_result["accuracy"]
     counts = {
@@ -506,11 +524,19 @@ def protocol_spec(protocol: str) -> ProtocolSpec:
 
 
 def protocol_shots(
-    protocol: str, shots: int | None = None, targets: Sequence[str] = (), unseen: str | Sequence[str] | None = None
+    protocol: str,
+    shots: int | None = None,
+    targets: Sequence[str] = (),
+    unseen: str | Sequence[str] | None = None,
+    fewshot_sampler: str = "clipadapt",
 ) -> int | None:
     """The shots per class `protocol` trains with (None: every train image), once the options are checked against
     it: an option the protocol would ignore is an error, not a number in metrics.json that did not happen."""
     spec = protocol_spec(protocol)
+    if fewshot_sampler != "clipadapt" and spec.shots == "never":
+        raise ClipadaptError(
+            f"protocol {protocol} draws no k-shot subset; --fewshot-sampler is for {_protocols_taking('shots')}"
+        )
     if shots is not None and spec.shots == "never":
         raise ClipadaptError(
             f"protocol {protocol} trains on every train image (of the seen classes); --shots is for "

@@ -17,10 +17,11 @@ from .datasets import (
     load_image_size,
     register_dataset,
 )
-from .splits import base_new_split, fewshot, select_classes, split_fingerprint
+from .splits import FEWSHOT_SAMPLERS, base_new_split, fewshot, read_coop_fewshot, select_classes, split_fingerprint
 
 __all__ = [
     "DATASETS",
+    "FEWSHOT_SAMPLERS",
     "DatasetSplits",
     "ImageDataset",
     "Sample",
@@ -32,6 +33,7 @@ __all__ = [
     "load_dataset",
     "load_image",
     "load_image_size",
+    "read_coop_fewshot",
     "register_dataset",
     "select_classes",
     "split_fingerprint",
