@@ -159,3 +159,39 @@ def test_the_parity_page_shows_the_recorded_draws():
     ]
     assert rows == recorded and len(rows) == 3
     assert f"Dassl {RECORD['dassl_commit'][:7]}, Python {RECORD['python']}" in page
+
+
+def test_the_parity_page_shows_the_recorded_equivalence():
+    page = (Path(__file__).parent.parent / "docs" / "parity.md").read_text()
+    found = json.loads((PARITY / "equivalence.json").read_text())
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    rows = [
+        f"| image features ({found['images']} {found['dataset']} test images) | "
+        f"{found['image features, max abs difference']:.1e} | {found['image features, max abs value']:.2f} |",
+        f'| text features ({found["classes"]} prompts "a photo of a {{}}."; token ids equal: '
+        f"{yes(found['token ids equal'])}) | {found['text features, max abs difference']:.1e} | "
+        f"{found['text features, max abs value']:.2f} |",
+        f"| zero-shot logits (predictions equal: {yes(found['zero-shot predictions equal'])}) | "
+        f"{found['zero-shot logits, max abs difference']:.1e} | |",
+    ]
+    for method, name, learned in (("coop", "CoOp", "the context"), ("cocoop", "CoCoOp", "the context and meta-net")):
+        numbers = found[method]
+        after = f"parameters after {numbers['steps']} steps, max abs difference"
+        rows += [
+            f"| {name} logits, one batch of {numbers['batch']} training images | "
+            f"{numbers['logits, max abs difference']:.1e} | |",
+            f"| {name} loss | {numbers['loss, abs difference']:.1e} | {numbers['loss']:.3f} |",
+            f"| {name} gradient ({learned}) | {numbers['gradient, max abs difference']:.1e} | "
+            f"{numbers['gradient, max abs value']:.2f} |",
+            f"| {name} parameters after {numbers['steps']} SGD steps | {numbers[after]:.1e} | |",
+        ]
+        # Equal up to float32 rounding: what the page says.
+        assert numbers["gradient, max abs difference"] < 1e-4 * numbers["gradient, max abs value"]
+    missing = [row for row in rows if row not in page]
+    assert not missing, missing
+    assert re.search(rf"CoOp\s+{found['coop_commit'][:7]}, torch {found['torch'].split('+')[0]}", page)
+    assert found["token ids equal"] and found["zero-shot predictions equal"]
+    assert found["image features, max abs difference"] < 1e-4

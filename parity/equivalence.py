@@ -1,0 +1,238 @@
+"""The official code against clipadapt's, from the same weights, on the same inputs. The model: CoOp's vendored `clip/`
+(OpenAI's model and tokenizer, what CoOp, CoCoOp and SHIP build on) given the shipped model's state dict in OpenAI's
+layout, against `load_backbone()`; token ids, image and text features and zero-shot logits compared on a world data
+set. CoOp: the official PromptLearner / CustomCLIP (trainers/coop.py) and clipadapt's `coop` from the same context
+vectors, their logits, loss and context gradient on one batch, and the context after a few SGD steps (Dassl's
+optimizer settings for CoOp) on each side. The first level of docs/parity.md.
+
+    git clone https://github.com/KaiyangZhou/CoOp /tmp/CoOp
+    python parity/equivalence.py --coop /tmp/CoOp
+
+CoOp's clip/ and trainers/coop.py are copied to a temporary folder and the patches in parity/patches/ applied there
+(why: in each); Dassl, which trainers/coop.py imports for its trainer class, is given empty stand-ins (the classes
+compared use none of it); the official code runs in fp32, as CoOp's `PREC: fp32` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from clipadapt import load_backbone
+from clipadapt.data import ImageDataset, load_dataset
+from clipadapt.methods import build_method
+
+HERE = Path(__file__).parent
+RECORD = HERE / "equivalence.json"
+PATCHES = sorted((HERE / "patches").glob("*.patch"))
+TEMPLATE = "a photo of a {}."
+# Dassl's SGD for CoOp (configs/trainers/CoOp/*.yaml: OPTIM.NAME sgd, LR 0.002; Dassl's defaults: momentum 0.9,
+# weight decay 5e-4), and clipadapt's coop defaults.
+SGD = {"lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4}
+STEPS, BATCH = 3, 32
+COCOOP_BATCH = 8  # the official CoCoOp encodes each image's prompts in its own text-encoder call
+
+
+def official_code(coop: Path, folder: Path) -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
+    """CoOp's `clip` package, `trainers/coop.py` and `trainers/cocoop.py`, copied into `folder`, patched and
+    imported."""
+    shutil.copytree(coop / "clip", folder / "clip")
+    (folder / "trainers").mkdir()
+    for trainer in ("coop.py", "cocoop.py"):
+        shutil.copy(coop / "trainers" / trainer, folder / "trainers" / trainer)
+    for patch in PATCHES:
+        subprocess.run(["git", "apply", str(patch.absolute())], cwd=folder, check=True)
+    sys.path.insert(0, str(folder))
+    stand_ins = {
+        "dassl.engine": {
+            "TRAINER_REGISTRY": types.SimpleNamespace(register=lambda: lambda cls: cls),
+            "TrainerX": object,
+        },
+        "dassl.metrics": {"compute_accuracy": None},
+        "dassl.utils": {"load_pretrained_weights": None, "load_checkpoint": None},
+        "dassl.optim": {"build_optimizer": None, "build_lr_scheduler": None},
+    }
+    for name, attributes in {"dassl": {}, **stand_ins}.items():
+        sys.modules[name] = types.ModuleType(name)
+        sys.modules[name].__dict__.update(attributes)
+    return tuple(importlib.import_module(name) for name in ("clip", "trainers.coop", "trainers.cocoop"))
+
+
+def official_model(clip, backbone) -> nn.Module:
+    """The official model built by `clip.build_model` from the backbone's weights (OpenAI's layout already: open_clip
+    keeps it), with the backbone's activation and head widths, in fp32."""
+    ours = backbone.model
+    clip.model.ACTIVATION = type(ours.transformer.resblocks[0].mlp.gelu)
+    clip.model.VISION_HEAD_WIDTH = ours.visual.transformer.width // ours.visual.transformer.resblocks[0].attn.num_heads
+    clip.model.TEXT_HEAD_WIDTH = ours.transformer.width // ours.transformer.resblocks[0].attn.num_heads
+    state = {key: value.detach().clone() for key, value in ours.state_dict().items()}
+    return clip.model.build_model(state).float().eval()
+
+
+@torch.no_grad()
+def compare(coop: Path, dataset: str, n_images: int) -> dict:
+    backbone = load_backbone()
+    splits = load_dataset(dataset)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip, coop_trainer, cocoop_trainer = official_code(coop, Path(tmp))
+        official = official_model(clip, backbone)
+        prompts = [TEMPLATE.format(name) for name in splits.classnames]
+        ours_ids = backbone.tokenize(prompts).cpu()
+        official_ids = clip.tokenize(prompts, context_length=official.context_length)
+    loader = DataLoader(ImageDataset(splits.test[:n_images], backbone.image_transform()), batch_size=n_images)
+    pixels = next(iter(loader))[0]
+    image_ours, image_official = backbone.encode_image(pixels).float(), official.encode_image(pixels).float()
+    text_ours, text_official = backbone.encode_text(ours_ids).float(), official.encode_text(official_ids).float()
+
+    def logits(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return scale.exp() * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+
+    logits_ours = logits(image_ours, text_ours, backbone.model.logit_scale)
+    logits_official = logits(image_official, text_official, official.logit_scale)
+    batch = next(iter(DataLoader(ImageDataset(splits.train, backbone.image_transform()), batch_size=BATCH)))
+    return {
+        "dataset": dataset,
+        "images": len(pixels),
+        "classes": len(prompts),
+        "token ids equal": bool(torch.equal(ours_ids, official_ids)),
+        "image features, max abs difference": (image_ours - image_official).abs().max().item(),
+        "image features, max abs value": image_ours.abs().max().item(),
+        "text features, max abs difference": (text_ours - text_official).abs().max().item(),
+        "text features, max abs value": text_ours.abs().max().item(),
+        "zero-shot logits, max abs difference": (logits_ours - logits_official).abs().max().item(),
+        "zero-shot predictions equal": bool(torch.equal(logits_ours.argmax(-1), logits_official.argmax(-1))),
+        "coop": compare_coop(coop_trainer, official, backbone, splits.classnames, batch[0], batch[1]),
+        "cocoop": compare_cocoop(cocoop_trainer, official, backbone, splits.classnames, batch[0], batch[1]),
+    }
+
+
+def official_cfg(trainer: str, size: int, **options):
+    """The yacs config fields a trainer's PromptLearner reads, as attributes."""
+    section = types.SimpleNamespace(**options)
+    return types.SimpleNamespace(
+        TRAINER=types.SimpleNamespace(**{trainer: section}), INPUT=types.SimpleNamespace(SIZE=(size, size))
+    )
+
+
+def sgd_steps(
+    learned: tuple[list[nn.Parameter], list[nn.Parameter]], losses_at: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+) -> dict:
+    """`STEPS` steps of the same SGD on the official side's and ours' parameters (paired in order): the loss, the
+    largest gradient difference at the first step, and the largest parameter difference after the last."""
+    optimizers = [torch.optim.SGD(parameters, **SGD) for parameters in learned]
+    found: dict = {"steps": STEPS, "optimizer": f"SGD {SGD}"}
+    for step in range(STEPS):
+        losses = losses_at()
+        for optimizer, loss in zip(optimizers, losses):
+            optimizer.zero_grad()
+            loss.backward()
+        if step == 0:
+            found["loss"] = losses[0].item()
+            found["loss, abs difference"] = abs(losses[0].item() - losses[1].item())
+            found["gradient, max abs value"] = max(p.grad.abs().max().item() for p in learned[1])
+            found["gradient, max abs difference"] = max((a.grad - b.grad).abs().max().item() for a, b in zip(*learned))
+        for optimizer in optimizers:
+            optimizer.step()
+    found[f"loss after {STEPS} steps"] = losses[0].item()
+    found[f"parameters after {STEPS} steps, max abs difference"] = max(
+        (a - b).abs().max().item() for a, b in zip(*learned)
+    )
+    return found
+
+
+@torch.enable_grad()
+def compare_coop(coop_trainer, official: nn.Module, backbone, classnames, pixels, labels) -> dict:
+    """The official CustomCLIP (on the images) and clipadapt's coop (on their frozen features, as it trains by
+    default) from the same 16 random context vectors: logits, loss and gradient, then `STEPS` SGD steps each."""
+    cfg = official_cfg(
+        "COOP", official.visual.input_resolution, N_CTX=16, CTX_INIT="", CSC=False, CLASS_TOKEN_POSITION="end"
+    )
+    torch.manual_seed(0)
+    theirs = coop_trainer.CustomCLIP(cfg, list(classnames), official)
+    for name, parameter in theirs.named_parameters():  # as CoOp's trainer: only the prompt learner learns
+        parameter.requires_grad_("prompt_learner" in name)
+    ours = build_method("coop", backbone, {"n_ctx": 16})
+    with torch.no_grad():
+        ours.ctx.copy_(theirs.prompt_learner.ctx)
+        features = backbone.encode_image(pixels)
+        logits = (theirs(pixels) - ours.logits(features, classnames)).abs().max().item()
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        ours_logits = ours._logits(features, ours._text_features(classnames))
+        return F.cross_entropy(theirs(pixels), labels), F.cross_entropy(ours_logits, labels)
+
+    found = sgd_steps(([theirs.prompt_learner.ctx], [ours.ctx]), losses)
+    return {"batch": len(labels), "logits, max abs difference": logits, **found}
+
+
+@torch.enable_grad()
+def compare_cocoop(cocoop_trainer, official: nn.Module, backbone, classnames, pixels, labels) -> dict:
+    """The official CoCoOp CustomCLIP (its per-image loop, on the images) and clipadapt's cocoop (every image's
+    prompts in one call, on frozen features) from the same context ("a photo of a") and meta-net weights."""
+    pixels, labels = pixels[:COCOOP_BATCH], labels[:COCOOP_BATCH]
+    cfg = official_cfg("COCOOP", official.visual.input_resolution, N_CTX=4, CTX_INIT="a photo of a", PREC="fp32")
+    torch.manual_seed(0)
+    theirs = cocoop_trainer.CustomCLIP(cfg, list(classnames), official)
+    for name, parameter in theirs.named_parameters():
+        parameter.requires_grad_("prompt_learner" in name)
+    ours = build_method("cocoop", backbone, {})
+    with torch.no_grad():
+        initial_ctx = (theirs.prompt_learner.ctx - ours.prompt.ctx).abs().max().item()
+        ours.prompt.load_state_dict(
+            {k: v for k, v in theirs.prompt_learner.state_dict().items() if not k.startswith("token_")}
+        )
+        features = backbone.encode_image(pixels)
+        theirs.eval()
+        logits = (theirs(pixels) - ours.logits(features, classnames)).abs().max().item()
+        theirs.train()
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        return theirs(pixels, labels), F.cross_entropy(ours._logits(features, classnames), labels)
+
+    learned = [p for p in theirs.prompt_learner.parameters()], list(ours.prompt.parameters())
+    found = sgd_steps(learned, losses)
+    return {
+        "batch": len(labels),
+        "initial context, max abs difference": initial_ctx,
+        "logits, max abs difference": logits,
+        **found,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--coop", type=Path, required=True, help="a clone of KaiyangZhou/CoOp")
+    parser.add_argument("--dataset", default="world:objects")
+    parser.add_argument("--images", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    found = compare(args.coop, args.dataset, args.images)
+    commit = subprocess.run(["git", "-C", str(args.coop), "rev-parse", "HEAD"], capture_output=True, text=True)
+    record = {
+        "coop_commit": commit.stdout.strip() or None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "model": "the shipped tiny-vit-world-unicl",
+        **found,
+    }
+    RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
