@@ -6,7 +6,8 @@ vectors, their logits, loss and context gradient on one batch, and the context a
 optimizer settings for CoOp) on each side. The first level of docs/parity.md.
 
     git clone https://github.com/KaiyangZhou/CoOp /tmp/CoOp
-    python parity/equivalence.py --coop /tmp/CoOp
+    git clone https://github.com/gaopengcuhk/CLIP-Adapter /tmp/CLIP-Adapter
+    python parity/equivalence.py --coop /tmp/CoOp --clip-adapter /tmp/CLIP-Adapter
 
 CoOp's clip/ and trainers/coop.py are copied to a temporary folder and the patches in parity/patches/ applied there
 (why: in each); Dassl, which trainers/coop.py imports for its trainer class, is given empty stand-ins (the classes
@@ -47,10 +48,11 @@ STEPS, BATCH = 3, 32
 COCOOP_BATCH = 8  # the official CoCoOp encodes each image's prompts in its own text-encoder call
 
 
-def official_code(coop: Path, folder: Path) -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
-    """CoOp's `clip` package, `trainers/coop.py` and `trainers/cocoop.py`, copied into `folder`, patched and
-    imported."""
+def official_code(coop: Path, clip_adapter: Path, folder: Path) -> dict[str, types.ModuleType]:
+    """CoOp's `clip` package, `trainers/coop.py` and `trainers/cocoop.py`, and CLIP-Adapter's `clip_adapter.py` (a
+    trainer written for CoOp's tree), copied into `folder`, patched and imported."""
     shutil.copytree(coop / "clip", folder / "clip")
+    shutil.copy(clip_adapter / "clip_adapter.py", folder / "clip_adapter.py")
     (folder / "trainers").mkdir()
     for trainer in ("coop.py", "cocoop.py"):
         shutil.copy(coop / "trainers" / trainer, folder / "trainers" / trainer)
@@ -69,7 +71,9 @@ def official_code(coop: Path, folder: Path) -> tuple[types.ModuleType, types.Mod
     for name, attributes in {"dassl": {}, **stand_ins}.items():
         sys.modules[name] = types.ModuleType(name)
         sys.modules[name].__dict__.update(attributes)
-    return tuple(importlib.import_module(name) for name in ("clip", "trainers.coop", "trainers.cocoop"))
+    return {
+        name: importlib.import_module(name) for name in ("clip", "trainers.coop", "trainers.cocoop", "clip_adapter")
+    }
 
 
 def official_model(clip, backbone) -> nn.Module:
@@ -84,11 +88,12 @@ def official_model(clip, backbone) -> nn.Module:
 
 
 @torch.no_grad()
-def compare(coop: Path, dataset: str, n_images: int) -> dict:
+def compare(coop: Path, clip_adapter: Path, dataset: str, n_images: int) -> dict:
     backbone = load_backbone()
     splits = load_dataset(dataset)
     with tempfile.TemporaryDirectory() as tmp:
-        clip, coop_trainer, cocoop_trainer = official_code(coop, Path(tmp))
+        code = official_code(coop, clip_adapter, Path(tmp))
+        clip = code["clip"]
         official = official_model(clip, backbone)
         prompts = [TEMPLATE.format(name) for name in splits.classnames]
         ours_ids = backbone.tokenize(prompts).cpu()
@@ -115,8 +120,9 @@ def compare(coop: Path, dataset: str, n_images: int) -> dict:
         "text features, max abs value": text_ours.abs().max().item(),
         "zero-shot logits, max abs difference": (logits_ours - logits_official).abs().max().item(),
         "zero-shot predictions equal": bool(torch.equal(logits_ours.argmax(-1), logits_official.argmax(-1))),
-        "coop": compare_coop(coop_trainer, official, backbone, splits.classnames, batch[0], batch[1]),
-        "cocoop": compare_cocoop(cocoop_trainer, official, backbone, splits.classnames, batch[0], batch[1]),
+        "coop": compare_coop(code["trainers.coop"], official, backbone, splits.classnames, *batch[:2]),
+        "cocoop": compare_cocoop(code["trainers.cocoop"], official, backbone, splits.classnames, *batch[:2]),
+        "clip_adapter": compare_clip_adapter(code["clip_adapter"], official, backbone, splits.classnames, *batch[:2]),
     }
 
 
@@ -213,17 +219,51 @@ def compare_cocoop(cocoop_trainer, official: nn.Module, backbone, classnames, pi
     }
 
 
+@torch.enable_grad()
+def compare_clip_adapter(clip_adapter, official: nn.Module, backbone, classnames, pixels, labels) -> dict:
+    """The official CLIP-Adapter CustomCLIP (on the images, its text features encoded every step) and clipadapt's
+    clip_adapter (on frozen features, its text weights encoded once) from the same adapter weights; the official
+    template of a data set it knows, "a photo of a {}.", for both."""
+    cfg = types.SimpleNamespace(DATASET=types.SimpleNamespace(NAME="Caltech101"))
+    torch.manual_seed(0)
+    theirs = clip_adapter.CustomCLIP(cfg, list(classnames), official)
+    for name, parameter in theirs.named_parameters():  # as its trainer: only the adapter learns
+        parameter.requires_grad_("adapter" in name)
+    ours = build_method("clip_adapter", backbone, {"templates": clip_adapter.CUSTOM_TEMPLATES["Caltech101"]})
+    with torch.no_grad():
+        ours.adapter.load_state_dict({k.removeprefix("fc."): v for k, v in theirs.adapter.state_dict().items()})
+        features = backbone.encode_image(pixels)
+        logits = (theirs(pixels) - ours.logits(features, classnames)).abs().max().item()
+        weights = ours.text(list(classnames))
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        return F.cross_entropy(theirs(pixels), labels), F.cross_entropy(ours._logits(features, weights), labels)
+
+    found = sgd_steps((list(theirs.adapter.parameters()), list(ours.adapter.parameters())), losses)
+    return {"batch": len(labels), "logits, max abs difference": logits, **found}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--coop", type=Path, required=True, help="a clone of KaiyangZhou/CoOp")
+    parser.add_argument("--clip-adapter", type=Path, required=True, help="a clone of gaopengcuhk/CLIP-Adapter")
     parser.add_argument("--dataset", default="world:objects")
     parser.add_argument("--images", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    found = compare(args.coop, args.dataset, args.images)
-    commit = subprocess.run(["git", "-C", str(args.coop), "rev-parse", "HEAD"], capture_output=True, text=True)
+    found = compare(args.coop, args.clip_adapter, args.dataset, args.images)
+
+    def commit(clone: Path) -> str | None:
+        return (
+            subprocess.run(
+                ["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
+
     record = {
-        "coop_commit": commit.stdout.strip() or None,
+        "coop_commit": commit(args.coop),
+        "clip_adapter_commit": commit(args.clip_adapter),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "model": "the shipped tiny-vit-world-unicl",

@@ -177,7 +177,12 @@ def test_the_parity_page_shows_the_recorded_equivalence():
         f"| zero-shot logits (predictions equal: {yes(found['zero-shot predictions equal'])}) | "
         f"{found['zero-shot logits, max abs difference']:.1e} | |",
     ]
-    for method, name, learned in (("coop", "CoOp", "the context"), ("cocoop", "CoCoOp", "the context and meta-net")):
+    compared = (
+        ("coop", "CoOp", "the context"),
+        ("cocoop", "CoCoOp", "the context and meta-net"),
+        ("clip_adapter", "CLIP-Adapter", "the adapter"),
+    )
+    for method, name, learned in compared:
         numbers = found[method]
         after = f"parameters after {numbers['steps']} steps, max abs difference"
         rows += [
