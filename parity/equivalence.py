@@ -7,7 +7,8 @@ optimizer settings for CoOp) on each side. The first level of docs/parity.md.
 
     git clone https://github.com/KaiyangZhou/CoOp /tmp/CoOp
     git clone https://github.com/gaopengcuhk/CLIP-Adapter /tmp/CLIP-Adapter
-    python parity/equivalence.py --coop /tmp/CoOp --clip-adapter /tmp/CLIP-Adapter
+    git clone https://github.com/gaopengcuhk/Tip-Adapter /tmp/Tip-Adapter
+    python parity/equivalence.py --coop /tmp/CoOp --clip-adapter /tmp/CLIP-Adapter --tip-adapter /tmp/Tip-Adapter
 
 CoOp's clip/ and trainers/coop.py are copied to a temporary folder and the patches in parity/patches/ applied there
 (why: in each); Dassl, which trainers/coop.py imports for its trainer class, is given empty stand-ins (the classes
@@ -17,9 +18,13 @@ compared use none of it); the official code runs in fp32, as CoOp's `PREC: fp32`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
+import io
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from clipadapt import load_backbone
-from clipadapt.data import ImageDataset, load_dataset
+from clipadapt.data import ImageDataset, fewshot, load_dataset
+from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
 
 HERE = Path(__file__).parent
@@ -45,17 +51,21 @@ TEMPLATE = "a photo of a {}."
 # weight decay 5e-4), and clipadapt's coop defaults.
 SGD = {"lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4}
 STEPS, BATCH = 3, 32
+# A far target, where the cache has something to add to zero-shot (on the near objects the search keeps its least).
+TIP_DATASET, TIP_SHOTS = "world:textures", 16
 COCOOP_BATCH = 8  # the official CoCoOp encodes each image's prompts in its own text-encoder call
 
 
-def official_code(coop: Path, clip_adapter: Path, folder: Path) -> dict[str, types.ModuleType]:
-    """CoOp's `clip` package, `trainers/coop.py` and `trainers/cocoop.py`, and CLIP-Adapter's `clip_adapter.py` (a
-    trainer written for CoOp's tree), copied into `folder`, patched and imported."""
+def official_code(coop: Path, clip_adapter: Path, tip_adapter: Path, folder: Path) -> dict[str, types.ModuleType]:
+    """CoOp's `clip` package, `trainers/coop.py` and `trainers/cocoop.py`, CLIP-Adapter's `clip_adapter.py` (a
+    trainer written for CoOp's tree), copied into `folder`, patched and imported; and Tip-Adapter's `main.py` (with
+    its `utils.py` and `datasets/`, in a folder of their own: CoOp has a `datasets` too)."""
     shutil.copytree(coop / "clip", folder / "clip")
     shutil.copy(clip_adapter / "clip_adapter.py", folder / "clip_adapter.py")
     (folder / "trainers").mkdir()
     for trainer in ("coop.py", "cocoop.py"):
         shutil.copy(coop / "trainers" / trainer, folder / "trainers" / trainer)
+    shutil.copytree(tip_adapter, folder / "tip_adapter", ignore=shutil.ignore_patterns(".git"))
     for patch in PATCHES:
         subprocess.run(["git", "apply", str(patch.absolute())], cwd=folder, check=True)
     sys.path.insert(0, str(folder))
@@ -68,12 +78,17 @@ def official_code(coop: Path, clip_adapter: Path, folder: Path) -> dict[str, typ
         "dassl.utils": {"load_pretrained_weights": None, "load_checkpoint": None},
         "dassl.optim": {"build_optimizer": None, "build_lr_scheduler": None},
     }
-    for name, attributes in {"dassl": {}, **stand_ins}.items():
+    for name, attributes in {"dassl": {}, "gdown": {}, **stand_ins}.items():  # gdown: Tip-Adapter's downloads
         sys.modules[name] = types.ModuleType(name)
         sys.modules[name].__dict__.update(attributes)
-    return {
+    code = {
         name: importlib.import_module(name) for name in ("clip", "trainers.coop", "trainers.cocoop", "clip_adapter")
     }
+    sys.path.insert(0, str(folder / "tip_adapter"))
+    spec = importlib.util.spec_from_file_location("tip_adapter_main", folder / "tip_adapter" / "main.py")
+    code["tip_adapter"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code["tip_adapter"])
+    return code
 
 
 def official_model(clip, backbone) -> nn.Module:
@@ -88,11 +103,11 @@ def official_model(clip, backbone) -> nn.Module:
 
 
 @torch.no_grad()
-def compare(coop: Path, clip_adapter: Path, dataset: str, n_images: int) -> dict:
+def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, dataset: str, n_images: int) -> dict:
     backbone = load_backbone()
     splits = load_dataset(dataset)
     with tempfile.TemporaryDirectory() as tmp:
-        code = official_code(coop, clip_adapter, Path(tmp))
+        code = official_code(coop, clip_adapter, tip_adapter, Path(tmp))
         clip = code["clip"]
         official = official_model(clip, backbone)
         prompts = [TEMPLATE.format(name) for name in splits.classnames]
@@ -123,6 +138,7 @@ def compare(coop: Path, clip_adapter: Path, dataset: str, n_images: int) -> dict
         "coop": compare_coop(code["trainers.coop"], official, backbone, splits.classnames, *batch[:2]),
         "cocoop": compare_cocoop(code["trainers.cocoop"], official, backbone, splits.classnames, *batch[:2]),
         "clip_adapter": compare_clip_adapter(code["clip_adapter"], official, backbone, splits.classnames, *batch[:2]),
+        "tip_adapter": compare_tip_adapter(code["tip_adapter"], clip, official, backbone),
     }
 
 
@@ -243,15 +259,72 @@ def compare_clip_adapter(clip_adapter, official: nn.Module, backbone, classnames
     return {"batch": len(labels), "logits, max abs difference": logits, **found}
 
 
+@torch.no_grad()
+def compare_tip_adapter(tip_main, clip, official: nn.Module, backbone, shots: int = TIP_SHOTS) -> dict:
+    """The official `run_tip_adapter` (its search of beta and alpha on val, then the test accuracy it prints) on the
+    official model's features of a k-shot subset, against clipadapt's tip_adapter on ours: at the official constant
+    scale of 100 (`clip_scale=100`), and at the model's learned scale (clipadapt's default; the official code run
+    there by handing it text weights multiplied by scale / 100). The official cache averages `augment_epoch`
+    random-crop views; one plain view here, on both sides (clipadapt's cache), and fp32 where the official code runs
+    fp16 on a GPU."""
+    splits = load_dataset(TIP_DATASET)
+    subset = fewshot(splits, shots, 1, sampler="dassl")
+
+    def encode(model_encode, samples) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = DataLoader(ImageDataset(samples, backbone.image_transform()), batch_size=256)
+        parts = [(model_encode(images).float(), labels) for images, labels, _ in loader]
+        return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
+
+    theirs = {split: encode(official.encode_image, subset.split(split)) for split in ("train", "val", "test")}
+    ours = {split: encode(backbone.encode_image, subset.split(split)) for split in ("train", "val", "test")}
+    names = [TEMPLATE.format(name) for name in splits.classnames]
+    prompts = clip.tokenize(names, context_length=official.context_length)
+    weights = F.normalize(official.encode_text(prompts).float(), dim=-1).T  # clip_classifier's, one template
+    keys = F.normalize(theirs["train"][0], dim=-1).T
+    values = F.one_hot(theirs["train"][1]).float()
+    cfg = {"init_beta": 1.0, "init_alpha": 1.0, "search_hp": True, "search_scale": [7, 3], "search_step": [200, 20]}
+    evaluated = [
+        F.normalize(theirs[split][0], dim=-1) if i == 0 else theirs[split][1]
+        for split in ("val", "test")
+        for i in (0, 1)
+    ]
+    found: dict = {"dataset": TIP_DATASET, "shots": shots}
+    model_scale = official.logit_scale.exp().item()
+    for label, scale in (("scale 100", 100.0), (f"scale {model_scale:.1f}", model_scale)):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            tip_main.run_tip_adapter(cfg, keys, values, *evaluated, weights * (scale / 100))
+        output = printed.getvalue()
+        best = re.findall(r"New best setting, beta: (\d+\.\d+), alpha: (\d+\.\d+); accuracy: (\d+\.\d+)", output)[-1]
+        method = build_method(
+            "tip_adapter", backbone, {"clip_scale": 100.0 if scale == 100 else 0.0, "templates": TEMPLATE}
+        )
+        summary = method.fit(
+            FeatureSet(*ours["train"]), splits.classnames, val=FeatureSet(*ours["val"]), progress=False
+        )
+        predictions = method.logits(ours["test"][0], splits.classnames).argmax(-1)
+        found[label] = {
+            "official: beta, alpha, val accuracy": [float(v) for v in best],
+            "ours: beta, alpha, val accuracy": [summary["beta"], summary["alpha"], summary["val_accuracy"]],
+            "official zero-shot test accuracy": float(
+                re.search(r"Zero-shot CLIP's test accuracy: (\d+\.\d+)", output).group(1)
+            ),
+            "official test accuracy": float(re.search(r"Tip-Adapter's test accuracy: (\d+\.\d+)", output).group(1)),
+            "ours test accuracy": (predictions == ours["test"][1]).float().mean().item() * 100,
+        }
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--coop", type=Path, required=True, help="a clone of KaiyangZhou/CoOp")
     parser.add_argument("--clip-adapter", type=Path, required=True, help="a clone of gaopengcuhk/CLIP-Adapter")
+    parser.add_argument("--tip-adapter", type=Path, required=True, help="a clone of gaopengcuhk/Tip-Adapter")
     parser.add_argument("--dataset", default="world:objects")
     parser.add_argument("--images", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    found = compare(args.coop, args.clip_adapter, args.dataset, args.images)
+    found = compare(args.coop, args.clip_adapter, args.tip_adapter, args.dataset, args.images)
 
     def commit(clone: Path) -> str | None:
         return (
@@ -264,6 +337,7 @@ def main() -> int:
     record = {
         "coop_commit": commit(args.coop),
         "clip_adapter_commit": commit(args.clip_adapter),
+        "tip_adapter_commit": commit(args.tip_adapter),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "model": "the shipped tiny-vit-world-unicl",

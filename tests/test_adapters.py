@@ -47,12 +47,13 @@ def test_clip_adapter_learns_and_transfers_to_other_names(backbone):
     assert adapter.logits(test.features, ["eel", "fox"]).shape == (len(test), 2)
 
 
-def test_tip_adapter_logits_match_a_loop_reference(backbone):
+@pytest.mark.parametrize("clip_scale", [0.0, 100.0])  # the model's learned scale; the official constant
+def test_tip_adapter_logits_match_a_loop_reference(backbone, clip_scale):
     train, test = clustered(4, seed=1), clustered(2, seed=2)
-    tip = build_method("tip_adapter", backbone, {"search": False, "alpha": 1.7, "beta": 3.0})
+    tip = build_method("tip_adapter", backbone, {"search": False, "alpha": 1.7, "beta": 3.0, "clip_scale": clip_scale})
     tip.fit(train, NAMES, progress=False)
     weights = tip.text(NAMES)
-    scale = backbone.model.logit_scale.exp()
+    scale = torch.tensor(clip_scale) if clip_scale else backbone.model.logit_scale.exp()
     keys = F.normalize(train.features, dim=-1)
     scale, weights = scale.detach(), weights.detach()
     for f, row in zip(test.features, tip.logits(test.features, NAMES)):
@@ -147,3 +148,8 @@ def test_adapter_errors(backbone):
         build_method("tip_adapter", backbone, {"templates": "no placeholder"})
     with pytest.raises(ClipadaptError, match="select"):
         build_method("tip_adapter", backbone, {"select": "test"})
+
+
+def test_tip_adapter_refuses_a_negative_clip_scale(backbone):
+    with pytest.raises(ClipadaptError, match="clip_scale must be positive"):
+        build_method("tip_adapter", backbone, {"clip_scale": -1.0})

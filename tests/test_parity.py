@@ -195,6 +195,23 @@ def test_the_parity_page_shows_the_recorded_equivalence():
         ]
         # Equal up to float32 rounding: what the page says.
         assert numbers["gradient, max abs difference"] < 1e-4 * numbers["gradient, max abs value"]
+    tip = found["tip_adapter"]
+    scales = [key for key in tip if key.startswith("scale ")]
+    for key, label in zip(scales, ("100, the official constant (`clip_scale=100`)", "the model's learned one")):
+        numbers = tip[key]
+        official = ", ".join(f"{v:g}" for v in numbers["official: beta, alpha, val accuracy"])
+        beta, alpha, val = numbers["ours: beta, alpha, val accuracy"]
+        label = label if key == "scale 100" else f"{key.split()[1]}, {label} (the default)"
+        rows.append(
+            f"| {label} | {official} | {beta:.3f}, {alpha:.3f}, {val:.2f} | "
+            f"{numbers['official zero-shot test accuracy']:.2f} | {numbers['official test accuracy']:.2f} | "
+            f"{numbers['ours test accuracy']:.2f} |"
+        )
+        # The official prints two decimals: the same choice and accuracy, to its rounding.
+        assert abs(numbers["official test accuracy"] - numbers["ours test accuracy"]) < 0.01
+        assert all(
+            abs(a - b) < 0.01 for a, b in zip(numbers["official: beta, alpha, val accuracy"], (beta, alpha, val))
+        )
     missing = [row for row in rows if row not in page]
     assert not missing, missing
     assert re.search(rf"CoOp\s+{found['coop_commit'][:7]}, torch {found['torch'].split('+')[0]}", page)

@@ -3,11 +3,12 @@ CLIP, and Tip-Adapter-F, which fine-tunes the cache keys.
 
 Mirrors gaopengcuhk/Tip-Adapter (`main.py`, `utils.py`): keys are the L2-normalized training features, values
 their one-hot labels; for a normalized test feature f, affinity A = f keys^T, cache logits
-exp(-beta (1 - A)) values, and logits = logit_scale.exp() f W^T + alpha x cache logits with W the zero-shot text
-weights. alpha and beta start at 1 and are grid-searched on the validation split (beta over 200 steps of
-[0.1, 7), alpha over 20 steps of [0.1, 3), the official search_scale [7, 3] and search_step [200, 20]; the first
-best wins). Tip-Adapter-F (`finetune=true`) learns the keys with AdamW (lr 1e-3, eps 1e-4) for 20 epochs of batch
-256, cosine; the official code keeps the epoch that is best on test, here the one best on validation.
+exp(-beta (1 - A)) values, and logits = scale f W^T + alpha x cache logits with W the zero-shot text weights and
+the scale the model's learned one (`clip_scale=100`: the official code's constant, the same for OpenAI's CLIP). alpha
+and beta start at 1 and are grid-searched on the validation split (beta over 200 steps of [0.1, 7), alpha over 20
+steps of [0.1, 3), the official search_scale [7, 3] and search_step [200, 20]; the first best wins).
+Tip-Adapter-F (`finetune=true`) learns the keys with AdamW (lr 1e-3, eps 1e-4) for 20 epochs of batch 256, cosine;
+the official code keeps the epoch that is best on test, here the one best on validation.
 
 Where it differs: the official cache averages the features of 10 augmented views of each image; the cache here is
 built from the cached features (one view). Tip-Adapter-F trains as the official code does: on fresh random
@@ -63,6 +64,9 @@ class TipAdapter:
         alpha_scale: float = 3.0
         alpha_steps: int = 20
         templates: str = "coop"  # text weights: "coop" (per-data-set template), "ensemble", or "... {} ..."
+        # The zero-shot logits' scale: 0, the model's learned one (100 for OpenAI's CLIP, 31.2 for the shipped
+        # model); the official code writes 100 whatever the model, which weighs the cache against them otherwise.
+        clip_scale: float = 0.0
         finetune: bool = False  # Tip-Adapter-F: learn the cache keys
         # Tip-Adapter-F's official training:
         epochs: int = 20
@@ -82,6 +86,8 @@ class TipAdapter:
     def __init__(self, backbone, config: TipAdapter.Config):
         if min(config.beta_steps, config.alpha_steps) < 1:
             raise ClipadaptError("beta_steps and alpha_steps must be at least 1")
+        if config.clip_scale < 0:
+            raise ClipadaptError(f"clip_scale must be positive (or 0: the model's own), got {config.clip_scale}")
         self.backbone, self.config = backbone, config
         self.text = TextClassifier(backbone, config.templates)
         self.cache = nn.ParameterDict()  # "cache_keys" [N, D] (learned by Tip-Adapter-F)
@@ -100,7 +106,8 @@ class TipAdapter:
 
     def _clip_logits(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         image = F.normalize(features.to(weights).float(), dim=-1)
-        return self.backbone.model.logit_scale.exp() * image @ weights.T
+        scale = self.config.clip_scale or self.backbone.model.logit_scale.exp()
+        return scale * image @ weights.T
 
     def fit(
         self,
