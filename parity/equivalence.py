@@ -8,7 +8,9 @@ optimizer settings for CoOp) on each side. The first level of docs/parity.md.
     git clone https://github.com/KaiyangZhou/CoOp /tmp/CoOp
     git clone https://github.com/gaopengcuhk/CLIP-Adapter /tmp/CLIP-Adapter
     git clone https://github.com/gaopengcuhk/Tip-Adapter /tmp/Tip-Adapter
-    python parity/equivalence.py --coop /tmp/CoOp --clip-adapter /tmp/CLIP-Adapter --tip-adapter /tmp/Tip-Adapter
+    git clone https://github.com/mrflogs/SHIP /tmp/SHIP
+    python parity/equivalence.py --coop /tmp/CoOp --clip-adapter /tmp/CLIP-Adapter --tip-adapter /tmp/Tip-Adapter \
+        --ship /tmp/SHIP
 
 CoOp's clip/ and trainers/coop.py are copied to a temporary folder and the patches in parity/patches/ applied there
 (why: in each); Dassl, which trainers/coop.py imports for its trainer class, is given empty stand-ins (the classes
@@ -42,6 +44,7 @@ from clipadapt import load_backbone
 from clipadapt.data import ImageDataset, fewshot, load_dataset
 from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
+from clipadapt.methods.addons.ship import Ship, ShipConfig
 
 HERE = Path(__file__).parent
 RECORD = HERE / "equivalence.json"
@@ -56,16 +59,19 @@ TIP_DATASET, TIP_SHOTS = "world:textures", 16
 COCOOP_BATCH = 8  # the official CoCoOp encodes each image's prompts in its own text-encoder call
 
 
-def official_code(coop: Path, clip_adapter: Path, tip_adapter: Path, folder: Path) -> dict[str, types.ModuleType]:
+def official_code(
+    coop: Path, clip_adapter: Path, tip_adapter: Path, ship: Path, folder: Path
+) -> dict[str, types.ModuleType]:
     """CoOp's `clip` package, `trainers/coop.py` and `trainers/cocoop.py`, CLIP-Adapter's `clip_adapter.py` (a
-    trainer written for CoOp's tree), copied into `folder`, patched and imported; and Tip-Adapter's `main.py` (with
-    its `utils.py` and `datasets/`, in a folder of their own: CoOp has a `datasets` too)."""
+    trainer written for CoOp's tree), copied into `folder`, patched and imported; Tip-Adapter's `main.py` and SHIP's
+    `main_coop_vae.py`, each with its own `utils.py` and `datasets/` in a folder of its own."""
     shutil.copytree(coop / "clip", folder / "clip")
     shutil.copy(clip_adapter / "clip_adapter.py", folder / "clip_adapter.py")
     (folder / "trainers").mkdir()
     for trainer in ("coop.py", "cocoop.py"):
         shutil.copy(coop / "trainers" / trainer, folder / "trainers" / trainer)
     shutil.copytree(tip_adapter, folder / "tip_adapter", ignore=shutil.ignore_patterns(".git"))
+    shutil.copytree(ship, folder / "ship", ignore=shutil.ignore_patterns(".git"))
     for patch in PATCHES:
         subprocess.run(["git", "apply", str(patch.absolute())], cwd=folder, check=True)
     sys.path.insert(0, str(folder))
@@ -84,10 +90,15 @@ def official_code(coop: Path, clip_adapter: Path, tip_adapter: Path, folder: Pat
     code = {
         name: importlib.import_module(name) for name in ("clip", "trainers.coop", "trainers.cocoop", "clip_adapter")
     }
-    sys.path.insert(0, str(folder / "tip_adapter"))
-    spec = importlib.util.spec_from_file_location("tip_adapter_main", folder / "tip_adapter" / "main.py")
-    code["tip_adapter"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(code["tip_adapter"])
+    # Tip-Adapter and SHIP each import their own top-level `utils` and `datasets`: one at a time.
+    for name, main in (("tip_adapter", "main.py"), ("ship", "main_coop_vae.py")):
+        for shared in [m for m in sys.modules if m.split(".")[0] in ("utils", "datasets")]:
+            del sys.modules[shared]
+        sys.path.insert(0, str(folder / name))
+        spec = importlib.util.spec_from_file_location(f"{name}_main", folder / name / main)
+        code[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(code[name])
+        sys.path.remove(str(folder / name))
     return code
 
 
@@ -103,11 +114,11 @@ def official_model(clip, backbone) -> nn.Module:
 
 
 @torch.no_grad()
-def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, dataset: str, n_images: int) -> dict:
+def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, ship: Path, dataset: str, n_images: int) -> dict:
     backbone = load_backbone()
     splits = load_dataset(dataset)
     with tempfile.TemporaryDirectory() as tmp:
-        code = official_code(coop, clip_adapter, tip_adapter, Path(tmp))
+        code = official_code(coop, clip_adapter, tip_adapter, ship, Path(tmp))
         clip = code["clip"]
         official = official_model(clip, backbone)
         prompts = [TEMPLATE.format(name) for name in splits.classnames]
@@ -139,6 +150,7 @@ def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, dataset: str, n_i
         "cocoop": compare_cocoop(code["trainers.cocoop"], official, backbone, splits.classnames, *batch[:2]),
         "clip_adapter": compare_clip_adapter(code["clip_adapter"], official, backbone, splits.classnames, *batch[:2]),
         "tip_adapter": compare_tip_adapter(code["tip_adapter"], clip, official, backbone),
+        "ship": compare_ship(code["ship"], official, backbone, splits.classnames, *batch[:2]),
     }
 
 
@@ -150,13 +162,16 @@ def official_cfg(trainer: str, size: int, **options):
     )
 
 
-def sgd_steps(
-    learned: tuple[list[nn.Parameter], list[nn.Parameter]], losses_at: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+def optimizer_steps(
+    learned: tuple[list[nn.Parameter], list[nn.Parameter]],
+    losses_at: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    optimizer: str = "SGD",
+    settings: dict = SGD,
 ) -> dict:
-    """`STEPS` steps of the same SGD on the official side's and ours' parameters (paired in order): the loss, the
-    largest gradient difference at the first step, and the largest parameter difference after the last."""
-    optimizers = [torch.optim.SGD(parameters, **SGD) for parameters in learned]
-    found: dict = {"steps": STEPS, "optimizer": f"SGD {SGD}"}
+    """`STEPS` steps of the same optimizer on the official side's and ours' parameters (paired in order): the loss,
+    the largest gradient difference at the first step, and the largest parameter difference after the last."""
+    optimizers = [getattr(torch.optim, optimizer)(parameters, **settings) for parameters in learned]
+    found: dict = {"steps": STEPS, "optimizer": f"{optimizer} {settings}"}
     for step in range(STEPS):
         losses = losses_at()
         for optimizer, loss in zip(optimizers, losses):
@@ -169,7 +184,8 @@ def sgd_steps(
             found["gradient, max abs difference"] = max((a.grad - b.grad).abs().max().item() for a, b in zip(*learned))
         for optimizer in optimizers:
             optimizer.step()
-    found[f"loss after {STEPS} steps"] = losses[0].item()
+    found[f"loss at step {STEPS}"] = losses[0].item()
+    found[f"loss at step {STEPS}, abs difference"] = abs(losses[0].item() - losses[1].item())
     found[f"parameters after {STEPS} steps, max abs difference"] = max(
         (a - b).abs().max().item() for a, b in zip(*learned)
     )
@@ -197,7 +213,7 @@ def compare_coop(coop_trainer, official: nn.Module, backbone, classnames, pixels
         ours_logits = ours._logits(features, ours._text_features(classnames))
         return F.cross_entropy(theirs(pixels), labels), F.cross_entropy(ours_logits, labels)
 
-    found = sgd_steps(([theirs.prompt_learner.ctx], [ours.ctx]), losses)
+    found = optimizer_steps(([theirs.prompt_learner.ctx], [ours.ctx]), losses)
     return {"batch": len(labels), "logits, max abs difference": logits, **found}
 
 
@@ -226,7 +242,7 @@ def compare_cocoop(cocoop_trainer, official: nn.Module, backbone, classnames, pi
         return theirs(pixels, labels), F.cross_entropy(ours._logits(features, classnames), labels)
 
     learned = [p for p in theirs.prompt_learner.parameters()], list(ours.prompt.parameters())
-    found = sgd_steps(learned, losses)
+    found = optimizer_steps(learned, losses)
     return {
         "batch": len(labels),
         "initial context, max abs difference": initial_ctx,
@@ -255,7 +271,7 @@ def compare_clip_adapter(clip_adapter, official: nn.Module, backbone, classnames
     def losses() -> tuple[torch.Tensor, torch.Tensor]:
         return F.cross_entropy(theirs(pixels), labels), F.cross_entropy(ours._logits(features, weights), labels)
 
-    found = sgd_steps((list(theirs.adapter.parameters()), list(ours.adapter.parameters())), losses)
+    found = optimizer_steps((list(theirs.adapter.parameters()), list(ours.adapter.parameters())), losses)
     return {"batch": len(labels), "logits, max abs difference": logits, **found}
 
 
@@ -315,16 +331,63 @@ def compare_tip_adapter(tip_main, clip, official: nn.Module, backbone, shots: in
     return found
 
 
+@torch.enable_grad()
+def compare_ship(ship_main, official: nn.Module, backbone, classnames, pixels, labels) -> dict:
+    """SHIP's VAE step with its official networks (Encoder, Generator, PromptLearner with its latent-dependent bias,
+    TextEncoder, vae_loss; the step's glue replayed line for line from `run_vae_generator`, which runs the whole
+    training and selects on test) against clipadapt's `Ship.loss`, from the same weights and the same noise, then
+    `STEPS` steps of the official AdamW (lr 1e-3) on each side."""
+    ours = Ship(backbone, ShipConfig())
+    encoder = ship_main.Encoder(backbone.embed_dim)
+    generator = ship_main.Generator(backbone.embed_dim, backbone.text_width)
+    prompt_learner = ship_main.PromptLearner(list(classnames), official).float()
+    text_encoder = ship_main.TextEncoder(official).float()
+    with torch.no_grad():
+        for theirs, mine in ((encoder.net, ours.model.encoder), (generator.net, ours.model.generator)):
+            mine.load_state_dict(theirs.state_dict())
+        ours.model.mean.load_state_dict(encoder.mean.state_dict())
+        ours.model.log_var.load_state_dict(encoder.log_var.state_dict())
+        ours.model.ctx.copy_(prompt_learner.ctx)
+        features = backbone.encode_image(pixels)
+        image_features = official.encode_image(pixels).float()
+        image_features /= image_features.norm(dim=-1, keepdim=True)
+    step = iter(range(STEPS))
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        seed = next(step)
+        target = labels
+        mean, log_var = encoder(image_features, None)
+        std = torch.exp(0.5 * log_var)
+        z = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+        z = std * z + mean
+        bias = generator(z)
+        prompt_learner.get_prefix_suffix_token(list(classnames), official)
+        prompts = prompt_learner(bias, target)
+        tokenized_prompts = prompt_learner.tokenized_prompts
+        text_features = text_encoder(prompts, tokenized_prompts[target])
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        theirs = ship_main.vae_loss(text_features, image_features, mean, log_var, target, None)
+        return theirs, ours.loss(features, labels, classnames, noise=torch.Generator().manual_seed(seed))
+
+    official_parameters = [*encoder.parameters(), *generator.parameters(), prompt_learner.ctx]
+    model = ours.model
+    our_parameters = [*model.encoder.parameters(), *model.mean.parameters(), *model.log_var.parameters()]
+    our_parameters += [*model.generator.parameters(), model.ctx]
+    found = optimizer_steps((official_parameters, our_parameters), losses, "AdamW", {"lr": 1e-3})
+    return {"batch": len(labels), **found}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--coop", type=Path, required=True, help="a clone of KaiyangZhou/CoOp")
     parser.add_argument("--clip-adapter", type=Path, required=True, help="a clone of gaopengcuhk/CLIP-Adapter")
     parser.add_argument("--tip-adapter", type=Path, required=True, help="a clone of gaopengcuhk/Tip-Adapter")
+    parser.add_argument("--ship", type=Path, required=True, help="a clone of mrflogs/SHIP")
     parser.add_argument("--dataset", default="world:objects")
     parser.add_argument("--images", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    found = compare(args.coop, args.clip_adapter, args.tip_adapter, args.dataset, args.images)
+    found = compare(args.coop, args.clip_adapter, args.tip_adapter, args.ship, args.dataset, args.images)
 
     def commit(clone: Path) -> str | None:
         return (
@@ -338,6 +401,7 @@ def main() -> int:
         "coop_commit": commit(args.coop),
         "clip_adapter_commit": commit(args.clip_adapter),
         "tip_adapter_commit": commit(args.tip_adapter),
+        "ship_commit": commit(args.ship),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "model": "the shipped tiny-vit-world-unicl",

@@ -178,20 +178,25 @@ def test_the_parity_page_shows_the_recorded_equivalence():
         f"{found['zero-shot logits, max abs difference']:.1e} | |",
     ]
     compared = (
-        ("coop", "CoOp", "the context"),
-        ("cocoop", "CoCoOp", "the context and meta-net"),
-        ("clip_adapter", "CLIP-Adapter", "the adapter"),
+        ("coop", "CoOp", "the context", ""),
+        ("cocoop", "CoCoOp", "the context and meta-net", ""),
+        ("clip_adapter", "CLIP-Adapter", "the adapter", ""),
+        ("ship", "SHIP", "the encoder, the generator and the prompt vectors", " (the VAE's negative ELBO)"),
     )
-    for method, name, learned in compared:
+    for method, name, learned, loss in compared:
         numbers = found[method]
         after = f"parameters after {numbers['steps']} steps, max abs difference"
+        batch = f"one batch of {numbers['batch']} training images"
+        if "logits, max abs difference" in numbers:
+            rows.append(f"| {name} logits, {batch} | {numbers['logits, max abs difference']:.1e} | |")
+        else:
+            loss += f", {batch}"
         rows += [
-            f"| {name} logits, one batch of {numbers['batch']} training images | "
-            f"{numbers['logits, max abs difference']:.1e} | |",
-            f"| {name} loss | {numbers['loss, abs difference']:.1e} | {numbers['loss']:.3f} |",
+            f"| {name} loss{loss} | {numbers['loss, abs difference']:.1e} | {numbers['loss']:.3f} |",
             f"| {name} gradient ({learned}) | {numbers['gradient, max abs difference']:.1e} | "
             f"{numbers['gradient, max abs value']:.2f} |",
-            f"| {name} parameters after {numbers['steps']} SGD steps | {numbers[after]:.1e} | |",
+            f"| {name} parameters after {numbers['steps']} {numbers['optimizer'].split()[0]} steps | "
+            f"{numbers[after]:.1e} | |",
         ]
         # Equal up to float32 rounding: what the page says.
         assert numbers["gradient, max abs difference"] < 1e-4 * numbers["gradient, max abs value"]
