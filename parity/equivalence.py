@@ -35,6 +35,7 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +46,7 @@ from clipadapt.data import ImageDataset, fewshot, load_dataset
 from clipadapt.features import FeatureSet
 from clipadapt.methods import build_method
 from clipadapt.methods.addons.ship import Ship, ShipConfig
+from clipadapt.methods.linear_probe import COARSE_C_GRID
 
 HERE = Path(__file__).parent
 RECORD = HERE / "equivalence.json"
@@ -151,6 +153,7 @@ def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, ship: Path, datas
         "clip_adapter": compare_clip_adapter(code["clip_adapter"], official, backbone, splits.classnames, *batch[:2]),
         "tip_adapter": compare_tip_adapter(code["tip_adapter"], clip, official, backbone),
         "ship": compare_ship(code["ship"], official, backbone, splits.classnames, *batch[:2]),
+        "linear_probe": compare_lpclip(coop, official, backbone),
     }
 
 
@@ -375,6 +378,49 @@ def compare_ship(ship_main, official: nn.Module, backbone, classnames, pixels, l
     our_parameters += [*model.generator.parameters(), model.ctx]
     found = optimizer_steps((official_parameters, our_parameters), losses, "AdamW", {"lr": 1e-3})
     return {"batch": len(labels), **found}
+
+
+@torch.no_grad()
+def compare_lpclip(coop: Path, official: nn.Module, backbone, shots: int = TIP_SHOTS) -> dict:
+    """CoOp's lpclip (`lpclip/linear_probe.py`, run as released: scikit-learn's LogisticRegression, its coarse sweep of
+    C and 8 halving steps on val) on the official model's raw features of a k-shot subset, against clipadapt's
+    linear_probe on ours. lpclip draws its own subset from the train.npz it is given: given exactly the k-shot subset
+    (and the val subset), its draw at k shots is that subset, reordered. Needs scikit-learn (not a clipadapt
+    dependency: `pip install scikit-learn`)."""
+    splits = load_dataset(TIP_DATASET)
+    subset = fewshot(splits, shots, 1, sampler="dassl")
+    found: dict = {"dataset": TIP_DATASET, "shots": shots}
+    features = {}
+    for split in ("train", "val", "test"):
+        loader = DataLoader(ImageDataset(subset.split(split), backbone.image_transform()), batch_size=256)
+        batches = [(official.encode_image(x).float(), backbone.encode_image(x).float(), y) for x, y, _ in loader]
+        features[split] = [torch.cat([b[i] for b in batches]) for i in range(3)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "feat" / "target"
+        folder.mkdir(parents=True)
+        for split, (theirs, _, labels) in features.items():
+            numpy.savez(folder / f"{split}.npz", feature_list=theirs.numpy(), label_list=labels.numpy())
+        script = (coop / "lpclip" / "linear_probe.py").absolute()
+        command = [sys.executable, str(script), "--dataset", "target", "--feature_dir", "feat", "--num_run", "1"]
+        printed = subprocess.run(command, cwd=tmp, check=True, capture_output=True, text=True).stdout
+        details = (Path(tmp) / "report" / "feat_s8r1_details.txt").read_text()
+    last = [line for line in details.splitlines() if f", {shots} shot," in line][-1]
+    weight, accuracy = re.search(r"weight ([\d.e+-]+), test_acc ([\d.]+)", last).groups()
+    probe = build_method("linear_probe", backbone, {})
+    _, ours, labels = zip(*(features[split] for split in ("train", "val", "test")))
+    summary = probe.fit(
+        FeatureSet(ours[0], labels[0]), splits.classnames, val=FeatureSet(ours[1], labels[1]), progress=False
+    )
+    predictions = probe.logits(ours[2], splits.classnames).argmax(-1)
+    # lpclip prints each run's coarse sweep (val accuracy per C of its search list), shots 1, 2, 4, 8, 16 in turn.
+    sweeps = [line for line in printed.splitlines() if line.startswith("[")]
+    coarse = [100 * float(v) for v in re.findall(r"\d+\.\d+(?:e-?\d+)?", sweeps[(1, 2, 4, 8, 16).index(shots)])]
+    found["C of the coarse sweep"] = list(COARSE_C_GRID)
+    found["official: coarse val accuracies"] = coarse
+    found["ours: coarse val accuracies"] = [probe.val_accuracies[c] for c in COARSE_C_GRID]
+    found["official: C, test accuracy"] = [float(weight), float(accuracy)]
+    found["ours: C, test accuracy"] = [summary["best_c"], (predictions == labels[2]).float().mean().item() * 100]
+    return found
 
 
 def main() -> int:

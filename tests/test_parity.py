@@ -217,6 +217,12 @@ def test_the_parity_page_shows_the_recorded_equivalence():
         assert all(
             abs(a - b) < 0.01 for a, b in zip(numbers["official: beta, alpha, val accuracy"], (beta, alpha, val))
         )
+    probe = found["linear_probe"]
+    for side, key in (("lpclip (official)", "official"), ("clipadapt", "ours")):
+        coarse = ", ".join(f"{v:.2f}" for v in probe[f"{key}: coarse val accuracies"])
+        c, test_accuracy = probe[f"{key}: C, test accuracy"]
+        rows.append(f"| {side} | {coarse} | {c:.4g} | {test_accuracy:.2f} |")
+    assert abs(probe["official: C, test accuracy"][1] - probe["ours: C, test accuracy"][1]) < 0.01
     missing = [row for row in rows if row not in page]
     assert not missing, missing
     assert re.search(rf"CoOp\s+{found['coop_commit'][:7]}, torch {found['torch'].split('+')[0]}", page)
