@@ -117,15 +117,33 @@ def official_model(clip, backbone) -> nn.Module:
 
 @torch.no_grad()
 def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, ship: Path, dataset: str, n_images: int) -> dict:
+    """Every comparison: the model's on `n_images` test images of `dataset`, each method's on one training batch (the
+    Tip-Adapter and lpclip runs on their own far target)."""
     backbone = load_backbone()
     splits = load_dataset(dataset)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the official modules stay imported once their files are gone
         code = official_code(coop, clip_adapter, tip_adapter, ship, Path(tmp))
-        clip = code["clip"]
-        official = official_model(clip, backbone)
-        prompts = [TEMPLATE.format(name) for name in splits.classnames]
-        ours_ids = backbone.tokenize(prompts).cpu()
-        official_ids = clip.tokenize(prompts, context_length=official.context_length)
+    clip = code["clip"]
+    official = official_model(clip, backbone)
+    batch = next(iter(DataLoader(ImageDataset(splits.train, backbone.image_transform()), batch_size=BATCH)))
+    classnames, pixels, labels = splits.classnames, *batch[:2]
+    return {
+        "dataset": dataset,
+        **compare_model(clip, official, backbone, splits, n_images),
+        "coop": compare_coop(code["trainers.coop"], official, backbone, classnames, pixels, labels),
+        "cocoop": compare_cocoop(code["trainers.cocoop"], official, backbone, classnames, pixels, labels),
+        "clip_adapter": compare_clip_adapter(code["clip_adapter"], official, backbone, classnames, pixels, labels),
+        "tip_adapter": compare_tip_adapter(code["tip_adapter"], clip, official, backbone),
+        "ship": compare_ship(code["ship"], official, backbone, classnames, pixels, labels),
+        "linear_probe": compare_lpclip(coop, official, backbone),
+    }
+
+
+def compare_model(clip, official: nn.Module, backbone, splits, n_images: int) -> dict:
+    """Token ids, image and text features and zero-shot logits of the official model and ours."""
+    prompts = [TEMPLATE.format(name) for name in splits.classnames]
+    ours_ids = backbone.tokenize(prompts).cpu()
+    official_ids = clip.tokenize(prompts, context_length=official.context_length)
     loader = DataLoader(ImageDataset(splits.test[:n_images], backbone.image_transform()), batch_size=n_images)
     pixels = next(iter(loader))[0]
     image_ours, image_official = backbone.encode_image(pixels).float(), official.encode_image(pixels).float()
@@ -136,9 +154,7 @@ def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, ship: Path, datas
 
     logits_ours = logits(image_ours, text_ours, backbone.model.logit_scale)
     logits_official = logits(image_official, text_official, official.logit_scale)
-    batch = next(iter(DataLoader(ImageDataset(splits.train, backbone.image_transform()), batch_size=BATCH)))
     return {
-        "dataset": dataset,
         "images": len(pixels),
         "classes": len(prompts),
         "token ids equal": bool(torch.equal(ours_ids, official_ids)),
@@ -148,12 +164,6 @@ def compare(coop: Path, clip_adapter: Path, tip_adapter: Path, ship: Path, datas
         "text features, max abs value": text_ours.abs().max().item(),
         "zero-shot logits, max abs difference": (logits_ours - logits_official).abs().max().item(),
         "zero-shot predictions equal": bool(torch.equal(logits_ours.argmax(-1), logits_official.argmax(-1))),
-        "coop": compare_coop(code["trainers.coop"], official, backbone, splits.classnames, *batch[:2]),
-        "cocoop": compare_cocoop(code["trainers.cocoop"], official, backbone, splits.classnames, *batch[:2]),
-        "clip_adapter": compare_clip_adapter(code["clip_adapter"], official, backbone, splits.classnames, *batch[:2]),
-        "tip_adapter": compare_tip_adapter(code["tip_adapter"], clip, official, backbone),
-        "ship": compare_ship(code["ship"], official, backbone, splits.classnames, *batch[:2]),
-        "linear_probe": compare_lpclip(coop, official, backbone),
     }
 
 

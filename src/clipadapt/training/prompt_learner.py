@@ -46,6 +46,7 @@ _UNDECLARED = {
     "crop_scale": 0.08,
     "warmup_epochs": 0,
     "warmup_lr": 0.0,
+    "clip_scale": 0.0,  # Tip-Adapter's: the model's learned scale, the only one before the setting
 }
 
 
