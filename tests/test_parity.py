@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,11 @@ def test_the_parity_page_shows_the_recorded_equivalence():
     assert re.search(rf"CoOp\s+{found['coop_commit'][:7]}, torch {found['torch'].split('+')[0]}", page)
     assert found["token ids equal"] and found["zero-shot predictions equal"]
     assert found["image features, max abs difference"] < 1e-4
+
+
+def test_both_samplers_refuse_a_class_without_train_images(layout):
+    splits = load_dataset(f"coop:Layout:{layout}")
+    emptied = replace(splits, train=[s for s in splits.train if s.label != 1])  # birch keeps no train image
+    for sampler in ("clipadapt", "dassl"):
+        with pytest.raises(DataError, match="class 'birch' \\(label 1\\) of data set Layout has no train images"):
+            fewshot(emptied, 2, 1, sampler=sampler, allow_repeat=True)

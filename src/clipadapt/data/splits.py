@@ -24,21 +24,33 @@ MAX_VAL_SHOTS = 4
 FEWSHOT_SAMPLERS = ("clipadapt", "dassl")
 
 
-def _by_label(samples: Sequence[Sample]) -> dict[int, list[Sample]]:
+def _in_listed_order(samples: Sequence[Sample]) -> dict[int, list[Sample]]:
+    """Each label's samples, labels in the order they first appear, samples in listed order."""
     groups: dict[int, list[Sample]] = defaultdict(list)
     for sample in samples:
         groups[sample.label].append(sample)
+    return groups
+
+
+def _by_label(samples: Sequence[Sample]) -> dict[int, list[Sample]]:
     # Sorted so the subset depends only on the files and the seed, not on the order they were listed in.
-    return {label: sorted(items, key=lambda s: str(s.path)) for label, items in groups.items()}
+    return {label: sorted(items, key=lambda s: str(s.path)) for label, items in _in_listed_order(samples).items()}
+
+
+def _require_train_images(splits: DatasetSplits) -> None:
+    missing = sorted(set(range(len(splits.classnames))) - {s.label for s in splits.train})
+    if missing:
+        label = missing[0]
+        raise DataError(
+            f"class {splits.classnames[label]!r} (label {label}) of data set {splits.name} has no train images"
+        )
 
 
 def _sample_train(splits: DatasetSplits, shots: int, rng: random.Random, allow_repeat: bool) -> list[Sample]:
     groups = _by_label(splits.train)
     chosen = []
     for label, classname in enumerate(splits.classnames):
-        items = groups.get(label, [])
-        if not items:
-            raise DataError(f"class {classname!r} (label {label}) of data set {splits.name} has no train images")
+        items = groups[label]
         if len(items) >= shots:
             chosen += rng.sample(items, shots)
         elif allow_repeat:
@@ -62,6 +74,7 @@ def _sample_val(splits: DatasetSplits, shots: int, rng: random.Random) -> list[S
 
 
 def _clipadapt_subset(splits: DatasetSplits, shots: int, seed: int, repeat: bool) -> tuple[list[Sample], list[Sample]]:
+    _require_train_images(splits)
     rng = random.Random(seed)
     return _sample_train(splits, shots, rng, repeat), _sample_val(splits, min(shots, MAX_VAL_SHOTS), rng)
 
@@ -70,11 +83,8 @@ def _dassl_draw(samples: Sequence[Sample], shots: int, rng: random.Random, repea
     """Dassl's `generate_fewshot_dataset` on one split: the classes in the order they first appear in `samples`,
     each class's images in listed order; `shots` of them drawn with `rng.sample` when a class has that many, otherwise
     all of them (or `shots` drawn with replacement, `repeat`)."""
-    groups: dict[int, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        groups[sample.label].append(sample)
     chosen = []
-    for items in groups.values():
+    for items in _in_listed_order(samples).values():
         if len(items) >= shots:
             chosen += rng.sample(items, shots)
         elif repeat:
@@ -87,12 +97,7 @@ def _dassl_draw(samples: Sequence[Sample], shots: int, rng: random.Random, repea
 def _dassl_subset(splits: DatasetSplits, shots: int, seed: int, repeat: bool) -> tuple[list[Sample], list[Sample]]:
     """CoOp's draw: Dassl's `set_random_seed(seed)` seeds Python's generator, then the train split's `shots` and the
     val split's min(shots, 4) are drawn from it in that order (CoOp's datasets/*.py)."""
-    missing = sorted(set(range(len(splits.classnames))) - {s.label for s in splits.train})
-    if missing:
-        label = missing[0]
-        raise DataError(
-            f"class {splits.classnames[label]!r} (label {label}) of data set {splits.name} has no train images"
-        )
+    _require_train_images(splits)
     rng = random.Random(seed)
     return _dassl_draw(splits.train, shots, rng, repeat), _dassl_draw(splits.val, min(shots, MAX_VAL_SHOTS), rng, False)
 
