@@ -133,6 +133,12 @@ def main() -> int:
     parser.add_argument("--dassl", type=Path, required=True, help="a clone of KaiyangZhou/Dassl.pytorch")
     parser.add_argument("--world", type=Path, help="the world's objects folder (its split_zhou_WorldObjects.json)")
     args = parser.parse_args()
+    if not (args.dassl / "dassl" / "data" / "datasets" / "base_dataset.py").is_file():
+        parser.error(
+            f"{args.dassl} is not a clone of KaiyangZhou/Dassl.pytorch (no dassl/data/datasets/base_dataset.py)"
+        )
+    if args.world and not (args.world / "split_zhou_WorldObjects.json").is_file():
+        parser.error(f"{args.world} holds no split_zhou_WorldObjects.json: give the world's objects folder")
     base_dataset, tools = load_dassl(args.dassl)
     commit = subprocess.run(
         ["git", "-C", str(args.dassl), "rev-parse", "HEAD"], capture_output=True, text=True

@@ -442,6 +442,15 @@ def main() -> int:
     parser.add_argument("--dataset", default="world:objects")
     parser.add_argument("--images", type=int, default=256)
     args = parser.parse_args()
+    clones = (
+        (args.coop, "KaiyangZhou/CoOp", "trainers/coop.py"),
+        (args.clip_adapter, "gaopengcuhk/CLIP-Adapter", "clip_adapter.py"),
+        (args.tip_adapter, "gaopengcuhk/Tip-Adapter", "main.py"),
+        (args.ship, "mrflogs/SHIP", "main_coop_vae.py"),
+    )
+    for clone, repository, needed in clones:
+        if not (clone / needed).is_file():
+            parser.error(f"{clone} is not a clone of {repository} (no {needed})")
     torch.set_num_threads(1)
     found = compare(args.coop, args.clip_adapter, args.tip_adapter, args.ship, args.dataset, args.images)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from clipadapt import DataError, load_backbone
+from clipadapt import ClipadaptError, DataError, load_backbone
 from clipadapt.classifier import load_classifier
 from clipadapt.data import ImageDataset, Sample, load_dataset
 from clipadapt.features import extract_features
@@ -83,6 +83,8 @@ def columns(dataset: str, run: Path | None, pretrained: Path | None = None) -> d
         method = load_classifier(run, backbone=backbone).method
         if not hasattr(method, "text_embeddings"):
             raise DataError(f"{run}: a run of mpfgvc or finetune is needed (its classes' text and tuned tower)")
+        if method.classnames != splits.classnames:
+            raise DataError(f"{run} was trained on other classes than {dataset}'s: give its data set (--dataset)")
         found["text, the run's"] = similarity_by_difference(method.text_embeddings(), attributes)
         found["test images, the run's"] = similarity_by_difference(
             class_means(tuned_image_embeddings(method, splits.test), labels, len(attributes)), attributes
@@ -111,7 +113,11 @@ def main() -> int:
     parser.add_argument("--dataset", default="world:birds")
     parser.add_argument("--pretrained", type=Path, help="the frozen model's weights (default: the shipped model)")
     args = parser.parse_args()
-    print(markdown(columns(args.dataset, args.run, args.pretrained)))
+    try:
+        print(markdown(columns(args.dataset, args.run, args.pretrained)))
+    except ClipadaptError as e:  # DataError and CheckpointError among them
+        print(f"part_similarity: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
