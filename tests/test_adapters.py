@@ -137,7 +137,7 @@ def test_tip_adapter_caches_as_many_synthetic_features_as_shots(backbone):
     train = clustered(3, seed=1, classes=2)  # classes 0, 1 with 3 shots each
     synthetic = FeatureSet(torch.randn(20, train.features.shape[1]), torch.tensor([2] * 10 + [3] * 10))
     tip = build_method("tip_adapter", backbone, {"search": False})
-    assert tip.fit(train, NAMES, synthetic=synthetic, progress=False)["cache_size"] == 6 + 2 * 3
+    assert tip.fit(train, NAMES, generated=synthetic, progress=False)["cache_size"] == 6 + 2 * 3
     assert tip.values.sum(dim=0).tolist() == [3.0, 3.0, 3.0, 3.0]
 
 

@@ -3,6 +3,7 @@ declares, every registered method's weights saved and loaded back, and a protoco
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import pytest
@@ -16,13 +17,11 @@ from clipadapt.cli import main
 from clipadapt.data import load_dataset
 from clipadapt.errors import CheckpointError
 from clipadapt.methods import METHODS, build_method, register_method
-from clipadapt.methods.contract import Capabilities
+from clipadapt.methods.contract import Capabilities, Evaluated
 from clipadapt.protocols import (
     PROTOCOL_SPECS,
     PROTOCOLS,
-    Column,
     ProtocolSpec,
-    ReportTable,
     RunContext,
     evaluate_accuracy,
     protocol_shots,
@@ -30,15 +29,16 @@ from clipadapt.protocols import (
     run_protocol,
 )
 from clipadapt.text import zeroshot_weights
+from clipadapt.views import DIAGNOSTIC_VIEWS, Column, DiagnosticView, ReportTable, Table, register_view
 
 NAME = "test_text_mean"
 
 
 class TextMean:
     """Each class's weight is its prompt's text embedding plus, for a class it trained on, the mean of its normalized
-    training (and synthetic) features: it scores any class name, and training moves the classes it saw."""
+    training (and generated) features: it scores any class name, and training moves the classes it saw."""
 
-    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+    capabilities = Capabilities(trains=True, trains_on_generated=True)
 
     @dataclass
     class Config:
@@ -56,13 +56,13 @@ class TextMean:
         template_key=None,
         out_dir=None,
         progress=True,
-        synthetic=None,
-        synthetic_ratio=1.0,
+        generated=None,
+        generated_ratio=1.0,
     ) -> dict:
         features, labels = train.features.float(), train.labels
-        if synthetic is not None:
-            features = torch.cat([features, synthetic.features.float()])
-            labels = torch.cat([labels, synthetic.labels])
+        if generated is not None:
+            features = torch.cat([features, generated.features.float()])
+            labels = torch.cat([labels, generated.labels])
         features = F.normalize(features, dim=-1)
         self.means = {name: features[labels == c].mean(0) for c, name in enumerate(classnames) if (labels == c).any()}
         return {"classes": len(self.means)}
@@ -108,7 +108,7 @@ def test_registration_refuses_a_second_name_and_a_class_that_breaks_its_declarat
             declaring(Capabilities(trains=True, uses_unseen_classnames=True), "fit", "logits", "save", "load"),
             "fit\\(..., unseen_classnames=\\) for uses_unseen_classnames",
         ),
-        (declaring(Capabilities(synthesizes=True), "logits"), "lacks: synthesis_quality"),
+        (declaring(Capabilities(diagnoses=True), "logits"), "lacks: diagnose"),
     ]
     for cls, message in cases:
         with pytest.raises(ClipadaptError, match=message):
@@ -116,8 +116,8 @@ def test_registration_refuses_a_second_name_and_a_class_that_breaks_its_declarat
         assert "test_broken" not in METHODS
     with pytest.raises(ClipadaptError, match="'\\+' joins a method and an add-on"):
         register_method("a+b")(TextMean)
-    # What the registry offers follows the declarations: a method that trains on synthetic features takes SHIP.
-    assert build_method(f"{NAME}+ship", load_backbone("micro-vit")).capabilities.synthesizes
+    # What the registry offers follows the declarations: a method that trains on generated features takes SHIP.
+    assert build_method(f"{NAME}+ship", load_backbone("micro-vit")).capabilities.diagnoses
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +234,73 @@ def test_a_protocol_registered_here_runs_from_the_command_line_and_reports(train
     assert tables.index("### Accuracy on all classes") < tables.index("### On the train images")
     assert "| method | data set | train |" in tables
     assert f"| zeroshot | imagefolder:{root} | 100.0 |" in tables
+
+
+class TextMeanWithMargin(TextMean):
+    """TextMean that measures something of its own: how far each test image's right class scores above the best
+    wrong one (`margin`), as a diagnostic, with a column in the full protocol's table and a table of its own."""
+
+    capabilities = Capabilities(trains=True, diagnoses=True)
+
+    def diagnose(self, evaluated: Evaluated) -> dict:
+        test = evaluated.test_features()
+        logits = self.logits(test.features, evaluated.splits.classnames)
+        right = logits.gather(1, test.labels[:, None]).squeeze(1)
+        wrong = logits.scatter(1, test.labels[:, None], float("-inf")).amax(dim=1)
+        return {
+            "margin": {"mean": (right - wrong).mean().item(), "positive": 100.0 * (right > wrong).float().mean().item()}
+        }
+
+
+def margin_table(runs) -> list[Table]:
+    rows = [[run.method, f"{run.metrics['margin']['mean']:.2f}"] for run in runs if "margin" in run.metrics]
+    return [Table("Margins of the right class", ["method", "mean margin"], rows)] if rows else []
+
+
+@pytest.fixture
+def diagnosing():
+    register_method("test_margin")(TextMeanWithMargin)
+    register_view(
+        DiagnosticView(
+            "margin",
+            position=5,
+            columns=(("full", Column("right above wrong (%)", "pair", "margin.positive", "margin.mean")),),
+            tables=margin_table,
+        )
+    )
+    yield
+    METHODS.pop("test_margin", None)
+    DIAGNOSTIC_VIEWS.pop("margin", None)
+
+
+def test_a_method_with_a_diagnostic_of_its_own_reaches_metrics_and_the_report(diagnosing, colour_world, tmp_path):
+    """Defined and registered here alone: its diagnostic lands in metrics.json beside the protocol's numbers, as a
+    column of the protocol's table and as its own table in the report."""
+    root, weights = colour_world
+    with pytest.raises(ClipadaptError, match="view of diagnostic 'margin' is already registered"):
+        register_view(DiagnosticView("margin", position=5))
+    common = ["--dataset", f"imagefolder:{root}", "--pretrained", str(weights), "--cache", str(tmp_path / "cache")]
+    for method in ("test_margin", "zeroshot"):
+        argv = ["run", method, "--protocol", "full", *common, "--no-progress", "--out", str(tmp_path / "runs" / method)]
+        assert main(argv) == 0
+    margin = json.loads((tmp_path / "runs" / "test_margin" / "metrics.json").read_text())["margin"]
+    # The colour world's classes are told apart: the right class wins on most test images, by a clear margin.
+    assert margin["positive"] > 60 and margin["mean"] > 0
+    assert "margin" not in json.loads((tmp_path / "runs" / "zeroshot" / "metrics.json").read_text())
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report.html")]) == 0
+    tables = (tmp_path / "report.md").read_text()
+    assert "| per-class accuracy | right above wrong (%) |" in tables
+    assert f"| {margin['positive']:.1f} ({margin['mean']:.1f}) |" in tables and "| - |" in tables
+    assert "### Margins of the right class" in tables and f"| test_margin | {margin['mean']:.2f} |" in tables
+
+
+def test_diagnostics_may_not_replace_the_protocols_numbers(colour_world, tmp_path):
+    class Clashing(TextMeanWithMargin):
+        def diagnose(self, evaluated: Evaluated) -> dict:
+            return {"accuracy": 100.0}
+
+    root, weights = colour_world
+    backbone = load_backbone(None, weights)
+    ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(ClipadaptError, match="would replace the protocol's accuracy"):
+        run_protocol("full", Clashing(backbone, Clashing.Config()), ctx, load_dataset(f"imagefolder:{root}"))

@@ -609,7 +609,7 @@ def _table_after(path: Path, heading: str) -> list[list[str]]:
 def test_the_method_protocol_table_matches_the_code():
     """The README's table against what the protocols look at: a method that scores only its training classes
     (`capabilities.scores_unseen_classes` false) has base2new's base accuracy and no gzsl or crossdataset;
-    `METHOD+ship` is offered for the methods that declare `trains_on_synthetic` and runs only where a protocol has
+    `METHOD+ship` is offered for the methods that declare `trains_on_generated` and runs only where a protocol has
     classes without training data; UniCL is not a `run` method."""
     header, *rows = _table_after(README, "## Methods and protocols")
     assert header == ["method", *PROTOCOLS, "predict / export"]
@@ -621,7 +621,7 @@ def test_the_method_protocol_table_matches_the_code():
         assert table.pop(f"`{name}`", None) == expected, name
     (ship_row,) = [key for key in table if key.startswith("`METHOD+ship`")]
     offered = set(re.findall(r"`(\w+)\+ship`", ship_row.partition(":")[2]))
-    assert offered == {name for name, cls in METHODS.items() if cls.capabilities.trains_on_synthetic}
+    assert offered == {name for name, cls in METHODS.items() if cls.capabilities.trains_on_generated}
     assert all(METHODS[name].capabilities.scores_unseen_classes for name in offered)
     assert table.pop(ship_row) == ["–", "–", "✓", "✓", "✓", names[True]]
     assert "unicl" not in METHODS

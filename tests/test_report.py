@@ -15,10 +15,10 @@ from PIL import Image
 from clipadapt.cli import main
 from clipadapt.errors import ClipadaptError
 from clipadapt.features import FeatureSet
-from clipadapt.methods.addons.ship import save_synthesis_sample
-from clipadapt.methods.mpfgvc import box_in_crop
-from clipadapt.protocols import safe_name
-from clipadapt.report import _model_input, build_tables, fewshot_points, find_runs, project_2d, write_report
+from clipadapt.methods.addons.ship import project_2d, save_synthesis_sample
+from clipadapt.methods.mpfgvc import box_in_crop, model_input
+from clipadapt.paths import safe_name
+from clipadapt.report import build_tables, fewshot_points, find_runs, write_report
 
 
 def write_run(folder, metrics):
@@ -313,7 +313,7 @@ def test_projection_is_the_top_two_principal_components():
 @pytest.mark.parametrize("resize", [32, 36])  # CLIP's transform resizes to the crop size; timm's to size / 0.9
 def test_overlays_crop_the_image_as_the_model_saw_it(tmp_path, resize):
     box = (40, 8, 56, 24)
-    crop = np.asarray(_model_input(badge_image(tmp_path / "b.png", box=box), 32, resize))
+    crop = np.asarray(model_input(badge_image(tmp_path / "b.png", box=box), 32, resize))
     red = (crop[..., 0] > 200) & (crop[..., 1] < 80)
     rows, cols = red.any(axis=1).nonzero()[0], red.any(axis=0).nonzero()[0]
     x0, y0, x1, y1 = box_in_crop(box, 128, 64, 32, resize)

@@ -98,7 +98,7 @@ def test_every_batch_mixes_real_and_synthetic_features(backbone):
     learner = torch.nn.Linear(1, 1)
     config = CoOp.Config(batch_size=8, epochs=2)
     train_prompt_learner(
-        learner, batch_loss, backbone, train, config, epochs=2, progress=False, synthetic=synthetic, synthetic_ratio=0.5
+        learner, batch_loss, backbone, train, config, epochs=2, progress=False, generated=synthetic, generated_ratio=0.5
     )
     assert len(seen) == 8
     for labels in seen:
@@ -216,4 +216,4 @@ def test_synthetic_validation_features_join_the_validation_split(backbone, monke
     method.fit(train, BASE, val=val, unseen_classnames=NEW[:3], progress=False)
     labels = seen["val"].labels
     assert len(labels) == len(val) + 3 * 2 and labels[len(val) :].tolist() == [8, 8, 9, 9, 10, 10]
-    assert not any(torch.equal(f, g) for f in seen["val"].features[len(val) :] for g in seen["synthetic"].features)
+    assert not any(torch.equal(f, g) for f in seen["val"].features[len(val) :] for g in seen["generated"].features)

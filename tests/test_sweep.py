@@ -14,7 +14,7 @@ from conftest import COLOURS, colour_images
 
 from clipadapt import ClipadaptError
 from clipadapt.cli import main
-from clipadapt.protocols import safe_name
+from clipadapt.paths import safe_name
 from clipadapt.report import mean_std
 from clipadapt.sweep import expand_grid, read_grid
 

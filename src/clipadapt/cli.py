@@ -28,13 +28,13 @@ from .export import FORMATS, export_classifier
 from .features import DEFAULT_SHARD_SIZE, default_cache_dir, extract_features
 from .methods import METHODS
 from .methods.addons.ship import Ship
+from .paths import safe_name
 from .pretraining.unicl import LOSSES, PretrainConfig, PretrainData, UniCLPretrainer
 from .protocols import (
     PROTOCOL_SPECS,
     RunContext,
     protocol_shots,
     run_seeds,
-    safe_name,
     shots_trained,
     write_metrics,
 )

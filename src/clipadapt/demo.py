@@ -27,7 +27,8 @@ from .backbone import DEFAULT_WEIGHTS, load_backbone
 from .data import load_dataset
 from .data.world import default_world
 from .errors import CheckpointError, ClipadaptError
-from .protocols import RunContext, protocol_shots, run_seeds, safe_name, shots_trained, write_metrics
+from .paths import safe_name
+from .protocols import RunContext, protocol_shots, run_seeds, shots_trained, write_metrics
 from .report import write_report
 from .training.distributed import available_cores
 

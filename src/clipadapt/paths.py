@@ -5,6 +5,7 @@ import cycle."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,3 +45,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """`text` (UTF-8) to `path` through `write_atomic`. File names that are not UTF-8 (read from the disk as
     surrogate escapes) are written back as the bytes they were."""
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))
+
+
+def safe_name(text: str, limit: int = 80, keep_end: bool = False) -> str:
+    """`text` as one file or folder name: each run of characters other than letters, digits and `._+-` becomes
+    `_`; at most `limit` characters, the first ones (the last with `keep_end`: a data set spec's path ends in
+    its name)."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
+    return (name[-limit:] if keep_end else name[:limit]) or "_"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,10 +25,11 @@ from .data import DatasetSplits, base_new_split, fewshot, load_dataset, select_c
 from .errors import ClipadaptError
 from .features import FeatureSet, default_cache_dir, extract_features
 from .methods import build_method, method_config
-from .methods.contract import FeatureMethod, ImageMethod
+from .methods.contract import Evaluated, FeatureMethod, ImageMethod
 from .paths import write_text_atomic
 from .text import read_names
 from .training.batches import decoding_workers
+from .views import Column, ReportTable
 
 # What the protocols run: they dispatch on its `capabilities`.
 AnyMethod = FeatureMethod | ImageMethod
@@ -125,8 +125,8 @@ def fit_method(
     were taken from, see `fewshot_subset`), save it as a classifier of the training classes to
     `<run folder>/train-<data set>-seed<seed>/<method>.safetensors` (`clipadapt predict` and `load_classifier` read
     it), and return its training summary. Nothing is sampled or extracted for a method that does not train (its
-    classifier is saved all the same). A method that uses them (SHIP) also gets the names of the classes the
-    protocol will test without training data: names only, never their images."""
+    classifier is saved all the same). A method that `uses_unseen_classnames` also gets the names of the classes
+    the protocol will test without training data: names only, never their images."""
     capabilities = method.capabilities
     if shots and capabilities.trains:
         splits = fewshot_subset(ctx, splits, shots, seed, whole)
@@ -218,21 +218,20 @@ def run_full(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, seed: in
     result = evaluate_accuracy(method, ctx, splits)
     if splits.val:  # what a choice between configurations is made on (never the test accuracy)
         result["val_accuracy"] = evaluate_accuracy(method, ctx, splits, "val")["accuracy"]
-    return with_training(_with_part_overlap(result, method, ctx, splits), summary)
+    return with_training(with_diagnostics(result, method, ctx, splits), summary)
 
 
-def _with_part_overlap(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
-    """For token-selecting methods (MP-FGVC's SsVP) on data sets that know where each image's discriminative parts
-    are (`DatasetSplits.part_boxes`: the world's badges and birds), how often the kept tokens land on them, under
-    `part_overlap`."""
-    parts = splits.part_boxes() if method.capabilities.selects_tokens else None
-    if not parts:
+def with_diagnostics(result: dict, method: AnyMethod, ctx: RunContext, splits: DatasetSplits) -> dict:
+    """`result` with what a method that `diagnoses` measures of its own on `splits`, the data set just scored (its
+    `diagnose` hook; named results beside the protocol's numbers, which they may not replace)."""
+    if not method.capabilities.diagnoses:
         return result
-    test = [s for s in splits.test if s.path in parts]
-    if not test:
-        return result
-    overlap = method.kept_token_overlap(test, [list(parts[s.path].values()) for s in test], progress=ctx.progress)
-    return {**result, "part_overlap": overlap}
+    evaluated = Evaluated(splits, lambda: ctx.features(splits, "test"), ctx.out_dir, ctx.progress)
+    found = method.diagnose(evaluated)
+    clashing = sorted(set(found) & set(result))
+    if clashing:
+        raise ClipadaptError(f"{method.name}'s diagnostics would replace the protocol's {', '.join(clashing)}")
+    return {**result, **found}
 
 
 def fewshot_subset(
@@ -251,7 +250,7 @@ def fewshot_subset(
 
 def run_fewshot(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
     summary = fit_method(method, ctx, splits, shots, seed)
-    return with_training(_with_part_overlap(evaluate_accuracy(method, ctx, splits), method, ctx, splits), summary)
+    return with_training(with_diagnostics(evaluate_accuracy(method, ctx, splits), method, ctx, splits), summary)
 
 
 def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shots: int, seed: int, **_) -> dict:
@@ -282,18 +281,7 @@ def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shot
             "base": base_result["attribute_accuracy"],
             "new": new_result["attribute_accuracy"],
         }
-    return with_training(_with_synthesis(result, method, ctx, new), summary)
-
-
-def _with_synthesis(result: dict, method, ctx: RunContext, splits: DatasetSplits) -> dict:
-    """For methods that synthesize features (SHIP), how close they came to the real test features of the
-    classes they were made for, under `synthesis` (a diagnostic; nothing is selected on it); a sample of both
-    goes to `synthesis-<data set>.safetensors` in the run folder (the last seed's)."""
-    if not method.capabilities.synthesizes:
-        return result
-    sample = Path(ctx.out_dir) / f"synthesis-{safe_name(splits.name)}.safetensors" if ctx.out_dir is not None else None
-    quality = method.synthesis_quality(ctx.features(splits, "test"), splits.classnames, sample_path=sample)
-    return {**result, "synthesis": quality} if quality else result
+    return with_training(with_diagnostics(result, method, ctx, new), summary)
 
 
 def gzsl_classes(splits: DatasetSplits, unseen: str | Sequence[str] | None) -> list[int]:
@@ -345,7 +333,7 @@ def run_gzsl(
             part: attribute_accuracy(predictions[mask], labels[mask], splits.class_attributes)
             for part, mask in (("seen", ~is_unseen), ("unseen", is_unseen))
         }
-    return with_training(_with_synthesis(result, method, ctx, splits), summary)
+    return with_training(with_diagnostics(result, method, ctx, splits), summary)
 
 
 def run_crossdataset(
@@ -357,7 +345,7 @@ def run_crossdataset(
     summary = fit_method(method, ctx, splits, shots, seed, unseen_classnames=target_names)
     result = with_training(evaluate_accuracy(method, ctx, splits), summary)
     result["targets"] = {
-        spec: _with_synthesis(evaluate_accuracy(method, ctx, target), method, ctx, target)
+        spec: with_diagnostics(evaluate_accuracy(method, ctx, target), method, ctx, target)
         for spec, target in target_splits.items()
     }
     result["average_target_accuracy"] = sum(t["accuracy"] for t in result["targets"].values()) / len(target_splits)
@@ -365,31 +353,6 @@ def run_crossdataset(
 
 
 # ---- the registry: how each protocol runs, which options it takes and how the report shows it ------------------
-@dataclass(frozen=True)
-class Column:
-    """A column of a protocol's report table. `kind`: `method`, `dataset`, `protocol`, `shots` or `seeds` (the run's
-    own), `metric` (metrics.json's `key`, mean ± std over seeds), `overlap` (`key` and `reference` of the run's
-    `part_overlap`, "x (y)", where the method selected tokens), `attributes` (one column per class attribute of
-    the `key` part of `attribute_accuracy`, headed "HEADER: attribute") or `targets` (one column per cross-data-set
-    target)."""
-
-    header: str
-    kind: str = "metric"
-    key: str = ""
-    reference: str = ""
-
-
-@dataclass(frozen=True)
-class ReportTable:
-    """A table of the report: the runs of every protocol that names it, in the columns it declares. `position`
-    orders the tables of one report."""
-
-    title: str
-    columns: tuple[Column, ...]
-    position: int
-    note: str = ""
-
-
 @dataclass(frozen=True)
 class ProtocolSpec:
     """A protocol: `run(method, ctx, splits, seed=, shots=, targets=, unseen=)` returns its numbers; `shots` is
@@ -434,12 +397,10 @@ ALL_CLASSES_TABLE = ReportTable(
         *_lead("method", "dataset", "protocol", "shots", "seeds"),
         Column("accuracy", key="accuracy"),
         Column("per-class accuracy", key="per_class_accuracy"),
-        Column("kept tokens on the part (random)", "overlap", "kept_tokens_on_part", "random_tokens_on_part"),
-        Column("part patches kept (random)", "overlap", "part_patches_kept", "random_part_patches_kept"),
     ),
     position=3,
 )
-# CoOp, CoCoOp and SHIP train base-to-new and cross-data-set sources on 16 shots per class.
+# CoOp and CoCoOp (and the papers after them) train base-to-new and cross-data-set sources on 16 shots per class.
 for _spec in (
     ProtocolSpec("full", run_full, ALL_CLASSES_TABLE, ("accuracy",)),
     ProtocolSpec("fewshot", run_fewshot, ALL_CLASSES_TABLE, ("accuracy",), shots="required"),
@@ -638,14 +599,6 @@ def aggregate_seeds(results: list[dict], seeds: Sequence[int]) -> dict:
     rederive_harmonic_mean(merged)
     merged["per_seed"] = {str(seed): result for seed, result in zip(seeds, results)}
     return merged
-
-
-def safe_name(text: str, limit: int = 80, keep_end: bool = False) -> str:
-    """`text` as one file or folder name: each run of characters other than letters, digits and `._+-` becomes
-    `_`; at most `limit` characters, the first ones (the last with `keep_end`: a data set spec's path ends in
-    its name)."""
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
-    return (name[-limit:] if keep_end else name[:limit]) or "_"
 
 
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:

@@ -1,9 +1,7 @@
 """`clipadapt report RUN_DIR... --out FILE.html`: every run's `metrics.json` under the given folders as tables
 (HTML, and markdown beside it) and PNG plots: base / new / HM bars per method, few-shot accuracy against shots
-with the seeds' spread, real vs SHIP-synthesized features projected to two dimensions, and where MP-FGVC's SsVP
-looks on example images. A plot is drawn only where the runs hold its data: a folder of base2new runs gives bars,
-fewshot runs at several `--shots` give curves, `METHOD+ship` runs leave a `synthesis-*.safetensors` sample, and
-MP-FGVC runs on data that knows its parts (the world's badges and birds) list overlay examples under `part_overlap`."""
+with the seeds' spread, and what the methods' diagnostic views draw (`views.DiagnosticView`). A plot is drawn only
+where the runs hold its data: a folder of base2new runs gives bars, fewshot runs at several `--shots` give curves."""
 
 from __future__ import annotations
 
@@ -12,90 +10,19 @@ import json
 import math
 import os
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-import torch
-from PIL import Image
-
-from .data import load_image
 from .errors import ClipadaptError
 from .paths import write_text_atomic
-from .protocols import PROTOCOL_SPECS, Column, ReportTable, mean_std, safe_name, trained
+from .protocols import PROTOCOL_SPECS, mean_std, trained
 from .summary import summarize
+from .views import Column, Plot, ReportTable, Run, Table, number_text, pyplot, registered_views, save_figure
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
 NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
-MAX_PROJECTED_CLASSES = 8  # more colours than this are not told apart in a scatter plot
-
-
-@dataclass
-class Run:
-    folder: Path
-    metrics: dict
-
-    @property
-    def method(self) -> str:
-        return str(self.metrics.get("method", self.folder.name))
-
-    @property
-    def dataset(self) -> str:
-        return str(self.metrics.get("dataset", "?"))
-
-    @property
-    def seeds(self) -> list[int]:
-        seed = self.metrics.get("seed", 1)
-        return list(seed) if isinstance(seed, list) else [seed]
-
-    @property
-    def weights(self) -> tuple[str, str]:
-        """The model and weights the run used, as metrics.json names them."""
-        return str(self.metrics.get("model")), str(self.metrics.get("pretrained"))
-
-    def per_seed(self) -> dict[int, dict]:
-        """Each seed's own numbers: `per_seed` of a multi-seed run, or the run itself."""
-        if isinstance(self.metrics.get("per_seed"), dict):
-            return {int(seed): result for seed, result in self.metrics["per_seed"].items()}
-        return {self.seeds[0]: self.metrics}
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    note: str = ""
-
-    def markdown(self) -> str:
-        lines = [f"### {self.title}", ""] + ([self.note, ""] if self.note else [])
-        lines += ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        return "\n".join(lines)
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(v)}</td>" if NUMERIC.match(v) else f"<td class='text'>{html.escape(v)}</td>"
-                for v in row
-            )
-            + "</tr>"
-            for row in self.rows
-        )
-        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
-        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        return f"<h3>{html.escape(self.title)}</h3>{note}{table}"
-
-
-@dataclass
-class Plot:
-    title: str
-    path: Path  # the PNG
 
 
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, dict]]]:
@@ -139,26 +66,16 @@ def _checked_comparison(file: Path, content: dict) -> dict:
 
 
 # ---- tables --------------------------------------------------------------------------------------------------
-def _number(value) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return "-"
-    return f"{value:.1f}"
-
-
 def _comparison_cell(value) -> str:
     """A recorded comparison's cell: a number, or [mean, std] over seeds."""
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
         return f"{value[0]:.1f} ± {value[1]:.1f}"
-    return _number(value)
-
-
-def _count(value) -> str:
-    return str(int(value)) if isinstance(value, (int, float)) and float(value).is_integer() else "-"
+    return number_text(value)
 
 
 def _cell(metrics: dict, key: str) -> str:
     """`mean ± std` where the run has several seeds, else the value; `-` where there is none."""
-    text = _number(metrics.get(key))
+    text = number_text(metrics.get(key))
     std = metrics.get(f"{key}_std")
     return f"{text} ± {std:.1f}" if text != "-" and isinstance(std, (int, float)) else text
 
@@ -175,7 +92,7 @@ def _target_cell(run: Run, target: str) -> str:
     ]
     values = [v for v in values if isinstance(v, (int, float))]
     if len(values) < 2:
-        return _number(result.get("accuracy"))
+        return number_text(result.get("accuracy"))
     return _cell({"accuracy": result.get("accuracy"), "accuracy_std": mean_std(values)[1]}, "accuracy")
 
 
@@ -217,12 +134,22 @@ def _column_names(column: Column, runs: Sequence[Run]) -> list[str]:
     return []
 
 
-def _overlap_cell(run: Run, column: Column) -> list[str]:
-    overlap = run.metrics.get("part_overlap") or {}
-    return [f"{_number(overlap.get(column.key))} ({_number(overlap.get(column.reference))})" if overlap else "-"]
+def _lookup(metrics: dict, path: str):
+    """The value at a dotted `path` of metrics.json (`part.key`), or None."""
+    value = metrics
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
-# A row's cells, by column kind (`protocols.Column`): the run, the column and `_column_names` give them.
+def _pair_cell(run: Run, column: Column) -> list[str]:
+    held = run.metrics.get(column.key.split(".")[0])
+    if not held:
+        return ["-"]
+    return [f"{number_text(_lookup(run.metrics, column.key))} ({number_text(_lookup(run.metrics, column.reference))})"]
+
+
+# A row's cells, by column kind (`views.Column`): the run, the column and `_column_names` give them.
 CELLS = {
     "method": lambda run, column, names: [run.method],
     "dataset": lambda run, column, names: [run.dataset],
@@ -230,12 +157,26 @@ CELLS = {
     "shots": lambda run, column, names: [_shots_text(run)],
     "seeds": lambda run, column, names: [_seeds_text(run)],
     "metric": lambda run, column, names: [_cell(run.metrics, column.key)],
-    "overlap": lambda run, column, names: _overlap_cell(run, column),
+    "pair": lambda run, column, names: _pair_cell(run, column),
     "attributes": lambda run, column, names: [
-        _number((run.metrics.get("attribute_accuracy") or {}).get(column.key, {}).get(a)) for a in names
+        number_text((run.metrics.get("attribute_accuracy") or {}).get(column.key, {}).get(a)) for a in names
     ],
     "targets": lambda run, column, names: [_target_cell(run, t) for t in names],
 }
+
+
+def _view_columns(spec: ReportTable, runs: Sequence[Run]) -> list[Column]:
+    """The columns diagnostic views add to the table of `spec`, where one of its runs holds the diagnostic."""
+    protocols = {name for name, protocol in PROTOCOL_SPECS.items() if protocol.table == spec}
+    return list(
+        dict.fromkeys(
+            column
+            for view in registered_views()
+            if any(run.metrics.get(view.key) for run in runs)
+            for protocol, column in view.columns
+            if protocol in protocols
+        )
+    )
 
 
 def _split_by_dataset(spec: ReportTable, runs: list[Run]) -> list[tuple[str, list[Run]]]:
@@ -256,12 +197,7 @@ def _split_by_dataset(spec: ReportTable, runs: list[Run]) -> list[tuple[str, lis
 
 def _table(spec: ReportTable, title: str, runs: list[Run]) -> Table:
     """`runs` in the report table `spec` declares, its expanding columns one per name the runs hold."""
-    columns = [
-        (column, _column_names(column, runs))
-        for column in spec.columns
-        # SsVP's part overlap is a diagnostic of some runs: no column where no run has it.
-        if column.kind != "overlap" or any(run.metrics.get("part_overlap") for run in runs)
-    ]
+    columns = [(column, _column_names(column, runs)) for column in (*spec.columns, *_view_columns(spec, runs))]
     headers = [
         header
         for column, names in columns
@@ -280,7 +216,7 @@ def _table(spec: ReportTable, title: str, runs: list[Run]) -> Table:
 def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] = ()) -> list[Table]:
     """One table per report table the runs' protocols declare (`protocols.ProtocolSpec.table`), in its columns,
     rows in the order given (by protocol where protocols share a table; by data set where their columns differ:
-    `_split_by_dataset`); then SHIP's diagnostics and one table per recorded comparison."""
+    `_split_by_dataset`); then the diagnostic views' tables and one table per recorded comparison."""
     by_table: dict[ReportTable, list[Run]] = defaultdict(list)
     order = list(PROTOCOL_SPECS)
     # A shared table lists its protocols' runs in the order the protocols are registered (full before fewshot).
@@ -291,45 +227,7 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
         for spec in sorted(by_table, key=lambda table: table.position)
         for title, table_runs in _split_by_dataset(spec, by_table[spec])
     ]
-    # SHIP's diagnostics: the run's own (base2new, gzsl), and each cross-data-set target's.
-    synthesized = [
-        (run, run.dataset, run.metrics["synthesis"]) for run in runs if isinstance(run.metrics.get("synthesis"), dict)
-    ]
-    synthesized += [
-        (run, target, result["synthesis"])
-        for run in runs
-        for target, result in (run.metrics.get("targets") or {}).items()
-        if isinstance(result, dict) and isinstance(result.get("synthesis"), dict)
-    ]
-    if synthesized:
-        table = Table(
-            "SHIP's synthesized features against the real test features of their classes",
-            [
-                "method",
-                "data set",
-                "protocol",
-                "classes",
-                "nearest real class is own (%)",
-                "cosine to own class",
-                "cosine to other classes",
-            ],
-        )
-        for run, dataset, s in synthesized:
-            cosines = [
-                f"{s[k]:.3f}" if isinstance(s.get(k), (int, float)) else "-"
-                for k in ("cosine_to_own_class", "cosine_to_other_classes")
-            ]
-            table.rows.append(
-                [
-                    run.method,
-                    dataset,
-                    run.metrics["protocol"],
-                    _count(s.get("classes")),
-                    _number(s.get("nearest_class_accuracy")),
-                    *cosines,
-                ]
-            )
-        tables.append(table)
+    tables += [table for view in registered_views() if view.tables for table in view.tables(runs)]
     for file, comparison in comparisons:
         columns = comparison["columns"]
         table = Table(
@@ -344,31 +242,9 @@ def build_tables(runs: Sequence[Run], comparisons: Sequence[tuple[Path, dict]] =
 
 
 # ---- plots ---------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, folder: Path, name: str, taken: set[str]) -> Path:
-    base = stem = safe_name(name)
-    i = 1
-    while f"{stem}.png" in taken:  # two runs of the same name
-        i += 1
-        stem = f"{base}-{i}"
-    taken.add(f"{stem}.png")
-    path = folder / f"{stem}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
-
-
 def plot_base2new(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
     """Per data set: base, new and HM bars for each method, with the seeds' standard deviation."""
-    plt = _pyplot()
+    plt = pyplot()
     plots = []
     by_dataset = defaultdict(list)
     for run in runs:
@@ -389,7 +265,7 @@ def plot_base2new(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Pl
         ax.set_title(f"base-to-new on {dataset}")
         ax.legend(ncols=3, loc="upper left", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-        plots.append(Plot(f"Base / new / HM on {dataset}", _save(fig, folder, f"base2new-{dataset}", taken)))
+        plots.append(Plot(f"Base / new / HM on {dataset}", save_figure(fig, folder, f"base2new-{dataset}", taken)))
     return plots
 
 
@@ -424,7 +300,7 @@ def fewshot_points(runs: Sequence[Run]) -> dict[str, dict[str, dict[int, list[fl
 def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
     """Per data set: accuracy against shots per method (mean over seeds, the band one standard deviation), with
     zero-shot on the same data set as a dashed line."""
-    plt = _pyplot()
+    plt = pyplot()
     plots = []
     zero_shot = {
         (run.dataset, run.weights): run.metrics.get("accuracy")
@@ -461,126 +337,7 @@ def plot_fewshot(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plo
         ax.set_title(f"few-shot on {dataset}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        plots.append(Plot(f"Few-shot accuracy on {dataset}", _save(fig, folder, f"fewshot-{dataset}", taken)))
-    return plots
-
-
-def project_2d(features: torch.Tensor) -> torch.Tensor:
-    """The first two principal components [N, 2] of `features` [N, D] (centred; signs fixed so that each
-    component's largest coordinate is positive, for plots that do not flip between runs)."""
-    centred = features.float() - features.float().mean(dim=0)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    components = v[:2].T
-    signs = torch.sign(components.gather(0, components.abs().argmax(dim=0, keepdim=True)))
-    return centred @ (components * signs)
-
-
-def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
-    """Real test features (dots) and SHIP's synthesized features (crosses) of up to eight classes, projected on
-    the two principal components of both together."""
-    from .methods.addons.ship import load_synthesis_sample
-
-    plt = _pyplot()
-    plots = []
-    for run in runs:
-        for file in sorted(run.folder.glob("synthesis-*.safetensors")):
-            try:
-                real, synthetic, names = load_synthesis_sample(file)
-            except ClipadaptError as e:
-                _skip(f"no projection for {file}: {e}")
-                continue
-            source = file.stem.removeprefix("synthesis-")
-            classes = list(range(min(len(names), MAX_PROJECTED_CLASSES)))
-            keep_real = torch.isin(real.labels, torch.tensor(classes))
-            keep_synthetic = torch.isin(synthetic.labels, torch.tensor(classes))
-            points = project_2d(torch.cat([real.features[keep_real], synthetic.features[keep_synthetic]])).numpy()
-            real_points, synthetic_points = points[: int(keep_real.sum())], points[int(keep_real.sum()) :]
-            real_labels, synthetic_labels = real.labels[keep_real].numpy(), synthetic.labels[keep_synthetic].numpy()
-            fig, ax = plt.subplots(figsize=(6.4, 4.6))
-            colours = plt.get_cmap("tab10")
-            for c in classes:
-                ax.scatter(*real_points[real_labels == c].T, s=12, alpha=0.6, color=colours(c), label=names[c][:28])
-                ax.scatter(*synthetic_points[synthetic_labels == c].T, s=18, marker="x", color=colours(c))
-            ax.set_title(f"{run.method}: real (dots) vs synthesized (crosses), {source}", fontsize=9)
-            ax.set_xlabel("principal component 1")
-            ax.set_ylabel("principal component 2")
-            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-            title = f"Real vs SHIP-synthesized features of {source}'s classes: {run.method} trained on {run.dataset}"
-            if len(names) > len(classes):
-                title += f" (the first {len(classes)} of {len(names)} classes)"
-            plots.append(Plot(title, _save(fig, folder, f"synthesis-{run.method}-{file.stem}", taken)))
-    return plots
-
-
-def _model_input(path: Path, size: int, resize: int | Sequence[int]) -> Image.Image:
-    """The image as the model saw it: the shorter side resized to `resize` (or squashed to [height, width]), the
-    centre `size` x `size` crop (as the run's transform and `box_in_crop`)."""
-    image = load_image(path)
-    if isinstance(resize, (list, tuple)):
-        width, height = int(resize[1]), int(resize[0])
-    else:
-        scale = resize / min(image.size)
-        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((width, height), Image.BICUBIC)
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def _skip(message: str) -> None:
-    print(f"clipadapt report: {message}; skipped", file=sys.stderr)
-
-
-def _overlay_examples(run: Run) -> tuple[dict, list[dict]]:
-    """`part_overlap` with its examples: the run's own, or its first seed's (a multi-seed mean has none)."""
-    for result in [run.metrics, *run.per_seed().values()]:
-        overlap = result.get("part_overlap")
-        if isinstance(overlap, dict) and overlap.get("examples"):
-            return overlap, overlap["examples"]
-    return {}, []
-
-
-def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
-    """MP-FGVC's SsVP on example images: the class-token attention over patches as a heat map, the kept patches
-    outlined in white, the discriminative parts' boxes in red."""
-    from matplotlib.patches import Rectangle
-
-    plt = _pyplot()
-    plots = []
-    for run in runs:
-        overlap, examples = _overlay_examples(run)
-        examples = [e for e in examples if Path(e["path"]).is_file()]  # images moved since the run: nothing to draw
-        if not examples:
-            continue
-        grid, size = overlap["grid"], overlap["image_size"]
-        resize, cell = overlap.get("resize", size), size / grid
-        try:
-            images = [_model_input(Path(e["path"]), size, resize) for e in examples]
-        except ClipadaptError as e:
-            _skip(f"no overlays for {run.folder}: {e}")
-            continue
-        fig, axes = plt.subplots(1, len(examples), figsize=(2.1 * len(examples), 2.5), squeeze=False)
-        for ax, example, image in zip(axes[0], examples, images):
-            ax.imshow(image, extent=(0, size, size, 0))
-            heat = torch.tensor(example["scores"]).reshape(grid, grid).numpy()
-            ax.imshow(heat, cmap="inferno", alpha=0.45, extent=(0, size, size, 0), interpolation="nearest")
-            for index in example["kept"]:
-                row, col = divmod(index, grid)
-                ax.add_patch(
-                    Rectangle((col * cell, row * cell), cell, cell, fill=False, edgecolor="white", linewidth=1)
-                )
-            # (runs written before the birds recorded their one part's box as `part`)
-            for x0, y0, x1, y1 in example.get("parts") or [example["part"]]:
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
-            ax.set_title(str(example.get("class") or example["label"])[:22], fontsize=7)
-            ax.axis("off")
-        fig.suptitle(f"{run.method}: kept tokens (white), attention (heat), parts (red)", fontsize=8)
-        plots.append(
-            Plot(
-                f"Where SsVP looks: {run.method} on {run.dataset} "
-                f"({overlap.get('tokens_kept')} of {overlap.get('tokens')} patches kept)",
-                _save(fig, folder, f"kept-tokens-{run.method}-{run.dataset}", taken),
-            )
-        )
+        plots.append(Plot(f"Few-shot accuracy on {dataset}", save_figure(fig, folder, f"fewshot-{dataset}", taken)))
     return plots
 
 
@@ -633,8 +390,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> tuple[list[Tab
     plots = (
         plot_base2new(runs, folder, taken)
         + plot_fewshot(runs, folder, taken)
-        + plot_synthesis(runs, folder, taken)
-        + plot_kept_tokens(runs, folder, taken)
+        + [plot for view in registered_views() if view.plots for plot in view.plots(runs, folder, taken)]
     )
     for old in folder.glob("*.png"):  # an earlier report's plots that this one did not draw again
         if old.name not in taken:

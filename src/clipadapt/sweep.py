@@ -36,7 +36,8 @@ from .config import load_config_file, read_yaml_file
 from .data import load_dataset
 from .errors import ClipadaptError
 from .methods import method_configs
-from .protocols import PROTOCOL_SPECS, protocol_shots, rederive_harmonic_mean, safe_name
+from .paths import safe_name
+from .protocols import PROTOCOL_SPECS, protocol_shots, rederive_harmonic_mean
 from .report import mean_std, write_comparisons, write_report
 from .training.distributed import available_cores
 

@@ -38,8 +38,8 @@ def method_configs(
             f"unknown method '{inner}'; available: {', '.join(sorted(METHODS))} (and METHOD+{'/'.join(ADDONS)})"
         )
     cls = METHODS[inner]
-    if addon and not cls.capabilities.trains_on_synthetic:
-        trainable = sorted(n for n, c in METHODS.items() if c.capabilities.trains_on_synthetic)
+    if addon and not cls.capabilities.trains_on_generated:
+        trainable = sorted(n for n, c in METHODS.items() if c.capabilities.trains_on_generated)
         raise ClipadaptError(
             f"'{inner}' cannot train on synthesized features; {addon} works with {', '.join(trainable)}"
         )

@@ -6,7 +6,7 @@ ReLU; the adapted feature is 0.2 x adapter(f) + 0.8 x f; logits are logit_scale.
 text weights) with one hand-written template per data set (CoOp's, as the official CUSTOM_TEMPLATES). The
 official repository ships no training config; training here is the Dassl recipe CoOp uses (SGD lr 0.002, momentum
 0.9, weight decay 5e-4, batch 32, one warm-up epoch, cosine, epochs by shots) on cached features, through the same
-loop, so SHIP's synthetic features mix in the same way (`clip_adapter+ship`). The adapter transfers to any class
+loop, so SHIP's generated features mix in the same way (`clip_adapter+ship`). The adapter transfers to any class
 names: only the text weights change.
 """
 
@@ -38,7 +38,7 @@ def adapter_mlp(dim: int, reduction: int) -> nn.Sequential:
 
 @register_method("clip_adapter")
 class ClipAdapter:
-    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+    capabilities = Capabilities(trains=True, trains_on_generated=True)
     claims = (Claim("fewshot", "accuracy", "zeroshot", +1, "CLIP-Adapter (IJCV 2023), Fig. 3: 16 shots", 16),)
 
     @dataclass
@@ -77,8 +77,8 @@ class ClipAdapter:
         template_key: str | None = None,
         out_dir: str | Path | None = None,
         progress: bool = True,
-        synthetic: FeatureSet | None = None,
-        synthetic_ratio: float = 1.0,
+        generated: FeatureSet | None = None,
+        generated_ratio: float = 1.0,
     ) -> dict:
         classnames = list(classnames)
         weights = self.text(classnames, template_key)
@@ -100,8 +100,8 @@ class ClipAdapter:
             fingerprint=(classnames, template_key, "clip_adapter"),
             progress=progress,
             desc="clip_adapter",
-            synthetic=synthetic,
-            synthetic_ratio=synthetic_ratio,
+            generated=generated,
+            generated_ratio=generated_ratio,
         )
         return self.history
 

@@ -9,7 +9,10 @@ is registered):
 - Every method that trains saves its learned weights to one safetensors file and loads them back (`save(path,
   **header)`, `load`); the protocols save them after training, as a classifier (`classifier.Classifier.save`: the
   header also says how to rebuild the method and its backbone) to `<name>.safetensors` in the run's training folder.
-An add-on (SHIP's `WithShip`, `METHOD+ship`) wraps a method that `trains_on_synthetic` and is itself a
+- A method that `diagnoses` measures something of its own beyond the protocol's numbers: the protocols call
+  `diagnose(Evaluated(...))` on each data set they score it on and put what it returns in metrics.json; the
+  method's file registers how the report shows it (`views.register_view`).
+An add-on (`METHOD+ADDON`, `methods.ADDONS`) wraps a method that `trains_on_generated` and is itself a
 `FeatureMethod`. Pretraining (UniCL) builds a backbone rather than classifying with one: `clipadapt pretrain`
 runs it, and it is not registered here.
 """
@@ -34,11 +37,13 @@ class Capabilities:
     trains: bool = False  # learns from training data (`fit` or `fit_images`), and saves and loads what it learned
     needs_images: bool = False  # trains and predicts on images (`fit_images`, `image_logits`), not cached features
     scores_unseen_classes: bool = True  # scores class names it was not trained on (else: base2new's base only)
-    trains_on_synthetic: bool = False  # `fit(..., synthetic=, synthetic_ratio=)`: what `METHOD+ship` feeds it
+    trains_on_generated: bool = (
+        False  # `fit(..., generated=, generated_ratio=)`: what an add-on (`METHOD+ADDON`) feeds it
+    )
     uses_unseen_classnames: bool = False  # `fit(..., unseen_classnames=)`: the names (never the images) of the
     # classes the protocol tests without training data
-    synthesizes: bool = False  # `synthesis_quality(real, classnames, sample_path)`: a diagnostic in metrics.json
-    selects_tokens: bool = False  # `kept_token_overlap(samples, parts, progress)`: where kept tokens land
+    diagnoses: bool = False  # `diagnose(evaluated)`: what it measures of its own on each data set a protocol scores
+    # it on, as named results beside the protocol's numbers in metrics.json (`views.DiagnosticView` shows them)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,19 @@ class Claim:
     direction: int
     source: str
     min_shots: int = 0
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What a method's `diagnose` hook is given: a data set a protocol has just scored it on. `splits` (a
+    `DatasetSplits`): its class names, its test split and what else the data set knows (`annotations`);
+    `test_features()`: the test split's cached frozen image features (a `FeatureSet`); `out_dir`: the run folder,
+    where a diagnostic may leave the data of a figure (None: write nothing)."""
+
+    splits: Any
+    test_features: Callable[[], Any]
+    out_dir: Path | None = None
+    progress: bool = True
 
 
 class Method(Protocol):
@@ -128,10 +146,8 @@ def required_members(capabilities: Capabilities) -> list[str]:
     )
     if capabilities.trains:
         members += ([] if capabilities.needs_images else ["fit"]) + ["save", "load"]
-    if capabilities.synthesizes:
-        members.append("synthesis_quality")
-    if capabilities.selects_tokens:
-        members.append("kept_token_overlap")
+    if capabilities.diagnoses:
+        members.append("diagnose")
     return members
 
 
@@ -147,7 +163,7 @@ def check_method_class(cls: type, name: str) -> None:
     if capabilities.needs_images and not capabilities.trains:
         missing.append("(a method that needs images trains: capabilities.trains)")
     fit_parameters = inspect.signature(cls.fit).parameters if callable(getattr(cls, "fit", None)) else {}
-    for flag, parameter in (("trains_on_synthetic", "synthetic"), ("uses_unseen_classnames", "unseen_classnames")):
+    for flag, parameter in (("trains_on_generated", "generated"), ("uses_unseen_classnames", "unseen_classnames")):
         if getattr(capabilities, flag) and parameter not in fit_parameters:
             missing.append(f"fit(..., {parameter}=) for {flag}")
     save = getattr(cls, "save", None)
@@ -172,7 +188,7 @@ def register_method(name: str) -> Callable[[type], type]:
         if name in METHODS:
             raise ClipadaptError(f"method name '{name}' is already registered (by {METHODS[name].__qualname__})")
         if "+" in name:
-            raise ClipadaptError(f"method name '{name}': '+' joins a method and an add-on (METHOD+ship)")
+            raise ClipadaptError(f"method name '{name}': '+' joins a method and an add-on (METHOD+ADDON)")
         check_method_class(cls, name)
         cls.name = name
         METHODS[name] = cls

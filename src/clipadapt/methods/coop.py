@@ -44,7 +44,7 @@ class CoOp:
 
     # A shared context scores any class names; class-specific ones (csc) only the training classes (`logits`
     # says so when asked for others).
-    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+    capabilities = Capabilities(trains=True, trains_on_generated=True)
     claims = (
         Claim("fewshot", "accuracy", "zeroshot", +1, "CoOp (IJCV 2022), Fig. 3: 16 shots", min_shots=16),
         Claim("base2new", "base_accuracy", "zeroshot", +1, "CoCoOp (CVPR 2022), Table 1"),
@@ -135,12 +135,12 @@ class CoOp:
         template_key: str | None = None,
         out_dir: str | Path | None = None,
         progress: bool = True,
-        synthetic: FeatureSet | None = None,
-        synthetic_ratio: float = 1.0,
+        generated: FeatureSet | None = None,
+        generated_ratio: float = 1.0,
     ) -> dict:
         """Learn the context on `train` (the learned prompt replaces any template; `template_key` names the data
         set for the epochs by shots).
-        With `out_dir`, checkpoints go there and a rerun with the same arguments resumes. `synthetic` features
+        With `out_dir`, checkpoints go there and a rerun with the same arguments resumes. `generated` features
         (labelled in `classnames`, e.g. SHIP's for classes without data) join every batch."""
         self.classnames = list(classnames)
         self.prompt = nn.ParameterDict({"ctx": self._initial_context(len(classnames) if self.config.csc else None)})
@@ -165,8 +165,8 @@ class CoOp:
             fingerprint_ignore=("class_chunk",),  # how prompts are batched, not what is learned
             progress=progress,
             desc="coop",
-            synthetic=synthetic,
-            synthetic_ratio=synthetic_ratio,
+            generated=generated,
+            generated_ratio=generated_ratio,
         )
         return self.history
 

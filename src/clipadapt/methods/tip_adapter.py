@@ -17,7 +17,7 @@ cache keys themselves), every batch including the last partial one, with a cosin
 search range and starting alpha for every data set (the official configs widen them for DTD, EuroSAT and FGVC),
 and the per-data-set single template (the official ensembles seven for ImageNet).
 Without a validation split Tip-Adapter-F keeps its last epoch (a warning says so). With SHIP (`tip_adapter+ship`),
-synthetic features of the classes without data enter the cache, as many per class as the real classes have shots
+generated features of the classes without data enter the cache, as many per class as the real classes have shots
 (more would outweigh the real classes in the cache sum), and mix into Tip-Adapter-F's batches. Class names the cache
 has never seen get no cache logits: for them Tip-Adapter is zero-shot CLIP.
 """
@@ -51,7 +51,7 @@ def search_grid(scale: float, steps: int) -> list[float]:
 
 @register_method("tip_adapter")
 class TipAdapter:
-    capabilities = Capabilities(trains=True, trains_on_synthetic=True)
+    capabilities = Capabilities(trains=True, trains_on_generated=True)
     claims = (Claim("fewshot", "accuracy", "zeroshot", +1, "Tip-Adapter (ECCV 2022), Table 1: 1 to 16 shots"),)
 
     @dataclass
@@ -117,21 +117,21 @@ class TipAdapter:
         template_key: str | None = None,
         out_dir: str | Path | None = None,
         progress: bool = True,
-        synthetic: FeatureSet | None = None,
-        synthetic_ratio: float = 1.0,
+        generated: FeatureSet | None = None,
+        generated_ratio: float = 1.0,
     ) -> dict:
         self.classnames = list(classnames)
         self.alpha, self.beta = self.config.alpha, self.config.beta  # a refit searches afresh
         if len(train) == 0:
             raise ClipadaptError("tip_adapter needs training features for its cache")
         features, labels = train.features.float(), train.labels
-        if synthetic is not None:
+        if generated is not None:
             shots = int(torch.bincount(train.labels).max())
             keep = torch.cat(
-                [torch.nonzero(synthetic.labels == c).flatten()[:shots] for c in synthetic.labels.unique()]
+                [torch.nonzero(generated.labels == c).flatten()[:shots] for c in generated.labels.unique()]
             )
-            features = torch.cat([features, synthetic.features[keep].float()])
-            labels = torch.cat([labels, synthetic.labels[keep]])
+            features = torch.cat([features, generated.features[keep].float()])
+            labels = torch.cat([labels, generated.labels[keep]])
         device = self.backbone.device
         self.cache = nn.ParameterDict({"cache_keys": nn.Parameter(F.normalize(features, dim=-1).to(device))})
         self.values = F.one_hot(labels, len(self.classnames)).float().to(device)
@@ -169,8 +169,8 @@ class TipAdapter:
                 fingerprint=(self.classnames, template_key, "tip_adapter"),
                 progress=progress,
                 desc="tip_adapter-F",
-                synthetic=synthetic,
-                synthetic_ratio=synthetic_ratio,
+                generated=generated,
+                generated_ratio=generated_ratio,
             )
         if self.config.search and val is not None and len(val):
             summary.update(self._search(val, weights, progress))

@@ -111,8 +111,8 @@ def train_prompt_learner(
     fingerprint_ignore: Sequence[str] = (),
     progress: bool = True,
     desc: str = "train",
-    synthetic=None,
-    synthetic_ratio: float = 1.0,
+    generated=None,
+    generated_ratio: float = 1.0,
 ) -> dict[str, Any]:
     """Train `learner` (the only weights that change) with the official recipe: each step scores a batch of
     `train` (a FeatureSet) with `batch_loss(image_features, labels)`. Image features are the cached ones, or with
@@ -124,13 +124,13 @@ def train_prompt_learner(
     `val` FeatureSet after every epoch and the learner ends at the most accurate epoch (the first of equals);
     otherwise at the last epoch, as the official code evaluates.
 
-    `synthetic` (a FeatureSet of generated features, e.g. SHIP's, labelled in the same label space) joins every
-    batch: round(synthetic_ratio x batch size) of its features drawn at random (a function of seed and step),
-    as SHIP mixes real base-class and synthetic new-class features.
+    `generated` (a FeatureSet of generated features, e.g. SHIP's, labelled in the same label space) joins every
+    batch: round(generated_ratio x batch size) of its features drawn at random (a function of seed and step),
+    as SHIP mixes real base-class and generated new-class features.
 
     Checkpoints in `out_dir` resume a run only when they match `training_fingerprint(config, *fingerprint,
     ignore=fingerprint_ignore)` (the method's name and class names go in `fingerprint`), the backbone and the
-    training (and synthetic) features. Returns a summary: steps, epoch losses, per-epoch validation accuracies,
+    training (and generated) features. Returns a summary: steps, epoch losses, per-epoch validation accuracies,
     best epoch. (The protocols save the trained method's weights: `Method.save`.)"""
     n = len(train)
     if n == 0:
@@ -149,8 +149,8 @@ def train_prompt_learner(
 
     if config.augment and not train.samples:
         raise ClipadaptError("augment=true re-encodes the training images, but these features carry no samples")
-    if synthetic is not None and (len(synthetic) == 0 or synthetic_ratio <= 0):
-        raise ClipadaptError("synthetic features need at least one feature and a positive synthetic_ratio")
+    if generated is not None and (len(generated) == 0 or generated_ratio <= 0):
+        raise ClipadaptError("generated features need at least one feature and a positive generated_ratio")
     if config.drop_last:
         steps_per_epoch = max(1, n // config.batch_size)  # Dassl drops the last partial batch if a full one exists
     else:
@@ -171,8 +171,8 @@ def train_prompt_learner(
     run_fingerprint = ""
     if out_dir is not None:
         data = [train.labels, train.features.float()]
-        if synthetic is not None:
-            data += [f"{synthetic_ratio}", synthetic.labels, synthetic.features.float()]
+        if generated is not None:
+            data += [f"{generated_ratio}", generated.labels, generated.features.float()]
         run_fingerprint = digest(
             training_fingerprint(config, *fingerprint, ignore=fingerprint_ignore), backbone.fingerprint(), *data
         )
@@ -191,11 +191,11 @@ def train_prompt_learner(
             with torch.no_grad():
                 features = backbone.encode_image(images).float()
         labels = backbone.to_device(train.labels[indices])
-        if synthetic is not None:
+        if generated is not None:
             draw = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 500_009)
-            picked = torch.randint(len(synthetic), (max(1, round(synthetic_ratio * len(indices))),), generator=draw)
-            features = torch.cat([features, backbone.to_device(synthetic.features[picked]).to(features.dtype)])
-            labels = torch.cat([labels, backbone.to_device(synthetic.labels[picked])])
+            picked = torch.randint(len(generated), (max(1, round(generated_ratio * len(indices))),), generator=draw)
+            features = torch.cat([features, backbone.to_device(generated.features[picked]).to(features.dtype)])
+            labels = torch.cat([labels, backbone.to_device(generated.labels[picked])])
         return batch_loss(features, labels)
 
     def after_step() -> None:

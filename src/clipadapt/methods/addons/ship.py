@@ -42,10 +42,22 @@ from ...checkpoint import load_method_weights, load_module_state, save_method_we
 from ...digest import fingerprint as digest  # `fingerprint` names the run's own here
 from ...errors import CheckpointError, ClipadaptError
 from ...features import FeatureSet
-from ...paths import write_atomic
+from ...paths import safe_name, write_atomic
 from ...text import zeroshot_weights
 from ...training.loop import Trainer, frozen
-from ..contract import Capabilities, Claim
+from ...views import (
+    DiagnosticView,
+    Plot,
+    Run,
+    Table,
+    count_text,
+    number_text,
+    pyplot,
+    register_view,
+    save_figure,
+    skip_plot,
+)
+from ..contract import Capabilities, Claim, Evaluated
 
 GENERATORS = ("clip_text", "mlp")
 OBJECTIVES = ("vae", "gan")
@@ -382,7 +394,7 @@ class WithShip:
         self.capabilities = Capabilities(
             trains=True,
             uses_unseen_classnames=True,
-            synthesizes=True,
+            diagnoses=True,
             scores_unseen_classes=method.capabilities.scores_unseen_classes,
         )
         self.ship = Ship(backbone, config)
@@ -436,8 +448,8 @@ class WithShip:
             template_key=template_key,
             out_dir=out_dir / "method" if out_dir else None,
             progress=progress,
-            synthetic=self.synthetic,
-            synthetic_ratio=self.config.synthetic_ratio,
+            generated=self.synthetic,
+            generated_ratio=self.config.synthetic_ratio,
         )
         return {
             "ship": ship_summary,
@@ -465,6 +477,17 @@ class WithShip:
         if generator_path(path).is_file():
             self.ship.load(generator_path(path))
             self.generator_ready = True
+
+    def diagnose(self, evaluated: Evaluated) -> dict:
+        """`synthesis`: how close the features synthesized for the evaluated data set's classes came to their real
+        test features (`synthesis_quality`; a sample of both goes to `synthesis-<data set>.safetensors` in the run
+        folder for the report's projection); nothing where it synthesized none of them. The wrapped method's own
+        diagnostics come along."""
+        found = self.method.diagnose(evaluated) if self.method.capabilities.diagnoses else {}
+        name = evaluated.splits.name
+        sample = Path(evaluated.out_dir) / f"synthesis-{safe_name(name)}.safetensors" if evaluated.out_dir else None
+        quality = self.synthesis_quality(evaluated.test_features(), evaluated.splits.classnames, sample_path=sample)
+        return {**found, "synthesis": quality} if quality else found
 
     def synthesis_quality(
         self, real: FeatureSet, classnames: Sequence[str], sample_path: str | Path | None = None
@@ -550,3 +573,98 @@ def load_synthesis_sample(path: str | Path) -> tuple[FeatureSet, FeatureSet, lis
         FeatureSet(tensors["synthetic"], tensors["synthetic_labels"]),
         names,
     )
+
+
+# ---- how the report shows `synthesis` ------------------------------------------------------------------------
+MAX_PROJECTED_CLASSES = 8  # more colours than this are not told apart in a scatter plot
+
+
+def synthesis_table(runs: Sequence[Run]) -> list[Table]:
+    """One row per data set SHIP synthesized for: the run's own (base2new, gzsl) and each cross-data-set target's."""
+    synthesized = [
+        (run, run.dataset, run.metrics["synthesis"]) for run in runs if isinstance(run.metrics.get("synthesis"), dict)
+    ]
+    synthesized += [
+        (run, target, result["synthesis"])
+        for run in runs
+        for target, result in (run.metrics.get("targets") or {}).items()
+        if isinstance(result, dict) and isinstance(result.get("synthesis"), dict)
+    ]
+    if not synthesized:
+        return []
+    table = Table(
+        "SHIP's synthesized features against the real test features of their classes",
+        [
+            "method",
+            "data set",
+            "protocol",
+            "classes",
+            "nearest real class is own (%)",
+            "cosine to own class",
+            "cosine to other classes",
+        ],
+    )
+    for run, dataset, s in synthesized:
+        cosines = [
+            f"{s[k]:.3f}" if isinstance(s.get(k), (int, float)) else "-"
+            for k in ("cosine_to_own_class", "cosine_to_other_classes")
+        ]
+        table.rows.append(
+            [
+                run.method,
+                dataset,
+                run.metrics["protocol"],
+                count_text(s.get("classes")),
+                number_text(s.get("nearest_class_accuracy")),
+                *cosines,
+            ]
+        )
+    return [table]
+
+
+def project_2d(features: torch.Tensor) -> torch.Tensor:
+    """The first two principal components [N, 2] of `features` [N, D] (centred; signs fixed so that each
+    component's largest coordinate is positive, for plots that do not flip between runs)."""
+    centred = features.float() - features.float().mean(dim=0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    components = v[:2].T
+    signs = torch.sign(components.gather(0, components.abs().argmax(dim=0, keepdim=True)))
+    return centred @ (components * signs)
+
+
+def plot_synthesis(runs: Sequence[Run], folder: Path, taken: set[str]) -> list[Plot]:
+    """Real test features (dots) and SHIP's synthesized features (crosses) of up to eight classes, projected on
+    the two principal components of both together."""
+    plt = pyplot()
+    plots = []
+    for run in runs:
+        for file in sorted(run.folder.glob("synthesis-*.safetensors")):
+            try:
+                real, synthetic, names = load_synthesis_sample(file)
+            except ClipadaptError as e:
+                skip_plot(f"no projection for {file}: {e}")
+                continue
+            source = file.stem.removeprefix("synthesis-")
+            classes = list(range(min(len(names), MAX_PROJECTED_CLASSES)))
+            keep_real = torch.isin(real.labels, torch.tensor(classes))
+            keep_synthetic = torch.isin(synthetic.labels, torch.tensor(classes))
+            points = project_2d(torch.cat([real.features[keep_real], synthetic.features[keep_synthetic]])).numpy()
+            real_points, synthetic_points = points[: int(keep_real.sum())], points[int(keep_real.sum()) :]
+            real_labels, synthetic_labels = real.labels[keep_real].numpy(), synthetic.labels[keep_synthetic].numpy()
+            fig, ax = plt.subplots(figsize=(6.4, 4.6))
+            colours = plt.get_cmap("tab10")
+            for c in classes:
+                ax.scatter(*real_points[real_labels == c].T, s=12, alpha=0.6, color=colours(c), label=names[c][:28])
+                ax.scatter(*synthetic_points[synthetic_labels == c].T, s=18, marker="x", color=colours(c))
+            ax.set_title(f"{run.method}: real (dots) vs synthesized (crosses), {source}", fontsize=9)
+            ax.set_xlabel("principal component 1")
+            ax.set_ylabel("principal component 2")
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            title = f"Real vs SHIP-synthesized features of {source}'s classes: {run.method} trained on {run.dataset}"
+            if len(names) > len(classes):
+                title += f" (the first {len(classes)} of {len(names)} classes)"
+            plots.append(Plot(title, save_figure(fig, folder, f"synthesis-{run.method}-{file.stem}", taken)))
+    return plots
+
+
+register_view(DiagnosticView("synthesis", position=0, tables=synthesis_table, plots=plot_synthesis))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from ...training.batches import training_batches
 from ...training.distributed import threads_beside_workers
 from ...training.loop import Trainer, frozen, param_groups
 from ...training.schedules import cosine_lr
-from ..contract import Capabilities, Claim, register_method
+from ..contract import Capabilities, Claim, Evaluated, register_method
 from .fusion import FUSIONS, VisionLanguageFusion
 from .ssvp import SSVP_SCORES, box_in_crop, part_overlap, patch_boxes, resized_shorter_side, ssvp_scores, ssvp_tokens
 from .towers import ClipTower, TimmTower
@@ -71,8 +71,8 @@ class MPFGVC:
     """Trains on images (`fit_images`) and predicts on images (`image_logits`): its image encoder is tuned, so
     cached frozen features are of no use to it. It classifies the classes it was trained on (closed set)."""
 
-    # SsVP's kept tokens are measured against the data set's part boxes, where it has them (not with ssvp=false).
-    capabilities = Capabilities(trains=True, needs_images=True, scores_unseen_classes=False, selects_tokens=True)
+    # SsVP's kept tokens are measured against the data set's part boxes, where it has them (`diagnose`).
+    capabilities = Capabilities(trains=True, needs_images=True, scores_unseen_classes=False, diagnoses=True)
     claims = (Claim("full", "accuracy", "finetune", +1, "MP-FGVC (AAAI 2024), ablation: CUB-200-2011"),)
 
     @dataclass
@@ -146,8 +146,6 @@ class MPFGVC:
         if config.datp:
             backbone.context_vectors(config.n_text_tokens)  # fails early when the prompt cannot fit
         self.backbone, self.config = backbone, config
-        if not config.ssvp:
-            self.capabilities = replace(self.capabilities, selects_tokens=False)
         self.template_text = TextClassifier(backbone, TEMPLATE)  # the frozen prompts of datp=false
         self.classnames: list[str] = []
         self._train_samples: list[Sample] = []
@@ -455,6 +453,16 @@ class MPFGVC:
         if return_kept:
             return embeddings, (torch.cat(kept) if kept[0] is not None else None)
         return embeddings
+
+    def diagnose(self, evaluated: Evaluated) -> dict:
+        """`part_overlap` (`kept_token_overlap`) on the test images whose parts the data set records; nothing
+        without SsVP (ssvp=false) or part boxes."""
+        parts = evaluated.splits.part_boxes() if self.config.ssvp else None
+        test = [s for s in evaluated.splits.test if s.path in parts] if parts else []
+        if not test:
+            return {}
+        boxes = [list(parts[s.path].values()) for s in test]
+        return {"part_overlap": self.kept_token_overlap(test, boxes, progress=evaluated.progress)}
 
     @torch.no_grad()
     def kept_token_overlap(
