@@ -23,8 +23,9 @@ from clipadapt.data.datasets import SPLIT_NAMES
 def write_attribute_folder(dataset: DatasetSplits, attribute: str, out: Path) -> dict[str, Counter]:
     """Link every image of `dataset` into out/<split>/<its class's value of `attribute`>/; the images per value and
     split."""
-    if not dataset.class_attributes or attribute not in dataset.class_attributes[0]:
-        known = ", ".join(dataset.class_attributes[0]) if dataset.class_attributes else "none"
+    attributes = dataset.annotations.get("class_attributes")
+    if not attributes or attribute not in attributes[0]:
+        known = ", ".join(attributes[0]) if attributes else "none"
         raise DataError(f"data set {dataset.name} has no class attribute {attribute!r} (its attributes: {known})")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} is not empty; remove it or choose another folder")
@@ -32,7 +33,7 @@ def write_attribute_folder(dataset: DatasetSplits, attribute: str, out: Path) ->
     for split in SPLIT_NAMES:
         counts[split] = Counter()
         for sample in dataset.split(split):
-            value = dataset.class_attributes[sample.label][attribute]
+            value = attributes[sample.label][attribute]
             folder = out / split / value
             folder.mkdir(parents=True, exist_ok=True)
             # Every class folder numbers its images from 0: the class folder's name keeps the links apart.

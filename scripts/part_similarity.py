@@ -68,9 +68,9 @@ def tuned_image_embeddings(method, samples: Sequence[Sample], batch_size: int = 
 
 def columns(dataset: str, run: Path | None, pretrained: Path | None = None) -> dict[str, dict[str, float]]:
     splits = load_dataset(dataset)
-    if not splits.class_attributes:
+    attributes, labels = splits.annotations.get("class_attributes"), [s.label for s in splits.test]
+    if not attributes:
         raise DataError(f"data set {splits.name} has no class attributes to compare")
-    attributes, labels = splits.class_attributes, [s.label for s in splits.test]
     backbone = load_backbone(None, pretrained)
     frozen_images = extract_features(backbone, splits.test, progress=False).features
     found = {

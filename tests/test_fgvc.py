@@ -50,7 +50,7 @@ def test_cub_layout(tmp_path):
         assert len(splits.train) == 4 * 3 and len(splits.test) == 4 * 2 and splits.val == []
         assert all(s.path.name.startswith("train_") for s in splits.train)
         assert [s.label for s in splits.test] == [0, 0, 1, 1, 2, 2, 3, 3]
-        assert splits.superclass == "bird"
+        assert splits.annotations["superclass"] == "bird"
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_dogs_layout(tmp_path):
     dogs = write_dogs(tmp_path / "dogs")
     splits = load_dataset(f"dogs:{dogs}")
     assert splits.classnames == ["Chihuahua", "Japanese spaniel", "Shih-Tzu"]
-    assert splits.superclass == "dog" and splits.name == "StanfordDogs" and splits.val == []
+    assert splits.annotations["superclass"] == "dog" and splits.name == "StanfordDogs" and splits.val == []
     assert [s.label for s in splits.train] == [0, 0, 1, 1, 2, 2] and [s.label for s in splits.test] == [0, 1, 2]
     assert all(s.path.is_file() and s.path.parent.parent == dogs / "Images" for s in splits.train + splits.test)
     assert splits.test[1].path.name == "n02085782_test0.png"
@@ -289,7 +289,7 @@ def test_nabirds_layout(tmp_path):
         splits = load_dataset(spec)
         # Only the classes with images, in increasing class id: 295, 296, 813.
         assert splits.classnames == ["Bewick's Wren", "Carolina Wren", "Red-tailed Hawk (Adult)"]
-        assert splits.superclass == "bird" and splits.name == "NABirds" and splits.val == []
+        assert splits.annotations["superclass"] == "bird" and splits.name == "NABirds" and splits.val == []
         assert [s.label for s in splits.train] == [2, 2, 0, 0, 1, 1] and [s.label for s in splits.test] == [2, 0, 1]
         assert all(s.path.is_file() for s in splits.train + splits.test)
         assert splits.train[0].path.parent.name == "0813"
@@ -336,7 +336,7 @@ def test_nabirds_superclass_is_the_named_root(tmp_path):
     nabirds = write_nabirds(tmp_path, per_class=(1, 0))
     for name, superclass in (("Songbirds", "songbird"), ("Waterfowl", "waterfowl"), ("Grass", "grass")):
         _replace_line(nabirds / "classes.txt", 0, f"0 {name}")  # lower-cased, a plural "s" dropped
-        assert load_dataset(f"nabirds:{nabirds}").superclass == superclass
+        assert load_dataset(f"nabirds:{nabirds}").annotations["superclass"] == superclass
 
 
 # ---------------------------------------------------------------- Food-101
@@ -370,7 +370,7 @@ def test_food101_layout(tmp_path):
     for spec in (f"food101:{food}", f"food101:{tmp_path}"):  # the release folder or the folder holding it
         splits = load_dataset(spec)
         assert splits.classnames == ["apple pie", "edamame", "baby back ribs"]  # classes.txt order
-        assert splits.superclass == "food" and splits.template_key == "Food101" and splits.val == []
+        assert splits.annotations["superclass"] == "food" and splits.template_key == "Food101" and splits.val == []
         assert [s.label for s in splits.train] == [0, 0, 1, 1, 2, 2] and [s.label for s in splits.test] == [0, 1, 2]
         assert splits.test[0].path == food / "images" / "apple_pie" / f"{1005649 + 20}.jpg"
         assert splits.root == food / "images"

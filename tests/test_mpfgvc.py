@@ -246,7 +246,7 @@ def test_full_protocol_on_the_world_fine_grained_sets_reports_part_overlap(backb
 
     root = generate_world(tmp_path / "w", image_size=32, progress=False, **{k: 1 for k in DEFAULT_SIZES})
     splits = load_dataset(f"world:{name}:{root}")
-    assert splits.superclass == superclass
+    assert splits.annotations["superclass"] == superclass
     config = {**FAST, "stage1_epochs": 1, "stage2_epochs": 1, "ssvp": True, "top_k": 4}
     method = build_method("mpfgvc", backbone, config)
     result = run_protocol("full", method, RunContext(backbone, cache_dir=tmp_path / "cache", progress=False), splits)

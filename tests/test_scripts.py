@@ -95,7 +95,7 @@ def test_part_labels_relabel_the_birds_by_one_part_keeping_their_split(tmp_path)
         assert counts[split] == {pattern: 16 for pattern in PATTERNS}
         for sample in wings.split(split):  # each link is the bird's own image, labelled with its species' wing
             species = birds.classnames.index(sample.path.resolve().parent.name.replace("_", " "))
-            assert birds.class_attributes[species]["wing"] == wings.classnames[sample.label]
+            assert birds.annotations["class_attributes"][species]["wing"] == wings.classnames[sample.label]
     with pytest.raises(DataError, match="no class attribute 'tail'"):
         script.write_attribute_folder(birds, "tail", tmp_path / "tail")
     with pytest.raises(DataError, match="is not empty"):

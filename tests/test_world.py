@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipadapt.data import base_new_split, load_dataset, world
+from clipadapt.data import base_new_split, load_dataset, read_part_boxes, world
 from clipadapt.errors import DataError
 
 SMALL = dict(
@@ -96,8 +96,10 @@ def test_world_spec_and_generic_coop_spec_read_the_same_split(world_dir):
         assert mine.split(split) == coop.split(split)
     assert (mine.name, mine.root, mine.template_key) == ("WorldObjects", world_dir / "objects", None)
     attributes = json.loads((world_dir / "objects" / "attributes.json").read_text())
-    assert mine.class_attributes == [attributes[name] for name in mine.classnames]
-    assert all(name == f"{a['colour']} {a['shape']}" for name, a in zip(mine.classnames, mine.class_attributes))
+    assert mine.annotations["class_attributes"] == [attributes[name] for name in mine.classnames]
+    assert all(
+        name == f"{a['colour']} {a['shape']}" for name, a in zip(mine.classnames, mine.annotations["class_attributes"])
+    )
 
 
 def test_class_sets_of_the_targets_and_what_pretraining_covers(world_dir):
@@ -119,20 +121,20 @@ def test_class_sets_of_the_targets_and_what_pretraining_covers(world_dir):
 
 def test_base_is_seen_and_new_is_held_out_of_every_pretraining_image(world_dir):
     base, new = base_new_split(load_dataset(f"world:objects:{world_dir}"))
-    held_out = {(a["colour"], a["shape"]) for a in new.class_attributes}
+    held_out = {(a["colour"], a["shape"]) for a in new.annotations["class_attributes"]}
     assert len(held_out) == 16
     assert (world_dir / "objects" / "unseen_classes.txt").read_text().split("\n")[:-1] == new.classnames
     pretraining = [a for name in ("pretrain", "captions") for a in image_attributes(world_dir, name).values()]
     shown = {(a["colour"], a["shape"]) for a in pretraining if "shape" in a}  # (not the birds)
     assert not shown & held_out
-    assert {(a["colour"], a["shape"]) for a in base.class_attributes} <= shown
+    assert {(a["colour"], a["shape"]) for a in base.annotations["class_attributes"]} <= shown
     # Every word of a new class was seen, in other compositions.
     assert {c for c, _ in held_out} <= {c for c, _ in shown} and {s for _, s in held_out} <= {s for _, s in shown}
 
 
 @pytest.mark.parametrize("half", [0, 1], ids=["base", "new"])
 def test_no_single_attribute_names_a_class(world_dir, half):
-    classes = base_new_split(load_dataset(f"world:objects:{world_dir}"))[half].class_attributes
+    classes = base_new_split(load_dataset(f"world:objects:{world_dir}"))[half].annotations["class_attributes"]
     for key in ("colour", "shape"):
         counts = Counter(a[key] for a in classes)
         assert min(counts.values()) >= 2, (key, counts)
@@ -176,10 +178,10 @@ def test_object_pixels_show_the_object_colour(world_dir):
 def test_fine_subcategories_differ_only_in_the_spot(world_dir):
     fine = load_dataset(f"world:fine:{world_dir}")
     assert len(fine.classnames) == 9
-    assert [a["mark_colour"] for a in fine.class_attributes] == list(world.MARK_COLOURS)
-    assert all(set(a) == {"mark_colour"} for a in fine.class_attributes)
-    parts = fine.part_boxes()
-    assert load_dataset(f"world:objects:{world_dir}").part_boxes() is None  # no parts decide its classes
+    assert [a["mark_colour"] for a in fine.annotations["class_attributes"]] == list(world.MARK_COLOURS)
+    assert all(set(a) == {"mark_colour"} for a in fine.annotations["class_attributes"])
+    parts = read_part_boxes(fine.annotations["part_boxes"])
+    assert "part_boxes" not in load_dataset(f"world:objects:{world_dir}").annotations  # no parts decide its classes
     samples = fine.train + fine.val + fine.test
     assert set(parts) == {s.path for s in samples} and all(set(p) == {"spot"} for p in parts.values())
     mark_rgb = np.array(list(world.MARK_COLOURS.values()), dtype=np.float32)
@@ -193,7 +195,7 @@ def test_fine_subcategories_differ_only_in_the_spot(world_dir):
         assert (a["pattern"], a["size"]) == ("solid", "large") and a["mark_position"] in world.MARK_POSITIONS
         centre = np.asarray(Image.open(sample.path), dtype=np.float32)[(y0 + y1) // 2, (x0 + x1) // 2]
         nearest = list(world.MARK_COLOURS)[np.linalg.norm(mark_rgb - centre, axis=1).argmin()]
-        assert nearest == fine.class_attributes[sample.label]["mark_colour"]
+        assert nearest == fine.annotations["class_attributes"][sample.label]["mark_colour"]
 
 
 def test_the_same_badge_with_another_spot_differs_only_inside_the_spots():
@@ -217,9 +219,11 @@ def test_birds_are_cub_shaped_species_decided_by_three_small_parts(world_dir):
     """64 species of one superclass, each a combination of crown colour, wing pattern and breast colour: every
     value shared by 16 species, every species with 9 one-part neighbours; names made of words pretraining taught."""
     birds = load_dataset(f"world:birds:{world_dir}")
-    assert birds.superclass == "bird" and len(birds.classnames) == 64
-    combos = [(a["crown"], a["wing"], a["breast"]) for a in birds.class_attributes]
-    assert len(set(combos)) == 64 and all(set(a) == set(world.BIRD_PARTS) for a in birds.class_attributes)
+    assert birds.annotations["superclass"] == "bird" and len(birds.classnames) == 64
+    combos = [(a["crown"], a["wing"], a["breast"]) for a in birds.annotations["class_attributes"]]
+    assert len(set(combos)) == 64 and all(
+        set(a) == set(world.BIRD_PARTS) for a in birds.annotations["class_attributes"]
+    )
     for k in range(3):
         assert set(Counter(c[k] for c in combos).values()) == {16}
     for combo in combos:
@@ -230,7 +234,7 @@ def test_birds_are_cub_shaped_species_decided_by_three_small_parts(world_dir):
     for name, (crown, wing, breast) in zip(birds.classnames, combos):
         assert name == f"{crown}-crowned {wing}-winged {breast}-breasted bird" and {crown, wing, breast} <= taught
     # Part boxes for every image, inside the image and the bird, each a small part of the frame (drawn at 2 x SIZE).
-    parts = birds.part_boxes()
+    parts = read_part_boxes(birds.annotations["part_boxes"])
     attributes = image_attributes(world_dir, "birds")
     samples = birds.train + birds.val + birds.test
     assert set(parts) == {s.path for s in samples}
@@ -263,7 +267,7 @@ def test_pretraining_labels_other_species_with_the_same_kinds_of_field_marks(wor
     every wing pattern, whose crowns and breasts take the palette's other four colours: no downstream species is a
     pretraining label, every downstream wing pattern is."""
     pretrain = load_dataset(f"world:pretrain:{world_dir}")
-    species = [a for a in pretrain.class_attributes if "crown" in a]
+    species = [a for a in pretrain.annotations["class_attributes"] if "crown" in a]
     assert len(pretrain.classnames) == len(world.SEEN) + 64 and len(species) == 64
     assert pretrain.classnames[len(world.SEEN) :] == [world._class_name(a) for a in species]
     assert {a["wing"] for a in species} == set(world.PATTERNS)

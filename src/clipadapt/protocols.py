@@ -208,8 +208,9 @@ def evaluate_accuracy(method: AnyMethod, ctx: RunContext, splits: DatasetSplits,
         "per_class_accuracy": per_class_accuracy(predictions, labels),
         "num_classes": len(splits.classnames),
     }
-    if splits.class_attributes:
-        result["attribute_accuracy"] = attribute_accuracy(predictions, labels, splits.class_attributes)
+    attributes = splits.annotations.get("class_attributes")
+    if attributes:
+        result["attribute_accuracy"] = attribute_accuracy(predictions, labels, attributes)
     return result
 
 
@@ -265,7 +266,7 @@ def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shot
     }
     if not method.capabilities.scores_unseen_classes:  # e.g. a linear probe: base numbers only
         result = {"base_accuracy": base_acc, "new_accuracy": None, "harmonic_mean": None, **counts}
-        if splits.class_attributes:
+        if "attribute_accuracy" in base_result:
             result["attribute_accuracy"] = {"base": base_result["attribute_accuracy"]}
         return with_training(result, summary)
     new_result = evaluate_accuracy(method, ctx, new)
@@ -276,7 +277,7 @@ def run_base2new(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, shot
         "harmonic_mean": harmonic_mean(base_acc, new_acc),
         **counts,
     }
-    if splits.class_attributes:
+    if "attribute_accuracy" in base_result:
         result["attribute_accuracy"] = {
             "base": base_result["attribute_accuracy"],
             "new": new_result["attribute_accuracy"],
@@ -327,10 +328,11 @@ def run_gzsl(
         "num_seen_classes": len(seen_labels),
         "num_unseen_classes": len(unseen_labels),
     }
-    if splits.class_attributes:
+    attributes = splits.annotations.get("class_attributes")
+    if attributes:
         is_unseen = torch.isin(labels, torch.tensor(unseen_labels))
         result["attribute_accuracy"] = {
-            part: attribute_accuracy(predictions[mask], labels[mask], splits.class_attributes)
+            part: attribute_accuracy(predictions[mask], labels[mask], attributes)
             for part, mask in (("seen", ~is_unseen), ("unseen", is_unseen))
         }
     return with_training(with_diagnostics(result, method, ctx, splits), summary)

@@ -8,6 +8,7 @@ from .datasets import (
     DATASETS,
     DatasetSplits,
     ImageDataset,
+    PerClass,
     Sample,
     drop_unreadable_images,
     find_images,
@@ -15,6 +16,7 @@ from .datasets import (
     load_dataset,
     load_image,
     load_image_size,
+    read_part_boxes,
     register_dataset,
 )
 from .splits import FEWSHOT_SAMPLERS, base_new_split, fewshot, read_coop_fewshot, select_classes, split_fingerprint
@@ -24,6 +26,7 @@ __all__ = [
     "FEWSHOT_SAMPLERS",
     "DatasetSplits",
     "ImageDataset",
+    "PerClass",
     "Sample",
     "base_new_split",
     "drop_unreadable_images",
@@ -34,6 +37,7 @@ __all__ = [
     "load_image",
     "load_image_size",
     "read_coop_fewshot",
+    "read_part_boxes",
     "register_dataset",
     "select_classes",
     "split_fingerprint",

@@ -10,7 +10,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -47,14 +47,12 @@ class DatasetSplits:
     root: Path
     # CoOp's dataset class name when known: clipadapt.text picks CoOp's per-dataset prompt template by it.
     template_key: str | None = None
-    # Per class (index = label), its attribute values ({"colour": "red", "shape": "star"}) when the data set
-    # knows them (the generated world does): protocols then report per-attribute accuracy.
-    class_attributes: list[dict[str, str]] | None = None
-    # What all classes are, when one word says it ("bird", "dog", "food"): the fine-grained loaders set it.
-    superclass: str | None = None
-    # Where the data set records the boxes of the parts that decide each image's class, when it does (the world's
-    # badges and birds write `parts.json`): methods that select image tokens are measured against them.
-    parts_file: Path | None = None
+    # What the data set knows beyond its labels, by name, for the metrics and methods that use it: the world's and
+    # the fine-grained loaders' are `class_attributes` (a `PerClass` of {"colour": "red", ...}: protocols report
+    # per-attribute accuracy), `superclass` (one word for every class, "bird": MP-FGVC's prompts) and `part_boxes`
+    # (the path of a `parts.json`, `read_part_boxes`: where each image's deciding parts are). A loader may add
+    # any other; a subset of the classes keeps each `PerClass` annotation's values for its classes.
+    annotations: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> list[Sample]:
         """The samples of split `name` ("train", "val" or "test")."""
@@ -62,14 +60,15 @@ class DatasetSplits:
             raise DataError(f"data set {self.name} has no split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
         return getattr(self, name)
 
-    def part_boxes(self) -> dict[Path, dict[str, list[int]]] | None:
-        """Per image (keyed by its absolute path, as `Sample.path`), the boxes (x0, y0, x1, y1; x1, y1 exclusive, in
-        pixels) of the parts that decide its class, by part name; None for a data set that records none."""
-        return None if self.parts_file is None else read_part_boxes(self.parts_file)
+
+class PerClass(list):
+    """An annotation with one value per class (index = label)."""
 
 
 def read_part_boxes(path: Path) -> dict[Path, dict[str, list[int]]]:
-    """A `parts.json` (image path relative to its folder -> part name -> box) with absolute image paths."""
+    """A `parts.json` (image path relative to its folder -> part name -> box) keyed by absolute image path (as
+    `Sample.path`): the boxes (x0, y0, x1, y1; x1, y1 exclusive, in pixels) of the parts that decide the image's
+    class."""
     path = Path(path).expanduser().absolute()
     try:
         parts = json.loads(path.read_text(encoding="utf-8"))

@@ -1,7 +1,8 @@
 """Fine-grained data sets in their released layouts (`cub:ROOT`, `dogs:ROOT`, `nabirds:ROOT`, `food101:ROOT`).
 
 None of the releases has a validation split: `val` is empty (training selects nothing on it) and train/test are
-the official split. Each sets `superclass`, the kind of thing all its classes are ("bird", "dog", "food").
+the official split. Each sets the `superclass` annotation, the kind of thing all its classes are ("bird", "dog",
+"food").
 
 CUB-200-2011 (Wah et al. 2011), as downloaded: `ROOT/images.txt` ("<id> <path under images/>"),
 `image_class_labels.txt` ("<id> <class id, 1-based>"), `train_test_split.txt` ("<id> <1 = train>"),
@@ -97,7 +98,9 @@ def load_cub(arg: str) -> DatasetSplits:
     classnames = [re.sub(r"^\d+\.", "", classes[c][0]).replace("_", " ") for c in sorted(classes)]
     _check_same_ids(root, images, (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)))
     train, test = _split_by_flag(root, sorted(images), images, labels, is_train, {c: c - 1 for c in classes})
-    return DatasetSplits("CUB", classnames, train=train, val=[], test=test, root=root / "images", superclass="bird")
+    return DatasetSplits(
+        "CUB", classnames, train=train, val=[], test=test, root=root / "images", annotations={"superclass": "bird"}
+    )
 
 
 # ---------------------------------------------------------------- Stanford Dogs
@@ -208,7 +211,7 @@ def load_dogs(arg: str) -> DatasetSplits:
         val=[],
         test=splits["test"],
         root=images_root,
-        superclass="dog",
+        annotations={"superclass": "dog"},
     )
 
 
@@ -270,7 +273,7 @@ def load_nabirds(arg: str) -> DatasetSplits:
         val=[],
         test=test,
         root=root / "images",
-        superclass=superclass,
+        annotations={"superclass": superclass},
     )
 
 
@@ -317,5 +320,5 @@ def load_food101(arg: str) -> DatasetSplits:
         test=splits["test"],
         root=root / "images",
         template_key="Food101",
-        superclass="food",
+        annotations={"superclass": "food"},
     )

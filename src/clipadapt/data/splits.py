@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from clipadapt.data.datasets import DatasetSplits, Sample, read_split_file, save_split_file
+from clipadapt.data.datasets import DatasetSplits, PerClass, Sample, read_split_file, save_split_file
 from clipadapt.digest import fingerprint
 from clipadapt.errors import DataError
 
@@ -268,7 +268,10 @@ def select_classes(splits: DatasetSplits, selected: Sequence[int], suffix: str) 
         splits,
         name=splits.name + suffix,
         classnames=[splits.classnames[label] for label in selected],
-        class_attributes=[splits.class_attributes[label] for label in selected] if splits.class_attributes else None,
+        annotations={
+            name: PerClass(value[label] for label in selected) if isinstance(value, PerClass) else value
+            for name, value in splits.annotations.items()
+        },
         train=keep(splits.train),
         val=keep(splits.val),
         test=keep(splits.test),

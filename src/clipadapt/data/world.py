@@ -76,6 +76,7 @@ from tqdm import tqdm
 from clipadapt.data.datasets import (
     SPLIT_NAMES,
     DatasetSplits,
+    PerClass,
     Sample,
     load_csv,
     read_split_file,
@@ -1090,15 +1091,11 @@ def load_world(arg: str) -> DatasetSplits:
     splits, classnames = read_split_file(folder / _split_file_name(name), folder)
     try:
         attributes = json.loads((folder / "attributes.json").read_text(encoding="utf-8"))
-        class_attributes = [attributes[classname] for classname in classnames]
+        annotations = {"class_attributes": PerClass(attributes[classname] for classname in classnames)}
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"cannot read the class attributes of {folder}: {exc!r}") from exc
-    return DatasetSplits(
-        f"World{name.capitalize()}",
-        classnames,
-        root=folder,
-        class_attributes=class_attributes,
-        superclass=SUPERCLASSES.get(name),
-        parts_file=folder / "parts.json" if (folder / "parts.json").is_file() else None,
-        **splits,
-    )
+    if name in SUPERCLASSES:
+        annotations["superclass"] = SUPERCLASSES[name]
+    if (folder / "parts.json").is_file():
+        annotations["part_boxes"] = folder / "parts.json"
+    return DatasetSplits(f"World{name.capitalize()}", classnames, root=folder, annotations=annotations, **splits)

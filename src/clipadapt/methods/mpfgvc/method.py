@@ -46,7 +46,7 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from ...checkpoint import load_method_weights, load_module_state, save_method_weights
-from ...data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size
+from ...data import DatasetSplits, ImageDataset, Sample, load_image, load_image_size, read_part_boxes
 from ...digest import fingerprint as digest  # `fingerprint` names the run's own here
 from ...errors import CheckpointError, ClipadaptError
 from ...text import TextClassifier
@@ -335,7 +335,7 @@ class MPFGVC:
         if not splits.train:
             raise ClipadaptError(f"data set '{splits.name}' has no training images")
         self.classnames = list(splits.classnames)
-        superclass = self.config.superclass or splits.superclass or DEFAULT_SUPERCLASS
+        superclass = self.config.superclass or splits.annotations.get("superclass") or DEFAULT_SUPERCLASS
         self.model = self._build(self.classnames, superclass)
         out_dir = Path(out_dir) if out_dir is not None else None
         config, samples = self.config, splits.train
@@ -457,7 +457,8 @@ class MPFGVC:
     def diagnose(self, evaluated: Evaluated) -> dict:
         """`part_overlap` (`kept_token_overlap`) on the test images whose parts the data set records; nothing
         without SsVP (ssvp=false) or part boxes."""
-        parts = evaluated.splits.part_boxes() if self.config.ssvp else None
+        parts_file = evaluated.splits.annotations.get("part_boxes")
+        parts = read_part_boxes(parts_file) if parts_file and self.config.ssvp else None
         test = [s for s in evaluated.splits.test if s.path in parts] if parts else []
         if not test:
             return {}
