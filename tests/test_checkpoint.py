@@ -27,12 +27,13 @@ def test_damage_is_detected_and_the_previous_checkpoint_is_used(tmp_path, capsys
         load_checkpoint_or_previous(path)
 
 
-def test_checkpoints_from_before_checksums_still_load(tmp_path):
+def test_a_checkpoint_without_its_checksum_is_refused(tmp_path):
     from safetensors.torch import save_file
 
-    path = tmp_path / "old.safetensors"
+    path = tmp_path / "unchecked.safetensors"
     save_file({"w": torch.ones(2)}, str(path), metadata={"clipadapt_state": '{"step": 5}'})
-    assert load_checkpoint(path)[1] == {"step": 5}
+    with pytest.raises(CheckpointError, match="unchecked.safetensors has no checksum"):
+        load_checkpoint(path)
 
 
 def test_optimizer_moments_come_back_in_their_parameters_memory_layout(tmp_path):

@@ -59,8 +59,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from e
     if STATE_KEY not in metadata:
         raise CheckpointError(f"checkpoint {path} is not a clipadapt training checkpoint")
-    # Checkpoints from before checksums were written have none to check (they still resume).
-    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != _checksum(tensors, metadata[STATE_KEY]):
+    if CHECKSUM_KEY not in metadata:
+        raise CheckpointError(f"checkpoint {path} has no checksum: not written by this clipadapt, or damaged")
+    if metadata[CHECKSUM_KEY] != _checksum(tensors, metadata[STATE_KEY]):
         raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum written with it")
     return tensors, json.loads(metadata[STATE_KEY])
 
@@ -128,8 +129,10 @@ def load_method_weights(path: str | Path, method: str) -> tuple[dict[str, torch.
         raise CheckpointError(f"cannot read {method} weights from {path}: {first_line(e)}") from e
     if header.get("method") != method:
         raise CheckpointError(f"{path} holds no {method} weights")
-    checksum = header.pop(CHECKSUM_KEY, None)  # files from before checksums were written have none to check
-    if checksum is not None and checksum != _checksum(tensors, json.dumps(header, sort_keys=True)):
+    checksum = header.pop(CHECKSUM_KEY, None)
+    if checksum is None:
+        raise CheckpointError(f"{path} has no checksum: not written by this clipadapt, or damaged")
+    if checksum != _checksum(tensors, json.dumps(header, sort_keys=True)):
         raise CheckpointError(f"{path} is damaged: its contents do not match the checksum written with it")
     return tensors, _decoded(header, path)
 

@@ -295,26 +295,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         torch.manual_seed(seeds[0])  # a model without weights: its random ones follow the seed too
     backbone = load_backbone(args.model, args.pretrained, device=args.device)
     _note_default_model(args, [args.dataset, *targets])
-    source = str(args.config or "overrides")
     out = args.out or _default_run_folder(args, splits.name, shots, targets, seeds)
-    loaded_targets: dict[str, DatasetSplits] = {}
-
-    def load_target(spec: str) -> DatasetSplits:  # once, however many seeds ask
-        if spec not in loaded_targets:
-            loaded_targets[spec], bad = _load_dataset(args, spec)
-            skipped.extend(path for path in bad if path not in skipped)
-        return loaded_targets[spec]
-
-    ctx = RunContext(
-        backbone,
-        cache_dir=args.cache,
-        out_dir=out,
-        batch_size=args.batch_size or 64,
-        num_workers=workers,
-        progress=not args.no_progress,
-        dataset_loader=load_target,
-        fewshot_sampler=args.fewshot_sampler,
-    )
+    ctx = _run_context(args, backbone, out, workers, skipped)
     start = time.time()
     numbers, config = run_seeds(
         args.method,
@@ -323,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ctx,
         splits,
         seeds,
-        source=source,
+        source=str(args.config or "overrides"),
         shots=args.shots,
         targets=targets,
         unseen=args.unseen,
@@ -344,18 +326,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.skip_bad_images:
         metrics["skipped_images"] = skipped
     path = write_metrics(out, metrics)
-    (Path(out) / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                **{k: metrics[k] for k in ("method", "dataset", "protocol", "shots", "seed", "model", "pretrained")},
-                "config": config,
-            },
-            sort_keys=False,
-        )
-    )
+    settings = {k: metrics[k] for k in ("method", "dataset", "protocol", "shots", "seed", "model", "pretrained")}
+    (Path(out) / "config.yaml").write_text(yaml.safe_dump({**settings, "config": config}, sort_keys=False))
     print(_summary(metrics))
     print(f"wrote {path}")
     return 0
+
+
+def _run_context(args: argparse.Namespace, backbone, out: Path, workers: int, skipped: list[Path]) -> RunContext:
+    """The run-level settings of `clipadapt run`; the data sets a protocol names besides --dataset (cross-data-set
+    targets) are loaded as --dataset is, once however many seeds ask, their skipped images added to `skipped`."""
+    loaded_targets: dict[str, DatasetSplits] = {}
+
+    def load_target(spec: str) -> DatasetSplits:
+        if spec not in loaded_targets:
+            loaded_targets[spec], bad = _load_dataset(args, spec)
+            skipped.extend(path for path in bad if path not in skipped)
+        return loaded_targets[spec]
+
+    return RunContext(
+        backbone,
+        cache_dir=args.cache,
+        out_dir=out,
+        batch_size=args.batch_size or 64,
+        num_workers=workers,
+        progress=not args.no_progress,
+        dataset_loader=load_target,
+        fewshot_sampler=args.fewshot_sampler,
+    )
 
 
 def _weights_label(args: argparse.Namespace) -> str | None:
@@ -515,8 +513,7 @@ def _one_line(message: str) -> str:
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
-    # METHOD+ship.ship.safetensors, or ship.safetensors as runs before clipadapt 0.2 named it
-    files = sorted({*args.run_dir.glob("**/*.ship.safetensors"), *args.run_dir.glob("**/ship.safetensors")})
+    files = sorted(args.run_dir.glob("**/*.ship.safetensors"))  # `ship.generator_path` of each METHOD+ship file
     if not files:
         raise ClipadaptError(
             f"no SHIP generator (*.ship.safetensors) under {args.run_dir}: interpret a `clipadapt run METHOD+ship` "

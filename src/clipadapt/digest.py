@@ -3,8 +3,7 @@ checkpoints (a run resumes only under its own fingerprint) and saved classifiers
 it, so they agree on what "the same" means.
 
 The parts are hashed in order with SHA-256: text as its UTF-8 bytes, tensors and arrays as their raw bytes (their
-dtype and layout as they are), anything else as JSON with sorted keys. Digests written by earlier versions were
-made by the same rule, so runs and caches made before it still match.
+dtype and layout as they are), anything else as JSON with sorted keys.
 """
 
 from __future__ import annotations

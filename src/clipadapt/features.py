@@ -13,7 +13,6 @@ every rank reads the whole entry.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -64,8 +63,8 @@ def _tmp_path(path: Path) -> Path:
 
 def _is_abandoned(tmp: Path) -> bool:
     """Whether a temp file's writer is gone: this process (between writes it has none open), a process of this
-    host that no longer runs (killed mid-write), or an older clipadapt's fixed `.tmp` name. Another host's temp
-    files are left alone: that host may still be writing."""
+    host that no longer runs (killed mid-write), or a temp name not of this form. Another host's temp files are left
+    alone: that host may still be writing."""
     parts = tmp.name[: -len(".tmp")].split("~")
     if len(parts) != 3:
         return True
@@ -204,9 +203,6 @@ def _plan_shards(folder: Path, n_samples: int, shard_size: int) -> tuple[int, li
     written = _complete_shard_size(meta_path, n_samples)
     if written:
         shard_size = written
-        for old in folder.glob("shard_[0-9][0-9][0-9][0-9][0-9].npy"):  # a cache from before sizes were in names
-            with contextlib.suppress(FileNotFoundError):  # another process sharing the cache renamed it first
-                old.rename(_shard_path(folder, int(old.stem.removeprefix("shard_")), shard_size))
     n_shards = (n_samples + shard_size - 1) // shard_size
     todo = [
         i

@@ -104,9 +104,7 @@ def _shots_text(run: Run) -> str:
     if not trained(run.metrics):
         return "-"  # a method that trains nothing (zero-shot)
     shots = run.metrics.get("shots")
-    if run.metrics.get("protocol") == "base2new":  # runs written before metrics.json held the default
-        return str(shots or PROTOCOL_SPECS["base2new"].default_shots)
-    return "all" if shots is None else str(shots)  # a crossdataset run of then trained on the whole source
+    return "all" if shots is None else str(shots)
 
 
 def write_comparisons(tables: Sequence[dict], folder: Path, name: str, json_path: Path | None = None) -> str:

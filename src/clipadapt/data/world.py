@@ -9,9 +9,9 @@ Pretraining is web-like: image-label data and noisy image-text pairs, photos of 
   run from 4 to 40 tokens, as web alt-texts do (mostly short, a long tail), so a text tower pretrained on them
   has used every position a 16-word learned prompt plus a class name needs; 3% of them are line drawings called
   "a drawing of ..." / "a sketch of ...", as the web holds a few sketches of everything. `captions` also holds
-  4,800 captioned birds (v6), as CLIP's web data and ImageNet-21k hold many: every crown and breast colour of the
+  4,800 captioned birds, as CLIP's web data and ImageNet-21k hold many: every crown and breast colour of the
   palette, every wing pattern, captions that name no part, one or two (never all three: never a species' name);
-  and `pretrain` labels 64 bird species (v6, as ImageNet-21k's bird synsets label species), 75 photos each, whose
+  and `pretrain` labels 64 bird species (as ImageNet-21k's bird synsets label species), 75 photos each, whose
   crowns and breasts take the palette's other four colours: every wing pattern, no downstream species.
 
 Downstream targets sit at graded distances from that pretraining, as the CoOp benchmarks sit from CLIP's web data
@@ -43,7 +43,7 @@ Downstream targets sit at graded distances from that pretraining, as the CoOp be
   to 30 degrees, the bird's length 55-80% of the frame, anywhere it fits, on any of the 6 backgrounds, brown, grey or
   olive plumage elsewhere, daylight from 60% to 115% with a white-balance tint of up to 8% per channel. Names are
   "red-crowned striped-winged white-breasted bird": the colour and pattern words are the ones pretraining taught
-  (and, since v6, the part words and "bird" too: pretraining's birds), so the text encoder knows something about
+  (and the part words and "bird" too: pretraining's birds), so the text encoder knows something about
   each part. The birds are drawn at twice the world's size (128 pixels at 64), where each part spans several
   8-pixel patches, as CUB's parts do at the paper's 448 pixels. `parts.json` holds each image's crown, wing and
   breast boxes (CUB's part locations), in the pixels of the image as written.
@@ -117,8 +117,7 @@ BACKGROUNDS: dict[str, tuple[str, ...]] = {
 # The objects' classes seen through a shift of rendering, camera or scene (each with the objects' base/new split).
 SHIFTED_DATASETS = ("sensor", "clutter", "sketch")
 # Each image's random draws are seeded by its data set's place in this tuple: new data sets go at the end, so the
-# images of the others stay the same (v5 added `birds`; v6 added pretraining's birds to `captions` and `pretrain`,
-# each with seeds of its own, and redrew `birds`; every other image is byte-identical to v5).
+# images of the others stay the same.
 WORLD_DATASETS = (
     "pretrain",
     "captions",
@@ -164,7 +163,7 @@ BIRD_SUPERCLASS = "bird"
 # four of the palette's that stay apart under the lighting and from the plumage; the wing takes the four patterns.
 BIRD_COLOURS = ("red", "yellow", "blue", "white")
 BIRD_PARTS = ("crown", "wing", "breast")
-# Pretraining's labelled species (v6; ImageNet-21k's bird synsets): crowns and breasts of the palette's other four
+# Pretraining's labelled species (ImageNet-21k's bird synsets): crowns and breasts of the palette's other four
 # colours with every wing pattern, so they share the downstream species' kinds of field marks but none of them.
 PRETRAIN_BIRD_COLOURS = tuple(colour for colour in COLOURS if colour not in BIRD_COLOURS)
 # The rest of the plumage, drawn per image: dull colours, as most of CUB's species are mainly brown, grey or olive.
@@ -173,8 +172,8 @@ SUPERCLASSES = {"fine": FINE_SUPERCLASS, "birds": BIRD_SUPERCLASS}
 
 # Images per class (`captions`: per seen composition); override with generate_world(..., NAME=count).
 DEFAULT_SIZES: dict[str, int] = {
-    # 300 labelled images and 300 captioned ones per seen composition (v3: 150 each): the tiny CLIP's validation
-    # loss stopped falling at 150 (docs/world.md, "The shipped model").
+    # 300 labelled images and 300 captioned ones per seen composition: at 150 the tiny CLIP's validation loss
+    # stopped falling (docs/world.md, "The shipped model").
     "pretrain_train": 300,
     "pretrain_val": 10,
     "pretrain_test": 10,
@@ -186,10 +185,10 @@ DEFAULT_SIZES: dict[str, int] = {
     # reaches 33%; at 120 it reaches 77%, where the fine-grained methods' differences can be seen.
     "fine_train": 120,
     "birds_train": 30,  # CUB-200-2011: 5,994 training images of 200 species, 30 a species
-    # Captioned bird photos in `captions` (v6): each crown and breast colour on 600 of them, each wing pattern on
+    # Captioned bird photos in `captions`: each crown and breast colour on 600 of them, each wing pattern on
     # 1,200, the exposure a seen object composition gets (300 labelled + 300 captioned photos).
     "bird_captions": 4800,
-    # Labelled birds in `pretrain` (v6): 75 photos of each of its 64 species, as many as the captioned birds.
+    # Labelled birds in `pretrain`: 75 photos of each of its 64 species, as many as the captioned birds.
     "pretrain_bird_train": 75,
 }
 # Data sets drawn at a multiple of the world's image size: CUB's photos are about 500x375 and the paper reads

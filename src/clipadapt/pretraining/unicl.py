@@ -203,7 +203,7 @@ class UniCLPretrainer:
             return clip_loss(image_features, text_features, scale)
         return unicl_loss(image_features, text_features, labels, scale)
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self, trainer: Trainer) -> dict[str, float]:
         """The loss (a fixed template per image, batches of the training size) and the zero-shot accuracy (the
         80-template ensemble; CE: its head) on the held-out validation images: the curve that says when pretraining
         has converged."""
@@ -285,12 +285,10 @@ class UniCLPretrainer:
         total = cfg.epochs * len(self.sampler)
         warmup = max(1, round(cfg.warmup * total))
         # What a run computes: settings that do not change it (decoding processes, checkpoint frequency) are left
-        # out, at their defaults, so a run resumes with other ones and earlier runs' fingerprints stand.
+        # out, at their defaults, so a run resumes with other ones.
         computed = asdict(
             replace(cfg, workers=PretrainConfig.workers, checkpoint_every=PretrainConfig.checkpoint_every)
         )
-        if not cfg.augment:  # added since: runs from before it keep their fingerprint
-            del computed["augment"]
         fingerprint = digest(
             [
                 computed,

@@ -70,7 +70,10 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 class Trainer:
-    """Runs `step_fn(batch, step) -> loss` over `total_steps` optimizer steps of `module`'s trainable weights."""
+    """Runs `step_fn(batch, step) -> loss` over `total_steps` optimizer steps of `module`'s trainable weights.
+    `after_step()` runs after every step (skipped ones too); `validate(trainer)`, the one validation hook, after each
+    epoch: its named numbers are logged as `val/NAME` and kept, in checkpoints too, as `validation` (one dict an
+    epoch), which it may read to compare with earlier epochs."""
 
     def __init__(
         self,
@@ -86,7 +89,7 @@ class Trainer:
         grad_clip: float | None = None,
         skip_nonfinite: bool | None = None,
         after_step: Callable[[], None] | None = None,
-        validate: Callable[[], dict[str, float]] | None = None,
+        validate: Callable[[Trainer], dict[str, float]] | None = None,
         progress: bool = True,
         desc: str = "train",
     ):
@@ -156,8 +159,7 @@ class Trainer:
         self.losses = state["epoch_losses"]
         self._epoch_loss_sum, self._epoch_loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
         self.seconds = state["seconds"]
-        # Absent from checkpoints written before they existed.
-        self.skipped_steps, self.validation = state.get("skipped_steps", []), state.get("validation", [])
+        self.skipped_steps, self.validation = state["skipped_steps"], state["validation"]
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _sync_gradients(self) -> None:
@@ -252,79 +254,90 @@ class Trainer:
         bar: tqdm,
         start: float,
     ) -> None:
-        step_start = time.time()
-        interval = {"loss": 0.0, "finite": 0, "seconds": 0.0, "steps": 0}  # since the last log
+        self._interval = {"loss": 0.0, "finite": 0, "seconds": 0.0, "steps": 0, "start": time.time()}
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             for batch in epoch_batches(epoch, offset):
                 lr = self.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)  # groups may train at a multiple of the lr
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-                    loss = step_fn(batch, self.step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # The loss is read (the step's one wait for the device) after the backward pass is queued: the GPU
-                # is left idle only while the host queues the optimizer step and the next forward pass. The
-                # gradients of a loss that is not finite are dropped, the weights untouched.
-                value, finite = self._read_loss(loss)
-                if finite:
-                    self._sync_gradients()
-                    if self.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                    self.optimizer.step()
-                    self._epoch_loss_sum += value
-                    self._epoch_loss_count += 1
-                elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.skipped_steps.append(self.step)
-                    tqdm.write(
-                        f"{self.desc}: {self._nonfinite(value)} at step {self.step}; step skipped", file=sys.stderr
-                    )
-                else:
-                    raise ClipadaptError(
-                        f"{self._nonfinite(value)} at step {self.step}; stopped, the last good checkpoint is kept"
-                        + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
-                        + " (--skip-nonfinite skips such steps instead)"
-                    )
-                if self.after_step is not None:  # also after a skipped step: end-of-epoch validation still runs
+                value, finite = self._optimizer_step(batch, step_fn, params, device_type)
+                if self.after_step is not None:  # also after a skipped step
                     self.after_step()
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-                now = time.time()
-                interval["seconds"] += now - step_start
-                interval["steps"] += 1
-                if finite:
-                    interval["loss"] += value
-                    interval["finite"] += 1
-                step_start = now
-                if self.step % LOG_EVERY_STEPS == 0 or self.step % self.steps_per_epoch == 0:
-                    loss = interval["loss"] / interval["finite"] if interval["finite"] else None
-                    seconds = interval["seconds"] / interval["steps"]
-                    self.log_scalars({"train/loss": loss, "train/lr": lr, "train/step_seconds": seconds})
-                    interval.update(loss=0.0, finite=0, seconds=0.0, steps=0)
+                self._log_interval(value, finite, lr)
                 if self.step % self.steps_per_epoch == 0:
-                    count = self._epoch_loss_count
-                    self.losses.append(self._epoch_loss_sum / count if count else None)  # None: every step skipped
-                    self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
-                    self.log_scalars({"train/epoch_loss": self.losses[-1]})
-                    if self.validate is not None:
-                        self.validation.append(self.validate())
-                        self.log_scalars({f"val/{k}": v for k, v in self.validation[-1].items()})
-                        bar.set_postfix(loss=f"{value:.4f}", **{k: f"{v:.4f}" for k, v in self.validation[-1].items()})
+                    self._end_epoch(bar, value)
                 self.seconds = time.time() - start
-                if (
-                    self.step % self.checkpoint_every == 0
-                    or self.step % self.steps_per_epoch == 0
-                    or self.step == self.total_steps
-                ):
+                ends_epoch = self.step % self.steps_per_epoch == 0
+                if ends_epoch or self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
                     self._save()
                 if self.step >= self.total_steps:
                     break
             else:
                 if self.step % self.steps_per_epoch:  # the batches ran out before the epoch's step count
                     raise ClipadaptError(f"epoch {epoch} yielded fewer than {self.steps_per_epoch} batches")
+
+    def _optimizer_step(
+        self, batch: Any, step_fn: Callable[[Any, int], torch.Tensor], params: list[torch.Tensor], device_type: str
+    ) -> tuple[float, bool]:
+        """One step on `batch`: the loss, its gradients and the optimizer's update, or with `skip_nonfinite` nothing
+        for a loss that is not finite. Returns the loss's value and whether it was finite."""
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+            loss = step_fn(batch, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # The loss is read (the step's one wait for the device) after the backward pass is queued: the GPU is left
+        # idle only while the host queues the optimizer step and the next forward pass. The gradients of a loss that
+        # is not finite are dropped, the weights untouched.
+        value, finite = self._read_loss(loss)
+        if finite:
+            self._sync_gradients()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            self.optimizer.step()
+            self._epoch_loss_sum += value
+            self._epoch_loss_count += 1
+        elif self.skip_nonfinite:  # the step counts (the schedule and sampler stay aligned), nothing changes
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps.append(self.step)
+            tqdm.write(f"{self.desc}: {self._nonfinite(value)} at step {self.step}; step skipped", file=sys.stderr)
+        else:
+            raise ClipadaptError(
+                f"{self._nonfinite(value)} at step {self.step}; stopped, the last good checkpoint is kept"
+                + (f" in {self.checkpoint_path}" if self.checkpoint_path else "")
+                + " (--skip-nonfinite skips such steps instead)"
+            )
+        return value, finite
+
+    def _log_interval(self, value: float, finite: bool, lr: float) -> None:
+        """The step scalars, as means over the steps since the last log, every `LOG_EVERY_STEPS` and each epoch."""
+        interval, now = self._interval, time.time()
+        interval["seconds"] += now - interval["start"]
+        interval["steps"] += 1
+        interval["start"] = now
+        if finite:
+            interval["loss"] += value
+            interval["finite"] += 1
+        if self.step % LOG_EVERY_STEPS and self.step % self.steps_per_epoch:
+            return
+        loss = interval["loss"] / interval["finite"] if interval["finite"] else None
+        seconds = interval["seconds"] / interval["steps"]
+        self.log_scalars({"train/loss": loss, "train/lr": lr, "train/step_seconds": seconds})
+        interval.update(loss=0.0, finite=0, seconds=0.0, steps=0)
+
+    def _end_epoch(self, bar: tqdm, value: float) -> None:
+        """The epoch's mean loss (None: every step skipped), then the validation hook's numbers."""
+        count = self._epoch_loss_count
+        self.losses.append(self._epoch_loss_sum / count if count else None)
+        self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+        self.log_scalars({"train/epoch_loss": self.losses[-1]})
+        if self.validate is not None:
+            self.validation.append(self.validate(self))
+            self.log_scalars({f"val/{k}": v for k, v in self.validation[-1].items()})
+            bar.set_postfix(loss=f"{value:.4f}", **{k: f"{v:.4f}" for k, v in self.validation[-1].items()})
 
 
 @contextlib.contextmanager

@@ -36,20 +36,6 @@ SCHEDULES = ("dassl", "cosine_steps")
 OPTIMIZERS = ("sgd", "adamw")
 
 
-# What train_prompt_learner used for these settings before every method declared them: a run's fingerprint leaves
-# a setting out at this value, so runs trained before they were declared still resume.
-_UNDECLARED = {
-    "drop_last": True,
-    "schedule": "dassl",
-    "optimizer": "sgd",
-    "momentum": 0.0,
-    "crop_scale": 0.08,
-    "warmup_epochs": 0,
-    "warmup_lr": 0.0,
-    "clip_scale": 0.0,  # Tip-Adapter's: the model's learned scale, the only one before the setting
-}
-
-
 @dataclass
 class TrainConfig:
     """The training settings of the prompt learners and adapters (CoOp's official recipe by default); each method's
@@ -88,11 +74,7 @@ class TrainConfig:
 def training_fingerprint(config: TrainConfig, *parts: Any, ignore: Sequence[str] = ()) -> str:
     """What a run's checkpoints must match to be resumed: the config (less `ignore`: settings that change how the
     work is batched, not what is learned) and `parts` (class names, the method's name, ...)."""
-    settings = {
-        key: value
-        for key, value in asdict(config).items()
-        if key not in ignore and not (key in _UNDECLARED and _UNDECLARED[key] == value)
-    }
+    settings = {key: value for key, value in asdict(config).items() if key not in ignore}
     return json.dumps([settings, *parts], sort_keys=True)
 
 
@@ -132,57 +114,96 @@ def train_prompt_learner(
     ignore=fingerprint_ignore)` (the method's name and class names go in `fingerprint`), the backbone and the
     training (and generated) features. Returns a summary: steps, epoch losses, per-epoch validation accuracies,
     best epoch. (The protocols save the trained method's weights: `Method.save`.)"""
+    _check_inputs(train, config, val, generated, generated_ratio)
     n = len(train)
-    if n == 0:
-        raise ClipadaptError("no training samples")
-    validate = None
-    if config.select == "val":
-        if val is None or len(val) == 0:
-            raise ClipadaptError("select=val needs a validation set")
-
-        def val_accuracy() -> float:
-            with torch.no_grad():
-                predictions = score(val.features).argmax(dim=-1).cpu()
-            return 100.0 * (predictions == val.labels).float().mean().item()
-
-        validate = val_accuracy
-
-    if config.augment and not train.samples:
-        raise ClipadaptError("augment=true re-encodes the training images, but these features carry no samples")
-    if generated is not None and (len(generated) == 0 or generated_ratio <= 0):
-        raise ClipadaptError("generated features need at least one feature and a positive generated_ratio")
     if config.drop_last:
         steps_per_epoch = max(1, n // config.batch_size)  # Dassl drops the last partial batch if a full one exists
     else:
         steps_per_epoch = math.ceil(n / config.batch_size)
-    device = backbone.device
-    # The best state on validation is kept as buffers beside the learner, so that checkpoints carry it.
+    # The best state on validation is kept beside the learner, so that checkpoints carry it.
     holder = nn.Module()
     holder.learner = learner
     holder.best = copy.deepcopy(learner).requires_grad_(False)
-    holder.register_buffer("val_accuracy", torch.full((epochs,), float("nan"), device=device))
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            learner.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    else:  # adamw: Tip-Adapter-F's choice, with its eps
-        optimizer = torch.optim.AdamW(learner.parameters(), lr=config.lr, eps=1e-4, weight_decay=config.weight_decay)
-    transform = dassl_train_transform(backbone, config.crop_scale) if config.augment else None
+    mixed = (generated, generated_ratio) if generated is not None else None
     run_fingerprint = ""
     if out_dir is not None:
-        data = [train.labels, train.features.float()]
-        if generated is not None:
-            data += [f"{generated_ratio}", generated.labels, generated.features.float()]
-        run_fingerprint = digest(
-            training_fingerprint(config, *fingerprint, ignore=fingerprint_ignore), backbone.fingerprint(), *data
-        )
-
+        run_fingerprint = _run_fingerprint(config, fingerprint, fingerprint_ignore, backbone, train, mixed)
+    transform = dassl_train_transform(backbone, config.crop_scale) if config.augment else None
     workers = decoding_worker_count() if transform is not None else 0
     batches = training_batches(
         n, config.batch_size, steps_per_epoch, epochs, config.seed, train.samples, transform, workers
     )
+    trainer = Trainer(
+        holder,
+        _optimizer(learner, config),
+        total_steps=epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        lr_at=_learning_rate(config, epochs, steps_per_epoch),
+        out_dir=out_dir,
+        run_fingerprint=run_fingerprint,
+        checkpoint_every=config.checkpoint_every,
+        validate=_keeping_the_best(holder, lambda: _accuracy(score, val)) if config.select == "val" else None,
+        progress=progress,
+        desc=desc,
+    )
+    with frozen(backbone.model), threads_beside_workers(backbone.device, workers):
+        trainer.fit(batches, _step_function(backbone, train, batch_loss, config.seed, mixed))
+    summary = {**trainer.summary(), "epochs": epochs}
+    if config.select == "val":
+        accuracies = [result["accuracy"] for result in summary.pop("validation")]
+        best = max(range(epochs), key=lambda e: (accuracies[e], -e))
+        learner.load_state_dict(holder.best.state_dict())
+        summary.update(val_accuracies=accuracies, best_epoch=best + 1, val_accuracy=accuracies[best])
+    return summary
 
-    def step_fn(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
+
+def _check_inputs(train, config: TrainConfig, val, generated, generated_ratio: float) -> None:
+    if len(train) == 0:
+        raise ClipadaptError("no training samples")
+    if config.select == "val" and (val is None or len(val) == 0):
+        raise ClipadaptError("select=val needs a validation set")
+    if config.augment and not train.samples:
+        raise ClipadaptError("augment=true re-encodes the training images, but these features carry no samples")
+    if generated is not None and (len(generated) == 0 or generated_ratio <= 0):
+        raise ClipadaptError("generated features need at least one feature and a positive generated_ratio")
+
+
+def _optimizer(learner: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            learner.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    # adamw: Tip-Adapter-F's choice, with its eps
+    return torch.optim.AdamW(learner.parameters(), lr=config.lr, eps=1e-4, weight_decay=config.weight_decay)
+
+
+def _learning_rate(config: TrainConfig, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate at each step: `cosine_steps` per batch, or Dassl's warm-up and cosine set once an epoch."""
+    total = epochs * steps_per_epoch
+    if config.schedule == "cosine_steps":
+        return lambda step: cosine_lr(step, total, 0, config.lr)
+    return lambda step: dassl_lr(step // steps_per_epoch, epochs, config.lr, config.warmup_epochs, config.warmup_lr)
+
+
+def _run_fingerprint(
+    config: TrainConfig, parts: Sequence[Any], ignore: Sequence[str], backbone, train, mixed: tuple | None
+) -> str:
+    """What a checkpoint must match to be resumed: the settings and `parts`, the backbone and the training (and
+    generated) features."""
+    data = [train.labels, train.features.float()]
+    if mixed is not None:
+        generated, ratio = mixed
+        data += [f"{ratio}", generated.labels, generated.features.float()]
+    return digest(training_fingerprint(config, *parts, ignore=ignore), backbone.fingerprint(), *data)
+
+
+def _step_function(
+    backbone, train, batch_loss: Callable, seed: int, mixed: tuple | None
+) -> Callable[[tuple[torch.Tensor, torch.Tensor | None], int], torch.Tensor]:
+    """One step's loss of a batch (indices, and re-encoded images with augment=true), with `mixed`'s generated
+    features drawn into it (a function of seed and step)."""
+
+    def step_loss(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
         indices, images = batch
         # Copies through `to_device`: asynchronous to a GPU, so the host need not wait for the previous step.
         if images is None:
@@ -191,53 +212,31 @@ def train_prompt_learner(
             with torch.no_grad():
                 features = backbone.encode_image(images).float()
         labels = backbone.to_device(train.labels[indices])
-        if generated is not None:
-            draw = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 500_009)
-            picked = torch.randint(len(generated), (max(1, round(generated_ratio * len(indices))),), generator=draw)
+        if mixed is not None:
+            generated, ratio = mixed
+            draw = torch.Generator().manual_seed(seed * 1_000_003 + step + 500_009)
+            picked = torch.randint(len(generated), (max(1, round(ratio * len(indices))),), generator=draw)
             features = torch.cat([features, backbone.to_device(generated.features[picked]).to(features.dtype)])
             labels = torch.cat([labels, backbone.to_device(generated.labels[picked])])
         return batch_loss(features, labels)
 
-    def after_step() -> None:
-        if validate is None or (trainer.step + 1) % steps_per_epoch:
-            return
-        epoch = trainer.step // steps_per_epoch
-        accuracy = validate()
-        previous = holder.val_accuracy[:epoch]
-        if epoch == 0 or accuracy > previous.max().item():
-            holder.best.load_state_dict(learner.state_dict())
-        holder.val_accuracy[epoch] = accuracy
-        trainer.log_scalars({"val/accuracy": accuracy}, step=trainer.step + 1)
+    return step_loss
 
-    trainer = Trainer(
-        holder,
-        optimizer,
-        total_steps=epochs * steps_per_epoch,
-        steps_per_epoch=steps_per_epoch,
-        lr_at=(lambda step: cosine_lr(step, epochs * steps_per_epoch, 0, config.lr))
-        if config.schedule == "cosine_steps"
-        else (
-            lambda step: dassl_lr(
-                step // steps_per_epoch,
-                epochs,
-                config.lr,
-                config.warmup_epochs,
-                config.warmup_lr,
-            )
-        ),
-        out_dir=out_dir,
-        run_fingerprint=run_fingerprint,
-        checkpoint_every=config.checkpoint_every,
-        after_step=after_step,
-        progress=progress,
-        desc=desc,
-    )
-    with frozen(backbone.model), threads_beside_workers(device, workers):
-        trainer.fit(batches, step_fn)
-    summary = {**trainer.summary(), "epochs": epochs}
-    if validate is not None:
-        accuracies = holder.val_accuracy.tolist()
-        best = max(range(epochs), key=lambda e: (accuracies[e], -e))
-        learner.load_state_dict(holder.best.state_dict())
-        summary.update(val_accuracies=accuracies, best_epoch=best + 1, val_accuracy=accuracies[best])
-    return summary
+
+def _accuracy(score: Callable[[torch.Tensor], torch.Tensor], val) -> float:
+    with torch.no_grad():
+        predictions = score(val.features).argmax(dim=-1).cpu()
+    return 100.0 * (predictions == val.labels).float().mean().item()
+
+
+def _keeping_the_best(holder: nn.Module, accuracy: Callable[[], float]) -> Callable[[Trainer], dict[str, float]]:
+    """The trainer's end-of-epoch validation: the learner's accuracy, its state kept in `holder.best` when no earlier
+    epoch was as accurate."""
+
+    def validate(trainer: Trainer) -> dict[str, float]:
+        result = accuracy()
+        if all(result > earlier["accuracy"] for earlier in trainer.validation):
+            holder.best.load_state_dict(holder.learner.state_dict())
+        return {"accuracy": result}
+
+    return validate

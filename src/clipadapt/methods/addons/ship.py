@@ -236,9 +236,40 @@ class Ship:
         classnames = list(classnames)
         # gan: every batch serves critic_steps critic updates, then one generator update
         repeats = self.config.critic_steps + 1 if self.config.objective == "gan" else 1
-        batches_per_epoch = math.ceil(n / self.config.batch_size)
-        steps_per_epoch = batches_per_epoch * repeats
-        betas = (0.5, 0.9) if self.config.objective == "gan" else (0.9, 0.999)  # WGAN-GP's Adam betas
+        steps_per_epoch = math.ceil(n / self.config.batch_size) * repeats
+        trainer = self._trainer(train, classnames, steps_per_epoch, out_dir, progress)
+
+        def batches(epoch: int, offset: int):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
+            for step in range(offset, steps_per_epoch):
+                b = step // repeats
+                yield order[b * self.config.batch_size : (b + 1) * self.config.batch_size]
+
+        def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
+            noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step + 700_001)  # exact on resume
+            features, labels = self.backbone.to_device(train.features[indices]), train.labels[indices]
+            if self.config.objective == "gan":
+                critic_step = step % repeats < self.config.critic_steps
+                return self.gan_loss(features, labels, classnames, critic_step=critic_step, noise=noise)
+            return self.loss(features, labels, classnames, noise=noise)
+
+        self.model.train()
+        with frozen(self.backbone.model):
+            trainer.fit(batches, step_fn)
+        self.model.eval()
+        seen = self.synthesize(classnames, per_class=min(self.config.synthetic_per_class, 64), progress=False)
+        return {
+            **trainer.summary(),
+            "epochs": self.config.epochs,
+            "train_classes_nearest_class_accuracy": nearest_class_accuracy(seen, train),
+        }
+
+    def _trainer(
+        self, train: FeatureSet, classnames: list[str], steps_per_epoch: int, out_dir: str | Path | None, progress: bool
+    ) -> Trainer:
+        """The loop over the generator's weights: AdamW (WGAN-GP's betas for the GAN) at a constant rate, resumed
+        only by a run of the same settings, classes, backbone and features."""
+        betas = (0.5, 0.9) if self.config.objective == "gan" else (0.9, 0.999)
         optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=self.config.lr,
@@ -252,49 +283,18 @@ class Ship:
             if k not in ("synthetic_ratio", "synthetic_per_class", "synthetic_val", "checkpoint_every")
         }
         data = digest(train.labels, train.features.float(), length=64)
-        fingerprint = json.dumps([trained_by, classnames, self.backbone.fingerprint(), data], sort_keys=True)
-        trainer = Trainer(
+        return Trainer(
             self.model,
             optimizer,
             total_steps=self.config.epochs * steps_per_epoch,
             steps_per_epoch=steps_per_epoch,
             lr_at=lambda step: self.config.lr,
             out_dir=out_dir,
-            run_fingerprint=fingerprint,
+            run_fingerprint=json.dumps([trained_by, classnames, self.backbone.fingerprint(), data], sort_keys=True),
             checkpoint_every=self.config.checkpoint_every,
             progress=progress,
             desc=f"ship {self.config.objective}",
         )
-
-        def batches(epoch: int, offset: int):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
-            for step in range(offset, steps_per_epoch):
-                b = step // repeats
-                yield order[b * self.config.batch_size : (b + 1) * self.config.batch_size]
-
-        def step_fn(indices: torch.Tensor, step: int) -> torch.Tensor:
-            noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step + 700_001)  # exact on resume
-            features = self.backbone.to_device(train.features[indices])
-            if self.config.objective == "gan":
-                return self.gan_loss(
-                    features,
-                    train.labels[indices],
-                    classnames,
-                    critic_step=step % repeats < self.config.critic_steps,
-                    noise=noise,
-                )
-            return self.loss(features, train.labels[indices], classnames, noise=noise)
-
-        self.model.train()
-        with frozen(self.backbone.model):
-            trainer.fit(batches, step_fn)
-        self.model.eval()
-        seen = self.synthesize(classnames, per_class=min(self.config.synthetic_per_class, 64), progress=False)
-        return {
-            **trainer.summary(),
-            "epochs": self.config.epochs,
-            "train_classes_nearest_class_accuracy": nearest_class_accuracy(seen, train),
-        }
 
     @torch.no_grad()
     def synthesize(

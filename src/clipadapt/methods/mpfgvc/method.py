@@ -338,18 +338,32 @@ class MPFGVC:
         superclass = self.config.superclass or splits.annotations.get("superclass") or DEFAULT_SUPERCLASS
         self.model = self._build(self.classnames, superclass)
         out_dir = Path(out_dir) if out_dir is not None else None
-        config, samples = self.config, splits.train
-        self._train_samples = samples
-        labels = torch.tensor([s.label for s in samples])
+        samples = self._train_samples = splits.train
         transform = self._train_transform()
-        model = self.model
         # Without augmentation every epoch sees the same tensors: decode and transform each image once, when they
         # fit in PRELOAD_BYTES (a world data set does; Food-101 at 224 px would take 45 GB).
         size = len(samples) * 3 * self.model["visual"].image_size ** 2 * 4
-        fixed = (
-            None if config.augment or size > PRELOAD_BYTES else self._preload(samples, transform, num_workers, progress)
-        )
+        preload = not self.config.augment and size <= PRELOAD_BYTES
+        fixed = self._preload(samples, transform, num_workers, progress) if preload else None
+        with frozen(self.backbone.model):
+            self.history = {"stage1": self._stage1(samples, fixed, transform, out_dir, progress, num_workers)}
+        if self.config.fusion != "none":
+            self.history["stage2"] = self._stage2(samples, fixed, out_dir, progress, num_workers)
+        return self.history
 
+    def _stage1(
+        self,
+        samples: Sequence[Sample],
+        fixed: torch.Tensor | None,
+        transform: Callable,
+        out_dir: Path | None,
+        progress: bool,
+        num_workers: int,
+    ) -> dict:
+        """Stage 1: the encoder (with SsVP), the head and DaTP's prompts, on cross-entropy and the image-to-text
+        loss; the encoder at `lr`, the rest at `head_lr`. `fixed`: the preloaded images (else decoded per batch)."""
+        config, model = self.config, self.model
+        labels = torch.tensor([s.label for s in samples])
         ssvp_start_step = config.ssvp_start_epoch * self._steps_per_epoch(len(samples))
 
         def stage1_loss(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
@@ -365,34 +379,29 @@ class MPFGVC:
             return loss
 
         stage1 = nn.ModuleDict({k: v for k, v in model.items() if k in ("visual", "head", "prompts")})
+        heads = nn.ModuleDict({k: v for k, v in stage1.items() if k != "visual"})
         groups = [
             {**g, "lr_scale": config.lr / config.head_lr} for g in param_groups(model["visual"], config.weight_decay)
         ]
-        groups += [
-            {**g, "lr_scale": 1.0}
-            for g in param_groups(
-                nn.ModuleDict({k: v for k, v in stage1.items() if k != "visual"}), config.weight_decay
-            )
-        ]
+        groups += [{**g, "lr_scale": 1.0} for g in param_groups(heads, config.weight_decay)]
         groups = [g for g in groups if g["params"]]
-        with frozen(self.backbone.model):
-            self.history = {
-                "stage1": self._run_stage(
-                    "stage1",
-                    stage1,
-                    groups,
-                    config.stage1_epochs,
-                    len(samples),
-                    stage1_loss,
-                    out_dir,
-                    progress,
-                    transform if fixed is None else None,
-                    num_workers,
-                )
-            }
-        if config.fusion == "none":
-            return self.history
-        # Stage 2: the encoder and the prompts are frozen, so their embeddings are computed once.
+        batch_transform = transform if fixed is None else None
+        epochs = config.stage1_epochs
+        return self._run_stage(
+            "stage1", stage1, groups, epochs, len(samples), stage1_loss, out_dir, progress, batch_transform, num_workers
+        )
+
+    def _stage2(
+        self,
+        samples: Sequence[Sample],
+        fixed: torch.Tensor | None,
+        out_dir: Path | None,
+        progress: bool,
+        num_workers: int,
+    ) -> dict:
+        """Stage 2: VLFM alone on cross-entropy; the encoder and the prompts are frozen, so their embeddings are
+        computed once."""
+        labels = torch.tensor([s.label for s in samples])
         with torch.no_grad():
             visual = self._embed_samples(samples, progress, num_workers, decoded=fixed)  # same transform
             text = self.text_embeddings().detach()
@@ -400,13 +409,13 @@ class MPFGVC:
         def stage2_loss(batch: tuple[torch.Tensor, None], step: int) -> torch.Tensor:
             indices = batch[0]
             target = self.backbone.to_device(labels[indices])
-            return F.cross_entropy(model["fusion"](visual[self.backbone.to_device(indices)], text), target)
+            return F.cross_entropy(self.model["fusion"](visual[self.backbone.to_device(indices)], text), target)
 
-        groups = param_groups(model["fusion"], config.weight_decay)
-        self.history["stage2"] = self._run_stage(
-            "stage2", model["fusion"], groups, config.stage2_epochs, len(samples), stage2_loss, out_dir, progress
+        groups = param_groups(self.model["fusion"], self.config.weight_decay)
+        epochs = self.config.stage2_epochs
+        return self._run_stage(
+            "stage2", self.model["fusion"], groups, epochs, len(samples), stage2_loss, out_dir, progress
         )
-        return self.history
 
     @staticmethod
     def _preload(samples: Sequence[Sample], transform: Callable, num_workers: int, progress: bool) -> torch.Tensor:

@@ -50,7 +50,7 @@ def plot_kept_tokens(runs: Sequence[Run], folder: Path, taken: set[str]) -> list
         if not examples:
             continue
         grid, size = overlap["grid"], overlap["image_size"]
-        resize, cell = overlap.get("resize", size), size / grid
+        resize, cell = overlap["resize"], size / grid
         try:
             images = [model_input(Path(e["path"]), size, resize) for e in examples]
         except ClipadaptError as e:
