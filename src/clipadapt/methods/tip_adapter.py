@@ -124,6 +124,21 @@ class TipAdapter:
         self.alpha, self.beta = self.config.alpha, self.config.beta  # a refit searches afresh
         if len(train) == 0:
             raise ClipadaptError("tip_adapter needs training features for its cache")
+        labels = self._build_cache(train, generated)
+        weights = self.text(self.classnames, template_key)
+        summary: dict = {"cache_size": len(labels)}
+        if self.config.finetune:
+            summary["finetune"] = self._finetune(
+                train, val, weights, template_key, out_dir, progress, generated, generated_ratio
+            )
+        if self.config.search and val is not None and len(val):
+            summary.update(self._search(val, weights, progress))
+        self.history = summary
+        return summary
+
+    def _build_cache(self, train: FeatureSet, generated: FeatureSet | None) -> torch.Tensor:
+        """The cache's keys (normalized training features, with as many generated features per class as the real
+        classes have shots) and one-hot values; returns the cached labels."""
         features, labels = train.features.float(), train.labels
         if generated is not None:
             shots = int(torch.bincount(train.labels).max())
@@ -135,47 +150,49 @@ class TipAdapter:
         device = self.backbone.device
         self.cache = nn.ParameterDict({"cache_keys": nn.Parameter(F.normalize(features, dim=-1).to(device))})
         self.values = F.one_hot(labels, len(self.classnames)).float().to(device)
-        weights = self.text(self.classnames, template_key)
-        summary: dict = {"cache_size": len(labels)}
+        return labels
+
+    def _finetune(
+        self,
+        train: FeatureSet,
+        val: FeatureSet | None,
+        weights: torch.Tensor,
+        template_key: str | None,
+        out_dir: str | Path | None,
+        progress: bool,
+        generated: FeatureSet | None,
+        generated_ratio: float,
+    ) -> dict:
+        """Tip-Adapter-F: the cache keys trained on the adapted logits' cross-entropy."""
         config = self.config
-        if config.finetune and config.select == "val" and (val is None or len(val) == 0):
+        if config.select == "val" and (val is None or len(val) == 0):
             # ImageNet and the fine-grained sets have no validation split; the official code chose on test.
             warnings.warn(
                 "tip_adapter-F: no validation split to choose the epoch on; the last epoch is kept (select=last)",
-                stacklevel=2,
+                stacklevel=3,
             )
             config = dataclasses.replace(config, select="last")
-        if self.config.finetune:
 
-            def batch_loss(batch: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
-                logits = self._clip_logits(batch, weights) + self.config.alpha * self._cache_logits(
-                    batch, self.classnames, self.config.beta
-                )
-                return F.cross_entropy(logits, batch_labels)
+        def adapted_logits(batch: torch.Tensor) -> torch.Tensor:
+            cache = self._cache_logits(batch, self.classnames, self.config.beta)
+            return self._clip_logits(batch, weights) + self.config.alpha * cache
 
-            summary["finetune"] = train_prompt_learner(
-                self.cache,
-                batch_loss,
-                self.backbone,
-                train,
-                config,
-                epochs=config.epochs,
-                val=val,
-                score=lambda batch: (
-                    self._clip_logits(batch, weights)
-                    + self.config.alpha * self._cache_logits(batch, self.classnames, self.config.beta)
-                ),
-                out_dir=out_dir,
-                fingerprint=(self.classnames, template_key, "tip_adapter"),
-                progress=progress,
-                desc="tip_adapter-F",
-                generated=generated,
-                generated_ratio=generated_ratio,
-            )
-        if self.config.search and val is not None and len(val):
-            summary.update(self._search(val, weights, progress))
-        self.history = summary
-        return summary
+        return train_prompt_learner(
+            self.cache,
+            lambda batch, batch_labels: F.cross_entropy(adapted_logits(batch), batch_labels),
+            self.backbone,
+            train,
+            config,
+            epochs=config.epochs,
+            val=val,
+            score=adapted_logits,
+            out_dir=out_dir,
+            fingerprint=(self.classnames, template_key, "tip_adapter"),
+            progress=progress,
+            desc="tip_adapter-F",
+            generated=generated,
+            generated_ratio=generated_ratio,
+        )
 
     @torch.no_grad()
     def _search(self, val: FeatureSet, weights: torch.Tensor, progress: bool) -> dict:
