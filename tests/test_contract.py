@@ -302,5 +302,5 @@ def test_diagnostics_may_not_replace_the_protocols_numbers(colour_world, tmp_pat
     root, weights = colour_world
     backbone = load_backbone(None, weights)
     ctx = RunContext(backbone, cache_dir=tmp_path / "cache", progress=False)
-    with pytest.raises(ClipadaptError, match="would replace the protocol's accuracy"):
+    with pytest.raises(ClipadaptError, match="would replace the run's accuracy"):
         run_protocol("full", Clashing(backbone, Clashing.Config()), ctx, load_dataset(f"imagefolder:{root}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -571,3 +572,20 @@ def test_decompression_bombs_are_refused_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4,096 pixels: over twice the limit, as a real bomb
     with pytest.raises(DataError, match=r"bomb\.png: refused as a possible decompression bomb"):
         load_image(tmp_path / "bomb.png")
+
+
+def test_per_class_annotations_follow_class_subsets_and_must_fit_the_classes(tmp_path):
+    from clipadapt.data import PerClass, select_classes
+
+    write_class_folders(tmp_path, {"crow": 2, "owl": 2, "wren": 2})
+    splits = load_dataset(f"imagefolder:{tmp_path}")
+    attributes = PerClass([{"size": "large"}, {"size": "medium"}, {"size": "small"}])
+    annotated = replace(splits, annotations={"class_attributes": attributes, "superclass": "bird"})
+    kept = select_classes(annotated, [2, 0], "-some")
+    assert kept.classnames == ["wren", "crow"]
+    assert kept.annotations == {"class_attributes": [{"size": "small"}, {"size": "large"}], "superclass": "bird"}
+    assert isinstance(kept.annotations["class_attributes"], PerClass)
+    with pytest.raises(DataError, match="'class_attributes' has 2 values for 3 classes"):
+        replace(splits, annotations={"class_attributes": PerClass(attributes[:2])})
+    with pytest.raises(DataError, match="class_attributes annotation must be a PerClass"):
+        replace(splits, annotations={"class_attributes": list(attributes)})

@@ -164,7 +164,7 @@ def test_only_abandoned_temp_files_are_removed(tmp_path):
     try:
         assert _is_abandoned(tmp_path / f"shard_8_00000.npy~{host}~{finished.stdout.strip()}.tmp")  # killed writer
         assert _is_abandoned(tmp_path / f"meta.json~{host}~{os.getpid()}.tmp")  # this process: none in flight
-        assert _is_abandoned(tmp_path / "shard_8_00000.npy.tmp")  # an older version's fixed name
+        assert not _is_abandoned(tmp_path / "shard_8_00000.npy.tmp")  # not the cache's name: not ours to remove
         assert not _is_abandoned(tmp_path / f"shard_8_00000.npy~{host}~{running.pid}.tmp")  # still writing
         assert not _is_abandoned(tmp_path / f"shard_8_00000.npy~another-host~{finished.stdout.strip()}.tmp")
     finally:

@@ -333,7 +333,7 @@ def classifier_file(source: str | Path, seed: int | None = None) -> Path:
         raise ClipadaptError(
             f"{source} holds no classifier"
             + (f" of seed {seed}" if seed is not None else "")
-            + ": train one with `clipadapt run` (runs from before clipadapt 0.2 saved none: run them again)"
+            + ": train one with `clipadapt run`"
         )
     listed = ", ".join(f"{path.relative_to(source)} (seed {s})" for path, s in found.items())
     raise ClipadaptError(f"{source} holds {len(found)} classifiers: {listed}; name one file, or a seed")
@@ -352,8 +352,8 @@ def load_classifier(
     header = read_method_header(path)
     if HEADER_KEY not in header:
         raise ClipadaptError(
-            f"{path} holds {header['method']} weights but no classifier description (saved before clipadapt 0.2): "
-            "run the training again"
+            f"{path} holds {header['method']} weights but no classifier description (a method's `save` alone writes "
+            "none): train it with `clipadapt run` or `clipadapt.adapt`"
         )
     description = header[HEADER_KEY]
     recorded = description["backbone"]

@@ -62,12 +62,12 @@ def _tmp_path(path: Path) -> Path:
 
 
 def _is_abandoned(tmp: Path) -> bool:
-    """Whether a temp file's writer is gone: this process (between writes it has none open), a process of this
-    host that no longer runs (killed mid-write), or a temp name not of this form. Another host's temp files are left
-    alone: that host may still be writing."""
+    """Whether a temp file's writer is gone: this process (between writes it has none open), or a process of this
+    host that no longer runs (killed mid-write). Another host's temp files are left alone (that host may still be
+    writing), and so is a temp name not of this form (not the cache's)."""
     parts = tmp.name[: -len(".tmp")].split("~")
     if len(parts) != 3:
-        return True
+        return False
     host, pid = parts[1], parts[2]
     if host != socket.gethostname() or not pid.isdecimal():
         return False

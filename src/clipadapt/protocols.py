@@ -222,16 +222,24 @@ def run_full(method: AnyMethod, ctx: RunContext, splits: DatasetSplits, seed: in
     return with_training(with_diagnostics(result, method, ctx, splits), summary)
 
 
+# What metrics.json holds besides a protocol's own numbers: the run's description (`clipadapt run`, the demo), the
+# training summary and the seeds' numbers. A diagnostic of that name would replace it.
+RUN_KEYS = frozenset(
+    {"method", "dataset", "protocol", "shots", "fewshot_sampler", "seed", "seconds", "model", "pretrained", "config"}
+    | {"skipped_images", "training", "per_seed"}
+)
+
+
 def with_diagnostics(result: dict, method: AnyMethod, ctx: RunContext, splits: DatasetSplits) -> dict:
     """`result` with what a method that `diagnoses` measures of its own on `splits`, the data set just scored (its
-    `diagnose` hook; named results beside the protocol's numbers, which they may not replace)."""
+    `diagnose` hook; named results beside the protocol's numbers, which they may not replace, nor `RUN_KEYS`)."""
     if not method.capabilities.diagnoses:
         return result
     evaluated = Evaluated(splits, lambda: ctx.features(splits, "test"), ctx.out_dir, ctx.progress)
     found = method.diagnose(evaluated)
-    clashing = sorted(set(found) & set(result))
+    clashing = sorted(set(found) & (set(result) | RUN_KEYS))
     if clashing:
-        raise ClipadaptError(f"{method.name}'s diagnostics would replace the protocol's {', '.join(clashing)}")
+        raise ClipadaptError(f"{method.name}'s diagnostics would replace the run's {', '.join(clashing)}")
     return {**result, **found}
 
 
@@ -409,7 +417,7 @@ for _spec in (
     ProtocolSpec(
         "base2new",
         run_base2new,
-        # Data sets that know their classes' attributes (the world's colour and shape) add how often the new
+        # Data sets that know their classes' attributes (a `class_attributes` annotation) add how often the new
         # classes' predictions got each attribute right.
         ReportTable(
             "Base-to-new",

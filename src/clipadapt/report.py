@@ -22,7 +22,6 @@ from .summary import summarize
 from .views import Column, Plot, ReportTable, Run, Table, number_text, pyplot, registered_views, save_figure
 
 COMPARISON_FILE = "comparison.json"  # a table of numbers recorded elsewhere (the demo's pretraining comparison)
-NUMERIC = re.compile(r"^[-+\d.,± ()]*$")  # cells aligned right; names and words align left
 
 
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, dict]]]:

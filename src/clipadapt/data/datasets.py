@@ -54,6 +54,14 @@ class DatasetSplits:
     # any other; a subset of the classes keeps each `PerClass` annotation's values for its classes.
     annotations: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if "class_attributes" in self.annotations and not isinstance(self.annotations["class_attributes"], PerClass):
+            raise DataError(f"data set {self.name}: its class_attributes annotation must be a PerClass (one per class)")
+        for name, value in self.annotations.items():
+            if isinstance(value, PerClass) and len(value) != len(self.classnames):
+                count = f"{len(value)} values for {len(self.classnames)} classes"
+                raise DataError(f"data set {self.name}: annotation {name!r} has {count}")
+
     def split(self, name: str) -> list[Sample]:
         """The samples of split `name` ("train", "val" or "test")."""
         if name not in SPLIT_NAMES:

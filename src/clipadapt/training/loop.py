@@ -105,8 +105,9 @@ class Trainer:
         self.rank, self.world_size = distributed_world()
         self.step = 0
         self.losses: list[float | None] = []  # mean loss of each completed epoch
-        self.validation: list[dict[str, float]] = []  # `validate()` after each completed epoch
+        self.validation: list[dict[str, float]] = []  # `validate(self)` after each completed epoch
         self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+        self._interval: dict[str, float] = {}  # the step scalars since the last log (`_log_interval`)
         self.seconds = 0.0
         self.resumed_from: int | None = None
         self.skipped_steps: list[int] = []  # steps whose loss was not finite (with skip_nonfinite)

@@ -8,7 +8,7 @@ from .fusion import FUSIONS, VisionLanguageFusion
 from .method import MPFGVC
 from .ssvp import box_in_crop, part_overlap, patch_boxes, resized_shorter_side, ssvp_scores, ssvp_tokens
 from .towers import ClipTower, TimmTower
-from .views import model_input, plot_kept_tokens
+from .views import model_input
 
 __all__ = [
     "FUSIONS",
@@ -21,7 +21,6 @@ __all__ = [
     "model_input",
     "part_overlap",
     "patch_boxes",
-    "plot_kept_tokens",
     "resized_shorter_side",
     "ssvp_scores",
     "ssvp_tokens",

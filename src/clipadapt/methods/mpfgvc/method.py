@@ -345,15 +345,17 @@ class MPFGVC:
         size = len(samples) * 3 * self.model["visual"].image_size ** 2 * 4
         preload = not self.config.augment and size <= PRELOAD_BYTES
         fixed = self._preload(samples, transform, num_workers, progress) if preload else None
+        labels = torch.tensor([s.label for s in samples])
         with frozen(self.backbone.model):
-            self.history = {"stage1": self._stage1(samples, fixed, transform, out_dir, progress, num_workers)}
+            self.history = {"stage1": self._stage1(samples, labels, fixed, transform, out_dir, progress, num_workers)}
         if self.config.fusion != "none":
-            self.history["stage2"] = self._stage2(samples, fixed, out_dir, progress, num_workers)
+            self.history["stage2"] = self._stage2(samples, labels, fixed, out_dir, progress, num_workers)
         return self.history
 
     def _stage1(
         self,
         samples: Sequence[Sample],
+        labels: torch.Tensor,
         fixed: torch.Tensor | None,
         transform: Callable,
         out_dir: Path | None,
@@ -363,7 +365,6 @@ class MPFGVC:
         """Stage 1: the encoder (with SsVP), the head and DaTP's prompts, on cross-entropy and the image-to-text
         loss; the encoder at `lr`, the rest at `head_lr`. `fixed`: the preloaded images (else decoded per batch)."""
         config, model = self.config, self.model
-        labels = torch.tensor([s.label for s in samples])
         ssvp_start_step = config.ssvp_start_epoch * self._steps_per_epoch(len(samples))
 
         def stage1_loss(batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> torch.Tensor:
@@ -394,6 +395,7 @@ class MPFGVC:
     def _stage2(
         self,
         samples: Sequence[Sample],
+        labels: torch.Tensor,
         fixed: torch.Tensor | None,
         out_dir: Path | None,
         progress: bool,
@@ -401,7 +403,6 @@ class MPFGVC:
     ) -> dict:
         """Stage 2: VLFM alone on cross-entropy; the encoder and the prompts are frozen, so their embeddings are
         computed once."""
-        labels = torch.tensor([s.label for s in samples])
         with torch.no_grad():
             visual = self._embed_samples(samples, progress, num_workers, decoded=fixed)  # same transform
             text = self.text_embeddings().detach()
@@ -596,11 +597,11 @@ class MPFGVC:
         """What `save` wrote, into the networks this config builds for those class names."""
         tensors, metadata = load_method_weights(path, self.name)
         # SsVP adds no weights: tuned with another token selection, the networks would load and predict otherwise.
-        saved = metadata.get("config", {})
+        saved = metadata["config"]
         differing = [
             f"{key}={json.dumps(saved[key])}"
             for key in ("ssvp", *SSVP_SELECTION)
-            if key in saved and saved[key] != getattr(self.config, key)
+            if saved[key] != getattr(self.config, key)
         ]
         if differing:
             raise CheckpointError(f"{path} was trained with {', '.join(differing)}: load it with the same setting")
