@@ -237,3 +237,35 @@ def test_both_samplers_refuse_a_class_without_train_images(layout):
     for sampler in ("clipadapt", "dassl"):
         with pytest.raises(DataError, match="class 'birch' \\(label 1\\) of data set Layout has no train images"):
             fewshot(emptied, 2, 1, sampler=sampler, allow_repeat=True)
+
+
+def load_outcome_script():
+    spec = importlib.util.spec_from_file_location("outcome", PARITY / "outcome.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_outcome_runs_read_the_same_images_on_both_sides(layout, tmp_path):
+    """The data set written in CoOp's DTD layout for CoOp's reader is, read back by clipadapt's coop loader, the same
+    classes and the same images in every split."""
+    source = load_dataset(f"coop:Layout:{layout}")
+    root = load_outcome_script().write_coop_layout(f"coop:Layout:{layout}", tmp_path / "data")
+    written = load_dataset(f"coop:DescribableTextures:{root}")
+    assert written.classnames == source.classnames
+    for split in ("train", "val", "test"):
+        ours = [(s.path.relative_to(written.root), s.label) for s in written.split(split)]
+        theirs = [(s.path.relative_to(source.root), s.label) for s in source.split(split)]
+        assert ours == theirs and ours
+
+
+def test_the_parity_page_shows_the_recorded_outcomes():
+    page = (Path(__file__).parent.parent / "docs" / "parity.md").read_text()
+    record = json.loads((PARITY / "outcome.json").read_text())
+    rows = load_outcome_script().page_rows(record)
+    missing = [row for row in rows if row not in page]
+    assert not missing, missing
+    assert set(record["results"]) == {"world:objects", "world:textures"}
+    assert all(sorted(seeds) == ["1", "2", "3"] for seeds in record["results"].values())
+    torch_version = record["machine"].split("torch ")[1].split("+")[0]
+    assert f"CoOp {record['coop'][:7]}, Dassl {record['dassl'][:7]}, torch {torch_version}" in page
