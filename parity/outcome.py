@@ -1,7 +1,7 @@
-"""Outcomes beside the official code: CoOp trained by its own `train.py` on Dassl's engine, and clipadapt's `coop`,
-from the same weights (the shipped model), on the same images and the same few-shot draws (`--fewshot-sampler
-dassl`), base-to-new at 16 shots over seeds 1-3, on a near and a far world data set. The second level of
-docs/parity.md: where the first shows the computations equal, this shows what the two trainings end at.
+"""Outcomes beside the official code: CoOp and CoCoOp trained by CoOp's own `train.py` on Dassl's engine, and
+clipadapt's `coop` and `cocoop`, from the same weights (the shipped model), on the same images and the same few-shot
+draws (`--fewshot-sampler dassl`), base-to-new at 16 shots over seeds 1-3, on a near and a far world data set. The
+second level of docs/parity.md: where the first shows the computations equal, this shows what the trainings end at.
 
     git clone https://github.com/KaiyangZhou/CoOp /tmp/CoOp
     git clone https://github.com/KaiyangZhou/Dassl.pytorch /tmp/Dassl.pytorch
@@ -13,9 +13,9 @@ split as `split_zhou_DescribableTextures.json`) and read by both: CoOp's `Descri
 names from the split file, clipadapt's `coop:DescribableTextures:ROOT` the same file. CoOp's and Dassl's trees are
 copied to a temporary folder and parity/patches/coop-*.patch and dassl-*.patch applied (why: in each); CoOp's
 `load_clip_to_cpu`, which downloads OpenAI's weights, is replaced by one that builds the model from the shipped
-weights (`equivalence.official_model`'s way). Both sides train with CoOp's `vit_b16_ep50.yaml` recipe (SGD 0.002,
-50 epochs, one warm-up epoch at 1e-5, cosine, batch 32, 16 random context vectors), at the model's 64 pixels and in
-fp32; clipadapt once with the official augmentation (`augment=true`: random resized crops and flips re-encoded every
+weights (`equivalence.official_model`'s way). Both sides train with the official recipe (`RECIPES`: CoOp's
+`vit_b16_ep50.yaml`, CoCoOp's `vit_b16_c4_ep10_batch1_ctxv1.yaml`), at the model's 64 pixels and in fp32; clipadapt
+once with the official augmentation (`augment=true`: random resized crops and flips re-encoded every
 step) and once with its default (cached features of the test-time crop). Results go to parity/outcome.json.
 """
 
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,37 +43,63 @@ from clipadapt.data.datasets import save_split_file
 HERE = Path(__file__).parent
 RECORD = HERE / "outcome.json"
 PATCHES = {
-    "CoOp": sorted((HERE / "patches").glob("coop-*.patch")),
+    "CoOp": sorted((HERE / "patches").glob("coop-*.patch")) + sorted((HERE / "patches").glob("cocoop-*.patch")),
     "Dassl": sorted((HERE / "patches").glob("dassl-*.patch")),
 }
 DATASETS = ("world:objects", "world:textures")  # near (the pretraining's own compositions) and far
 SEEDS = (1, 2, 3)
-SHOTS, EPOCHS = 16, 50
-# CoOp's vit_b16_ep50.yaml, less what the model decides (input size) and the machine (fp32 on a CPU, workers).
-OFFICIAL_OPTIONS = [
-    f"DATASET.NUM_SHOTS {SHOTS}",
-    f"OPTIM.MAX_EPOCH {EPOCHS}",
-    "INPUT.SIZE (64,64)",
-    "TRAINER.COOP.PREC fp32",
-    "TRAINER.COOP.N_CTX 16",
-    "TRAINER.COOP.CSC False",
-    "DATALOADER.NUM_WORKERS 1",
-]
+SHOTS = 16
+# Every run: the shots, the model's input size, one decoding worker (2 cores).
+COMMON_OPTIONS = [f"DATASET.NUM_SHOTS {SHOTS}", "INPUT.SIZE (64,64)", "DATALOADER.NUM_WORKERS 1"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A method run both ways: CoOp's `trainer` with its `config_file` and `official` options (fp32 on a CPU; the
+    rest as the file says), and clipadapt's `method` with `ours` (the same recipe in its words)."""
+
+    trainer: str
+    config_file: str
+    epochs: int
+    official: tuple[str, ...]
+    ours: tuple[str, ...]
+
+
+RECIPES = {
+    "coop": Recipe(
+        "CoOp",
+        "configs/trainers/CoOp/vit_b16_ep50.yaml",
+        50,
+        ("OPTIM.MAX_EPOCH 50", "TRAINER.COOP.PREC fp32", "TRAINER.COOP.N_CTX 16", "TRAINER.COOP.CSC False"),
+        ("epochs=50",),
+    ),
+    # CoCoOp's base-to-new recipe: 4 context vectors from "a photo of a", one image a step, 10 epochs.
+    "cocoop": Recipe(
+        "CoCoOp",
+        "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
+        10,
+        ("TRAINER.COCOOP.PREC fp32",),
+        ("batch_size=1", "epochs=10"),
+    ),
+}
 LAUNCHER = '''"""Runs CoOp's train.py with the model built from a state dict (parity/outcome.py writes this file)."""
 import json, runpy, sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import clip.model
+import trainers.cocoop
 import trainers.coop
 
 settings = json.load(open(sys.argv[1]))
 clip.model.ACTIVATION = nn.GELU if settings["activation"] == "GELU" else clip.model.QuickGELU
 clip.model.VISION_HEAD_WIDTH = settings["vision_head_width"]
 clip.model.TEXT_HEAD_WIDTH = settings["text_head_width"]
-trainers.coop.load_clip_to_cpu = lambda cfg: clip.model.build_model(torch.load(settings["weights"]))
+for trainer in (trainers.coop, trainers.cocoop):
+    trainer.load_clip_to_cpu = lambda cfg: clip.model.build_model(torch.load(settings["weights"]))
 # Dassl's checkpoints pickle the scheduler and optimizer objects, which torch's weights_only reading refuses (a
 # defaultdict inside): the one file read back is the checkpoint the base run wrote into --model-dir moments before.
 model_dir = Path(sys.argv[sys.argv.index("--model-dir") + 1]).resolve() if "--model-dir" in sys.argv else None
@@ -84,7 +111,7 @@ def load_own_checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-trainers.coop.load_checkpoint = load_own_checkpoint
+trainers.coop.load_checkpoint = trainers.cocoop.load_checkpoint = load_own_checkpoint
 sys.argv = ["train.py", *sys.argv[2:]]
 runpy.run_path("train.py", run_name="__main__")
 '''
@@ -133,15 +160,14 @@ def _accuracy(log: str) -> float:
     return float(found[-1])
 
 
-def run_official(python: str, dassl: Path, tree: Path, data: Path, out: Path, seed: int) -> dict:
-    """CoOp trained on the base half with `seed`, then evaluated on the new half from its last epoch."""
+def run_official(python: str, dassl: Path, tree: Path, recipe: Recipe, data: Path, out: Path, seed: int) -> dict:
+    """The official trainer on the base half with `seed`, then evaluated on the new half from its last epoch."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(dassl), str(tree), os.environ.get("PYTHONPATH", "")])}
     common = [
-        "--root", str(data), "--seed", str(seed), "--trainer", "CoOp",
-        "--dataset-config-file", "configs/datasets/dtd.yaml",
-        "--config-file", "configs/trainers/CoOp/vit_b16_ep50.yaml",
+        "--root", str(data), "--seed", str(seed), "--trainer", recipe.trainer,
+        "--dataset-config-file", "configs/datasets/dtd.yaml", "--config-file", recipe.config_file,
     ]  # fmt: skip
-    options = [word for option in OFFICIAL_OPTIONS for word in option.split(" ", 1)]
+    options = [word for option in (*COMMON_OPTIONS, *recipe.official) for word in option.split(" ", 1)]
     shutil.rmtree(out, ignore_errors=True)  # Dassl would resume from what an earlier harness run left
     start = time.time()
     accuracies = {}
@@ -149,7 +175,15 @@ def run_official(python: str, dassl: Path, tree: Path, data: Path, out: Path, se
         ("base", ["--output-dir", str(out)]),
         (
             "new",
-            ["--output-dir", str(out / "new"), "--eval-only", "--model-dir", str(out), "--load-epoch", str(EPOCHS)],
+            [
+                "--output-dir",
+                str(out / "new"),
+                "--eval-only",
+                "--model-dir",
+                str(out),
+                "--load-epoch",
+                str(recipe.epochs),
+            ],
         ),
     ):
         argv = [python, "parity_launch.py", "parity_settings.json", *common, *extra]
@@ -161,12 +195,13 @@ def run_official(python: str, dassl: Path, tree: Path, data: Path, out: Path, se
     return {**accuracies, "seconds": round(time.time() - start, 1)}
 
 
-def run_ours(data: Path, out: Path, seed: int, augment: bool) -> dict:
-    """clipadapt's coop under base2new on the same layout and Dassl's draws."""
+def run_ours(method: str, data: Path, out: Path, seed: int, augment: bool) -> dict:
+    """clipadapt's `method` under base2new on the same layout and Dassl's draws."""
     argv = [
-        sys.executable, "-m", "clipadapt", "run", "coop", "--protocol", "base2new",
+        sys.executable, "-m", "clipadapt", "run", method, "--protocol", "base2new",
         "--dataset", f"coop:DescribableTextures:{data}", "--fewshot-sampler", "dassl", "--shots", str(SHOTS),
-        "--seed", str(seed), "--out", str(out), "--no-progress", f"epochs={EPOCHS}", f"augment={str(augment).lower()}",
+        "--seed", str(seed), "--out", str(out), "--no-progress",
+        *RECIPES[method].ours, f"augment={str(augment).lower()}",
     ]  # fmt: skip
     start = time.time()
     subprocess.run(argv, check=True, capture_output=True)
@@ -179,9 +214,9 @@ def run_ours(data: Path, out: Path, seed: int, augment: bool) -> dict:
 
 
 SIDES = (
-    ("official", "CoOp's train.py (Dassl)"),
-    ("clipadapt_augment", "clipadapt coop augment=true"),
-    ("clipadapt", "clipadapt coop (cached features)"),
+    ("official", "{trainer}'s train.py (Dassl)"),
+    ("clipadapt_augment", "clipadapt {method} augment=true"),
+    ("clipadapt", "clipadapt {method} (cached features)"),
 )
 
 
@@ -199,8 +234,16 @@ def page_rows(record: dict) -> list[str]:
     of each seed's base and new), each clipadapt side's difference to the official run on the same seed (same
     draws), and the seconds a seed took."""
     rows = []
-    for spec, seeds in record["results"].items():
+    for method, found in record["methods"].items():
+        rows += _method_rows(method, found["results"])
+    return rows
+
+
+def _method_rows(method: str, results: dict) -> list[str]:
+    rows = []
+    for spec, seeds in results.items():
         for side, label in SIDES:
+            label = label.format(trainer=RECIPES[method].trainer, method=method)
             runs = [seeds[seed][side] for seed in sorted(seeds)]
             official = [seeds[seed]["official"] for seed in sorted(seeds)]
             cells = [_mean_std([run[key] for run in runs]) for key in ("base", "new")]
@@ -210,7 +253,7 @@ def page_rows(record: dict) -> list[str]:
             else:
                 cells += [_mean_std([run[key] - o[key] for run, o in zip(runs, official)]) for key in ("base", "new")]
             seconds = sum(run["seconds"] for run in runs) / len(runs)
-            rows.append(f"| {spec} | {label} | {' | '.join(cells)} | {seconds:.0f} |")
+            rows.append(f"| {method} | {spec} | {label} | {' | '.join(cells)} | {seconds:.0f} |")
     return rows
 
 
@@ -226,33 +269,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/parity-outcome"))
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--methods", default=",".join(RECIPES), help="the methods to run (the others' records stay)")
     args = parser.parse_args(argv)
     args.out = args.out.absolute()  # the official runs start in their own folder
     for clone, marker in ((args.coop, "trainers/coop.py"), (args.dassl, "dassl/engine")):
         if not (clone / marker).exists():
             print(f"{clone}: no {marker}; give a clone of the official repository", file=sys.stderr)
             return 2
-    record = {
-        "coop": _commit(args.coop),
-        "dassl": _commit(args.dassl),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "shots": SHOTS,
-        "epochs": EPOCHS,
-        "results": {},
-    }  # fmt: skip
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in RECIPES]
+    if unknown:
+        print(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}", file=sys.stderr)
+        return 2
+    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {"methods": {}}
+    record.update(
+        coop=_commit(args.coop),
+        dassl=_commit(args.dassl),
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        shots=SHOTS,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tree, dassl = official_tree(args.coop, args.dassl, Path(tmp), Path(tmp) / "weights.pt")
-        for spec in args.datasets.split(","):
-            data = write_coop_layout(spec, args.out / spec.replace(":", "_") / "data")
-            for seed in map(int, args.seeds.split(",")):
-                folder = args.out / spec.replace(":", "_") / f"seed{seed}"
-                row = {
-                    "official": run_official(args.python, dassl, tree, data, folder / "official", seed),
-                    "clipadapt_augment": run_ours(data, folder / "augment", seed, augment=True),
-                    "clipadapt": run_ours(data, folder / "cached", seed, augment=False),
-                }
-                record["results"].setdefault(spec, {})[str(seed)] = row
-                print(spec, seed, json.dumps(row), flush=True)
+        for method in methods:
+            found = record["methods"][method] = {"epochs": RECIPES[method].epochs, "results": {}}
+            for spec in args.datasets.split(","):
+                data = write_coop_layout(spec, args.out / spec.replace(":", "_") / "data")
+                for seed in map(int, args.seeds.split(",")):
+                    folder = args.out / spec.replace(":", "_") / method / f"seed{seed}"
+                    official = run_official(args.python, dassl, tree, RECIPES[method], data, folder / "official", seed)
+                    row = {
+                        "official": official,
+                        "clipadapt_augment": run_ours(method, data, folder / "augment", seed, augment=True),
+                        "clipadapt": run_ours(method, data, folder / "cached", seed, augment=False),
+                    }
+                    found["results"].setdefault(spec, {})[str(seed)] = row
+                    print(method, spec, seed, json.dumps(row), flush=True)
     RECORD.write_text(json.dumps(record, indent=1) + "\n")
     print("\n".join(page_rows(record)))
     print(f"wrote {RECORD}")
