@@ -39,6 +39,7 @@ import torch
 from clipadapt import load_backbone
 from clipadapt.data import load_dataset
 from clipadapt.data.datasets import save_split_file
+from clipadapt.protocols import harmonic_mean, mean_std
 
 HERE = Path(__file__).parent
 RECORD = HERE / "outcome.json"
@@ -221,12 +222,7 @@ SIDES = (
 
 
 def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    return f"{mean:.1f} ± {(sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5:.1f}"
-
-
-def _harmonic(base: float, new: float) -> float:
-    return 2 * base * new / (base + new)
+    return "{:.1f} ± {:.1f}".format(*mean_std(values))
 
 
 def page_rows(record: dict) -> list[str]:
@@ -247,7 +243,7 @@ def _method_rows(method: str, results: dict) -> list[str]:
             runs = [seeds[seed][side] for seed in sorted(seeds)]
             official = [seeds[seed]["official"] for seed in sorted(seeds)]
             cells = [_mean_std([run[key] for run in runs]) for key in ("base", "new")]
-            cells.append(_mean_std([_harmonic(run["base"], run["new"]) for run in runs]))
+            cells.append(_mean_std([harmonic_mean(run["base"], run["new"]) for run in runs]))
             if side == "official":
                 cells += ["-", "-"]
             else:
